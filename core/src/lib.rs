@@ -1,0 +1,16 @@
+//! Diminuendo's sans-IO core.
+//!
+//! A pure state machine: it consumes bytes from connections, timer ticks, storage completions and
+//! agent output, and emits bytes to send, connections to close, storage commands and agent
+//! commands. It never reads a clock, sleeps, spawns, or touches a socket or a file; time is always
+//! a parameter and randomness comes from a seed the caller supplies. See `DESIGN.md`.
+
+pub mod storage;
+pub mod ws;
+
+/// A runtime-agnostic wake-up hook: threads outside the event loop (the storage writer and
+/// reader, agent process readers) call it after queueing a completion, and each adapter implements
+/// it with its own primitive (a tokio `Notify`, a smol channel, a `mio::Waker`).
+pub trait Wake: Send + Sync + 'static {
+    fn wake(&self);
+}

@@ -1,0 +1,1 @@
+//! Incremental UTF-8 validation across chunk and fragment boundaries.
