@@ -5,8 +5,23 @@
 //! commands. It never reads a clock, sleeps, spawns, or touches a socket or a file; time is always
 //! a parameter and randomness comes from a seed the caller supplies. See `DESIGN.md`.
 
+pub mod clock;
+pub mod config;
+pub mod fuzzing;
+pub mod gateway;
+pub mod http;
+mod id_hash;
+pub mod metrics;
+pub mod outbound;
+pub mod protocol;
+pub mod rng;
+pub mod sim;
 pub mod storage;
+pub mod timers;
 pub mod ws;
+
+pub use config::CoreConfig;
+pub use gateway::{ConnectionId, Event, Gateway};
 
 /// A runtime-agnostic wake-up hook: threads outside the event loop (the storage writer and
 /// reader, agent process readers) call it after queueing a completion, and each adapter implements

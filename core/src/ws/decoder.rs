@@ -30,7 +30,10 @@ pub enum Message<'a> {
     Ping(&'a [u8]),
     Pong(&'a [u8]),
     /// A close frame whose code (if any) is valid and whose reason is valid UTF-8.
-    Close { code: Option<u16>, reason: &'a str },
+    Close {
+        code: Option<u16>,
+        reason: &'a str,
+    },
 }
 
 /// Why the connection must be failed: the close code to send and a short reason for the log.
@@ -42,7 +45,10 @@ pub struct WsError {
 
 impl WsError {
     pub const fn protocol(reason: &'static str) -> Self {
-        WsError { code: close_code::PROTOCOL_ERROR, reason }
+        WsError {
+            code: close_code::PROTOCOL_ERROR,
+            reason,
+        }
     }
 }
 

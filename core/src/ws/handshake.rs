@@ -26,7 +26,10 @@ mod tests {
 
     #[test]
     fn rfc_example_key() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kxGzzgZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kxGzzgZRbK+xOo="
+        );
         assert!(is_valid_client_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
     }
 

@@ -1,0 +1,57 @@
+//! The core's settings. Adapters build this from flags, environment and the config file.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Dev mode: no authentication (every connection is the dev identity), any origin.
+    pub dev_mode: bool,
+    /// Serve `/echo`, which echoes every message (for the conformance suite).
+    pub conformance_echo: bool,
+    /// Most WebSocket connections at once; an upgrade beyond it is answered 503.
+    pub max_connections: usize,
+    /// Largest inbound WebSocket message (PROTOCOL section 2).
+    pub max_message_size: usize,
+    /// Largest HTTP request head; a larger one is answered 431.
+    pub max_request_head: usize,
+    /// Most bytes waiting to be written to one connection before it is closed as a slow consumer.
+    pub outbound_queue_limit: usize,
+    /// A heartbeat goes to a WebSocket that was sent nothing for this long.
+    pub heartbeat_interval: Duration,
+    /// A request head must be complete this long after its first byte (slowloris guard).
+    pub request_head_timeout: Duration,
+    /// An HTTP connection with no request in progress is closed after this long.
+    pub keep_alive_timeout: Duration,
+    /// How long the close handshake (and the flush of the final bytes) may take.
+    pub close_timeout: Duration,
+    /// Time a connection has to authenticate when authentication is required.
+    pub auth_timeout: Duration,
+    /// Origins allowed to open a WebSocket; empty means any. Dev mode accepts any origin.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            dev_mode: false,
+            conformance_echo: false,
+            max_connections: 10_000,
+            max_message_size: 1024 * 1024,
+            max_request_head: 16 * 1024,
+            outbound_queue_limit: 4 * 1024 * 1024,
+            heartbeat_interval: Duration::from_secs(30),
+            request_head_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(5),
+            auth_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl CoreConfig {
+    /// A connection that sent no frame for this long is closed with 4103.
+    pub fn liveness_timeout(&self) -> Duration {
+        self.heartbeat_interval * 5 / 2
+    }
+}

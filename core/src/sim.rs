@@ -1,0 +1,389 @@
+//! A deterministic in-memory driver for the core: a virtual clock, in-memory connections and
+//! partial writes. Tests, fuzz targets and the embedding examples drive the real `Gateway` through
+//! it exactly as an adapter would, with every output drained after every input.
+
+use std::collections::BTreeMap;
+use std::io::IoSlice;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::{ConnectionId, CoreConfig, Event, Gateway};
+
+/// The wall-clock time the simulation starts at (2026-01-01T00:00:00Z), so `ts` fields are
+/// reproducible.
+pub const SIM_START_UNIX_MS: u64 = 1_767_225_600_000;
+
+/// The client's side of one simulated connection.
+#[derive(Debug, Default)]
+pub struct Peer {
+    /// Bytes the server wrote that the test has not taken yet.
+    pub received: Vec<u8>,
+    /// The server closed the connection.
+    pub closed: bool,
+    /// Each write takes at most this many bytes, then the socket reports "would block" until
+    /// `Sim::unblock`.
+    write_limit: Option<usize>,
+    blocked: bool,
+}
+
+pub struct Sim {
+    pub gateway: Gateway,
+    now: Instant,
+    next_id: u64,
+    peers: BTreeMap<ConnectionId, Peer>,
+}
+
+impl Sim {
+    pub fn new(config: CoreConfig, seed: u64) -> Self {
+        // The anchor instant is arbitrary; only differences from it are ever observed.
+        let now = Instant::now();
+        Sim {
+            gateway: Gateway::new(config, seed, now, SIM_START_UNIX_MS),
+            now,
+            next_id: 1,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    pub fn connect(&mut self) -> ConnectionId {
+        let id = ConnectionId(self.next_id);
+        self.next_id += 1;
+        let port = 40_000u16.wrapping_add(id.0 as u16);
+        self.peers.insert(id, Peer::default());
+        self.gateway
+            .handle_accept(id, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), self.now);
+        self.pump();
+        id
+    }
+
+    /// The client sends `bytes` in one read.
+    pub fn send(&mut self, id: ConnectionId, bytes: &[u8]) {
+        let mut copy = bytes.to_vec();
+        self.gateway.handle_data(id, &mut copy, self.now);
+        self.pump();
+    }
+
+    /// The client's bytes arrive in reads of the given sizes (the last read takes the rest).
+    pub fn send_chunked(&mut self, id: ConnectionId, bytes: &[u8], sizes: &[usize]) {
+        let mut rest = bytes;
+        for size in sizes {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, tail) = rest.split_at((*size).clamp(1, rest.len()));
+            self.send(id, chunk);
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            self.send(id, rest);
+        }
+    }
+
+    /// The client closes its side.
+    pub fn disconnect(&mut self, id: ConnectionId) {
+        self.gateway.handle_closed(id);
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.closed = true;
+        }
+        self.pump();
+    }
+
+    /// Moves the virtual clock forward, firing every deadline on the way in order.
+    pub fn advance(&mut self, by: Duration) {
+        let until = self.now + by;
+        while let Some(deadline) = self.gateway.poll_timeout().filter(|at| *at <= until) {
+            self.now = self.now.max(deadline);
+            self.gateway.handle_timeout(self.now);
+            self.pump();
+        }
+        self.now = until;
+        self.gateway.handle_timeout(self.now);
+        self.pump();
+    }
+
+    /// Limits every later write to this connection to `limit` bytes (`None`: unlimited).
+    pub fn set_write_limit(&mut self, id: ConnectionId, limit: Option<usize>) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.write_limit = limit;
+        }
+    }
+
+    /// A blocked socket can be written again.
+    pub fn unblock(&mut self, id: ConnectionId) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.blocked = false;
+        }
+        self.gateway.handle_writable(id);
+        self.pump();
+    }
+
+    pub fn peer(&self, id: ConnectionId) -> Option<&Peer> {
+        self.peers.get(&id)
+    }
+
+    pub fn is_closed(&self, id: ConnectionId) -> bool {
+        self.peers.get(&id).is_none_or(|peer| peer.closed)
+    }
+
+    /// Takes every byte received on `id` so far.
+    pub fn take_received(&mut self, id: ConnectionId) -> Vec<u8> {
+        self.peers
+            .get_mut(&id)
+            .map(|peer| std::mem::take(&mut peer.received))
+            .unwrap_or_default()
+    }
+
+    /// Takes one whole HTTP response from the front of what `id` received.
+    pub fn take_response(&mut self, id: ConnectionId) -> Option<client::HttpResponse> {
+        let peer = self.peers.get_mut(&id)?;
+        let (response, len) = client::parse_response(&peer.received)?;
+        peer.received.drain(..len);
+        Some(response)
+    }
+
+    /// Takes every whole WebSocket frame from the front of what `id` received.
+    pub fn take_frames(&mut self, id: ConnectionId) -> Vec<client::Frame> {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut frames = Vec::new();
+        let mut offset = 0;
+        while let Some((frame, len)) = client::parse_frame(&peer.received[offset..]) {
+            frames.push(frame);
+            offset += len;
+        }
+        peer.received.drain(..offset);
+        frames
+    }
+
+    /// Takes the text of every whole text frame received, parsed as JSON.
+    pub fn take_messages(&mut self, id: ConnectionId) -> Vec<serde_json::Value> {
+        self.take_frames(id)
+            .into_iter()
+            .filter(|frame| frame.opcode == 1)
+            .filter_map(|frame| serde_json::from_slice(&frame.payload).ok())
+            .collect()
+    }
+
+    /// Drains every output of the core: closes connections and writes queued bytes, honouring
+    /// each peer's write limit.
+    pub fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(event) = self.gateway.poll_event() {
+                progressed = true;
+                match event {
+                    Event::CloseConnection(id) => {
+                        if let Some(peer) = self.peers.get_mut(&id) {
+                            peer.closed = true;
+                        }
+                    }
+                }
+            }
+            while let Some(id) = self.gateway.poll_transmit() {
+                progressed = true;
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    continue;
+                };
+                if peer.blocked || peer.closed {
+                    continue;
+                }
+                let mut slices = [IoSlice::new(&[]); 64];
+                let filled = self.gateway.outbound(id, &mut slices);
+                let mut budget = peer.write_limit.unwrap_or(usize::MAX);
+                let mut written = 0;
+                for slice in &slices[..filled] {
+                    let take = slice.len().min(budget);
+                    peer.received.extend_from_slice(&slice[..take]);
+                    written += take;
+                    budget -= take;
+                    if budget == 0 {
+                        break;
+                    }
+                }
+                let waiting = self.gateway.outbound_len(id);
+                if written < waiting && peer.write_limit.is_some() {
+                    peer.blocked = true;
+                }
+                self.gateway.handle_sent(id, written);
+                if written < waiting && !peer.blocked {
+                    // More than 64 slices waited: go round again.
+                    self.gateway.handle_writable(id);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+}
+
+/// The client side of the wire, for tests and examples: requests, masked frames, and parsers for
+/// what the server sends.
+pub mod client {
+    /// A fixed, valid `Sec-WebSocket-Key`.
+    pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    pub fn get(path: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes()
+    }
+
+    pub fn upgrade(path: &str) -> Vec<u8> {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// A masked client frame.
+    pub fn frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(payload.len() + 14);
+        out.push(if fin { 0x80 } else { 0 } | (opcode & 0x0F));
+        match payload.len() {
+            len @ 0..=125 => out.push(0x80 | len as u8),
+            len @ 126..=65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(index, byte)| byte ^ mask[index % 4]),
+        );
+        out
+    }
+
+    pub fn text(payload: &str) -> Vec<u8> {
+        frame(1, true, payload.as_bytes(), [0x37, 0xfa, 0x21, 0x3d])
+    }
+
+    pub fn close(code: u16) -> Vec<u8> {
+        frame(8, true, &code.to_be_bytes(), [1, 2, 3, 4])
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct HttpResponse {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+    }
+
+    impl HttpResponse {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.as_str())
+        }
+    }
+
+    /// One whole response from the front of `bytes` and its length. The body is read by
+    /// `Content-Length`, so this is for GET responses (HEAD ones have no body to read).
+    pub fn parse_response(bytes: &[u8]) -> Option<(HttpResponse, usize)> {
+        parse_response_with(bytes, false)
+    }
+
+    pub fn parse_response_with(bytes: &[u8], head_only: bool) -> Option<(HttpResponse, usize)> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head_len) = response.parse(bytes).ok()? else {
+            return None;
+        };
+        let status = response.code?;
+        let headers: Vec<(String, String)> = response
+            .headers
+            .iter()
+            .map(|header| {
+                (
+                    header.name.to_owned(),
+                    String::from_utf8_lossy(header.value).into_owned(),
+                )
+            })
+            .collect();
+        let length: usize = if head_only {
+            0
+        } else {
+            headers
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, value)| value.parse().ok())
+                .unwrap_or(0)
+        };
+        let body = bytes.get(head_len..head_len + length)?.to_vec();
+        Some((
+            HttpResponse {
+                status,
+                headers,
+                body,
+            },
+            head_len + length,
+        ))
+    }
+
+    /// A server frame.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Frame {
+        pub fin: bool,
+        pub opcode: u8,
+        pub payload: Vec<u8>,
+    }
+
+    impl Frame {
+        /// The close code of a close frame.
+        pub fn close_code(&self) -> Option<u16> {
+            (self.opcode == 8 && self.payload.len() >= 2)
+                .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+        }
+    }
+
+    /// One whole (unmasked) server frame from the front of `bytes` and its length.
+    pub fn parse_frame(bytes: &[u8]) -> Option<(Frame, usize)> {
+        let first = *bytes.first()?;
+        let second = *bytes.get(1)?;
+        let (len, mut offset) = match second & 0x7F {
+            126 => (
+                u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]) as usize,
+                4,
+            ),
+            127 => {
+                let raw: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
+                (usize::try_from(u64::from_be_bytes(raw)).ok()?, 10)
+            }
+            len => (len as usize, 2),
+        };
+        let mask = if second & 0x80 != 0 {
+            let mask: [u8; 4] = bytes.get(offset..offset + 4)?.try_into().ok()?;
+            offset += 4;
+            Some(mask)
+        } else {
+            None
+        };
+        let mut payload = bytes.get(offset..offset + len)?.to_vec();
+        if let Some(mask) = mask {
+            payload
+                .iter_mut()
+                .enumerate()
+                .for_each(|(index, byte)| *byte ^= mask[index % 4]);
+        }
+        Some((
+            Frame {
+                fin: first & 0x80 != 0,
+                opcode: first & 0x0F,
+                payload,
+            },
+            offset + len,
+        ))
+    }
+}
