@@ -52,7 +52,10 @@ fn valid_second(lead: u8, byte: u8) -> bool {
 
 impl Utf8Validator {
     pub const fn new() -> Self {
-        Utf8Validator { partial: [0; 3], len: 0 }
+        Utf8Validator {
+            partial: [0; 3],
+            len: 0,
+        }
     }
 
     /// Forgets any unfinished code point (start of a new message, or after an error).
@@ -157,9 +160,9 @@ mod tests {
     /// Reference: the index of the first byte after which `bytes` is no longer a prefix of valid
     /// UTF-8, computed from std alone (an `error_len` of `None` means "valid so far, unfinished").
     fn first_invalid(bytes: &[u8]) -> Option<usize> {
-        (0..bytes.len()).find(|&end| {
-            matches!(std::str::from_utf8(&bytes[..=end]), Err(e) if e.error_len().is_some())
-        })
+        (0..bytes.len()).find(
+            |&end| matches!(std::str::from_utf8(&bytes[..=end]), Err(e) if e.error_len().is_some()),
+        )
     }
 
     fn feed_chunks(bytes: &[u8], sizes: &[usize]) -> Result<bool, usize> {
@@ -182,7 +185,11 @@ mod tests {
     fn impossible_bytes_fail_at_once() {
         for byte in [0x80, 0xBF, 0xC0, 0xC1, 0xF5, 0xF8, 0xFE, 0xFF] {
             let mut v = Utf8Validator::new();
-            assert_eq!(v.feed(&[b'a', byte]), Err(InvalidUtf8 { at: 1 }), "{byte:#x}");
+            assert_eq!(
+                v.feed(&[b'a', byte]),
+                Err(InvalidUtf8 { at: 1 }),
+                "{byte:#x}"
+            );
         }
     }
 
@@ -204,7 +211,11 @@ mod tests {
             let mut v = Utf8Validator::new();
             assert_eq!(v.feed(prefix), Ok(()), "{prefix:x?}");
             assert!(!v.is_complete());
-            assert_eq!(v.feed(&[bad, b'a']), Err(InvalidUtf8 { at: 0 }), "{prefix:x?} {bad:#x}");
+            assert_eq!(
+                v.feed(&[bad, b'a']),
+                Err(InvalidUtf8 { at: 0 }),
+                "{prefix:x?} {bad:#x}"
+            );
             // And in one chunk the error names the same byte.
             let mut whole = prefix.to_vec();
             whole.push(bad);
