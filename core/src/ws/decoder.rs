@@ -542,3 +542,7 @@ fn message(opcode: u8, payload: &[u8]) -> Result<Message<'_>, WsError> {
         _ => Err(WsError::protocol("reserved opcode")),
     }
 }
+
+#[cfg(test)]
+#[path = "decoder_tests.rs"]
+mod tests;
