@@ -12,6 +12,9 @@ pub struct CoreConfig {
     pub max_connections: usize,
     /// Largest inbound WebSocket message (PROTOCOL section 2).
     pub max_message_size: usize,
+    /// Largest message on `/echo`. The conformance suite sends messages of up to 16 MiB there; the
+    /// endpoint is off unless enabled, so a test fixture's limit never applies to `/ws`.
+    pub echo_max_message_size: usize,
     /// Largest HTTP request head; a larger one is answered 431.
     pub max_request_head: usize,
     /// Most bytes waiting to be written to one connection before it is closed as a slow consumer.
@@ -37,6 +40,7 @@ impl Default for CoreConfig {
             conformance_echo: false,
             max_connections: 10_000,
             max_message_size: 1024 * 1024,
+            echo_max_message_size: 32 * 1024 * 1024,
             max_request_head: 16 * 1024,
             outbound_queue_limit: 4 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(30),

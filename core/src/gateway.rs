@@ -601,9 +601,14 @@ impl Gateway {
         let State::WebSocket(websocket) = &mut connection.state else {
             return;
         };
+        let echo = matches!(websocket.endpoint, Endpoint::Echo);
         let config = DecoderConfig {
-            max_message_size: self.config.max_message_size,
-            accept_binary: matches!(websocket.endpoint, Endpoint::Echo),
+            max_message_size: if echo {
+                self.config.echo_max_message_size
+            } else {
+                self.config.max_message_size
+            },
+            accept_binary: echo,
         };
         let mut decoder = std::mem::take(&mut websocket.decoder);
         let mut input = data;
@@ -830,7 +835,17 @@ impl Gateway {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        let is_websocket = matches!(connection.state, State::WebSocket(_));
+        let (is_websocket, queue_limit) = match &connection.state {
+            State::WebSocket(WebSocketState {
+                endpoint: Endpoint::Echo,
+                ..
+            }) => {
+                // Echoing a conformance-sized message must fit: twice the largest echo message.
+                (true, self.config.echo_max_message_size.saturating_mul(2))
+            }
+            State::WebSocket(_) => (true, self.config.outbound_queue_limit),
+            State::Http(_) => (false, usize::MAX),
+        };
         if is_websocket {
             self.metrics.websocket_messages_sent += 1;
         }
@@ -840,7 +855,7 @@ impl Gateway {
             connection.transmit_queued = true;
             self.transmit_queue.push_back(id);
         }
-        if is_websocket && connection.outbound.len() > self.config.outbound_queue_limit {
+        if connection.outbound.len() > queue_limit {
             connection.outbound.discard_unstarted();
             let already_closing =
                 matches!(&connection.state, State::WebSocket(websocket) if websocket.close_sent);

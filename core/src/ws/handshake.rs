@@ -28,7 +28,7 @@ mod tests {
     fn rfc_example_key() {
         assert_eq!(
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kxGzzgZRbK+xOo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
         assert!(is_valid_client_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
     }
