@@ -1,1 +1,339 @@
 //! Storage commands the core emits and the completions it consumes (see the storage crate).
+//!
+//! Everything here is plain data: the core builds [`StorageCommand`]s, an adapter hands them to
+//! the storage crate (`diminuendo-storage`), which executes them on its own threads and returns
+//! [`StorageCompletion`]s that the adapter feeds back into the core. Nothing in this module does
+//! I/O, reads a clock or knows about SQLite.
+//!
+//! Ordering contract: commands are executed in the order they are submitted. Plain writes are
+//! fire-and-forget (only a failure produces a completion, [`StorageCompletion::WriteFailed`]);
+//! [`StorageCommand::Flush`], [`StorageCommand::Shutdown`] and [`StorageCommand::Query`] are
+//! answered exactly once, carrying the caller's token. A query sees every write submitted before
+//! it (read-your-writes).
+
+use bytes::Bytes;
+use std::fmt;
+
+/// The seven session states of PROTOCOL section 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionStatus {
+    Inactive,
+    Activating,
+    Ready,
+    Running,
+    Waiting,
+    Deactivating,
+    Error,
+}
+
+impl SessionStatus {
+    pub const ALL: [SessionStatus; 7] = [
+        SessionStatus::Inactive,
+        SessionStatus::Activating,
+        SessionStatus::Ready,
+        SessionStatus::Running,
+        SessionStatus::Waiting,
+        SessionStatus::Deactivating,
+        SessionStatus::Error,
+    ];
+
+    /// The wire (and stored) spelling: `inactive`, `activating`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Inactive => "inactive",
+            SessionStatus::Activating => "activating",
+            SessionStatus::Ready => "ready",
+            SessionStatus::Running => "running",
+            SessionStatus::Waiting => "waiting",
+            SessionStatus::Deactivating => "deactivating",
+            SessionStatus::Error => "error",
+        }
+    }
+
+    /// Parses the wire spelling; `None` for anything else.
+    pub fn parse(s: &str) -> Option<SessionStatus> {
+        SessionStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A session's registry row: the SessionMeta of PROTOCOL section 5 (times in epoch ms).
+///
+/// `last_seq` as stored in the registry is whatever the core last wrote; on start the storage
+/// crate corrects it from the session's own event log (see [`RecoveryReport`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub agent_type: String,
+    pub status: SessionStatus,
+    pub archived: bool,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub last_seq: u64,
+    pub epoch: String,
+}
+
+/// One persisted session event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// 1, 2, 3, ... per session, forever.
+    pub seq: u64,
+    /// The event's `type` (`text_delta`, `turn_complete`, ...), kept for filtering and history.
+    pub event_type: String,
+    pub turn_id: Option<String>,
+    /// The exact JSON text that was published, so a replay is byte-identical.
+    pub payload: Bytes,
+    pub ts_ms: i64,
+}
+
+/// One turn of a session, as `get_history` reports it. Written with [`StorageCommand::UpsertTurn`]
+/// when the turn starts and again when it ends; the last write wins, the turn keeps its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnRecord {
+    pub turn_id: String,
+    pub user_id: Option<String>,
+    pub user_text: String,
+    pub final_text: Option<String>,
+    pub final_text_truncated: bool,
+    pub stop_reason: Option<String>,
+    /// JSON text of the last usage report (`{"used":..,"size":..,"cost":..}`), if any.
+    pub usage_json: Option<String>,
+    /// JSON text of the turn's tool calls (an array), if any.
+    pub tool_calls_json: Option<String>,
+    pub started_at_ms: i64,
+    pub completed_at_ms: Option<i64>,
+}
+
+/// A row of `tenant_members`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub role: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// What the core asks storage to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageCommand {
+    /// Insert or replace a session's registry row (in `session.tenant_id`'s registry).
+    UpsertSession { session: SessionRecord },
+    /// Delete the registry row and, once that is committed, the session's whole directory.
+    DeleteSession {
+        tenant_id: String,
+        session_id: String,
+    },
+    /// Append one event to the session's log. `seq` must be the next one; a duplicate `seq` is
+    /// refused (reported as `WriteFailed`), never overwritten.
+    AppendEvent {
+        session_id: String,
+        event: StoredEvent,
+    },
+    /// Insert or update a turn of the session's history.
+    UpsertTurn {
+        session_id: String,
+        turn: TurnRecord,
+    },
+    /// Insert or update a tenant member.
+    UpsertMember { member: MemberRecord },
+    /// Remove a tenant member.
+    DeleteMember { tenant_id: String, user_id: String },
+    /// Commit everything submitted before, then answer [`StorageCompletion::Flushed`].
+    Flush { token: u64 },
+    /// Commit everything, close every handle, end the threads, then answer
+    /// [`StorageCompletion::ShutdownComplete`]. Later commands are ignored.
+    Shutdown { token: u64 },
+    /// Answer a query with [`StorageCompletion::QueryResult`]; sees every earlier write.
+    Query { token: u64, query: StorageQuery },
+}
+
+impl StorageCommand {
+    /// True for the fire-and-forget writes (everything but flush, shutdown and queries).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            StorageCommand::Flush { .. }
+                | StorageCommand::Shutdown { .. }
+                | StorageCommand::Query { .. }
+        )
+    }
+}
+
+/// Reads. Results come back in [`QueryResult`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageQuery {
+    /// The tenant's sessions, oldest first (by `created_at`, then id).
+    ListSessions {
+        tenant_id: String,
+        include_archived: bool,
+    },
+    /// One session's registry row, `None` when the tenant has no such session.
+    LoadSession {
+        tenant_id: String,
+        session_id: String,
+    },
+    /// Stored events with `seq > after_seq`, in order, at most `limit`.
+    EventsAfter {
+        session_id: String,
+        after_seq: u64,
+        limit: u32,
+    },
+    /// Up to `limit` turns that started before `before_turn` (or the latest ones), oldest first.
+    History {
+        session_id: String,
+        before_turn: Option<String>,
+        limit: u32,
+    },
+}
+
+/// The answer to a [`StorageQuery`], variant for variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryResult {
+    Sessions(Vec<SessionRecord>),
+    Session(Option<SessionRecord>),
+    Events {
+        events: Vec<StoredEvent>,
+        /// More stored events follow the last one returned.
+        has_more: bool,
+    },
+    History {
+        turns: Vec<TurnRecord>,
+        /// Older turns exist before the first one returned.
+        has_more: bool,
+    },
+}
+
+/// Which database a failure concerns, so the core can react (e.g. give a session a new epoch
+/// when its events could not be written).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DatabaseId {
+    Registry { tenant_id: String },
+    Session { session_id: String },
+}
+
+impl fmt::Display for DatabaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseId::Registry { tenant_id } => write!(f, "registry of tenant {tenant_id}"),
+            DatabaseId::Session { session_id } => write!(f, "session {session_id}"),
+        }
+    }
+}
+
+/// What went wrong. Messages describe, they carry no secret; `database` strings are the
+/// database's path relative to the data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageError {
+    /// An identifier that would become a path segment is empty, too long, or has a character
+    /// outside `[A-Za-z0-9._-]`, or is `.` / `..`.
+    InvalidIdentifier { what: &'static str, value: String },
+    /// The file was written by a newer version; it was not modified.
+    NewerSchema {
+        database: String,
+        found: i64,
+        supported: i64,
+    },
+    /// SQLite refused (corruption, disk full, constraint, ...).
+    Sqlite { database: String, message: String },
+    /// A filesystem error outside SQLite.
+    Io { database: String, message: String },
+    /// The storage threads have stopped (after shutdown, or a thread is gone).
+    Closed,
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::InvalidIdentifier { what, value } => {
+                write!(f, "invalid {what} {value:?} (allowed: 1-128 of A-Z a-z 0-9 . _ -, not . or ..)")
+            }
+            StorageError::NewerSchema {
+                database,
+                found,
+                supported,
+            } => write!(
+                f,
+                "{database}: schema version {found} is newer than the supported {supported}; refusing to open it"
+            ),
+            StorageError::Sqlite { database, message } => write!(f, "{database}: sqlite: {message}"),
+            StorageError::Io { database, message } => write!(f, "{database}: {message}"),
+            StorageError::Closed => f.write_str("storage is closed"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// What storage hands back to the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageCompletion {
+    /// Everything submitted before the `Flush` with this token is committed (or was reported
+    /// failed with `WriteFailed`).
+    Flushed { token: u64 },
+    /// Storage flushed everything, closed its handles and stopped.
+    ShutdownComplete { token: u64 },
+    QueryResult {
+        token: u64,
+        result: Result<QueryResult, StorageError>,
+    },
+    /// `commands` writes to `database` were not stored.
+    WriteFailed {
+        database: DatabaseId,
+        commands: usize,
+        error: StorageError,
+    },
+}
+
+/// Where a session resumes after a start: its sequence counter and epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionResume {
+    pub tenant_id: String,
+    pub session_id: String,
+    /// The highest stored event seq (0 when none); the next event gets `last_seq + 1`.
+    pub last_seq: u64,
+    pub epoch: String,
+    /// This start gave the session a new epoch (its log may have lost events).
+    pub new_epoch: bool,
+}
+
+/// What recovery did when storage opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The previous run ended with a clean shutdown (its marker was found).
+    pub clean_shutdown: bool,
+    pub tenants: usize,
+    pub sessions: usize,
+    /// Sessions whose stored status was not `inactive` and were set to `inactive`.
+    pub sessions_deactivated: usize,
+    /// Sessions given a new epoch.
+    pub sessions_new_epoch: usize,
+    /// Sessions whose stored `last_seq` was corrected from their event log.
+    pub last_seq_corrected: usize,
+    /// Session directories with no registry row (kept, not touched).
+    pub orphan_session_dirs: usize,
+    /// Databases that could not be opened or recovered (they are left as they are).
+    pub failed: Vec<StorageError>,
+    pub resume: Vec<SessionResume>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips() {
+        for st in SessionStatus::ALL {
+            assert_eq!(SessionStatus::parse(st.as_str()), Some(st));
+        }
+        assert_eq!(SessionStatus::parse("bogus"), None);
+    }
+}
