@@ -122,6 +122,22 @@ pub struct MemberRecord {
     pub updated_at_ms: i64,
 }
 
+/// Longest identifier that may become a path segment, in bytes.
+pub const MAX_IDENTIFIER_LEN: usize = 128;
+
+/// Whether an identifier (a tenant or session id) may become a path segment: 1 to
+/// [`MAX_IDENTIFIER_LEN`] bytes of `[A-Za-z0-9._-]`, and neither `.` nor `..`; so it holds no
+/// separator, no NUL and no parent reference.
+pub fn is_valid_identifier(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_IDENTIFIER_LEN
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
 /// What the core asks storage to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageCommand {
@@ -323,6 +339,9 @@ pub struct RecoveryReport {
     /// Databases that could not be opened or recovered (they are left as they are).
     pub failed: Vec<StorageError>,
     pub resume: Vec<SessionResume>,
+    /// Every session's registry row after recovery (status `inactive`, `last_seq` and `epoch`
+    /// as resumed), for the core's in-memory registry.
+    pub records: Vec<SessionRecord>,
 }
 
 #[cfg(test)]

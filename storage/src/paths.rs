@@ -3,8 +3,7 @@
 use diminuendo_core::storage::{DatabaseId, StorageError};
 use std::path::{Path, PathBuf};
 
-/// Longest identifier accepted as a path segment, in bytes.
-pub const MAX_ID_LEN: usize = 128;
+pub use diminuendo_core::storage::MAX_IDENTIFIER_LEN as MAX_ID_LEN;
 
 /// Name of the clean-shutdown marker file in the data directory.
 pub const CLEAN_MARKER: &str = "clean-shutdown";
@@ -12,14 +11,7 @@ pub const CLEAN_MARKER: &str = "clean-shutdown";
 /// Checks an identifier that becomes a path segment: 1 to [`MAX_ID_LEN`] bytes of
 /// `[A-Za-z0-9._-]`, and neither `.` nor `..`. So it can hold no separator, no NUL, no `..`.
 pub fn validate_id(what: &'static str, value: &str) -> Result<(), StorageError> {
-    let ok = !value.is_empty()
-        && value.len() <= MAX_ID_LEN
-        && value != "."
-        && value != ".."
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
+    if diminuendo_core::storage::is_valid_identifier(value) {
         Ok(())
     } else {
         Err(StorageError::InvalidIdentifier {

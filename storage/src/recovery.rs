@@ -5,7 +5,9 @@ use crate::config::UncleanEpochPolicy;
 use crate::paths::{registry_rel, session_rel, validate_id};
 use crate::schema::{self, io_err, sqlite_err, DbKind, HandleOptions};
 use crate::writer::take_clean_marker;
-use diminuendo_core::storage::{RecoveryReport, SessionResume, StorageError};
+use diminuendo_core::storage::{
+    QueryResult, RecoveryReport, SessionResume, StorageError, StorageQuery,
+};
 use rusqlite::{params, Connection};
 use std::collections::HashSet;
 use std::path::Path;
@@ -149,6 +151,19 @@ fn recover_tenant(
         });
     }
     tx.commit().map_err(|e| sqlite_err(&name, e))?;
+    // The core keeps the registry in memory (it is the registry's only writer), so recovery
+    // hands it every row as recovered.
+    let listed = crate::reader::run_query(
+        &conn,
+        &StorageQuery::ListSessions {
+            tenant_id: tenant_id.to_string(),
+            include_archived: true,
+        },
+    )
+    .map_err(|e| sqlite_err(&name, e))?;
+    if let QueryResult::Sessions(records) = listed {
+        report.records.extend(records);
+    }
     schema::close(conn, &name);
     Ok(())
 }
