@@ -1264,3 +1264,57 @@ proptest! {
         prop_assert_eq!(sim.gateway.outbound_len(id), 0);
     }
 }
+
+// ---------------------------------------------------------------- the adapter contract
+
+/// Writes everything waiting for `id` and returns it, as an adapter with a fast socket would.
+fn write_all(gateway: &mut diminuendo_core::Gateway, id: ConnectionId) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(ready) = gateway.poll_transmit() {
+        assert_eq!(ready, id);
+        let mut slices = [std::io::IoSlice::new(&[]); 16];
+        let filled = gateway.outbound(id, &mut slices);
+        let before = out.len();
+        for slice in &slices[..filled] {
+            out.extend_from_slice(slice);
+        }
+        gateway.handle_sent(id, out.len() - before);
+    }
+    out
+}
+
+#[test]
+fn close_connection_is_emitted_only_after_the_close_frame_is_written() {
+    use diminuendo_core::{Event, Gateway};
+    let start = std::time::Instant::now();
+    let mut gateway = Gateway::new(dev(), 1, start, SIM_START_UNIX_MS);
+    let id = ConnectionId(42);
+    gateway.handle_accept(id, "127.0.0.1:5000".parse().expect("an address"), start);
+    let mut upgrade = client::upgrade("/ws");
+    gateway.handle_data(id, &mut upgrade, start);
+    assert_eq!(gateway.poll_event(), None);
+    let greeting = write_all(&mut gateway, id);
+    let (response, len) = client::parse_response(&greeting).expect("101");
+    assert_eq!(response.status, 101);
+    assert_eq!(parse_frames(&greeting[len..]).len(), 3);
+
+    let mut close = client::close(1000);
+    gateway.handle_data(id, &mut close, start);
+    assert_eq!(
+        gateway.poll_event(),
+        None,
+        "the close frame is not written yet"
+    );
+    assert_eq!(gateway.connection_count(), 1);
+    let reply = write_all(&mut gateway, id);
+    assert_eq!(parse_frames(&reply)[0].close_code(), Some(1000));
+    assert_eq!(gateway.poll_event(), Some(Event::CloseConnection(id)));
+    assert_eq!(gateway.poll_event(), None);
+    assert_eq!(gateway.connection_count(), 0);
+    assert_eq!(gateway.outbound_len(id), 0);
+    // The core has forgotten the connection: late input and a late handle_closed are harmless.
+    gateway.handle_data(id, &mut client::close(1000), start);
+    gateway.handle_closed(id);
+    assert_eq!(gateway.poll_transmit(), None);
+    assert_eq!(gateway.poll_event(), None);
+}
