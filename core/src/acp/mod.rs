@@ -622,11 +622,7 @@ impl AcpClient {
             ));
         };
         let outcome = if let Some(error) = message.get("error") {
-            let text = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("no message");
-            Err(truncate(text))
+            Err(error_text(error))
         } else if let Some(result) = message.remove("result") {
             Ok(result)
         } else {
@@ -753,6 +749,24 @@ fn encode<T: Serialize>(message: &T) -> Bytes {
     let mut line = serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec());
     line.push(b'\n');
     Bytes::from(line)
+}
+
+/// A JSON-RPC error's `message`, with its `data` when that is a string or carries a string
+/// `details` (the TypeScript SDK's `internalError({details})` puts the reason there).
+fn error_text(error: &Value) -> String {
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("no message");
+    let data = error.get("data");
+    let detail = data.and_then(Value::as_str).or_else(|| {
+        data.and_then(|data| data.get("details"))
+            .and_then(Value::as_str)
+    });
+    match detail {
+        Some(detail) => truncate(&format!("{message}: {detail}")),
+        None => truncate(message),
+    }
 }
 
 fn truncate(text: &str) -> String {

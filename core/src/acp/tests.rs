@@ -198,6 +198,21 @@ fn an_error_response_to_the_prompt_is_a_turn_error() {
         }]
     );
     assert!(client.is_ready(), "a failed turn leaves the client usable");
+    // The TypeScript SDK's internalError({details}) keeps the reason in data.details.
+    writes(&mut client);
+    client.prompt("z", now).unwrap_or_default();
+    feed(
+        &mut client,
+        json!({"jsonrpc":"2.0","id":3,"error":{"code":-32603,"message":"Internal error","data":{"details":"Session s not found"}}}),
+        now,
+    );
+    assert_eq!(
+        events(&mut client),
+        vec![AgentEvent::TurnError {
+            code: "AGENT_ERROR".into(),
+            message: "Internal error: Session s not found".into()
+        }]
+    );
     assert_eq!(client.prompt("y", now), Ok(()));
 }
 
