@@ -1,0 +1,589 @@
+//! Spawns the built agent and talks JSON-RPC to it over its stdio. Reads are bounded (a reader
+//! thread and `recv_timeout`), never sleeps; every child is killed and waited for.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diminuendo_core::acp::{AcpClient, AcpConfig, AgentEvent};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+enum Out {
+    Line(String),
+    Eof,
+}
+
+struct Agent {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<Out>,
+}
+
+impl Agent {
+    fn spawn() -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_diminuendo-echo-agent"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the echo agent starts");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if sender.send(Out::Line(line)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = sender.send(Out::Eof);
+        });
+        Agent {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn send_raw(&mut self, line: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line).expect("write to the agent");
+        stdin.flush().expect("flush to the agent");
+    }
+
+    fn send(&mut self, message: Value) {
+        let mut line = message.to_string().into_bytes();
+        line.push(b'\n');
+        self.send_raw(&line);
+    }
+
+    /// The next raw line (with its newline), or `None` at end of output.
+    fn next_raw(&self) -> Option<String> {
+        match self.lines.recv_timeout(WAIT) {
+            Ok(Out::Line(line)) => Some(line),
+            Ok(Out::Eof) | Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => panic!("the agent wrote nothing for {WAIT:?}"),
+        }
+    }
+
+    fn next(&self) -> Value {
+        let line = self.next_raw().expect("a line, not the end of output");
+        assert!(line.ends_with('\n'));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+    }
+
+    fn request(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send(json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}));
+        let response = self.next();
+        assert_eq!(response["id"], json!(id), "{response}");
+        response
+    }
+
+    /// initialize + session/new; returns the session id.
+    fn handshake(&mut self) -> String {
+        let init = self.request(
+            0,
+            "initialize",
+            json!({"protocolVersion":1,"clientCapabilities":{"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false}}),
+        );
+        assert_eq!(init["result"]["protocolVersion"], json!(1));
+        let new = self.request(1, "session/new", json!({"cwd":"/tmp","mcpServers":[]}));
+        new["result"]["sessionId"]
+            .as_str()
+            .expect("a session id")
+            .to_owned()
+    }
+
+    fn prompt(&mut self, id: u64, session: &str, text: &str) {
+        self.send(
+            json!({"jsonrpc":"2.0","id":id,"method":"session/prompt","params":{
+            "sessionId":session,"prompt":[{"type":"text","text":text}]}}),
+        );
+    }
+
+    /// The next message, which must be a session/update of `session`; returns the update.
+    fn update(&self, session: &str) -> Value {
+        let message = self.next();
+        assert_eq!(message["method"], json!("session/update"), "{message}");
+        assert_eq!(message["params"]["sessionId"], json!(session));
+        message["params"]["update"].clone()
+    }
+
+    fn chunk_text(&self, session: &str) -> String {
+        let update = self.update(session);
+        assert_eq!(
+            update["sessionUpdate"],
+            json!("agent_message_chunk"),
+            "{update}"
+        );
+        assert_eq!(update["content"]["type"], json!("text"));
+        update["content"]["text"].as_str().expect("text").to_owned()
+    }
+
+    fn stop_reason(&self, id: u64) -> String {
+        let response = self.next();
+        assert_eq!(response["id"], json!(id), "{response}");
+        response["result"]["stopReason"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no stopReason in {response}"))
+            .to_owned()
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent did not exit");
+            // Its stdout has closed (the caller saw Eof), so the exit is imminent: yield, not
+            // a synchronizing sleep.
+            thread::yield_now();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn alphabet(from: usize, len: usize) -> String {
+    (from..from + len)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect()
+}
+
+#[test]
+fn handshake_and_many_sessions() {
+    let mut agent = Agent::spawn();
+    assert_eq!(agent.handshake(), "echo-1");
+    let second = agent.request(2, "session/new", json!({"cwd":"/","mcpServers":[]}));
+    assert_eq!(second["result"]["sessionId"], json!("echo-2"));
+    let auth = agent.request(3, "authenticate", json!({"methodId":"none"}));
+    assert_eq!(auth["result"], json!({}));
+}
+
+#[test]
+fn plain_text_is_echoed() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "hello, echo  world");
+    assert_eq!(agent.chunk_text(&session), "hello, echo  world");
+    assert_eq!(agent.stop_reason(2), "end_turn");
+    // Malformed commands are echoed too.
+    agent.prompt(3, &session, "stream many");
+    assert_eq!(agent.chunk_text(&session), "stream many");
+    assert_eq!(agent.stop_reason(3), "end_turn");
+}
+
+#[test]
+fn stream_sends_n_chunks_of_size_bytes() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "stream 300 100");
+    let mut all = String::new();
+    for _ in 0..300 {
+        let text = agent.chunk_text(&session);
+        assert_eq!(text.len(), 100);
+        all.push_str(&text);
+    }
+    assert_eq!(all, alphabet(0, 300 * 100));
+    assert_eq!(agent.stop_reason(2), "end_turn");
+    agent.prompt(3, &session, "stream 0 10");
+    assert_eq!(agent.stop_reason(3), "end_turn");
+}
+
+#[test]
+fn think_sends_a_thought_then_the_message() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "think about it");
+    let thought = agent.update(&session);
+    assert_eq!(
+        thought,
+        json!({"sessionUpdate":"agent_thought_chunk","content":{"type":"text","text":"about it"}})
+    );
+    assert_eq!(agent.chunk_text(&session), "about it");
+    assert_eq!(agent.stop_reason(2), "end_turn");
+}
+
+#[test]
+fn tools_sends_a_tool_call_and_its_updates() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "tools");
+    let call = agent.update(&session);
+    assert_eq!(call["sessionUpdate"], json!("tool_call"));
+    assert_eq!(call["status"], json!("pending"));
+    assert_eq!(call["rawInput"], json!({"path":"README.md"}));
+    let id = call["toolCallId"].clone();
+    assert!(id.is_string());
+    let running = agent.update(&session);
+    assert_eq!(
+        running,
+        json!({"sessionUpdate":"tool_call_update","toolCallId":id,"status":"in_progress"})
+    );
+    let done = agent.update(&session);
+    assert_eq!(done["sessionUpdate"], json!("tool_call_update"));
+    assert_eq!(done["toolCallId"], id);
+    assert_eq!(done["status"], json!("completed"));
+    assert_eq!(
+        done["content"],
+        json!([{"type":"content","content":{"type":"text","text":"# Echo\n"}}])
+    );
+    assert_eq!(agent.stop_reason(2), "end_turn");
+}
+
+#[test]
+fn plan_sends_three_entries() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "plan");
+    let plan = agent.update(&session);
+    assert_eq!(plan["sessionUpdate"], json!("plan"));
+    let entries = plan["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 3);
+    for entry in entries {
+        assert!(entry["content"].is_string() && entry["priority"].is_string());
+        assert!(entry["status"].is_string());
+    }
+    assert_eq!(agent.stop_reason(2), "end_turn");
+}
+
+fn expect_permission_request(agent: &Agent, session: &str) -> Value {
+    let call = agent.update(session);
+    assert_eq!(call["sessionUpdate"], json!("tool_call"));
+    let request = agent.next();
+    assert_eq!(
+        request["method"],
+        json!("session/request_permission"),
+        "{request}"
+    );
+    assert_eq!(request["params"]["sessionId"], json!(session));
+    assert_eq!(
+        request["params"]["toolCall"]["toolCallId"],
+        call["toolCallId"]
+    );
+    assert_eq!(
+        request["params"]["options"],
+        json!([
+            {"optionId":"allow","name":"Allow","kind":"allow_once"},
+            {"optionId":"reject","name":"Reject","kind":"reject_once"}
+        ])
+    );
+    request["id"].clone()
+}
+
+#[test]
+fn permission_reports_the_chosen_option() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    for (prompt_id, option) in [(2, "allow"), (3, "reject")] {
+        agent.prompt(prompt_id, &session, "permission");
+        let id = expect_permission_request(&agent, &session);
+        agent.send(json!({"jsonrpc":"2.0","id":id,"result":{"outcome":{"outcome":"selected","optionId":option}}}));
+        assert_eq!(agent.chunk_text(&session), format!("permission: {option}"));
+        assert_eq!(agent.stop_reason(prompt_id), "end_turn");
+    }
+}
+
+#[test]
+fn a_cancelled_permission_cancels_the_turn() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "permission");
+    let id = expect_permission_request(&agent, &session);
+    agent.send(json!({"jsonrpc":"2.0","id":id,"result":{"outcome":{"outcome":"cancelled"}}}));
+    assert_eq!(agent.chunk_text(&session), "permission: cancelled");
+    assert_eq!(agent.stop_reason(2), "cancelled");
+}
+
+#[test]
+fn session_cancel_during_a_permission_ends_the_turn_cancelled() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "permission");
+    let id = expect_permission_request(&agent, &session);
+    agent.send(json!({"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":session}}));
+    agent.send(json!({"jsonrpc":"2.0","id":id,"result":{"outcome":{"outcome":"cancelled"}}}));
+    assert_eq!(agent.stop_reason(2), "cancelled");
+    // The late answer was ignored; the session takes the next prompt.
+    agent.prompt(3, &session, "again");
+    assert_eq!(agent.chunk_text(&session), "again");
+    assert_eq!(agent.stop_reason(3), "end_turn");
+}
+
+#[test]
+fn usage_sends_a_usage_update() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "usage");
+    assert_eq!(
+        agent.update(&session),
+        json!({"sessionUpdate":"usage_update","used":1234,"size":200000,"cost":{"amount":0.0123,"currency":"USD"}})
+    );
+    assert_eq!(agent.stop_reason(2), "end_turn");
+}
+
+#[test]
+fn exit_leaves_mid_turn_with_status_3() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "exit");
+    assert_eq!(agent.chunk_text(&session), "exiting");
+    assert_eq!(agent.next_raw(), None, "no answer to the prompt");
+    assert_eq!(agent.wait_exit().code(), Some(3));
+}
+
+#[test]
+fn garbage_writes_a_line_that_is_not_json() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "garbage");
+    let line = agent.next_raw().expect("a line");
+    assert!(serde_json::from_str::<Value>(&line).is_err(), "{line:?}");
+    assert_eq!(agent.stop_reason(2), "end_turn");
+}
+
+#[test]
+fn hang_answers_only_when_cancelled() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "hang");
+    // A later request is answered, and the prompt still is not: it hangs.
+    let other = agent.request(3, "no/such_method", json!({}));
+    assert_eq!(other["error"]["code"], json!(-32601));
+    agent.send(json!({"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":session}}));
+    assert_eq!(agent.stop_reason(2), "cancelled");
+}
+
+#[test]
+fn slow_paces_its_chunks() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    let started = Instant::now();
+    agent.prompt(2, &session, "slow 3 40");
+    for i in 1..=3 {
+        assert_eq!(agent.chunk_text(&session), format!("chunk {i} of 3\n"));
+    }
+    assert_eq!(agent.stop_reason(2), "end_turn");
+    assert!(started.elapsed() >= Duration::from_millis(80));
+}
+
+#[test]
+fn slow_can_be_cancelled() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "slow 1000 1000");
+    assert_eq!(agent.chunk_text(&session), "chunk 1 of 1000\n");
+    agent.send(json!({"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":session}}));
+    assert_eq!(agent.stop_reason(2), "cancelled");
+}
+
+#[test]
+fn unknown_sends_an_unknown_update_kind() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "unknown");
+    assert_eq!(
+        agent.update(&session)["sessionUpdate"],
+        json!("echo_unknown_kind")
+    );
+    assert_eq!(agent.stop_reason(2), "end_turn");
+}
+
+#[test]
+fn protocol_errors_are_answered() {
+    let mut agent = Agent::spawn();
+    let session = agent.handshake();
+    agent.send_raw(b"not json\n");
+    let error = agent.next();
+    assert_eq!(error["id"], Value::Null);
+    assert_eq!(error["error"]["code"], json!(-32700));
+    let unknown = agent.request(5, "fs/read_text_file", json!({}));
+    assert_eq!(unknown["error"]["code"], json!(-32601));
+    let bad_session = agent.request(
+        6,
+        "session/prompt",
+        json!({"sessionId":"nope","prompt":[{"type":"text","text":"x"}]}),
+    );
+    assert_eq!(bad_session["error"]["code"], json!(-32602));
+    agent.prompt(7, &session, "hang");
+    let busy = agent.request(
+        8,
+        "session/prompt",
+        json!({"sessionId":session,"prompt":[{"type":"text","text":"x"}]}),
+    );
+    assert_eq!(busy["error"]["code"], json!(-32602));
+}
+
+#[test]
+fn closing_stdin_exits_cleanly() {
+    let mut agent = Agent::spawn();
+    agent.handshake();
+    agent.stdin = None;
+    assert_eq!(agent.next_raw(), None);
+    assert_eq!(agent.wait_exit().code(), Some(0));
+}
+
+/// Pumps lines between a real echo agent and an `AcpClient` until `done` says so.
+struct Driven {
+    agent: Agent,
+    client: AcpClient,
+}
+
+impl Driven {
+    fn start() -> Driven {
+        let mut driven = Driven {
+            agent: Agent::spawn(),
+            client: AcpClient::new(AcpConfig::default()),
+        };
+        driven.client.start("/tmp", Instant::now());
+        assert_eq!(driven.until_event(), AgentEvent::Ready);
+        driven
+    }
+
+    fn flush(&mut self) {
+        while let Some(line) = self.client.poll_write() {
+            self.agent.send_raw(&line);
+        }
+    }
+
+    /// Feeds agent output to the client until it emits an event.
+    fn until_event(&mut self) -> AgentEvent {
+        loop {
+            self.flush();
+            if let Some(event) = self.client.poll_event() {
+                return event;
+            }
+            match self.agent.next_raw() {
+                Some(line) => self.client.handle_line(line.as_bytes(), Instant::now()),
+                None => self.client.handle_exit(Instant::now()),
+            }
+        }
+    }
+}
+
+#[test]
+fn the_acp_client_drives_a_full_turn() {
+    let mut driven = Driven::start();
+    driven
+        .client
+        .prompt("stream 50 7", Instant::now())
+        .expect("ready");
+    let mut text = String::new();
+    let stop = loop {
+        match driven.until_event() {
+            AgentEvent::Update { kind, fields } => {
+                assert_eq!(kind, "text_delta");
+                text.push_str(fields["text"].as_str().unwrap_or_default());
+            }
+            AgentEvent::TurnComplete { stop_reason } => break stop_reason,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(stop, "end_turn");
+    assert_eq!(text, alphabet(0, 350));
+
+    // A permission round trip through the client.
+    driven
+        .client
+        .prompt("permission", Instant::now())
+        .expect("ready");
+    assert!(matches!(
+        driven.until_event(),
+        AgentEvent::Update {
+            kind: "tool_call",
+            ..
+        }
+    ));
+    let AgentEvent::PermissionRequested {
+        question_id,
+        options,
+        ..
+    } = driven.until_event()
+    else {
+        panic!("expected a permission request");
+    };
+    assert_eq!(options.len(), 2);
+    driven
+        .client
+        .answer_permission(&question_id, Some("allow"))
+        .expect("offered");
+    match driven.until_event() {
+        AgentEvent::Update {
+            kind: "text_delta",
+            fields,
+        } => {
+            assert_eq!(fields["text"], json!("permission: allow"))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        driven.until_event(),
+        AgentEvent::TurnComplete {
+            stop_reason: "end_turn".into()
+        }
+    );
+
+    // Cancelling a question: the client answers it, the agent ends the turn cancelled.
+    driven
+        .client
+        .prompt("permission", Instant::now())
+        .expect("ready");
+    driven.until_event();
+    assert!(matches!(
+        driven.until_event(),
+        AgentEvent::PermissionRequested { .. }
+    ));
+    driven.client.cancel(Instant::now());
+    assert!(matches!(
+        driven.until_event(),
+        AgentEvent::PermissionCancelled { .. }
+    ));
+    assert_eq!(
+        driven.until_event(),
+        AgentEvent::TurnComplete {
+            stop_reason: "cancelled".into()
+        }
+    );
+}
+
+#[test]
+fn the_acp_client_fails_on_exit_and_garbage() {
+    let mut driven = Driven::start();
+    driven.client.prompt("exit", Instant::now()).expect("ready");
+    assert!(matches!(
+        driven.until_event(),
+        AgentEvent::Update {
+            kind: "text_delta",
+            ..
+        }
+    ));
+    match driven.until_event() {
+        AgentEvent::Failed { message } => assert!(message.contains("mid-turn"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(driven.agent.wait_exit().code(), Some(3));
+
+    let mut driven = Driven::start();
+    driven
+        .client
+        .prompt("garbage", Instant::now())
+        .expect("ready");
+    assert!(matches!(driven.until_event(), AgentEvent::Failed { .. }));
+}
