@@ -5,6 +5,7 @@
 //! commands. It never reads a clock, sleeps, spawns, or touches a socket or a file; time is always
 //! a parameter and randomness comes from a seed the caller supplies. See `DESIGN.md`.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod fuzzing;

@@ -16,3 +16,7 @@
 //!     pub fn record_failure(&mut self, ip: IpAddr, now: Instant);
 //! }
 //! ```
+
+mod limiter;
+
+pub use limiter::{FailureLimiter, DEFAULT_MAX_FAILURES, DEFAULT_MAX_TRACKED, DEFAULT_WINDOW};
