@@ -6,6 +6,7 @@
 //! a parameter and randomness comes from a seed the caller supplies. See `DESIGN.md`.
 
 pub mod acp;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod fuzzing;

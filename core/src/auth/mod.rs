@@ -16,3 +16,25 @@
 //!     pub fn record_failure(&mut self, ip: IpAddr, now: Instant);
 //! }
 //! ```
+//!
+//! Implementation notes (details on each item):
+//! - [`Authenticator`]: HS256 with the configured secret; RS256/ES256 with JWKS keys chosen by
+//!   `kid`. The algorithm is pinned by the key, never taken from the token alone, so `alg: none`
+//!   and algorithm confusion are refused. `exp` (required) and `nbf` are checked against the
+//!   caller's `now_unix_ms` with `leeway_secs`; the library's own clock checks are off.
+//! - Verified tokens are cached by SHA-256 of the token, bounded, never past `exp`.
+//! - [`FailureLimiter`]: sliding window per IPv4 address / IPv6 /64, bounded memory.
+//! - [`testing`]: token minting for tests (not used by the gateway itself).
+
+mod cache;
+mod jwt;
+mod limiter;
+pub mod testing;
+
+pub use jwt::{
+    AuthConfig, AuthError, Authenticator, DEFAULT_ROLE, MAX_TOKEN_LEN, MIN_HS256_SECRET_LEN, ROLES,
+};
+pub use limiter::{FailureLimiter, DEFAULT_MAX_FAILURES, DEFAULT_MAX_TRACKED, DEFAULT_WINDOW};
+
+#[cfg(test)]
+mod tests;
