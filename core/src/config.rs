@@ -31,6 +31,30 @@ pub struct CoreConfig {
     pub auth_timeout: Duration,
     /// Origins allowed to open a WebSocket; empty means any. Dev mode accepts any origin.
     pub allowed_origins: Vec<String>,
+    /// Messages a connection may send per `rate_limit_window` (every message but `ping`
+    /// counts, refused ones too); 0 disables the limit.
+    pub rate_limit_messages: u32,
+    pub rate_limit_window: Duration,
+    /// Failed authentications an IP may make per minute.
+    pub auth_failures_per_minute: u32,
+    /// Most IPs the failure limiter tracks at once (its memory bound).
+    pub auth_limiter_capacity: usize,
+    /// Most events a resume may replay; more answers `recovered: false`.
+    pub replay_limit: u64,
+    /// An active session with no joined connection and no turn is deactivated after this long.
+    pub idle_session_timeout: Duration,
+    /// Running turns may finish for this long after a shutdown signal.
+    pub turn_grace: Duration,
+    /// How long a stopping agent may take before it is considered gone.
+    pub agent_stop_timeout: Duration,
+    /// Coalesce text and thinking deltas (flush at `coalesce_interval` or `coalesce_bytes`).
+    pub coalesce_deltas: bool,
+    pub coalesce_interval: Duration,
+    pub coalesce_bytes: usize,
+    /// The agent types `create_session` accepts (their command lines live with the agent host).
+    pub agent_types: Vec<String>,
+    /// The ACP client's settings (timeouts, capabilities).
+    pub acp: crate::acp::AcpConfig,
 }
 
 impl Default for CoreConfig {
@@ -49,6 +73,19 @@ impl Default for CoreConfig {
             close_timeout: Duration::from_secs(5),
             auth_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
+            rate_limit_messages: 60,
+            rate_limit_window: Duration::from_secs(10),
+            auth_failures_per_minute: 10,
+            auth_limiter_capacity: 100_000,
+            replay_limit: 1000,
+            idle_session_timeout: Duration::from_secs(600),
+            turn_grace: Duration::from_secs(10),
+            agent_stop_timeout: Duration::from_secs(10),
+            coalesce_deltas: true,
+            coalesce_interval: Duration::from_millis(10),
+            coalesce_bytes: 4096,
+            agent_types: vec!["echo".to_owned()],
+            acp: crate::acp::AcpConfig::default(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! its deadlines. Inputs are the `handle_*` methods; outputs are drained after every input with
 //! `poll_event`, `poll_transmit` (+ `outbound`/`handle_sent`) and `poll_timeout`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +17,11 @@ use crate::http::{parse_head, HeadError, HeadParse, RequestHead, Response, Route
 use crate::id_hash::IdHashBuilder;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
-use crate::protocol::{self, Envelope, EnvelopeError, ErrorCode, Identity, ServerMessage};
+use crate::protocol::{self, ErrorCode, Identity, ServerMessage};
+use crate::rate_limit::SlidingWindow;
 use crate::rng::{format_uuid, Rng};
+use crate::sessions::{PendingQuery, Session, SessionId, Tenant};
+use crate::storage::StorageCommand;
 use crate::timers::Timers;
 use crate::ws::{self, close_code, Decoder, DecoderConfig, Message};
 
@@ -34,11 +37,46 @@ pub enum Event {
     /// Close the socket. Everything queued for it has been written (or deliberately discarded);
     /// the core has forgotten the connection, so no `handle_closed` follows.
     CloseConnection(ConnectionId),
+    /// Hand this command to storage; its completion comes back through `handle_storage`.
+    Storage(StorageCommand),
+    /// Start, write to, or stop an agent process (see `AgentCommand`).
+    Agent(AgentCommand),
 }
 
-struct Connection {
-    peer: SocketAddr,
-    state: State,
+/// An agent process, named by the core. A restarted session gets a new id, so output of a
+/// process that is already stopped can never be taken for its successor's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentId(pub u64);
+
+/// What the core asks of the agent host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentCommand {
+    /// Start the configured command of `agent_type` for the session, in its workspace directory;
+    /// answer with `handle_agent_spawned` (giving the workspace path) or
+    /// `handle_agent_spawn_failed`.
+    Spawn {
+        agent: AgentId,
+        session_id: String,
+        agent_type: String,
+    },
+    /// Write one line (it ends with a newline) to the agent's stdin.
+    Write { agent: AgentId, line: Bytes },
+    /// Stop the process (close stdin, then SIGTERM, then SIGKILL); `handle_agent_exited` follows.
+    Stop { agent: AgentId },
+}
+
+/// Whose deadline a timer entry is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum TimerKey {
+    Connection(ConnectionId),
+    Session(SessionId),
+    /// The gateway itself: the shutdown grace period, the limiter sweep.
+    Gateway,
+}
+
+pub(crate) struct Connection {
+    pub(crate) peer: SocketAddr,
+    pub(crate) state: State,
     outbound: Outbound,
     /// In the transmit queue already.
     transmit_queued: bool,
@@ -52,12 +90,12 @@ struct Connection {
     scheduled: Option<Instant>,
 }
 
-enum State {
+pub(crate) enum State {
     Http(HttpState),
     WebSocket(WebSocketState),
 }
 
-struct HttpState {
+pub(crate) struct HttpState {
     /// An incomplete request head (kept only between reads; empty and unallocated otherwise).
     partial: Vec<u8>,
     /// When the first byte of the request in progress arrived.
@@ -66,40 +104,61 @@ struct HttpState {
     idle_since: Instant,
 }
 
-struct WebSocketState {
+pub(crate) struct WebSocketState {
     decoder: Decoder,
     /// The peer's close frame arrived, or the server sent its own close: data is ignored.
     close_sent: bool,
-    endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
 }
 
-enum Endpoint {
+pub(crate) enum Endpoint {
     /// `/echo`: every message back, for the conformance suite.
     Echo,
     /// `/ws`: the gateway protocol.
     Client(Box<ClientState>),
 }
 
-struct ClientState {
-    client_id: u128,
-    identity: Option<Arc<Identity>>,
+pub(crate) struct ClientState {
+    pub(crate) client_id: u128,
+    pub(crate) identity: Option<Arc<Identity>>,
     /// Close with 4001 if not authenticated by then.
-    auth_deadline: Option<Instant>,
+    pub(crate) auth_deadline: Option<Instant>,
+    /// When the connection was upgraded (the rate window's origin).
+    pub(crate) opened_at: Instant,
+    pub(crate) rate: SlidingWindow,
+    /// Sessions this connection has joined.
+    pub(crate) joined: Vec<SessionId>,
 }
 
 /// The sans-IO gateway. See `DESIGN.md` for the calling contract.
 pub struct Gateway {
-    config: CoreConfig,
-    clock: Clock,
-    rng: Rng,
-    connections: HashMap<ConnectionId, Connection, IdHashBuilder>,
-    events: VecDeque<Event>,
+    pub(crate) config: CoreConfig,
+    pub(crate) clock: Clock,
+    pub(crate) rng: Rng,
+    pub(crate) connections: HashMap<ConnectionId, Connection, IdHashBuilder>,
+    pub(crate) events: VecDeque<Event>,
     transmit_queue: VecDeque<ConnectionId>,
-    timers: Timers,
-    metrics: Metrics,
+    pub(crate) timers: Timers<TimerKey>,
+    /// The gateway's own deadline in `timers`.
+    pub(crate) gateway_scheduled: Option<Instant>,
+    pub(crate) metrics: Metrics,
     dev_identity: Arc<Identity>,
-    draining: bool,
+    pub(crate) draining: bool,
     storage_writable: bool,
+    /// The registry, in memory: the core is its only writer and persists every change.
+    pub(crate) sessions: HashMap<SessionId, Session>,
+    pub(crate) tenants: HashMap<Arc<str>, Tenant>,
+    pub(crate) agents: HashMap<AgentId, SessionId>,
+    pub(crate) next_agent: u64,
+    pub(crate) pending_queries: HashMap<u64, PendingQuery>,
+    pub(crate) next_token: u64,
+    /// Members already written to their tenant's registry by this process.
+    pub(crate) known_members: HashSet<(Arc<str>, String)>,
+    pub(crate) shutdown: crate::sessions::ShutdownPhase,
+    pub(crate) auth: Option<crate::auth::Authenticator>,
+    pub(crate) auth_failures: crate::auth::FailureLimiter,
+    /// The `now` of the latest input.
+    pub(crate) last_input: Instant,
 }
 
 /// What one parsed request leads to.
@@ -113,18 +172,39 @@ impl Gateway {
     /// every random choice the core makes.
     pub fn new(config: CoreConfig, seed: u64, now: Instant, unix_ms: u64) -> Self {
         Gateway {
-            config,
             clock: Clock::new(now, unix_ms),
             rng: Rng::new(seed),
             connections: HashMap::with_hasher(IdHashBuilder),
             events: VecDeque::new(),
             transmit_queue: VecDeque::new(),
             timers: Timers::default(),
+            gateway_scheduled: None,
             metrics: Metrics::default(),
             dev_identity: Arc::new(Identity::dev()),
             draining: false,
             storage_writable: true,
+            sessions: HashMap::new(),
+            tenants: HashMap::new(),
+            agents: HashMap::new(),
+            next_agent: 0,
+            pending_queries: HashMap::new(),
+            next_token: 0,
+            known_members: HashSet::new(),
+            shutdown: crate::sessions::ShutdownPhase::Running,
+            auth_failures: crate::auth::FailureLimiter::new(
+                config.auth_failures_per_minute,
+                std::time::Duration::from_secs(60),
+                config.auth_limiter_capacity,
+            ),
+            config,
+            auth: None,
+            last_input: now,
         }
+    }
+
+    /// Verifies tokens with `authenticator` (without one, only dev mode can authenticate).
+    pub fn set_authenticator(&mut self, authenticator: crate::auth::Authenticator) {
+        self.auth = Some(authenticator);
     }
 
     pub fn config(&self) -> &CoreConfig {
@@ -137,9 +217,10 @@ impl Gateway {
     pub fn handle_accept(&mut self, id: ConnectionId, peer: SocketAddr, now: Instant) {
         self.metrics.connections_accepted += 1;
         self.metrics.http_connections_open += 1;
+        self.last_input = now;
         if let Some(previous) = self.connections.remove(&id) {
             // The adapter reused a live id: forget the old connection rather than mix the two.
-            self.count_gone(&previous);
+            self.count_gone(id, previous);
         }
         let connection = Connection {
             peer,
@@ -156,24 +237,22 @@ impl Gateway {
             last_sent: now,
             scheduled: None,
         };
+        // While draining, new connections are still served: probes get `/readyz` 503 and upgrades
+        // 503, each with `Connection: close`.
         self.connections.insert(id, connection);
-        if self.draining {
-            self.close_now(id);
-            return;
-        }
         self.reschedule(id);
     }
 
     /// Bytes arrived on a connection. The core may modify `data` (it unmasks WebSocket payloads in
     /// place) and keeps nothing that refers to it.
     pub fn handle_data(&mut self, id: ConnectionId, data: &mut [u8], now: Instant) {
+        self.last_input = now;
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
         if connection.close_after_flush {
             return;
         }
-        connection.last_received = now;
         match connection.state {
             State::Http(_) => self.http_input(id, data, now),
             State::WebSocket(_) => self.websocket_input(id, data, now),
@@ -184,7 +263,7 @@ impl Gateway {
     /// The peer closed the connection, or it failed. The core forgets it.
     pub fn handle_closed(&mut self, id: ConnectionId) {
         if let Some(connection) = self.connections.remove(&id) {
-            self.count_gone(&connection);
+            self.count_gone(id, connection);
         }
     }
 
@@ -212,16 +291,39 @@ impl Gateway {
 
     /// Deadlines up to `now` have passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((at, id)) = self.timers.pop_due(now) {
-            let Some(connection) = self.connections.get_mut(&id) else {
-                continue;
-            };
-            if connection.scheduled != Some(at) {
-                continue;
+        self.last_input = now;
+        while let Some((at, key)) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Connection(id) => {
+                    let Some(connection) = self.connections.get_mut(&id) else {
+                        continue;
+                    };
+                    if connection.scheduled != Some(at) {
+                        continue;
+                    }
+                    connection.scheduled = None;
+                    self.connection_timers(id, now);
+                    self.reschedule(id);
+                }
+                TimerKey::Session(session_id) => {
+                    let Some(session) = self.sessions.get_mut(&session_id) else {
+                        continue;
+                    };
+                    if session.scheduled != Some(at) {
+                        continue;
+                    }
+                    session.scheduled = None;
+                    self.session_timers(&session_id, now);
+                    self.reschedule_session(&session_id, now);
+                }
+                TimerKey::Gateway => {
+                    if self.gateway_scheduled != Some(at) {
+                        continue;
+                    }
+                    self.gateway_scheduled = None;
+                    self.gateway_timers(now);
+                }
             }
-            connection.scheduled = None;
-            self.connection_timers(id, now);
-            self.reschedule(id);
         }
     }
 
@@ -233,6 +335,13 @@ impl Gateway {
             return;
         }
         self.draining = true;
+        self.start_drain(now);
+    }
+
+    /// Tells every client to come back later and closes every connection: `/ws` clients get
+    /// `server_shutdown` then close 1001; idle HTTP connections close now, busy ones after their
+    /// response.
+    pub(crate) fn close_all_connections(&mut self, now: Instant) {
         let ids: Vec<ConnectionId> = self.connections.keys().copied().collect();
         for id in ids {
             let Some(connection) = self.connections.get_mut(&id) else {
@@ -240,10 +349,12 @@ impl Gateway {
             };
             match &connection.state {
                 State::Http(http) => {
-                    if http.head_started.is_none() && connection.outbound.is_empty() {
-                        self.close_now(id);
-                    } else {
-                        self.finish(id, now);
+                    if http.head_started.is_none() {
+                        if connection.outbound.is_empty() {
+                            self.close_now(id);
+                        } else {
+                            self.finish(id, now);
+                        }
                     }
                     continue;
                 }
@@ -447,7 +558,9 @@ impl Gateway {
                 Response::new(status).body("application/json", Bytes::from(body.to_string()))
             }
             Route::Metrics => {
-                let text = self.metrics.render(self.clock.uptime_ms(now));
+                let text = self
+                    .metrics
+                    .render(self.clock.uptime_ms(now), &self.gauges());
                 Response::new(200).body(
                     "text/plain; version=0.0.4; charset=utf-8",
                     Bytes::from(text),
@@ -500,6 +613,29 @@ impl Gateway {
         }
     }
 
+    /// The gauges `/metrics` shows, from the current state.
+    fn gauges(&self) -> crate::metrics::Gauges {
+        let mut gauges = crate::metrics::Gauges::default();
+        for session in self.sessions.values() {
+            *gauges
+                .sessions
+                .entry(session.record.status.as_str())
+                .or_default() += 1;
+        }
+        for connection in self.connections.values() {
+            if let State::WebSocket(websocket) = &connection.state {
+                let state = match &websocket.endpoint {
+                    _ if websocket.close_sent || connection.close_after_flush => "closing",
+                    Endpoint::Client(client) if client.identity.is_some() => "authenticated",
+                    Endpoint::Client(_) => "unauthenticated",
+                    Endpoint::Echo => "echo",
+                };
+                *gauges.websocket_by_state.entry(state).or_default() += 1;
+            }
+        }
+        gauges
+    }
+
     fn is_ready(&self) -> bool {
         !self.draining && self.storage_writable
     }
@@ -543,8 +679,11 @@ impl Gateway {
             Route::Echo => Endpoint::Echo,
             _ => Endpoint::Client(Box::new(ClientState {
                 client_id: self.rng.uuid_v4(),
-                identity: self.config.dev_mode.then(|| self.dev_identity.clone()),
+                identity: None,
                 auth_deadline: (!self.config.dev_mode).then(|| now + self.config.auth_timeout),
+                opened_at: now,
+                rate: SlidingWindow::default(),
+                joined: Vec::new(),
             })),
         };
         let Some(connection) = self.connections.get_mut(&id) else {
@@ -558,16 +697,15 @@ impl Gateway {
         self.metrics.http_connections_open -= 1;
         self.metrics.websocket_connections_open += 1;
         if route == Route::WebSocket {
-            self.greet(id, now);
+            self.greet(id, upgrade_token(head), now);
         }
     }
 
-    fn greet(&mut self, id: ConnectionId, now: Instant) {
+    fn greet(&mut self, id: ConnectionId, upgrade_token: Option<String>, now: Instant) {
         let Some(client) = self.client_state(id) else {
             return;
         };
         let client_id = format_uuid(client.client_id);
-        let identity = client.identity.clone();
         let ts = self.clock.unix_ms(now);
         let welcome = ServerMessage::Welcome {
             protocol_version: protocol::PROTOCOL_VERSION,
@@ -580,15 +718,11 @@ impl Gateway {
             ts,
         };
         self.send_message(id, &connected, now);
-        if let Some(identity) = identity {
-            self.send_message(
-                id,
-                &ServerMessage::Authenticated {
-                    identity: &identity,
-                    request_id: None,
-                },
-                now,
-            );
+        if self.config.dev_mode {
+            let identity = self.dev_identity.clone();
+            self.complete_authentication(id, identity, None, now);
+        } else if let Some(token) = upgrade_token {
+            self.authenticate_upgrade_token(id, &token, now);
         }
     }
 
@@ -644,6 +778,9 @@ impl Gateway {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
+        // Liveness counts whole frames (PROTOCOL section 4), so a trickle of bytes that never
+        // completes one cannot keep a connection open.
+        connection.last_received = now;
         let State::WebSocket(websocket) = &mut connection.state else {
             return;
         };
@@ -658,7 +795,7 @@ impl Gateway {
                         None => ws::encode_frame(ws::OpCode::Close, &[]),
                     };
                     websocket.close_sent = true;
-                    self.send(id, frame, now);
+                    self.queue(id, frame, now);
                 }
                 self.finish(id, now);
             }
@@ -695,7 +832,13 @@ impl Gateway {
 
     /// Starts the close handshake: the close frame is sent and the connection waits (at most
     /// `close_timeout`) for the peer's close frame.
-    fn close_websocket(&mut self, id: ConnectionId, code: u16, reason: &str, now: Instant) {
+    pub(crate) fn close_websocket(
+        &mut self,
+        id: ConnectionId,
+        code: u16,
+        reason: &str,
+        now: Instant,
+    ) {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
@@ -708,94 +851,13 @@ impl Gateway {
         websocket.close_sent = true;
         connection.close_deadline = Some(now + self.config.close_timeout);
         self.metrics.count_close(code);
-        self.send(id, ws::close_frame(code, reason), now);
+        self.queue(id, ws::close_frame(code, reason), now);
         self.reschedule(id);
     }
 
     // ---------------------------------------------------------------- the gateway protocol
 
-    fn client_message(&mut self, id: ConnectionId, text: &str, now: Instant) {
-        let envelope = match protocol::parse_envelope(text) {
-            Ok(envelope) => envelope,
-            Err(EnvelopeError::InvalidJson) => {
-                self.send_error(
-                    id,
-                    ErrorCode::InvalidJson,
-                    "the message is not valid JSON",
-                    None,
-                    now,
-                );
-                return;
-            }
-            Err(EnvelopeError::InvalidMessage { reason, request_id }) => {
-                self.send_error(
-                    id,
-                    ErrorCode::InvalidMessage,
-                    reason,
-                    request_id.as_deref(),
-                    now,
-                );
-                return;
-            }
-        };
-        let Envelope {
-            kind, request_id, ..
-        } = envelope;
-        let request_id = request_id.as_deref();
-        let authenticated = self
-            .client_state(id)
-            .is_some_and(|client| client.identity.is_some());
-        match kind.as_str() {
-            "ping" => {
-                let pong = ServerMessage::Pong {
-                    ts: self.clock.unix_ms(now),
-                    request_id,
-                };
-                self.send_message(id, &pong, now);
-            }
-            "authenticate" => {
-                let identity = self
-                    .client_state(id)
-                    .and_then(|client| client.identity.clone());
-                match identity {
-                    Some(identity) => {
-                        let reply = ServerMessage::Authenticated {
-                            identity: &identity,
-                            request_id,
-                        };
-                        self.send_message(id, &reply, now);
-                    }
-                    None => self.send_error(
-                        id,
-                        ErrorCode::AuthFailed,
-                        "token verification is not configured on this gateway",
-                        request_id,
-                        now,
-                    ),
-                }
-            }
-            _ if !authenticated => self.send_error(
-                id,
-                ErrorCode::NotAuthenticated,
-                "authenticate first",
-                request_id,
-                now,
-            ),
-            known if protocol::SESSION_MESSAGE_TYPES.contains(&known) => {
-                let message = format!("'{known}' is not available in this build yet");
-                self.send_error(id, ErrorCode::Internal, &message, request_id, now)
-            }
-            _ => self.send_error(
-                id,
-                ErrorCode::InvalidMessage,
-                "unknown message type",
-                request_id,
-                now,
-            ),
-        }
-    }
-
-    fn client_state(&self, id: ConnectionId) -> Option<&ClientState> {
+    pub(crate) fn client_state(&self, id: ConnectionId) -> Option<&ClientState> {
         match &self.connections.get(&id)?.state {
             State::WebSocket(WebSocketState {
                 endpoint: Endpoint::Client(client),
@@ -805,7 +867,17 @@ impl Gateway {
         }
     }
 
-    fn send_error(
+    pub(crate) fn client_state_mut(&mut self, id: ConnectionId) -> Option<&mut ClientState> {
+        match &mut self.connections.get_mut(&id)?.state {
+            State::WebSocket(WebSocketState {
+                endpoint: Endpoint::Client(client),
+                ..
+            }) => Some(client),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn send_error(
         &mut self,
         id: ConnectionId,
         code: ErrorCode,
@@ -822,7 +894,12 @@ impl Gateway {
         self.send_message(id, &error, now);
     }
 
-    fn send_message(&mut self, id: ConnectionId, message: &ServerMessage<'_>, now: Instant) {
+    pub(crate) fn send_message(
+        &mut self,
+        id: ConnectionId,
+        message: &ServerMessage<'_>,
+        now: Instant,
+    ) {
         let frame = protocol::encode_frame(message);
         self.send(id, frame, now);
     }
@@ -831,7 +908,19 @@ impl Gateway {
 
     /// Queues bytes for a connection. Over the outbound limit, a WebSocket is closed as a slow
     /// consumer (4100): its queue is discarded and only the close frame is attempted.
-    fn send(&mut self, id: ConnectionId, bytes: Bytes, now: Instant) {
+    pub(crate) fn send(&mut self, id: ConnectionId, bytes: Bytes, now: Instant) {
+        let Some(connection) = self.connections.get(&id) else {
+            return;
+        };
+        // Nothing may follow a close frame (RFC 6455 section 5.5.1).
+        if matches!(&connection.state, State::WebSocket(websocket) if websocket.close_sent) {
+            return;
+        }
+        self.queue(id, bytes, now);
+    }
+
+    /// Queues bytes for a connection, close frames included.
+    fn queue(&mut self, id: ConnectionId, bytes: Bytes, now: Instant) {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
@@ -844,7 +933,7 @@ impl Gateway {
                 (true, self.config.echo_max_message_size.saturating_mul(2))
             }
             State::WebSocket(_) => (true, self.config.outbound_queue_limit),
-            State::Http(_) => (false, usize::MAX),
+            State::Http(_) => (false, self.config.outbound_queue_limit),
         };
         if is_websocket {
             self.metrics.websocket_messages_sent += 1;
@@ -857,17 +946,20 @@ impl Gateway {
         }
         if connection.outbound.len() > queue_limit {
             connection.outbound.discard_unstarted();
-            let already_closing =
-                matches!(&connection.state, State::WebSocket(websocket) if websocket.close_sent);
-            if !already_closing {
-                self.close_websocket(id, close_code::SLOW_CONSUMER, "slow consumer", now);
+            if is_websocket {
+                self.metrics.slow_consumer_closes += 1;
+                let already_closing = matches!(&connection.state, State::WebSocket(websocket) if websocket.close_sent);
+                if !already_closing {
+                    self.close_websocket(id, close_code::SLOW_CONSUMER, "slow consumer", now);
+                }
             }
+            // An HTTP client that pipelines requests and never reads is simply dropped.
             self.finish(id, now);
         }
     }
 
     /// Ends the connection once its queued bytes are written (at most `close_timeout` from now).
-    fn finish(&mut self, id: ConnectionId, now: Instant) {
+    pub(crate) fn finish(&mut self, id: ConnectionId, now: Instant) {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
@@ -885,17 +977,23 @@ impl Gateway {
         self.reschedule(id);
     }
 
-    fn close_now(&mut self, id: ConnectionId) {
+    pub(crate) fn close_now(&mut self, id: ConnectionId) {
         if let Some(connection) = self.connections.remove(&id) {
-            self.count_gone(&connection);
+            self.count_gone(id, connection);
             self.events.push_back(Event::CloseConnection(id));
         }
     }
 
-    fn count_gone(&mut self, connection: &Connection) {
+    /// A connection is gone: its counters, its topics, its joins.
+    fn count_gone(&mut self, id: ConnectionId, connection: Connection) {
         match connection.state {
             State::Http(_) => self.metrics.http_connections_open -= 1,
-            State::WebSocket(_) => self.metrics.websocket_connections_open -= 1,
+            State::WebSocket(websocket) => {
+                self.metrics.websocket_connections_open -= 1;
+                if let Endpoint::Client(client) = websocket.endpoint {
+                    self.client_gone(id, *client, self.clock_now_hint());
+                }
+            }
         }
     }
 
@@ -934,7 +1032,7 @@ impl Gateway {
         earliest
     }
 
-    fn reschedule(&mut self, id: ConnectionId) {
+    pub(crate) fn reschedule(&mut self, id: ConnectionId) {
         let Some(connection) = self.connections.get(&id) else {
             return;
         };
@@ -942,9 +1040,16 @@ impl Gateway {
             return;
         };
         if let Some(connection) = self.connections.get_mut(&id) {
+            let key = TimerKey::Connection(id);
             self.timers
-                .schedule(id, &mut connection.scheduled, deadline);
+                .schedule(key, &mut connection.scheduled, deadline);
         }
+    }
+
+    /// The `now` of the latest input: for work done while forgetting a connection, whose callers
+    /// do not all have a time at hand.
+    fn clock_now_hint(&self) -> Instant {
+        self.last_input
     }
 
     fn connection_timers(&mut self, id: ConnectionId, now: Instant) {
@@ -1003,4 +1108,20 @@ impl Gateway {
 
 fn earlier(current: Option<Instant>, candidate: Instant) -> Option<Instant> {
     Some(current.map_or(candidate, |at| at.min(candidate)))
+}
+
+/// A token offered in the upgrade request: `Authorization: Bearer <token>`, or (browsers) the
+/// subprotocol `bearer.<token>`.
+fn upgrade_token(head: &RequestHead) -> Option<String> {
+    if let Some(token) = head.authorization.as_deref().and_then(|value| {
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
+    }) {
+        return Some(token);
+    }
+    head.websocket_protocols
+        .iter()
+        .find_map(|protocol| protocol.strip_prefix("bearer.").map(str::to_owned))
 }

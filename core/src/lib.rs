@@ -7,6 +7,7 @@
 
 pub mod acp;
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod fuzzing;
@@ -16,14 +17,20 @@ mod id_hash;
 pub mod metrics;
 pub mod outbound;
 pub mod protocol;
+pub mod rate_limit;
+mod replay;
 pub mod rng;
+pub mod session_state;
+pub mod sessions;
 pub mod sim;
 pub mod storage;
 pub mod timers;
+pub mod topic;
+mod turns;
 pub mod ws;
 
 pub use config::CoreConfig;
-pub use gateway::{ConnectionId, Event, Gateway};
+pub use gateway::{AgentCommand, AgentId, ConnectionId, Event, Gateway};
 
 /// A runtime-agnostic wake-up hook: threads outside the event loop (the storage writer and
 /// reader, agent process readers) call it after queueing a completion, and each adapter implements

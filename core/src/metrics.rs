@@ -16,6 +16,31 @@ pub struct Metrics {
     pub websocket_messages_sent: u64,
     /// WebSocket closes the server initiated, by close code.
     pub websocket_closes: BTreeMap<u16, u64>,
+    pub events_published: u64,
+    /// Events storage reports committed (set by the adapter from storage's statistics).
+    pub events_persisted: u64,
+    pub rate_limited: u64,
+    pub rate_limit_closes: u64,
+    pub slow_consumer_closes: u64,
+    pub auth_failures: u64,
+    pub sessions_created: u64,
+    /// Joins by replay result: `live` (no afterSeq), `recovered`, `reload`.
+    pub replays: BTreeMap<&'static str, u64>,
+    pub storage_write_failures: u64,
+    pub agents_started: u64,
+    pub agent_failures: u64,
+    pub turns_started: u64,
+    pub turns_completed: u64,
+    pub turns_failed: u64,
+}
+
+/// Gauges computed from the gateway's state when `/metrics` is rendered.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Sessions by status.
+    pub sessions: BTreeMap<&'static str, u64>,
+    /// WebSocket connections by state: `unauthenticated`, `authenticated`, `closing`.
+    pub websocket_by_state: BTreeMap<&'static str, u64>,
 }
 
 impl Metrics {
@@ -28,7 +53,11 @@ impl Metrics {
         *self.websocket_closes.entry(code).or_default() += 1;
     }
 
-    pub fn render(&self, uptime_ms: u64) -> String {
+    pub fn count_replay(&mut self, result: &'static str) {
+        *self.replays.entry(result).or_default() += 1;
+    }
+
+    pub fn render(&self, uptime_ms: u64, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(2048);
         // Writing to a String cannot fail; the results are ignored for that reason.
         let _ = writeln!(
@@ -116,6 +145,101 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "diminuendo_websocket_server_closes_total{{code=\"{code}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP diminuendo_websocket_connections WebSocket connections by state."
+        );
+        let _ = writeln!(out, "# TYPE diminuendo_websocket_connections gauge");
+        for (state, count) in &gauges.websocket_by_state {
+            let _ = writeln!(
+                out,
+                "diminuendo_websocket_connections{{state=\"{state}\"}} {count}"
+            );
+        }
+        let _ = writeln!(out, "# HELP diminuendo_sessions Sessions by status.");
+        let _ = writeln!(out, "# TYPE diminuendo_sessions gauge");
+        for (status, count) in &gauges.sessions {
+            let _ = writeln!(out, "diminuendo_sessions{{status=\"{status}\"}} {count}");
+        }
+        let counters: [(&str, &str, u64); 13] = [
+            (
+                "events_published_total",
+                "Session events published.",
+                self.events_published,
+            ),
+            (
+                "events_persisted_total",
+                "Session events storage committed.",
+                self.events_persisted,
+            ),
+            (
+                "rate_limited_total",
+                "Messages refused with RATE_LIMITED.",
+                self.rate_limited,
+            ),
+            (
+                "rate_limit_closes_total",
+                "Connections closed with 4101.",
+                self.rate_limit_closes,
+            ),
+            (
+                "slow_consumer_closes_total",
+                "Connections closed with 4100.",
+                self.slow_consumer_closes,
+            ),
+            (
+                "auth_failures_total",
+                "Failed authentications.",
+                self.auth_failures,
+            ),
+            (
+                "sessions_created_total",
+                "Sessions created.",
+                self.sessions_created,
+            ),
+            (
+                "storage_write_failures_total",
+                "Writes storage reported failed.",
+                self.storage_write_failures,
+            ),
+            (
+                "agents_started_total",
+                "Agent processes requested.",
+                self.agents_started,
+            ),
+            (
+                "agent_failures_total",
+                "Agents that failed to start or broke the protocol.",
+                self.agent_failures,
+            ),
+            ("turns_started_total", "Turns started.", self.turns_started),
+            (
+                "turns_completed_total",
+                "Turns that ended with turn_complete.",
+                self.turns_completed,
+            ),
+            (
+                "turns_failed_total",
+                "Turns that ended with turn_error.",
+                self.turns_failed,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP diminuendo_{name} {help}");
+            let _ = writeln!(out, "# TYPE diminuendo_{name} counter");
+            let _ = writeln!(out, "diminuendo_{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP diminuendo_replays_total Joins by replay result."
+        );
+        let _ = writeln!(out, "# TYPE diminuendo_replays_total counter");
+        for (result, count) in &self.replays {
+            let _ = writeln!(
+                out,
+                "diminuendo_replays_total{{result=\"{result}\"}} {count}"
             );
         }
         out

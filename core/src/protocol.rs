@@ -148,7 +148,7 @@ pub fn parse_envelope(text: &str) -> Result<Envelope, EnvelopeError> {
     };
     let request_id = match fields.remove("requestId") {
         None | Some(Value::Null) => None,
-        Some(Value::String(id)) if id.len() <= MAX_REQUEST_ID_LEN => Some(id),
+        Some(Value::String(id)) if id.chars().count() <= MAX_REQUEST_ID_LEN => Some(id),
         Some(_) => {
             return Err(EnvelopeError::InvalidMessage {
                 reason: "requestId must be a string of at most 64 characters",

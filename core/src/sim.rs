@@ -2,12 +2,16 @@
 //! partial writes. Tests, fuzz targets and the embedding examples drive the real `Gateway` through
 //! it exactly as an adapter would, with every output drained after every input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::{ConnectionId, CoreConfig, Event, Gateway};
+use crate::storage::{
+    QueryResult, SessionRecord, SessionStatus, StorageCommand, StorageCompletion, StorageQuery,
+    StoredEvent, TurnRecord,
+};
+use crate::{AgentCommand, AgentId, ConnectionId, CoreConfig, Event, Gateway};
 
 /// The wall-clock time the simulation starts at (2026-01-01T00:00:00Z), so `ts` fields are
 /// reproducible.
@@ -31,6 +35,175 @@ pub struct Sim {
     now: Instant,
     next_id: u64,
     peers: BTreeMap<ConnectionId, Peer>,
+    /// The simulated storage: writes apply in command order, as the real writer commits them.
+    pub store: SimStore,
+    /// Storage completions not delivered yet.
+    completions: VecDeque<StorageCompletion>,
+    /// Hold storage completions until `deliver_storage` (to interleave them with other inputs).
+    pub hold_storage: bool,
+    pub agents: BTreeMap<AgentId, SimAgent>,
+    /// How spawned agents behave.
+    pub agent_mode: AgentMode,
+    config: CoreConfig,
+    seed: u64,
+    started: Instant,
+}
+
+/// How simulated agents behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentMode {
+    /// A built-in ACP echo agent: answers the handshake, echoes each prompt as one chunk and ends
+    /// the turn; the text `stream N` streams N chunks `c0`, `c1`, ...
+    Echo,
+    /// Nothing answers: the test reads `SimAgent::written` and injects lines with `agent_send`.
+    Manual,
+    /// Spawning fails.
+    FailToStart,
+}
+
+/// One simulated agent process.
+#[derive(Debug, Default)]
+pub struct SimAgent {
+    pub session_id: String,
+    /// Lines the gateway wrote to the agent's stdin.
+    pub written: Vec<serde_json::Value>,
+    pub alive: bool,
+}
+
+/// The simulated storage: the model of what the real one keeps.
+#[derive(Debug, Default, Clone)]
+pub struct SimStore {
+    pub sessions: BTreeMap<String, SessionRecord>,
+    pub events: BTreeMap<String, Vec<StoredEvent>>,
+    pub turns: BTreeMap<String, Vec<TurnRecord>>,
+    pub members: BTreeMap<(String, String), String>,
+}
+
+impl SimStore {
+    /// Executes one command; a query or flush yields its completion.
+    pub fn apply(&mut self, command: StorageCommand) -> Option<StorageCompletion> {
+        match command {
+            StorageCommand::UpsertSession { session } => {
+                self.sessions.insert(session.id.clone(), session);
+                None
+            }
+            StorageCommand::DeleteSession { session_id, .. } => {
+                self.sessions.remove(&session_id);
+                self.events.remove(&session_id);
+                self.turns.remove(&session_id);
+                None
+            }
+            StorageCommand::AppendEvent { session_id, event } => {
+                let log = self.events.entry(session_id).or_default();
+                if log.last().map_or(0, |last| last.seq) + 1 == event.seq {
+                    log.push(event);
+                }
+                None
+            }
+            StorageCommand::UpsertTurn { session_id, turn } => {
+                let turns = self.turns.entry(session_id).or_default();
+                match turns.iter_mut().find(|t| t.turn_id == turn.turn_id) {
+                    Some(existing) => *existing = turn,
+                    None => turns.push(turn),
+                }
+                None
+            }
+            StorageCommand::UpsertMember { member } => {
+                self.members
+                    .insert((member.tenant_id, member.user_id), member.role);
+                None
+            }
+            StorageCommand::DeleteMember { tenant_id, user_id } => {
+                self.members.remove(&(tenant_id, user_id));
+                None
+            }
+            StorageCommand::Flush { token } => Some(StorageCompletion::Flushed { token }),
+            StorageCommand::Shutdown { token } => {
+                Some(StorageCompletion::ShutdownComplete { token })
+            }
+            StorageCommand::Query { token, query } => {
+                let result = match query {
+                    StorageQuery::ListSessions {
+                        tenant_id,
+                        include_archived,
+                    } => QueryResult::Sessions(
+                        self.sessions
+                            .values()
+                            .filter(|s| {
+                                s.tenant_id == tenant_id && (include_archived || !s.archived)
+                            })
+                            .cloned()
+                            .collect(),
+                    ),
+                    StorageQuery::LoadSession {
+                        tenant_id,
+                        session_id,
+                    } => QueryResult::Session(
+                        self.sessions
+                            .get(&session_id)
+                            .filter(|s| s.tenant_id == tenant_id)
+                            .cloned(),
+                    ),
+                    StorageQuery::EventsAfter {
+                        session_id,
+                        after_seq,
+                        limit,
+                    } => {
+                        let log = self
+                            .events
+                            .get(&session_id)
+                            .map(Vec::as_slice)
+                            .unwrap_or(&[]);
+                        let after: Vec<StoredEvent> =
+                            log.iter().filter(|e| e.seq > after_seq).cloned().collect();
+                        let has_more = after.len() > limit as usize;
+                        QueryResult::Events {
+                            events: after.into_iter().take(limit as usize).collect(),
+                            has_more,
+                        }
+                    }
+                    StorageQuery::History {
+                        session_id,
+                        before_turn,
+                        limit,
+                    } => {
+                        let turns = self.turns.get(&session_id).cloned().unwrap_or_default();
+                        let end = before_turn
+                            .and_then(|before| turns.iter().position(|t| t.turn_id == before))
+                            .unwrap_or(turns.len());
+                        let start = end.saturating_sub(limit as usize);
+                        QueryResult::History {
+                            turns: turns[start..end].to_vec(),
+                            has_more: start > 0,
+                        }
+                    }
+                };
+                Some(StorageCompletion::QueryResult {
+                    token,
+                    result: Ok(result),
+                })
+            }
+        }
+    }
+
+    /// What storage recovery does on start: every session inactive, its `last_seq` from its log,
+    /// and after an unclean stop a new epoch for every session.
+    pub fn recover(&mut self, clean: bool, epoch_seed: u64) -> Vec<SessionRecord> {
+        let mut counter = epoch_seed;
+        for record in self.sessions.values_mut() {
+            record.status = SessionStatus::Inactive;
+            record.last_seq = self
+                .events
+                .get(&record.id)
+                .and_then(|log| log.last())
+                .map_or(0, |e| e.seq);
+            if !clean {
+                counter += 1;
+                record.epoch = format!("{}-r{counter}", record.epoch);
+            }
+        }
+        self.sessions.values().cloned().collect()
+    }
 }
 
 impl Sim {
@@ -38,11 +211,83 @@ impl Sim {
         // The anchor instant is arbitrary; only differences from it are ever observed.
         let now = Instant::now();
         Sim {
-            gateway: Gateway::new(config, seed, now, SIM_START_UNIX_MS),
+            gateway: Gateway::new(config.clone(), seed, now, SIM_START_UNIX_MS),
             now,
             next_id: 1,
             peers: BTreeMap::new(),
+            store: SimStore::default(),
+            completions: VecDeque::new(),
+            hold_storage: false,
+            agents: BTreeMap::new(),
+            agent_mode: AgentMode::Echo,
+            config,
+            seed,
+            started: now,
         }
+    }
+
+    /// A restart: every connection and agent is gone, and a new gateway starts from what the
+    /// store kept (`clean`: after a graceful stop; otherwise after a crash, which also loses
+    /// the storage completions still held).
+    pub fn restart(&mut self, clean: bool) {
+        self.completions.clear();
+        for peer in self.peers.values_mut() {
+            peer.closed = true;
+        }
+        self.agents.clear();
+        self.seed += 1;
+        let records = self.store.recover(clean, self.seed * 1000);
+        let unix_ms = SIM_START_UNIX_MS + self.now.duration_since(self.started).as_millis() as u64;
+        self.gateway = Gateway::new(self.config.clone(), self.seed, self.now, unix_ms);
+        self.gateway.restore_sessions(records);
+    }
+
+    /// Delivers up to `count` held storage completions, oldest first.
+    pub fn deliver_storage(&mut self, count: usize) {
+        for _ in 0..count {
+            let Some(completion) = self.completions.pop_front() else {
+                break;
+            };
+            self.gateway.handle_storage(completion, self.now);
+            self.pump();
+        }
+    }
+
+    /// Storage completions waiting (with `hold_storage`).
+    pub fn held_storage(&self) -> usize {
+        self.completions.len()
+    }
+
+    /// The agent process the gateway started for `session_id` most recently.
+    pub fn agent_of(&self, session_id: &str) -> Option<AgentId> {
+        self.agents
+            .iter()
+            .rev()
+            .find(|(_, agent)| agent.session_id == session_id && agent.alive)
+            .map(|(id, _)| *id)
+    }
+
+    /// The agent writes `line` to its stdout.
+    pub fn agent_send(&mut self, agent: AgentId, line: &serde_json::Value) {
+        let text = line.to_string();
+        self.gateway
+            .handle_agent_line(agent, text.as_bytes(), self.now);
+        self.pump();
+    }
+
+    /// The agent writes raw bytes as one line (for invalid output).
+    pub fn agent_send_raw(&mut self, agent: AgentId, line: &[u8]) {
+        self.gateway.handle_agent_line(agent, line, self.now);
+        self.pump();
+    }
+
+    /// The agent process dies.
+    pub fn agent_exit(&mut self, agent: AgentId) {
+        if let Some(sim_agent) = self.agents.get_mut(&agent) {
+            sim_agent.alive = false;
+        }
+        self.gateway.handle_agent_exited(agent, self.now);
+        self.pump();
     }
 
     pub fn now(&self) -> Instant {
@@ -182,6 +427,18 @@ impl Sim {
                             peer.closed = true;
                         }
                     }
+                    Event::Storage(command) => {
+                        if let Some(completion) = self.store.apply(command) {
+                            self.completions.push_back(completion);
+                        }
+                    }
+                    Event::Agent(command) => self.agent_command(command),
+                }
+            }
+            if !self.hold_storage {
+                while let Some(completion) = self.completions.pop_front() {
+                    progressed = true;
+                    self.gateway.handle_storage(completion, self.now);
                 }
             }
             while let Some(id) = self.gateway.poll_transmit() {
@@ -219,6 +476,104 @@ impl Sim {
                 break;
             }
         }
+    }
+}
+
+impl Sim {
+    fn agent_command(&mut self, command: AgentCommand) {
+        match command {
+            AgentCommand::Spawn {
+                agent, session_id, ..
+            } => {
+                if self.agent_mode == AgentMode::FailToStart {
+                    self.gateway.handle_agent_spawn_failed(
+                        agent,
+                        "simulated spawn failure",
+                        self.now,
+                    );
+                    return;
+                }
+                let workspace = format!("/sim/sessions/{session_id}/workspace");
+                self.agents.insert(
+                    agent,
+                    SimAgent {
+                        session_id,
+                        written: Vec::new(),
+                        alive: true,
+                    },
+                );
+                self.gateway
+                    .handle_agent_spawned(agent, &workspace, self.now);
+            }
+            AgentCommand::Write { agent, line } => {
+                let Some(sim_agent) = self.agents.get_mut(&agent) else {
+                    return;
+                };
+                let Ok(message) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                    return;
+                };
+                sim_agent.written.push(message.clone());
+                if self.agent_mode == AgentMode::Echo && sim_agent.alive {
+                    for reply in echo_agent_replies(&message) {
+                        let text = reply.to_string();
+                        self.gateway
+                            .handle_agent_line(agent, text.as_bytes(), self.now);
+                    }
+                }
+            }
+            AgentCommand::Stop { agent } => {
+                if let Some(sim_agent) = self.agents.get_mut(&agent) {
+                    if sim_agent.alive {
+                        sim_agent.alive = false;
+                        self.gateway.handle_agent_exited(agent, self.now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The built-in echo agent's answers to one message from the gateway.
+fn echo_agent_replies(message: &serde_json::Value) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let id = message.get("id").cloned();
+    let method = message
+        .get("method")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("");
+    match (method, id) {
+        ("initialize", Some(id)) => {
+            vec![
+                json!({"jsonrpc": "2.0", "id": id, "result": {"protocolVersion": 1, "agentCapabilities": {}}}),
+            ]
+        }
+        ("session/new", Some(id)) => {
+            vec![json!({"jsonrpc": "2.0", "id": id, "result": {"sessionId": "sim-session"}})]
+        }
+        ("session/prompt", Some(id)) => {
+            let text = message
+                .pointer("/params/prompt/0/text")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let chunks: Vec<String> = match text
+                .strip_prefix("stream ")
+                .and_then(|n| n.trim().parse::<usize>().ok())
+            {
+                Some(count) => (0..count).map(|index| format!("c{index} ")).collect(),
+                None => vec![text],
+            };
+            let mut replies: Vec<serde_json::Value> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    json!({"jsonrpc": "2.0", "method": "session/update", "params": {"sessionId": "sim-session",
+                        "update": {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": chunk}}}})
+                })
+                .collect();
+            replies.push(json!({"jsonrpc": "2.0", "id": id, "result": {"stopReason": "end_turn"}}));
+            replies
+        }
+        _ => Vec::new(),
     }
 }
 

@@ -1,32 +1,34 @@
-//! Deadlines of many connections in one heap, invalidated lazily: each connection remembers the
-//! deadline it is scheduled at; a popped entry that no longer matches is stale and skipped. A
-//! deadline that moves later (a heartbeat pushed back by traffic) needs no heap operation at all:
-//! its entry fires early, the connection recomputes, and it is scheduled again.
+//! Deadlines of many owners (connections, sessions, the gateway itself) in one heap, invalidated
+//! lazily: each owner remembers the deadline it is scheduled at; a popped entry that no longer
+//! matches is stale and skipped. A deadline that moves later (a heartbeat pushed back by traffic)
+//! needs no heap operation at all: its entry fires early, the owner recomputes, and it is
+//! scheduled again.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-use crate::ConnectionId;
-
-#[derive(Debug, Default)]
-pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, ConnectionId)>>,
+#[derive(Debug)]
+pub struct Timers<K: Ord> {
+    heap: BinaryHeap<Reverse<(Instant, K)>>,
 }
 
-impl Timers {
-    /// Schedules `id` at `deadline` unless it is already scheduled no later than that.
-    pub fn schedule(
-        &mut self,
-        id: ConnectionId,
-        scheduled: &mut Option<Instant>,
-        deadline: Instant,
-    ) {
+impl<K: Ord> Default for Timers<K> {
+    fn default() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<K: Ord> Timers<K> {
+    /// Schedules `key` at `deadline` unless it is already scheduled no later than that.
+    pub fn schedule(&mut self, key: K, scheduled: &mut Option<Instant>, deadline: Instant) {
         if scheduled.is_some_and(|at| at <= deadline) {
             return;
         }
         *scheduled = Some(deadline);
-        self.heap.push(Reverse((deadline, id)));
+        self.heap.push(Reverse((deadline, key)));
     }
 
     /// The earliest entry, stale or not (a stale one only wakes the caller early).
@@ -35,7 +37,7 @@ impl Timers {
     }
 
     /// Pops one entry due at `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, ConnectionId)> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
         match self.heap.peek() {
             Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(entry)| entry),
             _ => None,
@@ -48,5 +50,34 @@ impl Timers {
 
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn stale_entries_are_returned_but_recognisable() {
+        let start = Instant::now();
+        let mut timers = Timers::default();
+        let mut scheduled = None;
+        timers.schedule(1u32, &mut scheduled, start + Duration::from_secs(10));
+        // Moving later needs nothing; moving earlier adds an entry.
+        timers.schedule(1, &mut scheduled, start + Duration::from_secs(20));
+        assert_eq!(timers.len(), 1);
+        timers.schedule(1, &mut scheduled, start + Duration::from_secs(5));
+        assert_eq!(timers.len(), 2);
+        assert_eq!(scheduled, Some(start + Duration::from_secs(5)));
+        assert_eq!(
+            timers.pop_due(start + Duration::from_secs(6)),
+            Some((start + Duration::from_secs(5), 1))
+        );
+        assert_eq!(timers.pop_due(start + Duration::from_secs(6)), None);
+        assert_eq!(
+            timers.next_deadline(),
+            Some(start + Duration::from_secs(10))
+        );
     }
 }

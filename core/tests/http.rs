@@ -399,7 +399,7 @@ fn readyz_and_health_are_503_while_storage_cannot_write() {
 }
 
 #[test]
-fn shutdown_closes_idle_http_connections_at_once() {
+fn shutdown_closes_idle_http_connections_at_once_and_answers_a_request_in_flight() {
     let mut sim = sim();
     let idle = sim.connect();
     let used = sim.connect();
@@ -409,10 +409,19 @@ fn shutdown_closes_idle_http_connections_at_once() {
     sim.send(partial, b"GET /livez HTTP/1.1\r\n");
     sim.gateway.begin_shutdown(sim.now());
     sim.pump();
-    for id in [idle, used, partial] {
+    for id in [idle, used] {
         assert!(sim.is_closed(id), "{id:?}");
         assert!(sim.take_received(id).is_empty());
     }
+    // A request already arriving is answered (503 for an upgrade or /readyz), then closed.
+    assert!(!sim.is_closed(partial));
+    sim.send(partial, b"\r\n");
+    let response = sim
+        .take_response(partial)
+        .expect("the request in flight is answered");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("Connection"), Some("close"));
+    assert!(sim.is_closed(partial));
     assert_eq!(sim.gateway.connection_count(), 0);
     assert!(sim.gateway.is_draining());
 }

@@ -1,0 +1,677 @@
+//! The gateway protocol on `/ws` (PROTOCOL sections 3 to 5): the envelope, authentication, the
+//! per-connection rate limit, roles, and the registry requests. Joins and replays are in
+//! `replay.rs`; turns in `turns.rs`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use crate::gateway::ClientState;
+use crate::protocol::{self, Envelope, EnvelopeError, ErrorCode, Identity, ServerMessage};
+use crate::session_state::SessionStatus;
+use crate::sessions::{FrameWriter, Session, SessionId};
+use crate::storage::{self, MemberRecord, SessionRecord, StorageCommand};
+use crate::ws::close_code;
+use crate::{ConnectionId, Gateway};
+
+/// What a role may do (PROTOCOL section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Read,
+    Create,
+    Write,
+    Archive,
+    Delete,
+    Steer,
+}
+
+pub fn role_allows(role: &str, permission: Permission) -> bool {
+    match role {
+        "owner" | "admin" => true,
+        "member" => permission != Permission::Delete,
+        "viewer" => permission == Permission::Read,
+        _ => false,
+    }
+}
+
+/// Longest session name accepted.
+pub const MAX_SESSION_NAME: usize = 200;
+
+/// A refused request: the error to answer with.
+pub(crate) struct Refusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Refusal::new(ErrorCode::InvalidMessage, message)
+    }
+}
+
+pub(crate) type Handled = Result<(), Refusal>;
+
+/// Typed access to a message's fields; a missing or mistyped field is `INVALID_MESSAGE`.
+pub(crate) struct Fields<'a>(pub(crate) &'a Map<String, Value>);
+
+impl<'a> Fields<'a> {
+    pub(crate) fn string(&self, name: &str) -> Result<&'a str, Refusal> {
+        match self.0.get(name) {
+            Some(Value::String(text)) => Ok(text),
+            _ => Err(Refusal::invalid(format!("{name} must be a string"))),
+        }
+    }
+
+    pub(crate) fn optional_string(&self, name: &str) -> Result<Option<&'a str>, Refusal> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(Refusal::invalid(format!("{name} must be a string"))),
+        }
+    }
+
+    pub(crate) fn optional_bool(&self, name: &str) -> Result<Option<bool>, Refusal> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(flag)) => Ok(Some(*flag)),
+            Some(_) => Err(Refusal::invalid(format!("{name} must be a boolean"))),
+        }
+    }
+
+    pub(crate) fn optional_u64(&self, name: &str) -> Result<Option<u64>, Refusal> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(number)) => number
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| Refusal::invalid(format!("{name} must be a non-negative integer"))),
+            Some(_) => Err(Refusal::invalid(format!(
+                "{name} must be a non-negative integer"
+            ))),
+        }
+    }
+}
+
+impl Gateway {
+    /// A text message on `/ws`.
+    pub(crate) fn client_message(&mut self, id: ConnectionId, text: &str, now: Instant) {
+        let envelope = match protocol::parse_envelope(text) {
+            Ok(envelope) => Some(envelope),
+            Err(error) => {
+                if !self.count_message(id, None, now) {
+                    return;
+                }
+                match error {
+                    EnvelopeError::InvalidJson => self.send_error(
+                        id,
+                        ErrorCode::InvalidJson,
+                        "the message is not valid JSON",
+                        None,
+                        now,
+                    ),
+                    EnvelopeError::InvalidMessage { reason, request_id } => self.send_error(
+                        id,
+                        ErrorCode::InvalidMessage,
+                        reason,
+                        request_id.as_deref(),
+                        now,
+                    ),
+                }
+                None
+            }
+        };
+        let Some(Envelope {
+            kind,
+            request_id,
+            fields,
+        }) = envelope
+        else {
+            return;
+        };
+        let request_id = request_id.as_deref();
+        if kind == "ping" {
+            let pong = ServerMessage::Pong {
+                ts: self.clock.unix_ms(now),
+                request_id,
+            };
+            self.send_message(id, &pong, now);
+            return;
+        }
+        if !self.count_message(id, request_id, now) {
+            return;
+        }
+        let identity = self
+            .client_state(id)
+            .and_then(|client| client.identity.clone());
+        let result = match (kind.as_str(), identity) {
+            ("authenticate", _) => self.authenticate_message(id, &Fields(&fields), request_id, now),
+            (_, None) => Err(Refusal::new(
+                ErrorCode::NotAuthenticated,
+                "authenticate first",
+            )),
+            (kind, Some(identity)) => {
+                self.request(id, kind, &identity, &Fields(&fields), request_id, now)
+            }
+        };
+        if let Err(refusal) = result {
+            self.send_error(id, refusal.code, &refusal.message, request_id, now);
+        }
+    }
+
+    /// Counts a message against the connection's budget. Over it: `RATE_LIMITED`, and a close
+    /// with 4101 when the client keeps going. Returns false when the message must be dropped.
+    fn count_message(&mut self, id: ConnectionId, request_id: Option<&str>, now: Instant) -> bool {
+        let limit = self.config.rate_limit_messages;
+        let window = self.config.rate_limit_window;
+        let Some(client) = self.client_state_mut(id) else {
+            return false;
+        };
+        match client.rate.hit(client.opened_at, now, limit, window) {
+            Ok(()) => true,
+            Err(retry_after) => {
+                let refused = client.rate.refused;
+                self.metrics.rate_limited += 1;
+                if u32::from(refused) > limit.max(1) {
+                    self.metrics.rate_limit_closes += 1;
+                    self.close_websocket(
+                        id,
+                        close_code::RATE_LIMITED,
+                        "rate limited too often",
+                        now,
+                    );
+                    return false;
+                }
+                let error = ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    message: "too many messages; slow down",
+                    request_id,
+                    retry_after_ms: Some(retry_after.as_millis() as u64),
+                };
+                self.send_message(id, &error, now);
+                false
+            }
+        }
+    }
+
+    fn request(
+        &mut self,
+        id: ConnectionId,
+        kind: &str,
+        identity: &Arc<Identity>,
+        fields: &Fields<'_>,
+        request_id: Option<&str>,
+        now: Instant,
+    ) -> Handled {
+        use Permission::*;
+        let needs = match kind {
+            "list_sessions" | "join_session" | "leave_session" | "get_events" | "get_history" => {
+                Read
+            }
+            "create_session" => Create,
+            "rename_session" | "run_turn" | "stop_turn" | "answer_question" => Write,
+            "archive_session" | "unarchive_session" => Archive,
+            "delete_session" => Delete,
+            "steer" => Steer,
+            _ => return Err(Refusal::invalid("unknown message type")),
+        };
+        if !role_allows(&identity.role, needs) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("the role {} may not {kind}", identity.role),
+            ));
+        }
+        match kind {
+            "list_sessions" => self.list_sessions(id, identity, fields, request_id, now),
+            "create_session" => self.create_session(id, identity, fields, request_id, now),
+            "rename_session" => {
+                self.update_session(id, identity, fields, request_id, Update::Rename, now)
+            }
+            "archive_session" => {
+                self.update_session(id, identity, fields, request_id, Update::Archive(true), now)
+            }
+            "unarchive_session" => self.update_session(
+                id,
+                identity,
+                fields,
+                request_id,
+                Update::Archive(false),
+                now,
+            ),
+            "delete_session" => self.delete_session(id, identity, fields, request_id, now),
+            "join_session" => self.join_session(id, identity, fields, request_id, now),
+            "leave_session" => self.leave_session(id, identity, fields, request_id, now),
+            "get_events" => self.get_events(id, identity, fields, request_id, now),
+            "get_history" => self.get_history(id, identity, fields, request_id, now),
+            "run_turn" => self.run_turn(id, identity, fields, request_id, false, now),
+            "steer" => self.run_turn(id, identity, fields, request_id, true, now),
+            "stop_turn" => self.stop_turn(id, identity, fields, request_id, now),
+            _ => self.answer_question(id, identity, fields, request_id, now),
+        }
+    }
+
+    /// The session named by the message's `sessionId`, in the caller's tenant.
+    pub(crate) fn session_field(
+        &self,
+        identity: &Identity,
+        fields: &Fields<'_>,
+    ) -> Result<SessionId, Refusal> {
+        let session_id = fields.string("sessionId")?;
+        self.find_session(&identity.tenant_id, session_id)
+            .ok_or_else(|| Refusal::new(ErrorCode::SessionNotFound, "no such session"))
+    }
+
+    /// Sends `{type, requestId?, ...}` to one connection.
+    pub(crate) fn reply(
+        &mut self,
+        id: ConnectionId,
+        kind: &str,
+        request_id: Option<&str>,
+        build: impl FnOnce(&mut FrameWriter),
+        now: Instant,
+    ) {
+        let mut writer = FrameWriter::new(kind);
+        if let Some(request_id) = request_id {
+            writer.field("requestId", request_id);
+        }
+        build(&mut writer);
+        let (frame, _) = writer.finish();
+        self.send(id, frame, now);
+    }
+
+    // ------------------------------------------------------------ authentication
+
+    fn authenticate_message(
+        &mut self,
+        id: ConnectionId,
+        fields: &Fields<'_>,
+        request_id: Option<&str>,
+        now: Instant,
+    ) -> Handled {
+        if let Some(identity) = self
+            .client_state(id)
+            .and_then(|client| client.identity.clone())
+        {
+            let reply = ServerMessage::Authenticated {
+                identity: &identity,
+                request_id,
+            };
+            self.send_message(id, &reply, now);
+            return Ok(());
+        }
+        let token = fields.string("token")?;
+        let identity = self.verify_token(id, token, now)?;
+        self.complete_authentication(id, identity, request_id, now);
+        Ok(())
+    }
+
+    /// A token from the upgrade request: on failure the client is told and closed with 4001.
+    pub(crate) fn authenticate_upgrade_token(
+        &mut self,
+        id: ConnectionId,
+        token: &str,
+        now: Instant,
+    ) {
+        match self.verify_token(id, token, now) {
+            Ok(identity) => self.complete_authentication(id, identity, None, now),
+            Err(refusal) => {
+                self.send_error(id, refusal.code, &refusal.message, None, now);
+                self.close_websocket(id, close_code::AUTH_FAILED, "authentication failed", now);
+            }
+        }
+    }
+
+    fn verify_token(
+        &mut self,
+        id: ConnectionId,
+        token: &str,
+        now: Instant,
+    ) -> Result<Arc<Identity>, Refusal> {
+        let ip = self.peer(id).map(|peer| peer.ip());
+        if let Some(ip) = ip {
+            if let Err(retry_after) = self.auth_failures.check(ip, now) {
+                let refusal = Refusal::new(
+                    ErrorCode::AuthRateLimited,
+                    "too many failed authentications; try later",
+                );
+                // The retry hint travels in its own field; see `send_auth_rate_limited`.
+                self.send_auth_rate_limited(id, retry_after, now);
+                return Err(Refusal {
+                    message: String::new(),
+                    ..refusal
+                });
+            }
+        }
+        let unix_ms = self.clock.unix_ms(now);
+        let verified = match self.auth.as_mut() {
+            Some(auth) => auth
+                .verify(token, unix_ms)
+                .map_err(|error| error.to_string()),
+            None => Err("token verification is not configured on this gateway".to_owned()),
+        };
+        let checked = verified.and_then(|identity| {
+            if storage::is_valid_identifier(&identity.tenant_id) {
+                Ok(identity)
+            } else {
+                Err("the token's tenant_id is not a valid identifier".to_owned())
+            }
+        });
+        match checked {
+            Ok(identity) => Ok(identity),
+            Err(message) => {
+                if let Some(ip) = ip {
+                    self.auth_failures.record_failure(ip, now);
+                }
+                self.metrics.auth_failures += 1;
+                Err(Refusal::new(ErrorCode::AuthFailed, message))
+            }
+        }
+    }
+
+    fn send_auth_rate_limited(
+        &mut self,
+        id: ConnectionId,
+        retry_after: std::time::Duration,
+        now: Instant,
+    ) {
+        let error = ServerMessage::Error {
+            code: ErrorCode::AuthRateLimited,
+            message: "too many failed authentications; try later",
+            request_id: None,
+            retry_after_ms: Some(retry_after.as_millis() as u64),
+        };
+        self.send_message(id, &error, now);
+    }
+
+    /// The connection is `identity` from now on: it joins its tenant's topic and is answered
+    /// `authenticated`.
+    pub(crate) fn complete_authentication(
+        &mut self,
+        id: ConnectionId,
+        identity: Arc<Identity>,
+        request_id: Option<&str>,
+        now: Instant,
+    ) {
+        let Some(client) = self.client_state_mut(id) else {
+            return;
+        };
+        client.identity = Some(identity.clone());
+        client.auth_deadline = None;
+        let tenant: Arc<str> = Arc::from(identity.tenant_id.as_str());
+        self.tenants
+            .entry(tenant.clone())
+            .or_default()
+            .topic
+            .subscribe(id);
+        if self
+            .known_members
+            .insert((tenant, identity.user_id.clone()))
+        {
+            let at = self.clock.unix_ms(now) as i64;
+            self.storage(StorageCommand::UpsertMember {
+                member: MemberRecord {
+                    tenant_id: identity.tenant_id.clone(),
+                    user_id: identity.user_id.clone(),
+                    role: identity.role.clone(),
+                    created_at_ms: at,
+                    updated_at_ms: at,
+                },
+            });
+        }
+        let reply = ServerMessage::Authenticated {
+            identity: &identity,
+            request_id,
+        };
+        self.send_message(id, &reply, now);
+        self.reschedule(id);
+    }
+
+    /// A `/ws` connection is gone: it leaves its tenant topic and every session it joined.
+    pub(crate) fn client_gone(&mut self, id: ConnectionId, client: ClientState, now: Instant) {
+        if let Some(identity) = &client.identity {
+            if let Some(tenant) = self.tenants.get_mut(identity.tenant_id.as_str()) {
+                tenant.topic.unsubscribe(id);
+            }
+        }
+        for session_id in client.joined {
+            self.unsubscribe(&session_id, id, now);
+        }
+    }
+
+    pub(crate) fn unsubscribe(&mut self, session_id: &SessionId, id: ConnectionId, now: Instant) {
+        if let Some(session) = self.sessions.get_mut(session_id) {
+            session.topic.unsubscribe(id);
+            session
+                .replaying
+                .retain(|(connection, _)| *connection != id);
+            self.reschedule_session(session_id, now);
+        }
+    }
+
+    // ------------------------------------------------------------ the registry
+
+    fn list_sessions(
+        &mut self,
+        id: ConnectionId,
+        identity: &Identity,
+        fields: &Fields<'_>,
+        request_id: Option<&str>,
+        now: Instant,
+    ) -> Handled {
+        let include_archived = fields.optional_bool("includeArchived")?.unwrap_or(false);
+        let list: Vec<_> = self
+            .tenants
+            .get(identity.tenant_id.as_str())
+            .map(|tenant| {
+                tenant
+                    .sessions
+                    .iter()
+                    .filter_map(|session_id| self.sessions.get(session_id))
+                    .filter(|session| include_archived || !session.record.archived)
+                    .map(Session::meta)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut writer = FrameWriter::new("session_list");
+        if let Some(request_id) = request_id {
+            writer.field("requestId", request_id);
+        }
+        writer.field("sessions", &list);
+        let (frame, _) = writer.finish();
+        self.send(id, frame, now);
+        Ok(())
+    }
+
+    fn create_session(
+        &mut self,
+        id: ConnectionId,
+        identity: &Identity,
+        fields: &Fields<'_>,
+        request_id: Option<&str>,
+        now: Instant,
+    ) -> Handled {
+        if self.refuse_while_draining(id, request_id, now) {
+            return Ok(());
+        }
+        let agent_type = fields.string("agentType")?;
+        if !self
+            .config
+            .agent_types
+            .iter()
+            .any(|known| known == agent_type)
+        {
+            return Err(Refusal::new(
+                ErrorCode::AgentUnavailable,
+                format!("unknown agent type {}", truncate(agent_type, 64)),
+            ));
+        }
+        let name = fields.optional_string("name")?.unwrap_or("New session");
+        check_name(name)?;
+        let at = self.clock.unix_ms(now) as i64;
+        let session_id = crate::rng::format_uuid(self.rng.uuid_v4());
+        let record = SessionRecord {
+            id: session_id.clone(),
+            tenant_id: identity.tenant_id.clone(),
+            name: name.to_owned(),
+            agent_type: agent_type.to_owned(),
+            status: SessionStatus::Inactive,
+            archived: false,
+            created_by: identity.user_id.clone(),
+            created_at_ms: at,
+            updated_at_ms: at,
+            last_seq: 0,
+            epoch: self.new_epoch(),
+        };
+        let session_id: SessionId = Arc::from(session_id.as_str());
+        let tenant: Arc<str> = Arc::from(identity.tenant_id.as_str());
+        self.tenants
+            .entry(tenant)
+            .or_default()
+            .sessions
+            .push(session_id.clone());
+        self.sessions
+            .insert(session_id.clone(), Session::new(record));
+        self.metrics.sessions_created += 1;
+        self.persist_session(&session_id);
+        if let Some(session) = self.sessions.get(&session_id) {
+            let mut writer = FrameWriter::new("session_created");
+            if let Some(request_id) = request_id {
+                writer.field("requestId", request_id);
+            }
+            writer.field("session", &session.meta());
+            let (frame, _) = writer.finish();
+            self.send(id, frame, now);
+        }
+        self.notify_tenant_session(&session_id, "session_created", now);
+        Ok(())
+    }
+
+    /// A fresh epoch: random, so no two logs (or two lives of one log) share one.
+    pub(crate) fn new_epoch(&mut self) -> String {
+        format!("{:016x}", self.rng.next_u64())
+    }
+
+    fn update_session(
+        &mut self,
+        id: ConnectionId,
+        identity: &Identity,
+        fields: &Fields<'_>,
+        request_id: Option<&str>,
+        update: Update,
+        now: Instant,
+    ) -> Handled {
+        let session_id = self.session_field(identity, fields)?;
+        let name = match update {
+            Update::Rename => {
+                let name = fields.string("name")?;
+                check_name(name)?;
+                Some(name.to_owned())
+            }
+            Update::Archive(_) => None,
+        };
+        let at = self.clock.unix_ms(now) as i64;
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return Err(Refusal::new(ErrorCode::SessionNotFound, "no such session"));
+        };
+        match (update, name) {
+            (Update::Rename, Some(name)) => session.record.name = name,
+            (Update::Archive(archived), _) => session.record.archived = archived,
+            _ => {}
+        }
+        session.record.updated_at_ms = at;
+        self.persist_session(&session_id);
+        if let Some(session) = self.sessions.get(&session_id) {
+            let mut writer = FrameWriter::new("session_updated");
+            if let Some(request_id) = request_id {
+                writer.field("requestId", request_id);
+            }
+            writer.field("session", &session.meta());
+            let (frame, _) = writer.finish();
+            self.send(id, frame, now);
+        }
+        self.notify_tenant_session(&session_id, "session_updated", now);
+        Ok(())
+    }
+
+    fn delete_session(
+        &mut self,
+        id: ConnectionId,
+        identity: &Identity,
+        fields: &Fields<'_>,
+        request_id: Option<&str>,
+        now: Instant,
+    ) -> Handled {
+        let session_id = self.session_field(identity, fields)?;
+        let Some(session) = self.sessions.remove(&session_id) else {
+            return Err(Refusal::new(ErrorCode::SessionNotFound, "no such session"));
+        };
+        if let Some(agent) = &session.agent {
+            self.agents.remove(&agent.id);
+            self.agent_command(crate::gateway::AgentCommand::Stop { agent: agent.id });
+        }
+        for subscriber in session
+            .topic
+            .subscribers()
+            .iter()
+            .chain(session.replaying.iter().map(|(c, _)| c))
+        {
+            if let Some(client) = self.client_state_mut(*subscriber) {
+                client.joined.retain(|joined| *joined != session_id);
+            }
+        }
+        if let Some(tenant) = self.tenants.get_mut(identity.tenant_id.as_str()) {
+            tenant.sessions.retain(|listed| *listed != session_id);
+        }
+        self.pending_queries
+            .retain(|_, pending| pending.session_id() != &session_id);
+        self.storage(StorageCommand::DeleteSession {
+            tenant_id: identity.tenant_id.clone(),
+            session_id: session_id.to_string(),
+        });
+        self.reply(
+            id,
+            "session_deleted",
+            request_id,
+            |w| {
+                w.field("sessionId", &*session_id);
+            },
+            now,
+        );
+        let mut writer = FrameWriter::new("session_deleted");
+        writer.field("sessionId", &*session_id);
+        let (frame, _) = writer.finish();
+        self.broadcast_tenant(&identity.tenant_id, frame, now);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Update {
+    Rename,
+    Archive(bool),
+}
+
+fn check_name(name: &str) -> Handled {
+    if name.trim().is_empty() || name.chars().count() > MAX_SESSION_NAME {
+        return Err(Refusal::invalid(format!(
+            "name must be 1 to {MAX_SESSION_NAME} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary (for echoing client input).
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
