@@ -5,6 +5,7 @@
 //! commands. It never reads a clock, sleeps, spawns, or touches a socket or a file; time is always
 //! a parameter and randomness comes from a seed the caller supplies. See `DESIGN.md`.
 
+mod agent_types;
 pub mod clock;
 pub mod config;
 pub mod fuzzing;
@@ -20,6 +21,7 @@ pub mod storage;
 pub mod timers;
 pub mod ws;
 
+pub use agent_types::{AgentCommand, AgentId};
 pub use config::CoreConfig;
 pub use gateway::{ConnectionId, Event, Gateway};
 
