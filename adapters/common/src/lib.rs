@@ -1,7 +1,9 @@
 //! What every runtime adapter shares, written once: settings (flags, environment, config file),
+//! the agent process host,
 //! logging, the seed and wall clock the core is given, and the write path from the core's
 //! outbound queue to a socket.
 
+pub mod agent_host;
 pub mod logging;
 pub mod settings;
 pub mod write;
