@@ -297,6 +297,22 @@ fn drain_respects_the_budget_and_rewakes_for_the_rest() {
 }
 
 #[test]
+fn a_full_report_channel_slows_agents_down_without_losing_lines() {
+    // Two reports fit: the readers block on the channel (and the agents on their pipes) most of
+    // the time, and every line still arrives, in order.
+    let mut h = Harness::new(|config| config.report_capacity = 2);
+    h.spawn(1, "s", "chatty");
+    h.spawn(2, "s", "chatty");
+    let reports = h.collect_until(5, |reports| {
+        exited(reports, 1).is_some() && exited(reports, 2).is_some()
+    });
+    let expected: Vec<String> = (0..2000).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines(&reports, 1), expected);
+    assert_eq!(lines(&reports, 2), expected);
+    assert_eq!(exited(&reports, 1), Some(Some(0)));
+}
+
+#[test]
 fn wakes_are_coalesced() {
     let mut h = Harness::new(|_| {});
     h.spawn(1, "s", "chatty");

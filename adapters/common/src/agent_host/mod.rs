@@ -70,6 +70,9 @@
 //! session id must pass `storage::is_valid_identifier`) or a fixed directory.
 //!
 //! `Exited { status }` carries the exit code, or `None` when the process was ended by a signal.
+//!
+//! The host reaps its children itself (by pid): the adapter must not set SIGCHLD to `SIG_IGN` or
+//! reap with `waitpid(-1)`, or the host could signal a pid that was already reused.
 
 mod process;
 mod stderr;
