@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+pub use crate::agent_types::{AgentCommand, AgentId};
 use crate::clock::Clock;
 use crate::config::CoreConfig;
 use crate::http::request::Method;
@@ -41,28 +42,6 @@ pub enum Event {
     Storage(StorageCommand),
     /// Start, write to, or stop an agent process (see `AgentCommand`).
     Agent(AgentCommand),
-}
-
-/// An agent process, named by the core. A restarted session gets a new id, so output of a
-/// process that is already stopped can never be taken for its successor's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AgentId(pub u64);
-
-/// What the core asks of the agent host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AgentCommand {
-    /// Start the configured command of `agent_type` for the session, in its workspace directory;
-    /// answer with `handle_agent_spawned` (giving the workspace path) or
-    /// `handle_agent_spawn_failed`.
-    Spawn {
-        agent: AgentId,
-        session_id: String,
-        agent_type: String,
-    },
-    /// Write one line (it ends with a newline) to the agent's stdin.
-    Write { agent: AgentId, line: Bytes },
-    /// Stop the process (close stdin, then SIGTERM, then SIGKILL); `handle_agent_exited` follows.
-    Stop { agent: AgentId },
 }
 
 /// Whose deadline a timer entry is.

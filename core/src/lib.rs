@@ -6,6 +6,7 @@
 //! a parameter and randomness comes from a seed the caller supplies. See `DESIGN.md`.
 
 pub mod acp;
+mod agent_types;
 pub mod auth;
 pub mod client;
 pub mod clock;
@@ -29,8 +30,9 @@ pub mod topic;
 mod turns;
 pub mod ws;
 
+pub use agent_types::{AgentCommand, AgentId};
 pub use config::CoreConfig;
-pub use gateway::{AgentCommand, AgentId, ConnectionId, Event, Gateway};
+pub use gateway::{ConnectionId, Event, Gateway};
 
 /// A runtime-agnostic wake-up hook: threads outside the event loop (the storage writer and
 /// reader, agent process readers) call it after queueing a completion, and each adapter implements

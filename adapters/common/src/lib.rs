@@ -1,7 +1,8 @@
 //! What every runtime adapter shares, written once: settings (flags, environment, config file),
-//! logging, the seed and wall clock the core is given, and the write path from the core's
-//! outbound queue to a socket.
+//! logging, the seed and wall clock the core is given, the write path from the core's outbound
+//! queue to a socket, and the agent process host.
 
+pub mod agent_host;
 pub mod logging;
 pub mod settings;
 pub mod write;

@@ -1,0 +1,396 @@
+//! The agent process host: runs the agent processes the core asks for (`AgentCommand`) and hands
+//! their output back (`AgentReport`). Runtime-agnostic: it uses std threads and blocking pipes,
+//! and tells the adapter's event loop that reports are waiting through the core's [`Wake`] hook,
+//! so the tokio, smol and mio adapters share it unchanged.
+//!
+//! # Contract
+//!
+//! * [`AgentHost::execute`] never blocks on an agent. `Spawn` runs synchronously (fork/exec is
+//!   fast) and answers `Spawned` or `SpawnFailed` right away; `Write` queues the line for the
+//!   agent's stdin writer thread (a full backlog fails the agent, answered synchronously as
+//!   `Failed`); `Stop` hands the stop sequence to a stopper thread. Commands for an unknown
+//!   agent (never spawned, or already reported `Exited`) are ignored.
+//! * Everything else arrives through [`AgentHost::drain`]: `Line`s in the order the agent wrote
+//!   them, `Failed` when the host gives up on an agent, and `Exited` exactly once per spawned
+//!   agent, after all its lines and after every thread of that agent has ended. After `Exited`
+//!   the agent id is forgotten.
+//! * `Line` carries the bytes between two `'\n'`s, without the `'\n'` (a `'\r'` before it is
+//!   kept, blank lines are delivered): the core decides what is valid JSON-RPC. A last line the
+//!   agent did not terminate is delivered at end of file. A line longer than
+//!   `max_line_bytes` is an agent error: `Failed`, then the agent is stopped (its remaining
+//!   output is discarded), then `Exited`.
+//!
+//! # Backpressure and wake-ups
+//!
+//! All agents share one bounded report channel (`report_capacity`, default 1024). A reader
+//! thread that finds it full blocks, stops reading its pipe, and the agent blocks writing to
+//! stdout: a fast agent is slowed down instead of growing the gateway's memory. Stdin has a byte
+//! budget per agent (`max_pending_write_bytes`, default 16 MiB); an agent that does not read its
+//! stdin fast enough is failed and stopped rather than buffered without bound.
+//!
+//! A sender calls `wake.wake()` only when it flips the shared "wake pending" flag from false to
+//! true; [`AgentHost::drain`] clears the flag before it looks at the channel. So a burst of
+//! reports costs one wake, and a report sent during or after a drain is never left without a
+//! wake. `drain` takes at most `budget` reports so one chatty agent cannot starve the rest of
+//! the loop turn; when it stops because of the budget it re-arms the wake itself, so the adapter
+//! only ever drains "once per wake" and is woken again if anything is left.
+//!
+//! # Threads (per agent) and their lifetimes
+//!
+//! * **stdout reader** — reads lines, sends `Line`s. Ends at end of file, on a read error, on a
+//!   too-long line (after sending `Failed` and starting the stop), or when the host is gone.
+//! * **stderr reader** — forwards lines to `tracing` (target `agent`, fields `agent` and
+//!   `session`), at most `stderr_lines_per_second` per second, then one "N lines suppressed"
+//!   note per second window. Lines are cut at 4 KiB for the log. Ends at end of file.
+//! * **stdin writer** — writes queued lines, flushing whenever the queue is empty. Ends when the
+//!   queue is closed (stop, or the process exited) or a write fails (the agent closed stdin or
+//!   died); stdin is closed when it ends.
+//! * **waiter** — waits for the process to exit without reaping it (`waitid(WNOWAIT)`), kills
+//!   whatever is left of the agent's process group, reaps the process, closes the stdin queue,
+//!   joins the three threads above and the stopper, then sends `Exited` and ends. Because the
+//!   zombie is reaped only under the same lock the stopper signals under, a signal never reaches
+//!   a recycled pid.
+//! * **stopper** (only once stopping starts) — closes stdin, sends SIGTERM to the process group,
+//!   waits up to `stop_grace` for the exit, then sends SIGKILL. Ends as soon as the process is
+//!   reaped.
+//!
+//! [`AgentHost::drain`] joins an agent's waiter when it passes on its `Exited`, so after a
+//! drained `Exited` no thread of that agent remains. [`AgentHost::shutdown`] stops every agent,
+//! escalates to SIGKILL at half its timeout, and waits (draining and discarding reports) until
+//! every agent has exited or the timeout passes. `Drop` runs `shutdown` with a short timeout
+//! (250 ms); call `shutdown` first for a longer grace.
+//!
+//! # Processes
+//!
+//! Each agent runs in its own process group (`process_group(0)`), so signals reach the tools it
+//! started too, and when the agent exits the rest of its group is killed (the agent's
+//! subprocesses do not outlive it, and they cannot keep its pipes open). A tool that leaves the
+//! group (`setsid`) escapes this. The environment is the gateway's own plus the spec's `env`.
+//! The working directory is `DATA_DIR/sessions/{sessionId}/workspace` (created if missing; the
+//! session id must pass `storage::is_valid_identifier`) or a fixed directory.
+//!
+//! `Exited { status }` carries the exit code, or `None` when the process was ended by a signal.
+//!
+//! The host reaps its children itself (by pid): the adapter must not set SIGCHLD to `SIG_IGN` or
+//! reap with `waitpid(-1)`, or the host could signal a pid that was already reused.
+
+mod process;
+mod stderr;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use diminuendo_core::{AgentCommand, AgentId, Wake};
+
+use process::{Agent, Push};
+
+/// Where an agent process runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WorkspacePolicy {
+    /// `DATA_DIR/sessions/{sessionId}/workspace`, created if missing.
+    #[default]
+    PerSession,
+    /// The same directory for every session (must exist).
+    Fixed(PathBuf),
+}
+
+/// How to start one agent type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    /// Added to (or overriding) the gateway's own environment.
+    pub env: Vec<(String, String)>,
+    pub cwd: WorkspacePolicy,
+}
+
+/// The agent host's settings.
+#[derive(Debug, Clone)]
+pub struct AgentHostConfig {
+    /// Agent types by name (`AgentCommand::Spawn::agent_type`).
+    pub agents: BTreeMap<String, AgentSpec>,
+    pub data_dir: PathBuf,
+    /// Agents alive at once (counted until their `Exited` is drained). Default 64.
+    pub max_processes: usize,
+    /// Longest stdout line accepted, without its `'\n'`. Default 8 MiB.
+    pub max_line_bytes: usize,
+    /// Time between SIGTERM and SIGKILL. Default 5 s.
+    pub stop_grace: Duration,
+    /// Stderr lines logged per agent per second. Default 20.
+    pub stderr_lines_per_second: u32,
+    /// Bytes queued for one agent's stdin before the agent is failed. Default 16 MiB.
+    pub max_pending_write_bytes: usize,
+    /// Reports the shared channel holds before reader threads block. Default 1024.
+    pub report_capacity: usize,
+}
+
+impl AgentHostConfig {
+    /// The defaults, with no agent types.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        AgentHostConfig {
+            agents: BTreeMap::new(),
+            data_dir: data_dir.into(),
+            max_processes: 64,
+            max_line_bytes: 8 * 1024 * 1024,
+            stop_grace: Duration::from_secs(5),
+            stderr_lines_per_second: 20,
+            max_pending_write_bytes: 16 * 1024 * 1024,
+            report_capacity: 1024,
+        }
+    }
+}
+
+/// What the host tells the core about its agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentReport {
+    /// The process started in `workspace`.
+    Spawned { agent: AgentId, workspace: String },
+    /// The process could not be started; no other report follows for this id.
+    SpawnFailed { agent: AgentId, reason: String },
+    /// One stdout line, without its `'\n'`.
+    Line { agent: AgentId, line: Bytes },
+    /// The host gave up on the agent (line too long, stdin backlog over its limit) and is
+    /// stopping it; `Exited` follows.
+    Failed { agent: AgentId, reason: String },
+    /// The process was reaped; the last report for this id. `status` is the exit code, `None`
+    /// when a signal ended it.
+    Exited { agent: AgentId, status: Option<i32> },
+}
+
+/// Sends reports into the shared channel and wakes the adapter, coalescing wakes.
+#[derive(Clone)]
+pub(crate) struct Reporter {
+    tx: SyncSender<AgentReport>,
+    wake_pending: Arc<AtomicBool>,
+    wake: Arc<dyn Wake>,
+}
+
+impl Reporter {
+    /// Blocks while the channel is full. False when the host is gone.
+    pub(crate) fn send(&self, report: AgentReport) -> bool {
+        if self.tx.send(report).is_err() {
+            return false;
+        }
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
+            self.wake.wake();
+        }
+        true
+    }
+}
+
+/// How long `Drop` waits for the agents it stops.
+const DROP_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Runs agent processes for the core. See the module documentation.
+pub struct AgentHost {
+    config: AgentHostConfig,
+    agents: HashMap<AgentId, Agent>,
+    reporter: Reporter,
+    rx: Receiver<AgentReport>,
+}
+
+impl AgentHost {
+    pub fn new(config: AgentHostConfig, wake: Arc<dyn Wake>) -> AgentHost {
+        let (tx, rx) = mpsc::sync_channel(config.report_capacity.max(1));
+        AgentHost {
+            config,
+            agents: HashMap::new(),
+            reporter: Reporter {
+                tx,
+                wake_pending: Arc::new(AtomicBool::new(false)),
+                wake,
+            },
+            rx,
+        }
+    }
+
+    /// Carries out one command; see the module documentation. Never blocks on an agent.
+    pub fn execute(&mut self, command: AgentCommand) -> Option<AgentReport> {
+        match command {
+            AgentCommand::Spawn {
+                agent,
+                session_id,
+                agent_type,
+            } => Some(self.spawn(agent, session_id, &agent_type)),
+            AgentCommand::Write { agent, line } => {
+                let handle = self.agents.get(&agent)?;
+                match handle.push(line) {
+                    Push::Queued | Push::Dropped => None,
+                    Push::Overflow => {
+                        tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id(),
+                            "stdin backlog over its limit; stopping the agent");
+                        handle.stop(self.config.stop_grace);
+                        Some(AgentReport::Failed {
+                            agent,
+                            reason: "stdin backlog over its limit".to_owned(),
+                        })
+                    }
+                }
+            }
+            AgentCommand::Stop { agent } => {
+                if let Some(handle) = self.agents.get(&agent) {
+                    handle.stop(self.config.stop_grace);
+                }
+                None
+            }
+        }
+    }
+
+    fn spawn(&mut self, agent: AgentId, session_id: String, agent_type: &str) -> AgentReport {
+        let failed = |reason: &str| {
+            tracing::warn!(target: "agent", agent = agent.0, session = %session_id, agent_type,
+                reason, "agent spawn failed");
+            AgentReport::SpawnFailed {
+                agent,
+                reason: reason.to_owned(),
+            }
+        };
+        if !diminuendo_core::storage::is_valid_identifier(&session_id) {
+            return failed("invalid session id");
+        }
+        if self.agents.contains_key(&agent) {
+            return failed("agent id already in use");
+        }
+        let Some(spec) = self.config.agents.get(agent_type) else {
+            return failed("unknown agent type");
+        };
+        if self.agents.len() >= self.config.max_processes {
+            return failed("too many agent processes");
+        }
+        let workspace = match &spec.cwd {
+            WorkspacePolicy::Fixed(dir) => dir.clone(),
+            WorkspacePolicy::PerSession => {
+                let dir = self
+                    .config
+                    .data_dir
+                    .join("sessions")
+                    .join(&session_id)
+                    .join("workspace");
+                if let Err(error) = std::fs::create_dir_all(&dir) {
+                    return failed(&format!("cannot create the workspace: {}", error.kind()));
+                }
+                dir
+            }
+        };
+        let settings = process::Settings {
+            max_line_bytes: self.config.max_line_bytes,
+            stop_grace: self.config.stop_grace,
+            stderr_lines_per_second: self.config.stderr_lines_per_second,
+            max_pending_write_bytes: self.config.max_pending_write_bytes,
+        };
+        match Agent::spawn(
+            agent,
+            &session_id,
+            spec,
+            &workspace,
+            settings,
+            self.reporter.clone(),
+        ) {
+            Ok(handle) => {
+                let workspace = workspace.to_string_lossy().into_owned();
+                tracing::info!(target: "agent", agent = agent.0, session = %session_id, agent_type,
+                    pid = handle.pid(), workspace = %workspace, "agent started");
+                self.agents.insert(agent, handle);
+                AgentReport::Spawned { agent, workspace }
+            }
+            Err(reason) => failed(&reason),
+        }
+    }
+
+    /// Moves at most `budget` waiting reports into `out` without blocking and returns how many.
+    /// Call it whenever the wake hook fired. If it stopped because of the budget, the host has
+    /// already re-armed the wake, so the adapter is woken again for the rest; a budget of 0
+    /// takes nothing and leaves the wake state alone.
+    pub fn drain(&mut self, out: &mut Vec<AgentReport>, budget: usize) -> usize {
+        if budget == 0 {
+            return 0;
+        }
+        // Clear before looking: a report sent from here on wakes the adapter again.
+        self.reporter.wake_pending.store(false, Ordering::SeqCst);
+        let mut taken = 0;
+        while taken < budget {
+            match self.rx.try_recv() {
+                Ok(report) => {
+                    self.forget_if_exited(&report);
+                    out.push(report);
+                    taken += 1;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if taken == budget && !self.reporter.wake_pending.swap(true, Ordering::SeqCst) {
+            self.reporter.wake.wake();
+        }
+        taken
+    }
+
+    fn forget_if_exited(&mut self, report: &AgentReport) {
+        if let AgentReport::Exited { agent, status } = report {
+            if let Some(handle) = self.agents.remove(agent) {
+                tracing::info!(target: "agent", agent = agent.0, session = %handle.session_id(),
+                    status = ?status, "agent exited");
+                handle.join();
+            }
+        }
+    }
+
+    /// Agents spawned whose `Exited` has not been drained yet.
+    pub fn running(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// The process id of a running agent (diagnostics and tests).
+    pub fn pid(&self, agent: AgentId) -> Option<u32> {
+        self.agents.get(&agent).map(Agent::pid)
+    }
+
+    /// Stops every agent (stdin closed, SIGTERM, SIGKILL after `min(stop_grace, timeout / 2)`,
+    /// and at `timeout / 2` at the latest) and waits, bounded by `timeout`, until every one has
+    /// been reaped and its threads have ended. Reports that arrive meanwhile are discarded.
+    /// True when every agent is gone; otherwise the rest have been sent SIGKILL and their
+    /// threads end on their own once the kernel lets the processes go.
+    pub fn shutdown(&mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        let half = timeout / 2;
+        let grace = self.config.stop_grace.min(half);
+        for handle in self.agents.values() {
+            handle.stop(grace);
+        }
+        self.wait_for_exits(start + half);
+        for handle in self.agents.values() {
+            handle.kill_now();
+        }
+        self.wait_for_exits(start + timeout);
+        if !self.agents.is_empty() {
+            tracing::warn!(target: "agent", left = self.agents.len(),
+                "agent processes still running at the end of the shutdown");
+        }
+        self.agents.is_empty()
+    }
+
+    fn wait_for_exits(&mut self, deadline: Instant) {
+        while !self.agents.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.rx.recv_timeout(left) {
+                Ok(report) => self.forget_if_exited(&report),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+impl Drop for AgentHost {
+    fn drop(&mut self) {
+        if !self.agents.is_empty() {
+            self.shutdown(DROP_TIMEOUT);
+        }
+    }
+}

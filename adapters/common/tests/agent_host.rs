@@ -1,0 +1,384 @@
+//! The agent host against real processes (small `sh` scripts). No sleeps: every wait is a bounded
+//! wait for a wake-up or a report, and every test ends with its children reaped.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use diminuendo_adapter_common::agent_host::{AgentReport, WorkspacePolicy};
+use diminuendo_core::{AgentCommand, AgentId};
+use support::{exited, lines, reaped, sh, Harness};
+
+fn write(harness: &mut Harness, agent: u64, line: &str) -> Option<AgentReport> {
+    harness.host.execute(AgentCommand::Write {
+        agent: AgentId(agent),
+        line: Bytes::from(format!("{line}\n")),
+    })
+}
+
+fn stop(harness: &mut Harness, agent: u64) {
+    assert_eq!(
+        harness.host.execute(AgentCommand::Stop {
+            agent: AgentId(agent)
+        }),
+        None
+    );
+}
+
+#[test]
+fn spawn_creates_the_session_workspace_and_runs_the_agent_in_it() {
+    let mut h = Harness::new(|_| {});
+    let report = h.spawn(1, "session-1", "pwd");
+    let expected = h.data_dir.path().join("sessions/session-1/workspace");
+    assert_eq!(
+        report,
+        AgentReport::Spawned {
+            agent: AgentId(1),
+            workspace: expected.to_string_lossy().into_owned()
+        }
+    );
+    assert!(expected.is_dir());
+    let pid = h.host.pid(AgentId(1)).unwrap();
+    let reports = h.until_exit(1);
+    let printed = lines(&reports, 1);
+    assert_eq!(printed.len(), 1);
+    assert_eq!(
+        std::fs::canonicalize(&printed[0]).unwrap(),
+        std::fs::canonicalize(&expected).unwrap()
+    );
+    assert_eq!(exited(&reports, 1), Some(Some(0)));
+    assert_eq!(h.host.running(), 0);
+    assert!(reaped(pid));
+}
+
+#[test]
+fn a_fixed_workspace_is_used_as_is_and_env_is_added() {
+    let fixed = tempfile::tempdir().unwrap();
+    let dir = fixed.path().to_path_buf();
+    let mut h = Harness::new(|config| {
+        let mut spec = sh(r#"pwd; printf '%s\n' "$GREETING""#);
+        spec.cwd = WorkspacePolicy::Fixed(dir);
+        spec.env = vec![("GREETING".into(), "hello agent".into())];
+        config.agents.insert("fixed".into(), spec);
+    });
+    let report = h.spawn(1, "s", "fixed");
+    assert!(matches!(report, AgentReport::Spawned { ref workspace, .. }
+        if *workspace == fixed.path().to_string_lossy()));
+    assert!(!h.data_dir.path().join("sessions").exists());
+    let reports = h.until_exit(1);
+    let printed = lines(&reports, 1);
+    assert_eq!(
+        std::fs::canonicalize(&printed[0]).unwrap(),
+        std::fs::canonicalize(fixed.path()).unwrap()
+    );
+    assert_eq!(printed[1], "hello agent");
+}
+
+#[test]
+fn written_lines_come_back_in_order() {
+    let mut h = Harness::new(|_| {});
+    assert!(matches!(
+        h.spawn(7, "s", "echo"),
+        AgentReport::Spawned { .. }
+    ));
+    let sent: Vec<String> = (0..500)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i}}}"#))
+        .collect();
+    for line in &sent {
+        assert_eq!(write(&mut h, 7, line), None);
+    }
+    let reports = h.collect_until(usize::MAX, |reports| lines(reports, 7).len() == sent.len());
+    assert_eq!(lines(&reports, 7), sent);
+    let pid = h.host.pid(AgentId(7)).unwrap();
+    stop(&mut h, 7);
+    let reports = h.until_exit(7);
+    // After the stop, stdin is closed: the echo loop ends (0) or SIGTERM ends it (None).
+    assert!(matches!(exited(&reports, 7), Some(Some(0) | None)));
+    assert!(reaped(pid));
+    // The id is forgotten: later commands for it are ignored.
+    assert_eq!(write(&mut h, 7, "late"), None);
+    stop(&mut h, 7);
+    assert_eq!(h.host.running(), 0);
+}
+
+#[test]
+fn the_exit_code_is_reported_after_every_line() {
+    let mut h = Harness::new(|_| {});
+    h.spawn(3, "s", "exit3");
+    h.spawn(4, "s", "unterminated");
+    let reports = h.collect_until(usize::MAX, |reports| {
+        exited(reports, 3).is_some() && exited(reports, 4).is_some()
+    });
+    assert_eq!(lines(&reports, 3), ["one", "two"]);
+    assert_eq!(exited(&reports, 3), Some(Some(3)));
+    // A last line without '\n' is still delivered.
+    assert_eq!(lines(&reports, 4), ["a", "b"]);
+    for agent in [3, 4] {
+        let last = reports
+            .iter()
+            .rposition(
+                |r| matches!(r, AgentReport::Line { agent: id, .. } if *id == AgentId(agent)),
+            )
+            .unwrap();
+        let exit = reports
+            .iter()
+            .position(
+                |r| matches!(r, AgentReport::Exited { agent: id, .. } if *id == AgentId(agent)),
+            )
+            .unwrap();
+        assert!(last < exit);
+        // Exactly one Exited per agent.
+        assert_eq!(
+            reports
+                .iter()
+                .filter(
+                    |r| matches!(r, AgentReport::Exited { agent: id, .. } if *id == AgentId(agent))
+                )
+                .count(),
+            1
+        );
+    }
+}
+
+#[test]
+fn the_agents_process_group_does_not_outlive_it() {
+    let mut h = Harness::new(|_| {});
+    h.spawn(1, "s", "forks");
+    let pid = h.host.pid(AgentId(1)).unwrap();
+    // The background sleep holds the agent's stdout open: without the group kill at exit the
+    // end of file (and so Exited) would only come after 30 s, past the test's patience.
+    let reports = h.until_exit(1);
+    assert_eq!(lines(&reports, 1), ["started"]);
+    assert_eq!(exited(&reports, 1), Some(Some(0)));
+    assert!(reaped(pid));
+}
+
+fn spawn_failure(report: AgentReport) -> String {
+    match report {
+        AgentReport::SpawnFailed { reason, .. } => reason,
+        other => panic!("expected SpawnFailed, got {other:?}"),
+    }
+}
+
+#[test]
+fn spawn_failures_are_reported_synchronously() {
+    let mut h = Harness::new(|config| config.max_processes = 1);
+    assert_eq!(spawn_failure(h.spawn(1, "s", "nope")), "unknown agent type");
+    assert_eq!(
+        spawn_failure(h.spawn(1, "../escape", "echo")),
+        "invalid session id"
+    );
+    assert!(!h.data_dir.path().join("escape").exists());
+    let reason = spawn_failure(h.spawn(1, "s", "missing"));
+    assert!(reason.starts_with("cannot start the agent"), "{reason}");
+    assert_eq!(h.host.running(), 0);
+
+    assert!(matches!(
+        h.spawn(2, "s", "echo"),
+        AgentReport::Spawned { .. }
+    ));
+    assert_eq!(
+        spawn_failure(h.spawn(2, "s", "echo")),
+        "agent id already in use"
+    );
+    assert_eq!(
+        spawn_failure(h.spawn(3, "s", "echo")),
+        "too many agent processes"
+    );
+    assert_eq!(h.host.running(), 1);
+    let pid = h.host.pid(AgentId(2)).unwrap();
+    stop(&mut h, 2);
+    h.until_exit(2);
+    assert!(reaped(pid));
+    // A failed spawn produces no later report: only agent 2's Exited ever arrived, and the
+    // slot is free again.
+    assert!(matches!(
+        h.spawn(3, "s", "echo"),
+        AgentReport::Spawned { .. }
+    ));
+    assert!(h.host.shutdown(Duration::from_secs(5)));
+}
+
+#[test]
+fn an_agent_ignoring_sigterm_is_killed_after_the_grace() {
+    let mut h = Harness::new(|config| config.stop_grace = Duration::from_millis(200));
+    h.spawn(1, "s", "stubborn");
+    // Wait until the trap is installed.
+    h.collect_until(usize::MAX, |reports| lines(reports, 1) == ["ready"]);
+    let pid = h.host.pid(AgentId(1)).unwrap();
+    let stopped_at = Instant::now();
+    stop(&mut h, 1);
+    stop(&mut h, 1); // a second stop is harmless
+    let reports = h.until_exit(1);
+    assert_eq!(exited(&reports, 1), Some(None), "killed by a signal");
+    // Only SIGKILL can have ended it, and that comes after the grace.
+    assert!(stopped_at.elapsed() >= Duration::from_millis(200));
+    assert!(reaped(pid));
+}
+
+#[test]
+fn a_line_over_the_limit_fails_and_stops_the_agent() {
+    let mut h = Harness::new(|config| config.max_line_bytes = 1024);
+    h.spawn(1, "s", "long");
+    let pid = h.host.pid(AgentId(1)).unwrap();
+    let reports = h.until_exit(1);
+    assert_eq!(lines(&reports, 1), ["short"], "nothing after the long line");
+    let failed = reports
+        .iter()
+        .position(|r| matches!(r, AgentReport::Failed { reason, .. } if reason.contains("1024")))
+        .expect("a Failed report");
+    let exit = reports
+        .iter()
+        .position(|r| matches!(r, AgentReport::Exited { .. }))
+        .unwrap();
+    assert!(failed < exit);
+    // The agent was still sleeping: the stop's SIGTERM ended it.
+    assert_eq!(exited(&reports, 1), Some(None));
+    assert!(reaped(pid));
+}
+
+#[test]
+fn an_agent_not_reading_stdin_fails_when_its_backlog_overflows() {
+    let mut h = Harness::new(|config| config.max_pending_write_bytes = 4096);
+    h.spawn(1, "s", "deaf");
+    h.collect_until(usize::MAX, |reports| lines(reports, 1) == ["ready"]);
+    let pid = h.host.pid(AgentId(1)).unwrap();
+    let line = Bytes::from(
+        vec![b'x'; 1023]
+            .into_iter()
+            .chain([b'\n'])
+            .collect::<Vec<_>>(),
+    );
+    // The pipe holds at most 1 MiB, the queue 4 KiB: well before 64 MiB the queue overflows.
+    let mut failed = None;
+    for _ in 0..64 * 1024 {
+        let report = h.host.execute(AgentCommand::Write {
+            agent: AgentId(1),
+            line: line.clone(),
+        });
+        if report.is_some() {
+            failed = report;
+            break;
+        }
+    }
+    assert_eq!(
+        failed,
+        Some(AgentReport::Failed {
+            agent: AgentId(1),
+            reason: "stdin backlog over its limit".into()
+        })
+    );
+    // Later writes are dropped quietly while the stop runs.
+    assert_eq!(
+        h.host.execute(AgentCommand::Write {
+            agent: AgentId(1),
+            line
+        }),
+        None
+    );
+    let reports = h.until_exit(1);
+    assert_eq!(exited(&reports, 1), Some(None));
+    assert!(reaped(pid));
+}
+
+#[test]
+fn drain_respects_the_budget_and_rewakes_for_the_rest() {
+    let mut h = Harness::new(|_| {});
+    h.spawn(1, "s", "chatty");
+    // collect_until drains only after a wake: if the host did not re-wake after a drain that hit
+    // the budget, this would stall and fail.
+    let reports = h.collect_until(3, |reports| exited(reports, 1).is_some());
+    assert_eq!(lines(&reports, 1).len(), 2000);
+    assert!(h.drains >= 2001 / 3);
+    // Budget 0 takes nothing.
+    let mut out = Vec::new();
+    assert_eq!(h.host.drain(&mut out, 0), 0);
+}
+
+#[test]
+fn a_full_report_channel_slows_agents_down_without_losing_lines() {
+    // Two reports fit: the readers block on the channel (and the agents on their pipes) most of
+    // the time, and every line still arrives, in order.
+    let mut h = Harness::new(|config| config.report_capacity = 2);
+    h.spawn(1, "s", "chatty");
+    h.spawn(2, "s", "chatty");
+    let reports = h.collect_until(5, |reports| {
+        exited(reports, 1).is_some() && exited(reports, 2).is_some()
+    });
+    let expected: Vec<String> = (0..2000).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines(&reports, 1), expected);
+    assert_eq!(lines(&reports, 2), expected);
+    assert_eq!(exited(&reports, 1), Some(Some(0)));
+}
+
+#[test]
+fn wakes_are_coalesced() {
+    let mut h = Harness::new(|_| {});
+    h.spawn(1, "s", "chatty");
+    h.spawn(2, "s", "chatty");
+    let reports = h.collect_until(usize::MAX, |reports| {
+        exited(reports, 1).is_some() && exited(reports, 2).is_some()
+    });
+    assert_eq!(reports.len(), 4002);
+    // A wake only happens when the "pending" flag goes from clear to set, and only a drain clears
+    // it (no drain here ever hit its budget, so the host never re-woke itself).
+    let wakes = h.wake.count();
+    assert!(wakes >= 1);
+    assert!(
+        wakes <= h.drains + 1,
+        "{wakes} wakes for {} drains",
+        h.drains
+    );
+}
+
+#[test]
+fn unknown_agents_are_ignored() {
+    let mut h = Harness::new(|_| {});
+    assert_eq!(write(&mut h, 99, "hello"), None);
+    stop(&mut h, 99);
+    assert_eq!(h.host.running(), 0);
+    let mut out = Vec::new();
+    assert_eq!(h.host.drain(&mut out, 10), 0);
+}
+
+#[test]
+fn shutdown_stops_and_reaps_every_agent() {
+    let mut h = Harness::new(|config| config.stop_grace = Duration::from_secs(30));
+    h.spawn(1, "a", "echo");
+    h.spawn(2, "b", "stubborn");
+    h.spawn(3, "c", "deaf");
+    h.spawn(4, "d", "chatty"); // never drained: its reader blocks on the full channel at worst
+    h.collect_until(usize::MAX, |reports| {
+        lines(reports, 2) == ["ready"] && lines(reports, 3) == ["ready"]
+    });
+    let pids: Vec<u32> = (1..=4)
+        .filter_map(|agent| h.host.pid(AgentId(agent)))
+        .collect();
+    assert_eq!(h.host.running(), pids.len());
+    // The stubborn agent ignores SIGTERM and the configured grace is 30 s: the shutdown's own
+    // bound (half of 4 s) decides when SIGKILL comes.
+    let started = Instant::now();
+    assert!(h.host.shutdown(Duration::from_secs(4)));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(h.host.running(), 0);
+    for pid in pids {
+        assert!(reaped(pid), "pid {pid} not reaped");
+    }
+}
+
+#[test]
+fn dropping_the_host_stops_and_reaps_its_agents() {
+    let mut h = Harness::new(|_| {});
+    h.spawn(1, "a", "echo");
+    h.spawn(2, "b", "deaf");
+    h.collect_until(usize::MAX, |reports| lines(reports, 2) == ["ready"]);
+    let pids = [
+        h.host.pid(AgentId(1)).unwrap(),
+        h.host.pid(AgentId(2)).unwrap(),
+    ];
+    drop(h);
+    for pid in pids {
+        assert!(reaped(pid), "pid {pid} not reaped");
+    }
+}

@@ -1,0 +1,25 @@
+//! The identifiers and commands the core uses to drive agent processes. The core emits
+//! `AgentCommand`s; an adapter's agent host carries them out and feeds the agent's output back.
+
+/// One agent process, numbered by the core (never reused within a gateway's lifetime), so output
+/// of a process that is already stopped can never be taken for its successor's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentId(pub u64);
+
+/// What the core asks the agent host to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentCommand {
+    /// Start the configured command of `agent_type` for the session, in its workspace directory;
+    /// answer with `Gateway::handle_agent_spawned` (giving the workspace path) or
+    /// `Gateway::handle_agent_spawn_failed`.
+    Spawn {
+        agent: AgentId,
+        session_id: String,
+        agent_type: String,
+    },
+    /// Write one line (ending with `'\n'`) to the agent's stdin.
+    Write { agent: AgentId, line: bytes::Bytes },
+    /// Stop the agent: close its stdin, then SIGTERM, then SIGKILL after a grace period;
+    /// `Gateway::handle_agent_exited` follows.
+    Stop { agent: AgentId },
+}
