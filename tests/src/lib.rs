@@ -489,6 +489,21 @@ impl Http {
         }
     }
 
+    /// The next response, or `None` if the server ends the connection before a whole one.
+    pub fn try_read_response(&mut self) -> Option<HttpResponse> {
+        let deadline = Instant::now() + IO_TIMEOUT * 2;
+        loop {
+            if let Some((response, len)) = wire::parse_response(&self.buffer) {
+                self.buffer.drain(..len);
+                return Some(response);
+            }
+            assert!(Instant::now() < deadline, "no whole response in time");
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
     /// The next response, its body read by `Content-Length`.
     pub fn read_response(&mut self) -> HttpResponse {
         self.read_with(false)

@@ -306,7 +306,7 @@ fn without_dev_mode_authentication_is_required() {
         // `ping` is allowed before authentication.
         let pong = request(&mut ws, &json!({"type": "ping", "requestId": "p"}));
         assert_eq!(pong["type"], "pong", "{pong}");
-        // An unknown type is still refused as not authenticated or invalid, never served.
+        // Session messages are refused until the connection authenticates.
         let error = request(
             &mut ws,
             &json!({"type": "create_session", "agentType": "x"}),
