@@ -88,17 +88,20 @@ fn build_layout() -> BuildLayout {
         .parent()
         .expect("a target directory")
         .to_path_buf();
-    // Cargo marks the root of a target directory with CACHEDIR.TAG; without it, the parent is a
-    // target triple directory (`cargo test --target <triple>`).
-    let (target_dir, triple) = if parent.join("CACHEDIR.TAG").exists() {
-        (parent, None)
-    } else {
-        let triple = parent
-            .file_name()
-            .and_then(|name| name.to_str())
-            .map(str::to_owned);
-        let root = parent.parent().expect("a target directory").to_path_buf();
-        (root, triple)
+    // Cargo marks the root of a target directory with CACHEDIR.TAG. When the grandparent has it
+    // and the parent does not, the parent is a target triple (`cargo test --target <triple>`).
+    let grandparent = parent.parent().map(Path::to_path_buf);
+    let (target_dir, triple) = match grandparent {
+        Some(root)
+            if !parent.join("CACHEDIR.TAG").exists() && root.join("CACHEDIR.TAG").exists() =>
+        {
+            let triple = parent
+                .file_name()
+                .and_then(|name| name.to_str())
+                .map(str::to_owned);
+            (root, triple)
+        }
+        _ => (parent, None),
     };
     BuildLayout {
         profile_dir,
