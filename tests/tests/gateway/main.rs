@@ -1,0 +1,18 @@
+//! Black-box tests of every gateway binary (see `diminuendo_tests::binaries`), over loopback.
+//! Each test starts its own process(es) with the flags it needs, so tests run in parallel.
+
+mod heartbeat;
+mod http;
+mod shutdown;
+mod upgrade;
+mod websocket;
+
+use diminuendo_tests::{binaries, Gateway};
+
+/// Runs `test` against a fresh gateway of every binary, started with `args`.
+fn with_each_gateway(args: &[&str], test: impl Fn(&mut Gateway)) {
+    for binary in binaries() {
+        let mut gateway = Gateway::start(binary, args);
+        test(&mut gateway);
+    }
+}
