@@ -356,6 +356,11 @@ impl Gateway {
         }
     }
 
+    /// Storage's count of events committed (for `/metrics`).
+    pub fn record_events_persisted(&mut self, events: u64) {
+        self.metrics.events_persisted = events;
+    }
+
     /// Storage reports whether it can write (it drives `/readyz`).
     pub fn set_storage_writable(&mut self, writable: bool) {
         self.storage_writable = writable;

@@ -29,6 +29,7 @@ pub struct Stats {
     pub flushes: AtomicU64,
     pub commits: AtomicU64,
     pub rows: AtomicU64,
+    pub events: AtomicU64,
     pub commit_nanos_total: AtomicU64,
     pub commit_nanos_max: AtomicU64,
     pub write_failures: AtomicU64,
@@ -47,6 +48,8 @@ pub struct StorageStats {
     pub commits: u64,
     /// Writes committed.
     pub rows: u64,
+    /// Of `rows`, events appended to session logs.
+    pub events: u64,
     pub commit_nanos_total: u64,
     pub commit_nanos_max: u64,
     /// Writes reported in `WriteFailed`.
@@ -66,6 +69,7 @@ impl Stats {
             flushes: l(&self.flushes),
             commits: l(&self.commits),
             rows: l(&self.rows),
+            events: l(&self.events),
             commit_nanos_total: l(&self.commit_nanos_total),
             commit_nanos_max: l(&self.commit_nanos_max),
             write_failures: l(&self.write_failures),

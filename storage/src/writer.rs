@@ -129,6 +129,8 @@ pub struct Writer {
 /// What one group's transaction did.
 struct GroupOutcome {
     committed: usize,
+    /// Of `committed`, how many were events.
+    events: usize,
     failed: usize,
     error: Option<rusqlite::Error>,
     deleted_sessions: Vec<String>,
@@ -261,6 +263,7 @@ fn apply(tx: &Connection, cmd: &StorageCommand) -> rusqlite::Result<Option<Strin
 fn commit_group(conn: &mut Connection, cmds: &[StorageCommand]) -> GroupOutcome {
     let mut out = GroupOutcome {
         committed: 0,
+        events: 0,
         failed: 0,
         error: None,
         deleted_sessions: Vec::new(),
@@ -277,6 +280,9 @@ fn commit_group(conn: &mut Connection, cmds: &[StorageCommand]) -> GroupOutcome 
         match apply(&tx, cmd) {
             Ok(deleted) => {
                 out.committed += 1;
+                if matches!(cmd, StorageCommand::AppendEvent { .. }) {
+                    out.events += 1;
+                }
                 out.deleted_sessions.extend(deleted);
             }
             Err(e) if !aborts_transaction(&e) => {
@@ -287,6 +293,7 @@ fn commit_group(conn: &mut Connection, cmds: &[StorageCommand]) -> GroupOutcome 
                 // Dropping `tx` rolls back.
                 out.failed = cmds.len();
                 out.committed = 0;
+                out.events = 0;
                 out.deleted_sessions.clear();
                 out.error = Some(e);
                 return out;
@@ -296,6 +303,7 @@ fn commit_group(conn: &mut Connection, cmds: &[StorageCommand]) -> GroupOutcome 
     if let Err(e) = tx.commit() {
         out.failed = cmds.len();
         out.committed = 0;
+        out.events = 0;
         out.deleted_sessions.clear();
         out.error = Some(e);
     }
@@ -525,6 +533,9 @@ impl Writer {
         self.stats
             .rows
             .fetch_add(outcome.committed as u64, Ordering::Relaxed);
+        self.stats
+            .events
+            .fetch_add(outcome.events as u64, Ordering::Relaxed);
         self.stats
             .commit_nanos_total
             .fetch_add(nanos, Ordering::Relaxed);

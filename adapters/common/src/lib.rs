@@ -4,6 +4,7 @@
 
 pub mod agent_host;
 pub mod logging;
+pub mod services;
 pub mod settings;
 pub mod write;
 

@@ -2,34 +2,43 @@
 //! and a key in the TOML file named by `--config`; a flag (or its variable) wins over the file,
 //! and the file over the defaults.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use diminuendo_core::auth::AuthConfig;
 use diminuendo_core::CoreConfig;
+use diminuendo_storage::Synchronous;
 use serde::Deserialize;
 
+use crate::agent_host::{AgentSpec, WorkspacePolicy};
+
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+
+/// The argument that makes a gateway binary run the bundled echo agent instead.
+pub const ECHO_AGENT_COMMAND: &str = "echo-agent";
 
 /// Command-line flags. Every one is optional here so that the config file can fill what a flag
 /// leaves unset; the defaults are in the help text and in `Settings::resolve`.
 #[derive(Debug, Default, Parser)]
 #[command(
     version,
-    about = "Diminuendo: a real-time gateway for AI coding agents over one WebSocket port."
+    about = "Diminuendo: a real-time gateway for AI coding agents over one WebSocket port.",
+    after_help = "`<binary> echo-agent` runs the bundled echo agent on stdin/stdout (the default `echo` agent type)."
 )]
 pub struct Flags {
     /// Address to listen on [default: 0.0.0.0:8080]
     #[arg(long, env = "DIMINUENDO_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Directory for the SQLite databases [default: ./data]
+    /// Directory for the SQLite databases and the agents' workspaces [default: ./data]
     #[arg(long, env = "DIMINUENDO_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Dev mode: no authentication (everyone is dev-user-001 of tenant `dev`), any origin,
-    /// human-readable logs
+    /// Dev mode: no authentication (everyone is dev-user-001 of tenant `dev`, role owner), any
+    /// origin, human-readable logs
     #[arg(long, env = "DIMINUENDO_DEV", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub dev: Option<bool>,
 
@@ -41,7 +50,8 @@ pub struct Flags {
     #[arg(long, env = "DIMINUENDO_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// TOML file with any of these settings (keys in snake_case, e.g. `max_connections = 100`)
+    /// TOML file with any of these settings (keys in snake_case, e.g. `max_connections = 100`,
+    /// and agent types as `[agents.NAME]` tables)
     #[arg(long, env = "DIMINUENDO_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -69,6 +79,90 @@ pub struct Flags {
         value_delimiter = ','
     )]
     pub allowed_origins: Option<Vec<String>>,
+
+    /// Messages a connection may send per 10 s (ping excluded); 0 disables [default: 60]
+    #[arg(long, env = "DIMINUENDO_RATE_LIMIT", value_name = "N")]
+    pub rate_limit: Option<u32>,
+
+    /// Coalesce text and thinking deltas (flush at 10 ms or 4 KiB) [default: true]
+    #[arg(long, env = "DIMINUENDO_COALESCE_DELTAS", value_name = "BOOL")]
+    pub coalesce_deltas: Option<bool>,
+
+    /// Shared secret for HS256 tokens (at least 32 bytes)
+    #[arg(
+        long,
+        env = "DIMINUENDO_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// JWKS file with the RS256/ES256 keys tokens are verified with (selected by `kid`)
+    #[arg(long, env = "DIMINUENDO_JWKS_FILE", value_name = "FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Required `iss` of tokens
+    #[arg(long, env = "DIMINUENDO_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of tokens
+    #[arg(long, env = "DIMINUENDO_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+
+    /// An agent type: NAME=COMMAND [ARGS...] (split on spaces; use the config file for more).
+    /// Repeatable; the variable separates entries with `;`. `echo` is built in.
+    #[arg(
+        long = "agent",
+        env = "DIMINUENDO_AGENTS",
+        value_name = "NAME=COMMAND",
+        value_delimiter = ';'
+    )]
+    pub agents: Option<Vec<String>>,
+
+    /// Most agent processes at once; more answers AGENT_UNAVAILABLE [default: 64]
+    #[arg(long, env = "DIMINUENDO_MAX_AGENTS", value_name = "N")]
+    pub max_agents: Option<usize>,
+
+    /// An active session with no client and no turn stops its agent after this long [default: 600000]
+    #[arg(long, env = "DIMINUENDO_IDLE_SESSION_TIMEOUT_MS", value_name = "MS")]
+    pub idle_session_timeout_ms: Option<u64>,
+
+    /// Time running turns get to finish after a shutdown signal [default: 10000]
+    #[arg(long, env = "DIMINUENDO_TURN_GRACE_MS", value_name = "MS")]
+    pub turn_grace_ms: Option<u64>,
+
+    /// SQLite durability: `normal` (a power loss may lose the last commits) or `full` (each
+    /// commit survives a power loss) [default: normal]
+    #[arg(long, env = "DIMINUENDO_SYNCHRONOUS", value_name = "MODE")]
+    pub synchronous: Option<SyncMode>,
+
+    /// The storage writer flushes this long after the first buffered write [default: 50]
+    #[arg(long, env = "DIMINUENDO_STORAGE_FLUSH_MS", value_name = "MS")]
+    pub storage_flush_ms: Option<u64>,
+
+    /// ... or once this many writes are buffered, whichever comes first [default: 100]
+    #[arg(long, env = "DIMINUENDO_STORAGE_BATCH", value_name = "N")]
+    pub storage_batch: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Normal,
+    Full,
+}
+
+/// An agent type in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAgent {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `per-session` (default) or a directory every process of this type runs in.
+    pub workspace: Option<String>,
 }
 
 /// The config file: the same settings, snake_case keys. Unknown keys are refused so that a typo
@@ -86,6 +180,28 @@ pub struct FileSettings {
     pub heartbeat_interval_ms: Option<u64>,
     pub request_head_timeout_ms: Option<u64>,
     pub allowed_origins: Option<Vec<String>>,
+    pub rate_limit: Option<u32>,
+    pub coalesce_deltas: Option<bool>,
+    pub jwt_secret: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    #[serde(default)]
+    pub agents: BTreeMap<String, FileAgent>,
+    pub max_agents: Option<usize>,
+    pub idle_session_timeout_ms: Option<u64>,
+    pub turn_grace_ms: Option<u64>,
+    pub synchronous: Option<SyncMode>,
+    pub storage_flush_ms: Option<u64>,
+    pub storage_batch: Option<usize>,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    pub synchronous: Synchronous,
+    pub flush_interval: Duration,
+    pub batch_size: usize,
 }
 
 /// Everything an adapter needs to start.
@@ -94,12 +210,22 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub core: CoreConfig,
+    /// Token verification; `None` in dev mode (and then only dev mode authenticates).
+    pub auth: Option<AuthConfig>,
+    pub agents: BTreeMap<String, AgentSpec>,
+    pub max_agents: usize,
+    pub storage: StorageSettings,
 }
 
 impl Settings {
     /// Parses the process's flags and environment, reads the config file, and resolves them.
-    /// Prints a clear message and exits with status 2 when they are invalid.
+    /// Prints a clear message and exits with status 2 when they are invalid. `<binary>
+    /// echo-agent` runs the bundled echo agent and exits.
     pub fn from_env() -> Settings {
+        if std::env::args().nth(1).as_deref() == Some(ECHO_AGENT_COMMAND) {
+            diminuendo_echo_agent::run();
+            std::process::exit(0);
+        }
         let flags = Flags::parse();
         match Settings::resolve(flags) {
             Ok(settings) => settings,
@@ -122,15 +248,31 @@ impl Settings {
                 .parse()
                 .map_err(|_| "the default listen address is invalid".to_string())?,
         };
-        let positive = |name: &str, value: usize| {
+        let positive = |name: &str, value: u64| {
             if value == 0 {
                 Err(format!("{name} must be greater than 0"))
             } else {
                 Ok(value)
             }
         };
+        let millis =
+            |name: &str, value: Option<u64>, default: Duration| -> Result<Duration, String> {
+                value
+                    .map(|ms| positive(name, ms).map(Duration::from_millis))
+                    .transpose()
+                    .map(|d| d.unwrap_or(default))
+            };
+        let size = |name: &str, value: Option<usize>, default: usize| -> Result<usize, String> {
+            value
+                .map(|n| positive(name, n as u64).map(|n| n as usize))
+                .transpose()
+                .map(|n| n.unwrap_or(default))
+        };
+
+        let agents = resolve_agents(flags.agents.as_deref(), &file.agents)?;
+        let dev_mode = flags.dev.or(file.dev).unwrap_or(false);
         let core = CoreConfig {
-            dev_mode: flags.dev.or(file.dev).unwrap_or(false),
+            dev_mode,
             conformance_echo: flags
                 .conformance_echo
                 .or(file.conformance_echo)
@@ -139,43 +281,101 @@ impl Settings {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(defaults.max_connections),
-            max_message_size: positive(
+            max_message_size: size(
                 "max_message_size",
-                flags
-                    .max_message_size
-                    .or(file.max_message_size)
-                    .unwrap_or(defaults.max_message_size),
+                flags.max_message_size.or(file.max_message_size),
+                defaults.max_message_size,
             )?,
-            outbound_queue_limit: positive(
+            outbound_queue_limit: size(
                 "outbound_queue_limit",
-                flags
-                    .outbound_queue_limit
-                    .or(file.outbound_queue_limit)
-                    .unwrap_or(defaults.outbound_queue_limit),
+                flags.outbound_queue_limit.or(file.outbound_queue_limit),
+                defaults.outbound_queue_limit,
             )?,
-            heartbeat_interval: flags
-                .heartbeat_interval_ms
-                .or(file.heartbeat_interval_ms)
-                .map(|ms| {
-                    positive("heartbeat_interval_ms", ms as usize)
-                        .map(|ms| Duration::from_millis(ms as u64))
-                })
-                .transpose()?
-                .unwrap_or(defaults.heartbeat_interval),
-            request_head_timeout: flags
-                .request_head_timeout_ms
-                .or(file.request_head_timeout_ms)
-                .map(|ms| {
-                    positive("request_head_timeout_ms", ms as usize)
-                        .map(|ms| Duration::from_millis(ms as u64))
-                })
-                .transpose()?
-                .unwrap_or(defaults.request_head_timeout),
+            heartbeat_interval: millis(
+                "heartbeat_interval_ms",
+                flags.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
+                defaults.heartbeat_interval,
+            )?,
+            request_head_timeout: millis(
+                "request_head_timeout_ms",
+                flags
+                    .request_head_timeout_ms
+                    .or(file.request_head_timeout_ms),
+                defaults.request_head_timeout,
+            )?,
             allowed_origins: flags
                 .allowed_origins
                 .or(file.allowed_origins)
                 .unwrap_or_default(),
+            rate_limit_messages: flags
+                .rate_limit
+                .or(file.rate_limit)
+                .unwrap_or(defaults.rate_limit_messages),
+            coalesce_deltas: flags
+                .coalesce_deltas
+                .or(file.coalesce_deltas)
+                .unwrap_or(defaults.coalesce_deltas),
+            idle_session_timeout: millis(
+                "idle_session_timeout_ms",
+                flags
+                    .idle_session_timeout_ms
+                    .or(file.idle_session_timeout_ms),
+                defaults.idle_session_timeout,
+            )?,
+            turn_grace: millis(
+                "turn_grace_ms",
+                flags.turn_grace_ms.or(file.turn_grace_ms),
+                defaults.turn_grace,
+            )?,
+            agent_types: agents.keys().cloned().collect(),
             ..defaults
+        };
+
+        let jwks_json = match flags.jwks_file.or(file.jwks_file) {
+            Some(path) => Some(std::fs::read_to_string(&path).map_err(|error| {
+                format!("cannot read the JWKS file {}: {error}", path.display())
+            })?),
+            None => None,
+        };
+        let hs256_secret = flags.jwt_secret.or(file.jwt_secret);
+        let auth = if hs256_secret.is_none() && jwks_json.is_none() {
+            if !dev_mode {
+                // Without a key nothing can authenticate; say so at start rather than at the
+                // first connection.
+                tracing::warn!(
+                    "no --jwt-secret or --jwks-file: only dev mode can authenticate clients"
+                );
+            }
+            None
+        } else {
+            Some(AuthConfig {
+                hs256_secret,
+                jwks_json,
+                issuer: flags.jwt_issuer.or(file.jwt_issuer),
+                audience: flags.jwt_audience.or(file.jwt_audience),
+                ..AuthConfig::default()
+            })
+        };
+        let synchronous = match flags
+            .synchronous
+            .or(file.synchronous)
+            .unwrap_or(SyncMode::Normal)
+        {
+            SyncMode::Normal => Synchronous::Normal,
+            SyncMode::Full => Synchronous::Full,
+        };
+        let storage = StorageSettings {
+            synchronous,
+            flush_interval: millis(
+                "storage_flush_ms",
+                flags.storage_flush_ms.or(file.storage_flush_ms),
+                Duration::from_millis(50),
+            )?,
+            batch_size: size(
+                "storage_batch",
+                flags.storage_batch.or(file.storage_batch),
+                100,
+            )?,
         };
         let data_dir = flags
             .data_dir
@@ -185,7 +385,93 @@ impl Settings {
             listen,
             data_dir,
             core,
+            auth,
+            agents,
+            max_agents: size("max_agents", flags.max_agents.or(file.max_agents), 64)?,
+            storage,
         })
+    }
+}
+
+/// The agent types: the file's, then the flags' (a flag replaces a file entry of the same name),
+/// and the bundled `echo` unless one of them defines it.
+fn resolve_agents(
+    flags: Option<&[String]>,
+    file: &BTreeMap<String, FileAgent>,
+) -> Result<BTreeMap<String, AgentSpec>, String> {
+    let mut agents = BTreeMap::new();
+    for (name, agent) in file {
+        check_agent_name(name)?;
+        let cwd = match agent.workspace.as_deref() {
+            None | Some("per-session") => WorkspacePolicy::PerSession,
+            Some(path) => WorkspacePolicy::Fixed(PathBuf::from(path)),
+        };
+        let env = agent
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        agents.insert(
+            name.clone(),
+            AgentSpec {
+                command: agent.command.clone(),
+                args: agent.args.clone(),
+                env,
+                cwd,
+            },
+        );
+    }
+    for entry in flags.unwrap_or(&[]) {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let (name, command) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("--agent takes NAME=COMMAND, got {entry:?}"))?;
+        check_agent_name(name.trim())?;
+        let mut words = command.split_whitespace().map(str::to_owned);
+        let program = words
+            .next()
+            .ok_or_else(|| format!("--agent {name}: the command is empty"))?;
+        agents.insert(
+            name.trim().to_owned(),
+            AgentSpec {
+                command: program,
+                args: words.collect(),
+                env: Vec::new(),
+                cwd: WorkspacePolicy::PerSession,
+            },
+        );
+    }
+    if !agents.contains_key("echo") {
+        let exe = std::env::current_exe()
+            .map_err(|error| format!("cannot find this program's path: {error}"))?;
+        agents.insert(
+            "echo".to_owned(),
+            AgentSpec {
+                command: exe.display().to_string(),
+                args: vec![ECHO_AGENT_COMMAND.to_owned()],
+                env: Vec::new(),
+                cwd: WorkspacePolicy::PerSession,
+            },
+        );
+    }
+    Ok(agents)
+}
+
+fn check_agent_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "agent type names are 1-64 of A-Z a-z 0-9 - _, got {name:?}"
+        ))
     }
 }
 
@@ -200,18 +486,23 @@ fn read_file(path: &Path) -> Result<FileSettings, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_win_over_the_file_and_the_file_over_defaults() {
-        let dir = std::env::temp_dir().join(format!("diminuendo-settings-{}", std::process::id()));
+    fn temp_file(name: &str, text: &str) -> (PathBuf, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("diminuendo-settings-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("gateway.toml");
-        std::fs::write(
-            &path,
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let (dir, path) = temp_file(
+            "order",
             "max_connections = 7\nlisten = \"127.0.0.1:9000\"\ndev = true\n",
-        )
-        .expect("write");
+        );
         let flags = Flags {
-            config: Some(path.clone()),
+            config: Some(path),
             listen: Some("127.0.0.1:9100".parse().expect("addr")),
             ..Flags::default()
         };
@@ -228,11 +519,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_zero_limits_are_refused() {
-        let dir =
-            std::env::temp_dir().join(format!("diminuendo-settings-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("gateway.toml");
-        std::fs::write(&path, "max_conections = 7\n").expect("write");
+        let (dir, path) = temp_file("bad", "max_conections = 7\n");
         let error = Settings::resolve(Flags {
             config: Some(path),
             ..Flags::default()
@@ -246,5 +533,69 @@ mod tests {
         .expect_err("zero refused");
         assert!(error.contains("max_message_size"));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn agent_types_from_the_file_and_flags_with_the_bundled_echo() {
+        let (dir, path) = temp_file(
+            "agents",
+            "[agents.claude]\ncommand = \"node\"\nargs = [\"agent.js\"]\nenv = { KEY = \"v\" }\n\n[agents.fixed]\ncommand = \"x\"\nworkspace = \"/srv/w\"\n",
+        );
+        let flags = Flags {
+            config: Some(path),
+            agents: Some(vec![
+                "claude=npx other --flag".into(),
+                "tiny=/bin/cat".into(),
+            ]),
+            ..Flags::default()
+        };
+        let settings = Settings::resolve(flags).expect("valid");
+        assert_eq!(
+            settings.core.agent_types,
+            ["claude", "echo", "fixed", "tiny"]
+        );
+        assert_eq!(
+            settings.agents["claude"].command, "npx",
+            "the flag replaces the file's entry"
+        );
+        assert_eq!(settings.agents["claude"].args, ["other", "--flag"]);
+        assert_eq!(settings.agents["echo"].args, [ECHO_AGENT_COMMAND]);
+        assert!(matches!(
+            settings.agents["fixed"].cwd,
+            WorkspacePolicy::Fixed(_)
+        ));
+        let error = Settings::resolve(Flags {
+            agents: Some(vec!["no-command".into()]),
+            ..Flags::default()
+        })
+        .expect_err("bad");
+        assert!(error.contains("NAME=COMMAND"), "{error}");
+        let error = Settings::resolve(Flags {
+            agents: Some(vec!["../x=cat".into()]),
+            ..Flags::default()
+        })
+        .expect_err("bad");
+        assert!(error.contains("agent type names"), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn auth_is_configured_only_with_a_key() {
+        let settings = Settings::resolve(Flags::default()).expect("valid");
+        assert!(settings.auth.is_none());
+        let settings = Settings::resolve(Flags {
+            jwt_secret: Some("x".repeat(32)),
+            jwt_issuer: Some("me".into()),
+            ..Flags::default()
+        })
+        .expect("valid");
+        let auth = settings.auth.expect("auth");
+        assert_eq!(auth.issuer.as_deref(), Some("me"));
+        let error = Settings::resolve(Flags {
+            jwks_file: Some("/nonexistent/jwks.json".into()),
+            ..Flags::default()
+        })
+        .expect_err("missing file");
+        assert!(error.contains("JWKS"), "{error}");
     }
 }

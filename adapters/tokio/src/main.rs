@@ -1,6 +1,7 @@
 //! The gateway on tokio: a current-thread runtime owns the core. Each connection has a task that
 //! reads and waits for writability; one flusher task writes what the core queued, so every write
-//! of a loop turn to one connection leaves in one vectored syscall. No protocol logic lives here.
+//! of a loop turn to one connection leaves in one vectored syscall; storage and agent completions
+//! arrive through a `Notify`. No protocol logic lives here.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -8,20 +9,33 @@ use std::io;
 use std::net::Shutdown;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use diminuendo_adapter_common::services::Services;
 use diminuendo_adapter_common::settings::Settings;
 use diminuendo_adapter_common::write::{flush_connection, Flushed};
 use diminuendo_adapter_common::{clock_anchor, logging, seed};
-use diminuendo_core::{ConnectionId, Event, Gateway};
+use diminuendo_core::{ConnectionId, Gateway, Wake};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
 use tokio::task::LocalSet;
 use tracing::{debug, error, info, warn};
 
 /// Bytes read from a socket at once, into one buffer shared by every connection.
 const SCRATCH_SIZE: usize = 64 * 1024;
+/// How long agents get to stop when the gateway exits.
+const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The wake-up hook for storage and agent threads.
+struct NotifyWake(Arc<Notify>);
+
+impl Wake for NotifyWake {
+    fn wake(&self) {
+        self.0.notify_one();
+    }
+}
 
 struct Connection {
     stream: TcpStream,
@@ -33,6 +47,7 @@ struct Connection {
 
 struct Driver {
     gateway: RefCell<Gateway>,
+    services: RefCell<Services>,
     connections: RefCell<HashMap<ConnectionId, Rc<Connection>>>,
     scratch: RefCell<Vec<u8>>,
     flush: Notify,
@@ -42,24 +57,31 @@ struct Driver {
 }
 
 impl Driver {
-    /// Called after every input: acts on the core's events and schedules writes and timers.
+    /// Called after every input: carries out the core's events and schedules writes and timers.
     fn after_input(&self) {
-        loop {
-            let event = self.gateway.borrow_mut().poll_event();
-            let Some(event) = event else { break };
-            match event {
-                Event::CloseConnection(id) => self.close(id),
-                other => debug!(?other, "event not handled by this adapter"),
-            }
-        }
+        self.dispatch_events();
         self.flush.notify_one();
         let deadline = self.gateway.borrow().poll_timeout();
         if deadline != self.armed_deadline.get() {
             self.timer_changed.notify_one();
         }
-        let gateway = self.gateway.borrow();
-        if gateway.is_draining() && gateway.connection_count() == 0 {
+        if self.gateway.borrow().is_drained() {
             self.drained.notify_one();
+        }
+    }
+
+    fn dispatch_events(&self) {
+        loop {
+            let event = self.gateway.borrow_mut().poll_event();
+            let Some(event) = event else { break };
+            let close = self.services.borrow_mut().dispatch(
+                &mut self.gateway.borrow_mut(),
+                event,
+                Instant::now(),
+            );
+            if let Some(id) = close {
+                self.close(id);
+            }
         }
     }
 
@@ -109,17 +131,9 @@ impl Driver {
                 }
             }
             // A finished write may complete a close.
-            loop {
-                let event = self.gateway.borrow_mut().poll_event();
-                match event {
-                    Some(Event::CloseConnection(id)) => self.close(id),
-                    Some(other) => debug!(?other, "event not handled by this adapter"),
-                    None => break,
-                }
-            }
+            self.dispatch_events();
         }
-        let gateway = self.gateway.borrow();
-        if gateway.is_draining() && gateway.connection_count() == 0 {
+        if self.gateway.borrow().is_drained() {
             self.drained.notify_one();
         }
     }
@@ -200,6 +214,18 @@ async fn timer_task(driver: Rc<Driver>) {
     }
 }
 
+/// Storage and agent threads finished something.
+async fn services_task(driver: Rc<Driver>, woken: Arc<Notify>) {
+    loop {
+        woken.notified().await;
+        driver
+            .services
+            .borrow_mut()
+            .poll(&mut driver.gateway.borrow_mut(), Instant::now());
+        driver.after_input();
+    }
+}
+
 async fn accept_task(driver: Rc<Driver>, listener: TcpListener) {
     let mut next_id = 0u64;
     loop {
@@ -236,6 +262,29 @@ async fn accept_task(driver: Rc<Driver>, listener: TcpListener) {
 }
 
 async fn run(settings: Settings) -> ExitCode {
+    // Signals first: a signal that arrives once we are listening must start a drain.
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers");
+        return ExitCode::from(1);
+    };
+    let woken = Arc::new(Notify::new());
+    let (now, unix_ms) = clock_anchor();
+    let (gateway, services) = match Services::start(
+        &settings,
+        Arc::new(NotifyWake(woken.clone())),
+        now,
+        unix_ms,
+        seed(),
+    ) {
+        Ok(started) => started,
+        Err(message) => {
+            error!(%message, "cannot start");
+            return ExitCode::from(1);
+        }
+    };
     let listener = match TcpListener::bind(settings.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -251,10 +300,11 @@ async fn run(settings: Settings) -> ExitCode {
     println!("listening on {local}");
     info!(listen = %local, dev = settings.core.dev_mode, "gateway started");
 
-    let (now, unix_ms) = clock_anchor();
-    let close_timeout = settings.core.close_timeout;
+    let drain_limit =
+        settings.core.turn_grace + settings.core.close_timeout + Duration::from_secs(2);
     let driver = Rc::new(Driver {
-        gateway: RefCell::new(Gateway::new(settings.core, seed(), now, unix_ms)),
+        gateway: RefCell::new(gateway),
+        services: RefCell::new(services),
         connections: RefCell::new(HashMap::new()),
         scratch: RefCell::new(vec![0; SCRATCH_SIZE]),
         flush: Notify::new(),
@@ -264,15 +314,9 @@ async fn run(settings: Settings) -> ExitCode {
     });
     tokio::task::spawn_local(flusher_task(driver.clone()));
     tokio::task::spawn_local(timer_task(driver.clone()));
+    tokio::task::spawn_local(services_task(driver.clone(), woken));
     tokio::task::spawn_local(accept_task(driver.clone(), listener));
 
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers");
-        return ExitCode::from(1);
-    };
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
@@ -280,16 +324,31 @@ async fn run(settings: Settings) -> ExitCode {
     info!("signal received: draining");
     driver.gateway.borrow_mut().begin_shutdown(Instant::now());
     driver.after_input();
+    let exit = drain(&driver, drain_limit, &mut terminate, &mut interrupt).await;
+    if exit == ExitCode::SUCCESS {
+        // Every connection is closed: stop the agents, then flush and close storage.
+        driver.services.borrow_mut().shutdown(AGENT_STOP_TIMEOUT);
+    }
+    exit
+}
 
+/// Waits until the core has closed every connection (or the drain limit passes); a second
+/// signal exits at once.
+async fn drain(
+    driver: &Rc<Driver>,
+    limit: Duration,
+    terminate: &mut Signal,
+    interrupt: &mut Signal,
+) -> ExitCode {
     let drained = async {
-        while driver.gateway.borrow().connection_count() > 0 {
+        while !driver.gateway.borrow().is_drained() {
             driver.drained.notified().await;
         }
     };
     tokio::select! {
-        _ = drained => info!("every connection closed: exiting"),
-        _ = tokio::time::sleep(close_timeout + Duration::from_secs(1)) => {
-            warn!(open = driver.gateway.borrow().connection_count(), "drain timed out: exiting");
+        _ = drained => info!("every connection closed"),
+        _ = tokio::time::sleep(limit) => {
+            warn!(open = driver.gateway.borrow().connection_count(), "drain timed out");
         }
         _ = terminate.recv() => { warn!("second signal: exiting at once"); return ExitCode::from(1); }
         _ = interrupt.recv() => { warn!("second signal: exiting at once"); return ExitCode::from(1); }

@@ -1,0 +1,179 @@
+//! The services behind the core, shared by every adapter: storage (the writer and reader threads)
+//! and the agent host. They report through the adapter's wake-up hook; the adapter then calls
+//! `Services::poll`, which feeds what they finished back into the core with a bounded budget.
+//!
+//! An adapter's loop, whatever its runtime:
+//! 1. feed an input to the `Gateway` (bytes, a timer, a wake-up);
+//! 2. `while let Some(event) = gateway.poll_event()`: `Services::dispatch` it; what comes back is
+//!    a connection to close, which only the adapter can do;
+//! 3. write what `poll_transmit` names; arm a timer at `poll_timeout`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diminuendo_core::auth::Authenticator;
+use diminuendo_core::storage::{RecoveryReport, StorageCommand, StorageCompletion};
+use diminuendo_core::{ConnectionId, Event, Gateway, Wake};
+use diminuendo_storage::{Storage, StorageConfig};
+use tracing::{info, warn};
+
+use crate::agent_host::{AgentHost, AgentHostConfig, AgentReport};
+use crate::settings::Settings;
+
+/// Agent reports taken per `poll`, so one agent streaming as fast as it can never starves other
+/// connections, timers or sessions; the host wakes the adapter again for the rest.
+pub const AGENT_REPORTS_PER_POLL: usize = 256;
+
+pub struct Services {
+    storage: Storage,
+    agents: AgentHost,
+    completions: Vec<StorageCompletion>,
+    reports: Vec<AgentReport>,
+}
+
+impl Services {
+    /// Opens storage (running recovery), builds the gateway with the recovered registry and the
+    /// token verifier, and starts the agent host. `now`/`unix_ms`/`seed` as for `Gateway::new`.
+    pub fn start(
+        settings: &Settings,
+        wake: Arc<dyn Wake>,
+        now: Instant,
+        unix_ms: u64,
+        seed: u64,
+    ) -> Result<(Gateway, Services), String> {
+        let mut storage_config = StorageConfig::new(&settings.data_dir);
+        storage_config.synchronous = settings.storage.synchronous;
+        storage_config.flush_interval = settings.storage.flush_interval;
+        storage_config.batch_size = settings.storage.batch_size;
+        let (storage, report) = Storage::open(storage_config, wake.clone()).map_err(|error| {
+            format!(
+                "cannot open storage in {}: {error}",
+                settings.data_dir.display()
+            )
+        })?;
+        log_recovery(&report);
+
+        let mut gateway = Gateway::new(settings.core.clone(), seed, now, unix_ms);
+        gateway.restore_sessions(report.records);
+        if let Some(auth) = &settings.auth {
+            let authenticator = Authenticator::new(auth.clone())
+                .map_err(|error| format!("invalid token settings: {error}"))?;
+            for skipped in authenticator.skipped_keys() {
+                warn!(key = %skipped, "a JWKS key is not usable and was skipped");
+            }
+            gateway.set_authenticator(authenticator);
+        }
+
+        let mut host_config = AgentHostConfig::new(&settings.data_dir);
+        host_config.agents = settings.agents.clone();
+        host_config.max_processes = settings.max_agents;
+        let agents = AgentHost::new(host_config, wake);
+        Ok((
+            gateway,
+            Services {
+                storage,
+                agents,
+                completions: Vec::new(),
+                reports: Vec::new(),
+            },
+        ))
+    }
+
+    /// Carries out one of the core's events. A connection to close is handed back.
+    pub fn dispatch(
+        &mut self,
+        gateway: &mut Gateway,
+        event: Event,
+        now: Instant,
+    ) -> Option<ConnectionId> {
+        match event {
+            Event::CloseConnection(id) => return Some(id),
+            Event::Storage(command) => self.submit(gateway, command, now),
+            Event::Agent(command) => {
+                if let Some(report) = self.agents.execute(command) {
+                    apply_report(gateway, report, now);
+                }
+            }
+            other => warn!(?other, "an event this build does not know"),
+        }
+        None
+    }
+
+    fn submit(&mut self, gateway: &mut Gateway, command: StorageCommand, now: Instant) {
+        let token = match &command {
+            StorageCommand::Query { token, .. } => Some(*token),
+            _ => None,
+        };
+        if let Err(error) = self.storage.submit(command) {
+            warn!(%error, "storage refused a command");
+            // The core waits for every query's answer: give it the failure.
+            if let Some(token) = token {
+                gateway.handle_storage(
+                    StorageCompletion::QueryResult {
+                        token,
+                        result: Err(error),
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Feeds finished storage work and (at most `AGENT_REPORTS_PER_POLL`) agent output into the
+    /// gateway. Call after every wake-up, then drain the gateway's events.
+    pub fn poll(&mut self, gateway: &mut Gateway, now: Instant) {
+        self.completions.clear();
+        self.storage.drain_completions(&mut self.completions);
+        for completion in self.completions.drain(..) {
+            gateway.handle_storage(completion, now);
+        }
+        self.reports.clear();
+        self.agents.drain(&mut self.reports, AGENT_REPORTS_PER_POLL);
+        for report in self.reports.drain(..) {
+            apply_report(gateway, report, now);
+        }
+        gateway.record_events_persisted(self.storage.stats().events);
+    }
+
+    /// Stops every agent and flushes and closes storage: nothing acknowledged is lost.
+    pub fn shutdown(&mut self, agent_timeout: Duration) {
+        if !self.agents.shutdown(agent_timeout) {
+            warn!("some agent processes did not stop in time");
+        }
+        match self.storage.shutdown_blocking() {
+            Ok(()) => info!("storage flushed and closed"),
+            Err(error) => warn!(%error, "storage did not close cleanly"),
+        }
+    }
+}
+
+fn apply_report(gateway: &mut Gateway, report: AgentReport, now: Instant) {
+    match report {
+        AgentReport::Spawned { agent, workspace } => {
+            gateway.handle_agent_spawned(agent, &workspace, now)
+        }
+        AgentReport::SpawnFailed { agent, reason } => {
+            gateway.handle_agent_spawn_failed(agent, &reason, now)
+        }
+        AgentReport::Line { agent, line } => gateway.handle_agent_line(agent, &line, now),
+        // The host stops the process; its exit report follows.
+        AgentReport::Failed { agent, reason } => warn!(agent = agent.0, %reason, "agent failed"),
+        AgentReport::Exited { agent, status } => {
+            info!(agent = agent.0, ?status, "agent exited");
+            gateway.handle_agent_exited(agent, now);
+        }
+    }
+}
+
+fn log_recovery(report: &RecoveryReport) {
+    info!(
+        clean = report.clean_shutdown,
+        sessions = report.sessions,
+        deactivated = report.sessions_deactivated,
+        new_epochs = report.sessions_new_epoch,
+        "storage recovered"
+    );
+    for error in &report.failed {
+        warn!(%error, "a database could not be recovered");
+    }
+}
