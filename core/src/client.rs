@@ -334,6 +334,7 @@ impl Gateway {
         token: &str,
         now: Instant,
     ) -> Result<Arc<Identity>, Refusal> {
+        self.arm_sweep(now);
         let ip = self.peer(id).map(|peer| peer.ip());
         if let Some(ip) = ip {
             if let Err(retry_after) = self.auth_failures.check(ip, now) {

@@ -138,6 +138,8 @@ pub struct Gateway {
     pub(crate) auth_failures: crate::auth::FailureLimiter,
     /// The `now` of the latest input.
     pub(crate) last_input: Instant,
+    /// When the failure limiter and the token cache are next swept (while they hold entries).
+    pub(crate) next_sweep: Option<Instant>,
 }
 
 /// What one parsed request leads to.
@@ -178,6 +180,7 @@ impl Gateway {
             config,
             auth: None,
             last_input: now,
+            next_sweep: None,
         }
     }
 
@@ -536,6 +539,12 @@ impl Gateway {
                     "connections": {
                         "http": self.metrics.http_connections_open,
                         "websocket": self.metrics.websocket_connections_open,
+                    },
+                    "sessions": {
+                        "total": self.sessions.len(),
+                        "active": self.sessions.values()
+                            .filter(|s| crate::session_state::is_active(s.record.status))
+                            .count(),
                     },
                 });
                 let status = if self.is_ready() { 200 } else { 503 };

@@ -19,6 +19,9 @@ use crate::{ConnectionId, Event, Gateway};
 
 pub(crate) type SessionId = Arc<str>;
 
+/// How often stale entries of the failure limiter and the token cache are dropped.
+pub(crate) const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A tenant: its notification topic (`tenant:{id}:sessions`) and its sessions, oldest first.
 #[derive(Default)]
 pub(crate) struct Tenant {
@@ -659,23 +662,56 @@ impl Gateway {
         if turns_running {
             let until = now + self.config.turn_grace;
             self.shutdown = ShutdownPhase::Grace { until };
-            self.timers
-                .schedule(TimerKey::Gateway, &mut self.gateway_scheduled, until);
+            self.schedule_gateway_timer();
         } else {
             self.close_everything(now);
         }
     }
 
+    /// The gateway's own deadlines: the end of the shutdown grace period, and the sweep that
+    /// keeps the failure limiter and the token cache from holding stale entries (armed only
+    /// while they hold any, so an idle gateway has no timer at all).
     pub(crate) fn gateway_timers(&mut self, now: Instant) {
         if let ShutdownPhase::Grace { until } = self.shutdown {
             if until <= now {
                 self.end_grace(now);
-            } else {
-                self.timers
-                    .schedule(TimerKey::Gateway, &mut self.gateway_scheduled, until);
             }
         }
-        self.auth_failures.sweep(now);
+        if self.next_sweep.is_some_and(|at| at <= now) {
+            self.auth_failures.sweep(now);
+            let unix_ms = self.clock.unix_ms(now);
+            let cached = self.auth.as_mut().map_or(0, |auth| {
+                auth.purge_expired(unix_ms);
+                auth.cached_tokens()
+            });
+            let holding = cached > 0 || self.auth_failures.tracked() > 0;
+            self.next_sweep = holding.then_some(now + SWEEP_INTERVAL);
+        }
+        self.schedule_gateway_timer();
+    }
+
+    /// Arms the sweep (after an authentication attempt added an entry somewhere).
+    pub(crate) fn arm_sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_INTERVAL);
+            self.schedule_gateway_timer();
+        }
+    }
+
+    pub(crate) fn schedule_gateway_timer(&mut self) {
+        let grace = match self.shutdown {
+            ShutdownPhase::Grace { until } => Some(until),
+            _ => None,
+        };
+        let at = match (self.next_sweep, grace) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(at) => at,
+                None => return,
+            },
+        };
+        self.timers
+            .schedule(TimerKey::Gateway, &mut self.gateway_scheduled, at);
     }
 
     /// The grace period is over: cancel the turns still running, then close everything.

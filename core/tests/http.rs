@@ -442,6 +442,7 @@ fn health_is_a_small_json_object() {
             "status": "ok",
             "uptimeMs": 1500,
             "connections": {"http": 1, "websocket": 1},
+            "sessions": {"total": 0, "active": 0},
         })
     );
     assert!(!sim.is_closed(ws));
