@@ -42,6 +42,8 @@ pub const MAX_SESSION_NAME: usize = 200;
 pub(crate) struct Refusal {
     pub(crate) code: ErrorCode,
     pub(crate) message: String,
+    /// For the `*_RATE_LIMITED` codes: when to try again.
+    pub(crate) retry_after: Option<std::time::Duration>,
 }
 
 impl Refusal {
@@ -49,6 +51,7 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -162,7 +165,7 @@ impl Gateway {
             }
         };
         if let Err(refusal) = result {
-            self.send_error(id, refusal.code, &refusal.message, request_id, now);
+            self.send_refusal(id, &refusal, request_id, now);
         }
     }
 
@@ -257,6 +260,22 @@ impl Gateway {
         }
     }
 
+    fn send_refusal(
+        &mut self,
+        id: ConnectionId,
+        refusal: &Refusal,
+        request_id: Option<&str>,
+        now: Instant,
+    ) {
+        let error = ServerMessage::Error {
+            code: refusal.code,
+            message: &refusal.message,
+            request_id,
+            retry_after_ms: refusal.retry_after.map(|after| after.as_millis() as u64),
+        };
+        self.send_message(id, &error, now);
+    }
+
     /// The session named by the message's `sessionId`, in the caller's tenant.
     pub(crate) fn session_field(
         &self,
@@ -322,7 +341,7 @@ impl Gateway {
         match self.verify_token(id, token, now) {
             Ok(identity) => self.complete_authentication(id, identity, None, now),
             Err(refusal) => {
-                self.send_error(id, refusal.code, &refusal.message, None, now);
+                self.send_refusal(id, &refusal, None, now);
                 self.close_websocket(id, close_code::AUTH_FAILED, "authentication failed", now);
             }
         }
@@ -338,15 +357,12 @@ impl Gateway {
         let ip = self.peer(id).map(|peer| peer.ip());
         if let Some(ip) = ip {
             if let Err(retry_after) = self.auth_failures.check(ip, now) {
-                let refusal = Refusal::new(
-                    ErrorCode::AuthRateLimited,
-                    "too many failed authentications; try later",
-                );
-                // The retry hint travels in its own field; see `send_auth_rate_limited`.
-                self.send_auth_rate_limited(id, retry_after, now);
                 return Err(Refusal {
-                    message: String::new(),
-                    ..refusal
+                    retry_after: Some(retry_after),
+                    ..Refusal::new(
+                        ErrorCode::AuthRateLimited,
+                        "too many failed authentications; try later",
+                    )
                 });
             }
         }
@@ -374,21 +390,6 @@ impl Gateway {
                 Err(Refusal::new(ErrorCode::AuthFailed, message))
             }
         }
-    }
-
-    fn send_auth_rate_limited(
-        &mut self,
-        id: ConnectionId,
-        retry_after: std::time::Duration,
-        now: Instant,
-    ) {
-        let error = ServerMessage::Error {
-            code: ErrorCode::AuthRateLimited,
-            message: "too many failed authentications; try later",
-            request_id: None,
-            retry_after_ms: Some(retry_after.as_millis() as u64),
-        };
-        self.send_message(id, &error, now);
     }
 
     /// The connection is `identity` from now on: it joins its tenant's topic and is answered
