@@ -445,6 +445,21 @@ impl Gateway {
         for session_id in client.joined {
             self.unsubscribe(&session_id, id, now);
         }
+        // Replies still owed to this connection are dropped: its id may be given to another
+        // connection (of another tenant) next.
+        self.pending_queries
+            .retain(|_, pending| pending.connection() != id);
+        for session in self.sessions.values_mut() {
+            if let Some(next) = session.next_turn.as_mut() {
+                if next
+                    .reply_to
+                    .as_ref()
+                    .is_some_and(|(connection, _)| *connection == id)
+                {
+                    next.reply_to = None;
+                }
+            }
+        }
     }
 
     pub(crate) fn unsubscribe(&mut self, session_id: &SessionId, id: ConnectionId, now: Instant) {

@@ -138,6 +138,8 @@ pub struct Gateway {
     pub(crate) auth_failures: crate::auth::FailureLimiter,
     /// The `now` of the latest input.
     pub(crate) last_input: Instant,
+    /// Reused for every fan-out, so publishing allocates no subscriber list.
+    pub(crate) fanout_scratch: Vec<ConnectionId>,
     /// When the failure limiter and the token cache are next swept (while they hold entries).
     pub(crate) next_sweep: Option<Instant>,
 }
@@ -181,6 +183,7 @@ impl Gateway {
             auth: None,
             last_input: now,
             next_sweep: None,
+            fanout_scratch: Vec::new(),
         }
     }
 

@@ -23,6 +23,14 @@ pub const MAX_EVENTS_PER_READ: u64 = 1000;
 pub const MAX_TURNS_PER_READ: u64 = 100;
 
 impl PendingQuery {
+    pub(crate) fn connection(&self) -> ConnectionId {
+        match self {
+            PendingQuery::Replay { connection, .. }
+            | PendingQuery::Events { connection, .. }
+            | PendingQuery::History { connection, .. } => *connection,
+        }
+    }
+
     pub(crate) fn session_id(&self) -> &SessionId {
         match self {
             PendingQuery::Replay { session_id, .. }

@@ -312,10 +312,18 @@ impl Gateway {
         let Some(tenant) = self.tenants.get(tenant_id) else {
             return;
         };
-        let subscribers = tenant.topic.subscribers().to_vec();
-        for connection in subscribers {
+        let mut subscribers = std::mem::take(&mut self.fanout_scratch);
+        subscribers.extend_from_slice(tenant.topic.subscribers());
+        self.fan_out(&mut subscribers, &frame, now);
+    }
+
+    /// Sends `frame` to each of `subscribers` (a copy of a topic's list: sending may close a
+    /// connection, which unsubscribes it from the topic itself), then returns the scratch list.
+    fn fan_out(&mut self, subscribers: &mut Vec<ConnectionId>, frame: &Bytes, now: Instant) {
+        for connection in subscribers.drain(..) {
             self.send(connection, frame.clone(), now);
         }
+        self.fanout_scratch = std::mem::take(subscribers);
     }
 
     // ------------------------------------------------------------ events
@@ -363,7 +371,8 @@ impl Gateway {
         for (_, waiting) in &mut session.replaying {
             waiting.push(frame.clone());
         }
-        let subscribers = session.topic.subscribers().to_vec();
+        let mut subscribers = std::mem::take(&mut self.fanout_scratch);
+        subscribers.extend_from_slice(session.topic.subscribers());
         self.metrics.events_published += 1;
         self.storage(StorageCommand::AppendEvent {
             session_id: session_id.to_string(),
@@ -375,9 +384,7 @@ impl Gateway {
                 ts_ms: ts,
             },
         });
-        for connection in subscribers {
-            self.send(connection, frame.clone(), now);
-        }
+        self.fan_out(&mut subscribers, &frame, now);
     }
 
     /// A text or thinking delta: coalesced (when enabled) until the interval passes, the size

@@ -305,6 +305,19 @@ impl Sim {
         id
     }
 
+    /// A new connection under the id of one that is gone, as adapters that recycle ids (a slab
+    /// of mio tokens) do.
+    pub fn connect_reusing(&mut self, id: ConnectionId) -> ConnectionId {
+        self.peers.insert(id, Peer::default());
+        self.gateway.handle_accept(
+            id,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 40_000)),
+            self.now,
+        );
+        self.pump();
+        id
+    }
+
     /// The client sends `bytes` in one read.
     pub fn send(&mut self, id: ConnectionId, bytes: &[u8]) {
         let mut copy = bytes.to_vec();

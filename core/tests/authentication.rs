@@ -250,3 +250,54 @@ fn roles_are_enforced_and_tenants_never_see_each_other() {
         "another tenant's connection received {leaked:?}"
     );
 }
+
+#[test]
+fn a_reply_owed_to_a_closed_connection_never_reaches_the_next_owner_of_its_id() {
+    let mut sim = sim();
+    let alice = login(&mut sim, "alice", "acme", "owner");
+    let created = send(
+        &mut sim,
+        alice,
+        json!({"type": "create_session", "agentType": "echo", "requestId": "c"}),
+    );
+    let session = created
+        .iter()
+        .find(|m| m["requestId"] == "c")
+        .map(|m| m["session"]["id"].clone())
+        .unwrap_or(Value::Null);
+    send(
+        &mut sim,
+        alice,
+        json!({"type": "run_turn", "sessionId": session, "text": "confidential"}),
+    );
+    sim.hold_storage = true;
+    send(
+        &mut sim,
+        alice,
+        json!({"type": "get_events", "sessionId": session, "afterSeq": 0, "requestId": "e"}),
+    );
+    send(
+        &mut sim,
+        alice,
+        json!({"type": "join_session", "sessionId": session, "afterSeq": 1, "requestId": "j"}),
+    );
+    sim.disconnect(alice);
+    // The adapter gives the id to a connection of another tenant.
+    let reused = sim.connect_reusing(alice);
+    sim.send(reused, &client::upgrade("/ws"));
+    sim.take_response(reused);
+    sim.take_messages(reused);
+    send(
+        &mut sim,
+        reused,
+        json!({"type": "authenticate", "token": token("mallory", "evil", "owner")}),
+    );
+    sim.hold_storage = false;
+    sim.deliver_storage(usize::MAX);
+    let received = sim.take_messages(reused);
+    let text = serde_json::to_string(&received).unwrap_or_default();
+    assert!(
+        !text.contains("confidential") && !text.contains(session.as_str().unwrap_or("?")),
+        "leaked: {text}"
+    );
+}
