@@ -77,6 +77,9 @@ pub struct SimStore {
     pub events: BTreeMap<String, Vec<StoredEvent>>,
     pub turns: BTreeMap<String, Vec<TurnRecord>>,
     pub members: BTreeMap<(String, String), String>,
+    /// Appends whose `seq` did not continue the session's log (a gap or a duplicate). They are
+    /// not applied; a correct core never produces one, and tests assert this stays empty.
+    pub rejected_appends: Vec<(String, u64)>,
 }
 
 impl SimStore {
@@ -94,9 +97,11 @@ impl SimStore {
                 None
             }
             StorageCommand::AppendEvent { session_id, event } => {
-                let log = self.events.entry(session_id).or_default();
+                let log = self.events.entry(session_id.clone()).or_default();
                 if log.last().map_or(0, |last| last.seq) + 1 == event.seq {
                     log.push(event);
+                } else {
+                    self.rejected_appends.push((session_id, event.seq));
                 }
                 None
             }
