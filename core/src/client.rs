@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::gateway::ClientState;
 use crate::protocol::{self, Envelope, EnvelopeError, ErrorCode, Identity, ServerMessage};
 use crate::session_state::SessionStatus;
-use crate::sessions::{FrameWriter, Session, SessionId};
+use crate::sessions::{FrameWriter, PendingQuery, Session, SessionId};
 use crate::storage::{self, MemberRecord, SessionRecord, StorageCommand};
 use crate::ws::close_code;
 use crate::{ConnectionId, Gateway};
@@ -443,7 +443,8 @@ impl Gateway {
             }
         }
         for session_id in client.joined {
-            self.unsubscribe(&session_id, id, now);
+            // Nobody is left to answer.
+            let _ = self.unsubscribe(&session_id, id, now);
         }
         // Replies still owed to this connection are dropped: its id may be given to another
         // connection (of another tenant) next.
@@ -462,14 +463,37 @@ impl Gateway {
         }
     }
 
-    pub(crate) fn unsubscribe(&mut self, session_id: &SessionId, id: ConnectionId, now: Instant) {
-        if let Some(session) = self.sessions.get_mut(session_id) {
-            session.topic.unsubscribe(id);
-            session
-                .replaying
-                .retain(|(connection, _)| *connection != id);
-            self.reschedule_session(session_id, now);
-        }
+    /// Takes the connection out of the session's topic. A join of it still waiting for its
+    /// replay is abandoned: its storage query is forgotten and its request returned, to be
+    /// answered by the caller (nobody, when the connection is gone).
+    pub(crate) fn unsubscribe(
+        &mut self,
+        session_id: &SessionId,
+        id: ConnectionId,
+        now: Instant,
+    ) -> Option<PendingQuery> {
+        let session = self.sessions.get_mut(session_id)?;
+        session.topic.unsubscribe(id);
+        let token = session
+            .replaying
+            .iter()
+            .position(|p| p.connection == id)
+            .map(|index| session.replaying.remove(index).token);
+        self.reschedule_session(session_id, now);
+        token.and_then(|token| self.pending_queries.remove(&token))
+    }
+
+    /// Answers a request that will not get its result with an error instead, so every request
+    /// with a `requestId` still gets exactly one reply.
+    pub(crate) fn abandon(
+        &mut self,
+        pending: PendingQuery,
+        code: ErrorCode,
+        message: &str,
+        now: Instant,
+    ) {
+        let (connection, request_id) = pending.requester();
+        self.send_error(connection, code, message, request_id, now);
     }
 
     // ------------------------------------------------------------ the registry
@@ -637,7 +661,7 @@ impl Gateway {
             .topic
             .subscribers()
             .iter()
-            .chain(session.replaying.iter().map(|(c, _)| c))
+            .chain(session.replaying.iter().map(|pending| &pending.connection))
         {
             if let Some(client) = self.client_state_mut(*subscriber) {
                 client.joined.retain(|joined| *joined != session_id);
@@ -646,8 +670,6 @@ impl Gateway {
         if let Some(tenant) = self.tenants.get_mut(identity.tenant_id.as_str()) {
             tenant.sessions.retain(|listed| *listed != session_id);
         }
-        self.pending_queries
-            .retain(|_, pending| pending.session_id() != &session_id);
         self.storage(StorageCommand::DeleteSession {
             tenant_id: identity.tenant_id.clone(),
             session_id: session_id.to_string(),
@@ -665,6 +687,24 @@ impl Gateway {
         writer.field("sessionId", &*session_id);
         let (frame, _) = writer.finish();
         self.broadcast_tenant(&identity.tenant_id, frame, now);
+        // Joins, reads and histories of this session still waiting for storage are answered,
+        // after the deletion itself.
+        let tokens: Vec<u64> = self
+            .pending_queries
+            .iter()
+            .filter(|(_, pending)| pending.session_id() == &session_id)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in tokens {
+            if let Some(pending) = self.pending_queries.remove(&token) {
+                self.abandon(
+                    pending,
+                    ErrorCode::SessionNotFound,
+                    "the session was deleted",
+                    now,
+                );
+            }
+        }
         Ok(())
     }
 }

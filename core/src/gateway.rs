@@ -934,13 +934,16 @@ impl Gateway {
         if is_websocket {
             self.metrics.websocket_messages_sent += 1;
         }
+        // One frame onto an empty queue is never a slow consumer's fault (the largest replies,
+        // replays and event pages, are capped at half the budget); only bytes piling up are.
+        let had_backlog = !connection.outbound.is_empty();
         connection.outbound.push(bytes);
         connection.last_sent = now;
         if !connection.transmit_queued {
             connection.transmit_queued = true;
             self.transmit_queue.push_back(id);
         }
-        if connection.outbound.len() > queue_limit {
+        if had_backlog && connection.outbound.len() > queue_limit {
             connection.outbound.discard_unstarted();
             if is_websocket {
                 self.metrics.slow_consumer_closes += 1;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::client::{Fields, Handled, Refusal};
 use crate::protocol::{ErrorCode, Identity};
-use crate::sessions::{FrameWriter, PendingQuery, SessionId};
+use crate::sessions::{FrameWriter, PendingQuery, PendingReplay, SessionId};
 use crate::storage::{
     QueryResult, StorageCommand, StorageCompletion, StorageError, StorageQuery, StoredEvent,
     TurnRecord,
@@ -28,6 +28,27 @@ impl PendingQuery {
             PendingQuery::Replay { connection, .. }
             | PendingQuery::Events { connection, .. }
             | PendingQuery::History { connection, .. } => *connection,
+        }
+    }
+
+    /// Who asked, and with which `requestId`.
+    pub(crate) fn requester(&self) -> (ConnectionId, Option<&str>) {
+        match self {
+            PendingQuery::Replay {
+                connection,
+                request_id,
+                ..
+            }
+            | PendingQuery::Events {
+                connection,
+                request_id,
+                ..
+            }
+            | PendingQuery::History {
+                connection,
+                request_id,
+                ..
+            } => (*connection, request_id.as_deref()),
         }
     }
 
@@ -57,20 +78,34 @@ impl Gateway {
             return Err(Refusal::new(ErrorCode::SessionNotFound, "no such session"));
         };
         let last_seq = session.record.last_seq;
-        // A re-join replaces the connection's subscription, so it is never subscribed twice.
-        session.topic.unsubscribe(id);
-        session
-            .replaying
-            .retain(|(connection, _)| *connection != id);
+        let epoch_now = session.record.epoch.clone();
+        // A re-join replaces the connection's subscription, so it is never subscribed twice; an
+        // earlier join still waiting for its replay is answered as superseded.
+        if let Some(superseded) = self.unsubscribe(&session_id, id, now) {
+            self.abandon(
+                superseded,
+                ErrorCode::InvalidState,
+                "superseded by a later join_session",
+                now,
+            );
+        }
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return Err(Refusal::new(ErrorCode::SessionNotFound, "no such session"));
+        };
         let resumable = after_seq.filter(|after| {
-            epoch.is_none_or(|epoch| epoch == session.record.epoch)
+            epoch.is_none_or(|epoch| epoch == epoch_now)
                 && *after <= last_seq
                 && last_seq - after <= replay_limit
         });
         match (after_seq, resumable) {
             (Some(after), Some(_)) if after < last_seq => {
-                session.replaying.push((id, Vec::new()));
-                let token = self.next_token();
+                self.next_token += 1;
+                let token = self.next_token;
+                session.replaying.push(PendingReplay {
+                    connection: id,
+                    token,
+                    waiting: Vec::new(),
+                });
                 self.pending_queries.insert(
                     token,
                     PendingQuery::Replay {
@@ -142,7 +177,14 @@ impl Gateway {
         now: Instant,
     ) -> Handled {
         let session_id = self.session_field(identity, fields)?;
-        self.unsubscribe(&session_id, id, now);
+        if let Some(abandoned) = self.unsubscribe(&session_id, id, now) {
+            self.abandon(
+                abandoned,
+                ErrorCode::InvalidState,
+                "the session was left before its replay was read",
+                now,
+            );
+        }
         if let Some(client) = self.client_state_mut(id) {
             client.joined.retain(|joined| *joined != session_id);
         }
@@ -239,7 +281,7 @@ impl Gateway {
         match completion {
             StorageCompletion::QueryResult { token, result } => {
                 if let Some(pending) = self.pending_queries.remove(&token) {
-                    self.query_answered(pending, result, now);
+                    self.query_answered(token, pending, result, now);
                 }
             }
             StorageCompletion::WriteFailed {
@@ -265,6 +307,7 @@ impl Gateway {
 
     fn query_answered(
         &mut self,
+        token: u64,
         pending: PendingQuery,
         result: Result<QueryResult, StorageError>,
         now: Instant,
@@ -280,15 +323,19 @@ impl Gateway {
                 let Some(session) = self.sessions.get_mut(&session_id) else {
                     return;
                 };
-                let Some(index) = session.replaying.iter().position(|(c, _)| *c == connection)
-                else {
+                let Some(index) = session.replaying.iter().position(|p| p.token == token) else {
                     return;
                 };
-                let (_, waiting) = session.replaying.remove(index);
+                let waiting = session.replaying.remove(index).waiting;
                 session.topic.subscribe(connection);
+                // A replay must also fit the connection's outbound budget (half of it, leaving
+                // room for the live events that follow), or it would close a client that reads
+                // at full speed as a slow consumer.
+                let budget = self.config.outbound_queue_limit / 2;
                 let events = match result {
                     Ok(QueryResult::Events { events, .. })
-                        if is_contiguous(&events, after_seq, up_to) =>
+                        if is_contiguous(&events, after_seq, up_to)
+                            && events.iter().map(|e| e.payload.len()).sum::<usize>() <= budget =>
                     {
                         Some(events)
                     }
@@ -317,7 +364,26 @@ impl Gateway {
                 session_id,
                 request_id,
             } => match result {
-                Ok(QueryResult::Events { events, has_more }) => {
+                Ok(QueryResult::Events {
+                    mut events,
+                    mut has_more,
+                }) => {
+                    // At most half the outbound budget per read (always at least one event);
+                    // `hasMore` tells the client to read on.
+                    let budget = self.config.outbound_queue_limit / 2;
+                    let mut bytes = 0;
+                    let keep = events
+                        .iter()
+                        .take_while(|event| {
+                            bytes += event.payload.len();
+                            bytes <= budget
+                        })
+                        .count()
+                        .max(1);
+                    if keep < events.len() {
+                        events.truncate(keep);
+                        has_more = true;
+                    }
                     let Some(session) = self.sessions.get(&session_id) else {
                         return;
                     };

@@ -35,7 +35,7 @@ pub(crate) struct Session {
     pub(crate) topic: Topic,
     /// Joined connections still waiting for their replay: live frames wait here for them, so
     /// they follow the replay with no gap and no duplicate.
-    pub(crate) replaying: Vec<(ConnectionId, Vec<Bytes>)>,
+    pub(crate) replaying: Vec<PendingReplay>,
     pub(crate) agent: Option<AgentLink>,
     pub(crate) turn: Option<Turn>,
     /// A turn to start as soon as the session can: a `run_turn` waiting for activation, or the
@@ -47,6 +47,16 @@ pub(crate) struct Session {
     /// When a stopping agent is given up on.
     pub(crate) stop_deadline: Option<Instant>,
     pub(crate) scheduled: Option<Instant>,
+}
+
+/// A join waiting for its replay to be read from storage.
+pub(crate) struct PendingReplay {
+    pub(crate) connection: ConnectionId,
+    /// The storage query reading the replay: its answer is matched by token, never by
+    /// connection, so a later join of the same connection cannot take it.
+    pub(crate) token: u64,
+    /// Live frames published since the join, sent after the replay.
+    pub(crate) waiting: Vec<Bytes>,
 }
 
 pub(crate) struct AgentLink {
@@ -368,8 +378,8 @@ impl Gateway {
         }
         build(&mut writer);
         let (frame, payload) = writer.finish();
-        for (_, waiting) in &mut session.replaying {
-            waiting.push(frame.clone());
+        for pending in &mut session.replaying {
+            pending.waiting.push(frame.clone());
         }
         let mut subscribers = std::mem::take(&mut self.fanout_scratch);
         subscribers.extend_from_slice(session.topic.subscribers());

@@ -912,3 +912,60 @@ fn an_idle_session_is_deactivated() {
     sim.advance(Duration::from_secs(601));
     assert_eq!(sim.store.sessions[&session_id].status.as_str(), "inactive");
 }
+
+#[test]
+fn a_replay_too_big_for_the_outbound_budget_reloads_instead_of_closing_a_fast_reader() {
+    let mut sim = Sim::new(
+        CoreConfig {
+            outbound_queue_limit: 16 * 1024,
+            ..config()
+        },
+        1,
+    );
+    let writer = open_ws(&mut sim);
+    let session_id = create(&mut sim, writer);
+    call(
+        &mut sim,
+        writer,
+        json!({"type": "run_turn", "sessionId": session_id, "text": "stream 100"}),
+    );
+    let last_seq = sim.store.events[&session_id].len() as u64;
+    assert!(last_seq > 100);
+    let stored: usize = sim.store.events[&session_id]
+        .iter()
+        .map(|e| e.payload.len())
+        .sum();
+    assert!(
+        stored > 8 * 1024,
+        "the whole log ({stored} bytes) exceeds half the budget"
+    );
+
+    // Everything since seq 0: over half the budget, so `recovered: false`, never a 4100.
+    let reader = open_ws(&mut sim);
+    let joined = call(
+        &mut sim,
+        reader,
+        json!({"type": "join_session", "sessionId": session_id, "afterSeq": 0}),
+    );
+    assert_eq!(joined["type"], "session_joined", "{joined}");
+    assert_eq!(joined["recovered"], false);
+    assert!(!sim.is_closed(reader));
+    // The last few events fit: recovered.
+    let joined = call(
+        &mut sim,
+        reader,
+        json!({"type": "join_session", "sessionId": session_id, "afterSeq": last_seq - 3}),
+    );
+    assert_eq!(joined["recovered"], true);
+    assert_eq!(joined["events"].as_array().map(Vec::len), Some(3));
+    // A page of get_events stops at the budget and says there is more.
+    let page = call(
+        &mut sim,
+        reader,
+        json!({"type": "get_events", "sessionId": session_id, "afterSeq": 0}),
+    );
+    let count = page["events"].as_array().map_or(0, Vec::len) as u64;
+    assert!(count > 0 && count < last_seq, "{count} of {last_seq}");
+    assert_eq!(page["hasMore"], true);
+    assert!(!sim.is_closed(reader));
+}

@@ -55,10 +55,12 @@ const REPLAY_LIMIT: u64 = 16;
 /// first read's answer is taken for the second join: it carries the first `requestId` and
 /// `lastSeq`, then the frames that waited for the second join, so the events published between
 /// the two joins are never delivered (a gap); the second join is never answered.
-const AVOID_JOIN_WHILE_AN_EARLIER_REPLAY_IS_READ: bool = true;
+const AVOID_JOIN_WHILE_AN_EARLIER_REPLAY_IS_READ: bool = false;
+/// The outbound budget of every simulated connection.
+const OUTBOUND_LIMIT: usize = 8 * 1024;
 /// `leave_session` while the connection's replay join is still reading storage: the join is never
 /// answered (no `session_joined`, no error), although it carried a `requestId`.
-const TOLERATE_UNANSWERED_JOIN_AFTER_LEAVE: bool = true;
+const TOLERATE_UNANSWERED_JOIN_AFTER_LEAVE: bool = false;
 
 // ------------------------------------------------------------------ the schedule
 
@@ -229,6 +231,9 @@ enum Pending {
         after: u64,
         limit: Option<u64>,
         found: bool,
+        /// The session was deleted while this read was unanswered: `SESSION_NOT_FOUND` if it
+        /// was still being read, otherwise its answer.
+        maybe_deleted: bool,
     },
     Other {
         kind: &'static str,
@@ -237,8 +242,21 @@ enum Pending {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JoinExpect {
-    Joined { recovered: bool },
+    Joined {
+        recovered: bool,
+    },
     NotFound,
+    /// A later join or leave of the same session was sent while this join was unanswered: if its
+    /// replay was still being read it is answered `INVALID_STATE`, otherwise as `Joined` (the
+    /// answer was already queued, the client had just not read it).
+    MaybeSuperseded {
+        recovered: bool,
+    },
+    /// The session was deleted while this join was unanswered: `SESSION_NOT_FOUND` if its
+    /// replay was still being read, otherwise its answer as `Joined`.
+    MaybeDeleted {
+        recovered: bool,
+    },
 }
 
 /// A connection's view of one joined session.
@@ -303,7 +321,7 @@ fn config(setup: &Setup) -> CoreConfig {
         rate_limit_messages: 0,
         // Small enough that a client that stops reading is closed 4100 within a few turns, large
         // enough for the largest replay (`REPLAY_LIMIT` events of a few hundred bytes).
-        outbound_queue_limit: 8 * 1024,
+        outbound_queue_limit: OUTBOUND_LIMIT,
         replay_limit: REPLAY_LIMIT,
         idle_session_timeout: Duration::from_secs(45),
         coalesce_deltas: setup.coalesce,
@@ -460,6 +478,9 @@ impl Model {
                             conn.superseded.insert(session.clone());
                         }
                     }
+                    if !TOLERATE_UNANSWERED_JOIN_AFTER_LEAVE {
+                        self.supersede_joins(c, &session);
+                    }
                     let message = json!({"type": "leave_session", "sessionId": session});
                     self.request_pending(
                         c,
@@ -522,6 +543,7 @@ impl Model {
                         after,
                         limit,
                         found,
+                        maybe_deleted: false,
                     };
                     self.request_pending(c, message, pending);
                 }
@@ -672,6 +694,7 @@ impl Model {
             ));
             return;
         }
+        self.supersede_joins(c, session);
         let model = self.by_id.get(session).map(|&index| &self.sessions[index]);
         let expect = match model {
             Some(model) if !model.deleted && model.tenant == self.clients[c].tenant => {
@@ -1044,25 +1067,49 @@ impl Model {
         }
     }
 
-    /// A session of the client's tenant is gone: its joins end, pending joins will never be
-    /// answered (the storage read that would answer them is dropped with the session).
+    /// A session of the client's tenant is gone: its joins end, and joins and reads of it still
+    /// waiting for storage are answered `SESSION_NOT_FOUND`.
     fn forget(&mut self, c: usize, session: &str) {
         self.clients[c].resume.remove(session);
         if let Some(conn) = self.clients[c].conn.as_mut() {
             conn.joined.remove(session);
-            conn.pending.retain(|_, p| match p {
-                Pending::Join {
-                    session: s,
-                    expect: JoinExpect::Joined { .. },
-                    ..
+            for pending in conn.pending.values_mut() {
+                match pending {
+                    Pending::Join {
+                        session: s, expect, ..
+                    } if s == session => {
+                        // A join already answered (queued, not yet read) keeps its answer.
+                        if let JoinExpect::Joined { recovered }
+                        | JoinExpect::MaybeSuperseded { recovered } = *expect
+                        {
+                            *expect = JoinExpect::MaybeDeleted { recovered };
+                        }
+                    }
+                    Pending::Events {
+                        session: s,
+                        maybe_deleted,
+                        ..
+                    } if s == session => *maybe_deleted = true,
+                    _ => {}
                 }
-                | Pending::Events {
-                    session: s,
-                    found: true,
-                    ..
-                } => s != session,
-                _ => true,
-            });
+            }
+        }
+    }
+
+    /// Joins of `session` still pending on client `c` (their replay is being read) are
+    /// superseded by the join or leave being sent.
+    fn supersede_joins(&mut self, c: usize, session: &str) {
+        if let Some(conn) = self.clients[c].conn.as_mut() {
+            for pending in conn.pending.values_mut() {
+                if let Pending::Join {
+                    session: s, expect, ..
+                } = pending
+                {
+                    if let (true, JoinExpect::Joined { recovered }) = (s == session, *expect) {
+                        *expect = JoinExpect::MaybeSuperseded { recovered };
+                    }
+                }
+            }
         }
     }
 
@@ -1149,8 +1196,11 @@ impl Model {
                 after,
                 limit,
                 found,
+                maybe_deleted,
             } => {
-                if found {
+                if maybe_deleted && kind == "error" {
+                    self.expect_error(c, kind, value, &["SESSION_NOT_FOUND"]);
+                } else if found {
                     self.events_reply(c, &session, after, limit, kind, value, payload);
                 } else {
                     self.expect_error(c, kind, value, &["SESSION_NOT_FOUND"]);
@@ -1204,9 +1254,20 @@ impl Model {
         let count = events.len() as u64;
         let has_more = value["hasMore"].as_bool().unwrap_or(false);
         let last = value["lastSeq"].as_u64().unwrap_or(0);
-        self.check(count <= limit && (!has_more || count == limit), || {
-            format!("client {c}: get_events after {after} limit {limit}: {value}")
-        });
+        // A page is cut at `limit` events, or earlier where the next event would take it past
+        // half the outbound budget (it always holds at least one event); `hasMore` says so.
+        let stored_len = |seq: u64| {
+            self.mirror
+                .get(&(session.to_owned(), seq))
+                .map_or(0, Vec::len)
+        };
+        let page_bytes: usize = (after + 1..=after + count).map(stored_len).sum();
+        let next_bytes = stored_len(after + count + 1);
+        let cut_by_bytes = count > 0 && page_bytes + next_bytes > OUTBOUND_LIMIT / 2;
+        self.check(
+            count <= limit && (!has_more || count == limit || cut_by_bytes),
+            || format!("client {c}: get_events after {after} limit {limit}: {value}"),
+        );
         self.check(count == 0 || last >= after + count, || {
             format!("client {c}: get_events lastSeq {last} behind its events: {value}")
         });
@@ -1269,7 +1330,17 @@ impl Model {
                 self.clients[c].resume.remove(session);
                 return;
             }
-            JoinExpect::Joined { recovered } => recovered,
+            JoinExpect::MaybeDeleted { .. } if kind == "error" => {
+                self.expect_error(c, kind, value, &["SESSION_NOT_FOUND"]);
+                return;
+            }
+            JoinExpect::MaybeSuperseded { .. } if kind == "error" => {
+                self.expect_error(c, kind, value, &["INVALID_STATE"]);
+                return;
+            }
+            JoinExpect::Joined { recovered }
+            | JoinExpect::MaybeSuperseded { recovered }
+            | JoinExpect::MaybeDeleted { recovered } => recovered,
         };
         self.check(kind == "session_joined", || {
             format!("client {c}: {value} answers a join of {session}")
@@ -1669,7 +1740,8 @@ fn deleting_a_session_while_a_replay_is_pending_drops_the_replay_and_tells_the_t
             },
         ],
     );
-    // On the connection that was waiting for its replay: the deletion, and no `session_joined`.
+    // On the connection that was waiting for its replay: the deletion, then its join answered
+    // `SESSION_NOT_FOUND`, and no `session_joined`.
     let last_conn = model.clients[2].received.last().map(|(id, _)| *id);
     let on_last: Vec<&Value> = model.clients[2]
         .received
@@ -1677,7 +1749,14 @@ fn deleting_a_session_while_a_replay_is_pending_drops_the_replay_and_tells_the_t
         .filter(|(id, _)| Some(*id) == last_conn)
         .map(|(_, m)| m)
         .collect();
-    assert!(on_last.iter().any(|m| m["type"] == "session_deleted"));
+    let deleted = on_last.iter().position(|m| m["type"] == "session_deleted");
+    let refused = on_last
+        .iter()
+        .position(|m| m["code"] == "SESSION_NOT_FOUND");
+    assert!(
+        deleted.is_some() && refused.is_some() && deleted < refused,
+        "{on_last:?}"
+    );
     assert!(on_last.iter().all(|m| m["type"] != "session_joined"));
     assert!(model.sessions[0].deleted && !model.sessions[1].deleted);
     assert!(!model.sim.store.events.contains_key(&model.sessions[0].id));
