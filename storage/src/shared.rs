@@ -17,6 +17,13 @@ pub struct Completer {
 }
 
 impl Completer {
+    /// Wakes the event loop with no completion (after a commit, so it can read the counters).
+    pub fn nudge(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            self.wake.wake();
+        }
+    }
+
     pub fn send(&self, c: StorageCompletion) {
         if self.tx.send(c).is_ok() && !self.wake_pending.swap(true, Ordering::AcqRel) {
             self.wake.wake();

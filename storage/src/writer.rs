@@ -486,6 +486,8 @@ impl Writer {
             self.first_at = None;
         }
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        // The event loop reads the counters (events persisted) when it wakes.
+        self.completer.nudge();
     }
 
     fn report_failure(&mut self, db: DatabaseId, commands: usize, error: StorageError) {

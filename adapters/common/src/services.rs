@@ -20,9 +20,14 @@ use tracing::{info, warn};
 use crate::agent_host::{AgentHost, AgentHostConfig, AgentReport};
 use crate::settings::Settings;
 
-/// Agent reports taken per `poll`, so one agent streaming as fast as it can never starves other
-/// connections, timers or sessions; the host wakes the adapter again for the rest.
+/// Agent reports taken per `poll` (and agent output bytes, whichever limit comes first), so one
+/// agent streaming as fast as it can never starves other connections, timers or sessions, and
+/// what one poll publishes is written before the next poll adds more; the host wakes the adapter
+/// again for the rest.
 pub const AGENT_REPORTS_PER_POLL: usize = 256;
+pub const AGENT_BYTES_PER_POLL: usize = 32 * 1024;
+/// Reports taken from the host at once, between checks of the byte budget.
+const AGENT_REPORTS_PER_DRAIN: usize = 16;
 
 pub struct Services {
     storage: Storage,
@@ -127,10 +132,24 @@ impl Services {
         for completion in self.completions.drain(..) {
             gateway.handle_storage(completion, now);
         }
-        self.reports.clear();
-        self.agents.drain(&mut self.reports, AGENT_REPORTS_PER_POLL);
-        for report in self.reports.drain(..) {
-            apply_report(gateway, report, now);
+        let (mut reports, mut bytes) = (0, 0);
+        while reports < AGENT_REPORTS_PER_POLL && bytes < AGENT_BYTES_PER_POLL {
+            self.reports.clear();
+            // A drain that fills its budget has the host wake the adapter again, so stopping
+            // here early leaves nothing stranded.
+            let taken = self
+                .agents
+                .drain(&mut self.reports, AGENT_REPORTS_PER_DRAIN);
+            for report in self.reports.drain(..) {
+                if let AgentReport::Line { line, .. } = &report {
+                    bytes += line.len();
+                }
+                apply_report(gateway, report, now);
+            }
+            reports += taken;
+            if taken < AGENT_REPORTS_PER_DRAIN {
+                break;
+            }
         }
         gateway.record_events_persisted(self.storage.stats().events);
     }

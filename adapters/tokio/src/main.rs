@@ -223,6 +223,10 @@ async fn services_task(driver: Rc<Driver>, woken: Arc<Notify>) {
             .borrow_mut()
             .poll(&mut driver.gateway.borrow_mut(), Instant::now());
         driver.after_input();
+        // Write what this poll published before the next one adds more, and let the other
+        // tasks (reads, timers) run between polls of a fast agent.
+        driver.flush_all();
+        tokio::task::yield_now().await;
     }
 }
 
