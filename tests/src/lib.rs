@@ -186,6 +186,8 @@ pub struct Gateway {
     child: Child,
     addr: SocketAddr,
     data_dir: PathBuf,
+    /// Whether dropping this gateway deletes `data_dir` (not once a successor took it over).
+    owns_data_dir: bool,
     log: Arc<Mutex<Vec<u8>>>,
     exit: Option<ExitStatus>,
 }
@@ -194,13 +196,19 @@ impl Gateway {
     /// Starts `binary` on `127.0.0.1:0` with `args`, in a fresh data directory, and waits for its
     /// `listening on HOST:PORT` line.
     pub fn start(binary: &str, args: &[&str]) -> Gateway {
-        let path = binary_path(binary);
         let data_dir = std::env::temp_dir().join(format!(
             "diminuendo-itest-{}-{}",
             std::process::id(),
             NEXT_DIR.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&data_dir).expect("create the data directory");
+        Gateway::start_in(binary, args, data_dir)
+    }
+
+    /// Starts `binary` like [`Gateway::start`], on the data directory of an earlier gateway (see
+    /// [`Gateway::take_data_dir`]): a restart. The new gateway owns the directory from now on.
+    pub fn start_in(binary: &str, args: &[&str], data_dir: PathBuf) -> Gateway {
+        let path = binary_path(binary);
         let mut command = Command::new(&path);
         command.arg("--listen").arg("127.0.0.1:0");
         if !args.contains(&"--data-dir") {
@@ -265,6 +273,7 @@ impl Gateway {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
+            owns_data_dir: true,
             log,
             exit: None,
         };
@@ -290,6 +299,22 @@ impl Gateway {
 
     pub fn binary(&self) -> &str {
         &self.binary
+    }
+
+    /// Hands the data directory over to a successor started with [`Gateway::start_in`]: this
+    /// gateway will not delete it. Stop this one first (the databases are single-writer).
+    pub fn take_data_dir(&mut self) -> PathBuf {
+        self.owns_data_dir = false;
+        self.data_dir.clone()
+    }
+
+    /// The process's resident set size in KiB, from `/proc/<pid>/status` (Linux only).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -391,6 +416,26 @@ impl Gateway {
         }
     }
 
+    /// A tungstenite client on `/ws` whose socket has a receive buffer of about `bytes` (set
+    /// before connecting, so the TCP window stays small): for slow-consumer tests.
+    pub fn ws_small_buffer(&self, bytes: usize) -> Ws {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        socket
+            .connect_timeout(&self.addr.into(), IO_TIMEOUT)
+            .expect("connect to the gateway");
+        let stream = TcpStream::from(socket);
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        let url = format!("ws://{}/ws", self.addr);
+        match tungstenite::client(url, stream) {
+            Ok((ws, _)) => ws,
+            Err(error) => panic!("WebSocket handshake failed: {error}"),
+        }
+    }
+
     /// A tungstenite client on `/ws`.
     pub fn ws(&self) -> Ws {
         self.ws_with("/ws", &[]).0
@@ -426,7 +471,9 @@ impl Drop for Gateway {
                 self.log()
             );
         }
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if self.owns_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
@@ -725,4 +772,297 @@ pub fn is_uuid(text: &str) -> bool {
             .iter()
             .zip([8, 4, 4, 4, 12])
             .all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+// ------------------------------------------------------------------------- protocol client
+
+/// A gateway-protocol client over tungstenite: requests with generated `requestId`s, and every
+/// other message kept, in order, as the exact text the server sent (for byte-identical checks).
+pub struct Client {
+    pub ws: Ws,
+    /// Messages read while waiting for a reply, not yet taken by the test.
+    pending: std::collections::VecDeque<String>,
+    next_request: u64,
+}
+
+impl Client {
+    pub fn new(ws: Ws) -> Client {
+        Client {
+            ws,
+            pending: std::collections::VecDeque::new(),
+            next_request: 0,
+        }
+    }
+
+    /// A dev-mode connection past its greeting.
+    pub fn dev(gateway: &Gateway) -> Client {
+        let mut ws = gateway.ws();
+        expect_dev_greeting(&mut ws);
+        Client::new(ws)
+    }
+
+    /// A connection past `welcome` and `connected`, not authenticated yet.
+    pub fn unauthenticated(gateway: &Gateway) -> Client {
+        let mut client = Client::new(gateway.ws());
+        let welcome = client.next_json();
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["requiresAuth"], true, "{welcome}");
+        let connected = client.next_json();
+        assert_eq!(connected["type"], "connected", "{connected}");
+        client
+    }
+
+    /// A connection authenticated with `token` through the `authenticate` message.
+    pub fn authenticated(gateway: &Gateway, token: &str) -> Client {
+        let mut client = Client::unauthenticated(gateway);
+        let reply = client.call(serde_json::json!({"type": "authenticate", "token": token}));
+        assert_eq!(reply["type"], "authenticated", "{reply}");
+        client
+    }
+
+    pub fn send(&mut self, message: &Value) {
+        send_text(&mut self.ws, &message.to_string());
+    }
+
+    /// The next text message, exactly as sent by the server.
+    pub fn next_text(&mut self) -> String {
+        if let Some(text) = self.pending.pop_front() {
+            return text;
+        }
+        self.read_text()
+    }
+
+    fn read_text(&mut self) -> String {
+        for _ in 0..1000 {
+            match next_message(&mut self.ws) {
+                Message::Text(text) => return text.as_str().to_owned(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+        panic!("no text message among 1000 control frames");
+    }
+
+    /// The next text message as JSON.
+    pub fn next_json(&mut self) -> Value {
+        parse(&self.next_text())
+    }
+
+    /// Sends `message` with a fresh `requestId` (unless it has one) and returns the reply that
+    /// carries it; messages before it are kept for [`Client::next`].
+    pub fn call(&mut self, mut message: Value) -> Value {
+        let request_id = match message.get("requestId").and_then(Value::as_str) {
+            Some(id) => id.to_owned(),
+            None => {
+                self.next_request += 1;
+                let id = format!("t-{}", self.next_request);
+                message["requestId"] = Value::String(id.clone());
+                id
+            }
+        };
+        self.send(&message);
+        self.reply_to(&request_id)
+    }
+
+    /// Reads until the message carrying `request_id`; messages before it are kept.
+    pub fn reply_to(&mut self, request_id: &str) -> Value {
+        if let Some(index) = self
+            .pending
+            .iter()
+            .position(|text| parse(text)["requestId"] == request_id)
+        {
+            let text = self.pending.remove(index).expect("an index in range");
+            return parse(&text);
+        }
+        for _ in 0..100_000 {
+            let text = self.read_text();
+            let value = parse(&text);
+            if value["requestId"] == request_id {
+                return value;
+            }
+            self.pending.push_back(text);
+        }
+        panic!("no reply to {request_id}");
+    }
+
+    /// The messages read while waiting for replies and not handed out yet, as exact texts.
+    pub fn take_pending(&mut self) -> Vec<String> {
+        self.pending.drain(..).collect()
+    }
+
+    /// A `ping`/`pong` round trip: every message the server sent before the pong (the kept ones
+    /// first), as exact texts. Nothing is left pending.
+    pub fn barrier(&mut self) -> Vec<String> {
+        self.next_request += 1;
+        let request_id = format!("barrier-{}", self.next_request);
+        self.send(&serde_json::json!({"type": "ping", "requestId": request_id}));
+        let mut before: Vec<String> = self.pending.drain(..).collect();
+        for _ in 0..100_000 {
+            let text = self.read_text();
+            let value = parse(&text);
+            if value["type"] == "pong" && value["requestId"] == request_id.as_str() {
+                return before;
+            }
+            before.push(text);
+        }
+        panic!("no pong");
+    }
+
+    /// Session events (messages with a `seq`) of `session_id`, as exact texts, up to and
+    /// including the first one `last` accepts. Other messages are skipped.
+    pub fn events_until(&mut self, session_id: &str, last: impl Fn(&Value) -> bool) -> Vec<String> {
+        let mut events = Vec::new();
+        for _ in 0..1_000_000 {
+            let text = self.next_text();
+            let value = parse(&text);
+            if value["sessionId"] != session_id || value.get("seq").is_none() {
+                continue;
+            }
+            let done = last(&value);
+            events.push(text);
+            if done {
+                return events;
+            }
+        }
+        panic!("the awaited event of {session_id} never came");
+    }
+
+    /// The events of a turn up to and including the `session_state` that follows its
+    /// `turn_complete` or `turn_error`.
+    pub fn turn_events(&mut self, session_id: &str) -> Vec<String> {
+        let mut events = self.events_until(session_id, |event| {
+            matches!(event["type"].as_str(), Some("turn_complete" | "turn_error"))
+        });
+        events.extend(self.events_until(session_id, |event| event["type"] == "session_state"));
+        events
+    }
+
+    /// Creates a session of `agent_type` and returns its SessionMeta.
+    pub fn create_session(&mut self, agent_type: &str) -> Value {
+        let reply = self.call(serde_json::json!({
+            "type": "create_session", "agentType": agent_type, "name": "test session"
+        }));
+        assert_eq!(reply["type"], "session_created", "{reply}");
+        reply["session"].clone()
+    }
+
+    /// Joins `session_id` live and returns `session_joined`.
+    pub fn join(&mut self, session_id: &str) -> Value {
+        let reply = self.call(serde_json::json!({"type": "join_session", "sessionId": session_id}));
+        assert_eq!(reply["type"], "session_joined", "{reply}");
+        reply
+    }
+
+    /// Sends `run_turn` and returns `turn_accepted`.
+    pub fn run_turn(&mut self, session_id: &str, text: &str) -> Value {
+        let reply = self.call(serde_json::json!({
+            "type": "run_turn", "sessionId": session_id, "text": text
+        }));
+        assert_eq!(reply["type"], "turn_accepted", "{reply}");
+        reply
+    }
+
+    /// Every stored event of `session_id` after `after_seq` (pages of `get_events`), as texts.
+    pub fn all_events(&mut self, session_id: &str, after_seq: u64) -> Vec<String> {
+        let mut after = after_seq;
+        let mut all = Vec::new();
+        loop {
+            let reply = self.call_text(serde_json::json!({
+                "type": "get_events", "sessionId": session_id, "afterSeq": after
+            }));
+            let (page, has_more) = events_of(&reply);
+            if let Some(last) = page.last() {
+                after = parse(last)["seq"].as_u64().expect("seq");
+            }
+            let empty = page.is_empty();
+            all.extend(page);
+            if !has_more || empty {
+                return all;
+            }
+        }
+    }
+
+    /// Like [`Client::call`], but the reply as the exact text.
+    pub fn call_text(&mut self, mut message: Value) -> String {
+        self.next_request += 1;
+        let request_id = format!("t-{}", self.next_request);
+        message["requestId"] = Value::String(request_id.clone());
+        self.send(&message);
+        for _ in 0..100_000 {
+            let text = self.read_text();
+            if parse(&text)["requestId"] == request_id.as_str() {
+                return text;
+            }
+            self.pending.push_back(text);
+        }
+        panic!("no reply to {request_id}");
+    }
+}
+
+/// Parses a server message.
+pub fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+}
+
+/// The `events` array of an `events` or `session_joined` reply, each element as its exact
+/// text, and `hasMore` (false when absent).
+pub fn events_of(reply: &str) -> (Vec<String>, bool) {
+    #[derive(serde::Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow)]
+        events: Vec<&'a serde_json::value::RawValue>,
+        #[serde(default, rename = "hasMore")]
+        has_more: bool,
+    }
+    let reply: Reply<'_> =
+        serde_json::from_str(reply).unwrap_or_else(|error| panic!("{error}: {reply}"));
+    (
+        reply
+            .events
+            .iter()
+            .map(|raw| raw.get().to_owned())
+            .collect(),
+        reply.has_more,
+    )
+}
+
+/// The `seq`s of event texts.
+pub fn seqs(events: &[String]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|text| parse(text)["seq"].as_u64().expect("an event has a seq"))
+        .collect()
+}
+
+/// The `type`s of event texts.
+pub fn types(events: &[String]) -> Vec<String> {
+    events
+        .iter()
+        .map(|text| parse(text)["type"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The concatenated `text` of the `text_delta`s among event texts.
+pub fn delta_text(events: &[String]) -> String {
+    events
+        .iter()
+        .map(|text| parse(text))
+        .filter(|event| event["type"] == "text_delta")
+        .map(|event| event["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Asserts that event texts carry consecutive `seq`s starting at `first`.
+pub fn assert_gap_free(events: &[String], first: u64) {
+    let seqs = seqs(events);
+    let expected: Vec<u64> = (first..first + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "seqs not gap-free from {first}");
+}
+
+/// Seconds since the epoch, for token claims.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
 }

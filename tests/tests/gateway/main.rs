@@ -1,9 +1,18 @@
 //! Black-box tests of every gateway binary (see `diminuendo_tests::binaries`), over loopback.
 //! Each test starts its own process(es) with the flags it needs, so tests run in parallel.
 
+mod agents;
+mod auth;
 mod heartbeat;
 mod http;
+mod limits;
+mod metrics;
+mod real_agent;
+mod resume;
+mod sessions;
 mod shutdown;
+mod shutdown_under_load;
+mod tenants;
 mod upgrade;
 mod websocket;
 
