@@ -84,8 +84,7 @@ fn wait_metric(gateway: &diminuendo_tests::Gateway, series: &str, value: f64) {
 #[test]
 fn a_slow_consumer_is_closed_with_4100_and_the_others_get_everything() {
     // The turns stream 128 KiB each, in 16 chunks: a burst the 256 KiB queue holds for a client
-    // that reads. One `stream 5000 512` turn would close the reading client too (reported as a
-    // finding: the tokio adapter keeps feeding agent output into the queues without writing).
+    // that reads.
     let args = ["--dev", "--outbound-queue-limit", "262144"];
     with_each_gateway(&args, |gateway| {
         let mut fast = Client::dev(gateway);
@@ -174,5 +173,29 @@ fn a_slow_consumer_is_closed_with_4100_and_the_others_get_everything() {
         }
         // The fast client is still in service.
         assert_eq!(fast.call(json!({"type": "ping"}))["type"], "pong");
+    });
+}
+
+#[test]
+fn a_client_that_reads_keeps_up_with_a_fast_agent_at_the_default_limit() {
+    // A fast agent's output is taken in bounded bites and written between them, so a client
+    // that reads is not mistaken for a slow consumer (8 MiB through the default 4 MiB budget,
+    // uncoalesced).
+    let args = ["--dev", "--coalesce-deltas", "false"];
+    with_each_gateway(&args, |gateway| {
+        let mut fast = Client::dev(gateway);
+        let session = fast.create_session("echo");
+        let id = session["id"].as_str().expect("id").to_owned();
+        fast.join(&id);
+        fast.run_turn(&id, "stream 8000 1024");
+        let events = fast.turn_events(&id);
+        assert_eq!(delta_text(&events).len(), 8000 * 1024);
+        assert_gap_free(&events, 1);
+        assert_eq!(
+            gateway
+                .metrics()
+                .get("diminuendo_slow_consumer_closes_total"),
+            Some(&0.0)
+        );
     });
 }

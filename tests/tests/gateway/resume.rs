@@ -1,8 +1,8 @@
 //! Resume (PROTOCOL section 6): `join_session {afterSeq, epoch}` replays exactly the missed events,
 //! byte-identical to the live ones, and live events follow with no gap and no duplicate; a
 //! resume that cannot be served whole answers `recovered: false`. Across restarts: a clean stop
-//! keeps the epoch and the events. (The SIGKILL case is not here: it fails today, see the
-//! report of the `itests2` branch.)
+//! keeps the epoch and the events; a killed gateway comes back with every session, `inactive`,
+//! under a new epoch.
 
 use std::time::Duration;
 
@@ -194,5 +194,59 @@ fn a_clean_restart_keeps_the_epoch_and_the_events() {
         let reply = resume(&mut client, &id, seqs(&seen)[2], Some(&epoch));
         assert_eq!(parse(&reply)["recovered"], true, "{reply}");
         assert_eq!(events_of(&reply).0, stored[3..].to_vec());
+    }
+}
+
+/// Polls until storage has committed every event published (a `/metrics` read per round; the
+/// loop is bounded by a deadline).
+fn wait_persisted(gateway: &Gateway) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = gateway.metrics();
+        let published = metrics.get("diminuendo_events_published_total").copied();
+        let persisted = metrics.get("diminuendo_events_persisted_total").copied();
+        if published.is_some() && published == persisted {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{published:?} published, {persisted:?} persisted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_gateway_comes_back_with_a_new_epoch() {
+    for binary in diminuendo_tests::binaries() {
+        let mut gateway = Gateway::start(binary, &["--dev"]);
+        let mut client = Client::dev(&gateway);
+        let session = client.create_session("echo");
+        let id = session["id"].as_str().expect("id").to_owned();
+        let epoch = epoch_of(&session).to_owned();
+        client.join(&id);
+        client.run_turn(&id, "before the crash");
+        let seen = client.turn_events(&id);
+        wait_persisted(&gateway);
+        gateway.signal(libc::SIGKILL);
+        gateway.wait_exit(Duration::from_secs(10)).expect("killed");
+        let data_dir = gateway.take_data_dir();
+        drop(gateway);
+        let gateway = Gateway::start_in(binary, &["--dev"], data_dir);
+        let mut client = Client::dev(&gateway);
+        let joined = client.join(&id);
+        let new_epoch = joined["epoch"].as_str().expect("epoch");
+        assert_ne!(new_epoch, epoch, "an unclean stop kept the epoch");
+        assert_eq!(joined["session"]["status"], "inactive", "{joined}");
+        assert_eq!(
+            joined["lastSeq"].as_u64(),
+            Some(seen.len() as u64),
+            "{joined}"
+        );
+        let reply = resume(&mut client, &id, 2, Some(&epoch));
+        assert_eq!(parse(&reply)["recovered"], false, "{reply}");
+        let reply = resume(&mut client, &id, 2, Some(new_epoch));
+        assert_eq!(parse(&reply)["recovered"], true, "{reply}");
+        assert_eq!(client.all_events(&id, 0), seen);
     }
 }
