@@ -113,6 +113,7 @@ pub fn fanout(
     let cpu_before = pid.and_then(server::cpu_ticks);
     let agent_before = agent_cpu(&agents);
     let self_before = server::cpu_ticks(std::process::id() as i32);
+    let machine_before = server::machine_busy_ticks();
     let started = Instant::now();
     let wall_base_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -162,6 +163,7 @@ pub fn fanout(
                         conn.buf.resize(len * 2, 0);
                     }
                 }
+                let space = conn.buf.len() - conn.end;
                 match conn.stream.read(&mut conn.buf[conn.end..]) {
                     Ok(0) => {
                         sub.failure
@@ -172,6 +174,11 @@ pub fn fanout(
                         conn.end += read;
                         let at = started.elapsed().as_micros() as u32;
                         consume(conn, sub, &mut shared, at);
+                        // A short read emptied the socket: new bytes will raise a new edge, so
+                        // the read that would only say WouldBlock is saved (as tokio does).
+                        if read < space && !sub.done {
+                            break;
+                        }
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -191,6 +198,7 @@ pub fn fanout(
     let cpu_after = pid.and_then(server::cpu_ticks);
     let agent_after = agent_cpu(&agents);
     let self_after = server::cpu_ticks(std::process::id() as i32);
+    let machine_after = server::machine_busy_ticks();
     drop(conns);
 
     // The check: every subscriber got every session event in seq order, the turn's whole text,
@@ -343,6 +351,22 @@ pub fn fanout(
             "loadGeneratorCpuMs",
             "load generator CPU",
             (after - before) as f64 / ticks * 1e3,
+            "ms",
+        );
+    }
+    if let (Some(m0), Some(m1), Some(g0), Some(g1), Some(s0), Some(s1)) = (
+        machine_before,
+        machine_after,
+        cpu_before,
+        cpu_after,
+        self_before,
+        self_after,
+    ) {
+        let ours = (g1 - g0) + (s1 - s0) + agent_after.saturating_sub(agent_before);
+        report.figure(
+            "otherCpuMs",
+            "CPU used by other processes on the machine meanwhile",
+            (m1 - m0).saturating_sub(ours) as f64 / ticks * 1e3,
             "ms",
         );
     }

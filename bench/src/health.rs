@@ -67,6 +67,7 @@ pub fn health(
                     let len = conn.buf.len();
                     conn.buf.resize(len * 2, 0);
                 }
+                let space = conn.buf.len() - conn.end;
                 let read = match conn.stream.read(&mut conn.buf[conn.end..]) {
                     Ok(0) => {
                         return Err(io::Error::other("health: the gateway closed a connection"))
@@ -97,6 +98,10 @@ pub fn health(
                 if start > 0 {
                     conn.buf.copy_within(start..conn.end, 0);
                     conn.end -= start;
+                }
+                // A short read emptied the socket; the next bytes raise a new edge.
+                if read < space {
+                    break;
                 }
             }
         }

@@ -66,6 +66,10 @@ impl Report {
         report.fields.insert("bench".into(), bench.into());
         report.fields.insert("binary".into(), binary.into());
         report.fields.insert("gatewayFlags".into(), flags.into());
+        // Other work on the machine shows in every figure: keep how busy it was.
+        if let Some(load) = crate::server::loadavg() {
+            report.fields.insert("loadavg1".into(), load.into());
+        }
         report
     }
 

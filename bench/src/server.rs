@@ -263,5 +263,34 @@ pub fn raise_nofile() -> (u64, u64) {
             }
         }
     }
-    (limit.rlim_cur as u64, limit.rlim_max as u64)
+    (limit.rlim_cur, limit.rlim_max)
+}
+
+/// Busy clock ticks of the whole machine (every CPU): user, nice, system, irq, softirq, steal.
+pub fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    Some(
+        fields.first()?
+            + fields.get(1)?
+            + fields.get(2)?
+            + fields.get(5)?
+            + fields.get(6)?
+            + fields.get(7)?,
+    )
+}
+
+/// The 1-minute load average: how busy the machine was around a measurement.
+pub fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
