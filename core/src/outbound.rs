@@ -24,7 +24,13 @@ impl Outbound {
         if bytes.is_empty() {
             return;
         }
-        let queue = self.queue.get_or_insert_with(Box::default);
+        // Room for a burst (a loop turn's events) without regrowing; freed when written.
+        let queue = self.queue.get_or_insert_with(|| {
+            Box::new(Queue {
+                chunks: VecDeque::with_capacity(16),
+                ..Queue::default()
+            })
+        });
         queue.len += bytes.len();
         queue.chunks.push_back(bytes);
     }
