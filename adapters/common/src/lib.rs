@@ -3,6 +3,7 @@
 //! queue to a socket, and the agent process host.
 
 pub mod agent_host;
+pub mod driver;
 pub mod logging;
 pub mod services;
 pub mod settings;
