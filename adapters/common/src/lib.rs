@@ -7,6 +7,7 @@ pub mod driver;
 pub mod logging;
 pub mod services;
 pub mod settings;
+pub mod tasks;
 pub mod write;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

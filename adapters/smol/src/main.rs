@@ -1,23 +1,22 @@
-//! The gateway on smol: a `LocalExecutor` driven by async-io's reactor on one thread owns the
-//! shared `Driver`. The structure is tokio's: a task per connection that reads and waits for
-//! writability, one flusher task (every write of a loop turn to one connection leaves in one
-//! vectored syscall), a timer task, a services task woken by storage and agent threads, and the
-//! signals from `async-signal`. No protocol logic lives here (see `adapters/ADAPTERS.md`).
+//! The gateway on smol: a `LocalExecutor` driven by async-io's reactor on one thread runs the
+//! tasks of the shared task-based adapter (`diminuendo_adapter_common::tasks`), as the tokio
+//! adapter does: a task per connection that reads and waits for writability, a flusher (every
+//! write of a loop turn to one connection leaves in one vectored syscall), a timer, a services
+//! task, an accept task. What is here is what needs smol: its notification (a `bounded(1)`
+//! channel), `Async<TcpStream>`, `Timer` and `async-signal` (see `adapters/ADAPTERS.md`).
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io::{self, IoSlice, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_executor::LocalExecutor;
 use async_io::{Async, Timer};
 use async_signal::{Signal, Signals};
-use diminuendo_adapter_common::driver::{self, Drained, Driver, Read, Sockets, ACCEPT_BACKOFF};
+use diminuendo_adapter_common::driver::{self, Drained, Driver, ACCEPT_BACKOFF};
 use diminuendo_adapter_common::settings::Settings;
+use diminuendo_adapter_common::tasks::{Connection, Shared, TaskRuntime};
 use diminuendo_core::{ConnectionId, Wake};
 use futures_lite::{FutureExt, StreamExt};
 use tracing::error;
@@ -53,98 +52,28 @@ impl Wake for Notify {
     }
 }
 
-struct Connection {
-    stream: Async<TcpStream>,
-    /// Wakes the connection's task when it must wait for writability or stop.
-    wake: Notify,
-    write_blocked: Cell<bool>,
-    closed: Cell<bool>,
-}
+struct Smol;
 
-type Connections = RefCell<HashMap<ConnectionId, Rc<Connection>>>;
+impl TaskRuntime for Smol {
+    type Stream = Async<TcpStream>;
+    type Notify = Notify;
 
-/// The connection table, as the driver writes and closes through it.
-struct Table<'a>(&'a Connections);
+    fn new_notify() -> Notify {
+        Notify::new()
+    }
 
-impl Table<'_> {
-    /// Forgets a connection and stops its task.
-    fn remove(&mut self, id: ConnectionId) -> Option<Rc<Connection>> {
-        let connection = self.0.borrow_mut().remove(&id)?;
-        connection.closed.set(true);
-        connection.wake.notify();
-        Some(connection)
+    fn notify(notify: &Notify) {
+        notify.notify();
+    }
+
+    fn write(stream: &Async<TcpStream>, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        // `Async` made the socket non-blocking: a full buffer is `WouldBlock`.
+        let mut stream: &TcpStream = stream.get_ref();
+        stream.write_vectored(slices)
     }
 }
 
-impl Sockets for Table<'_> {
-    fn write(&mut self, id: ConnectionId, slices: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
-        let connections = self.0.borrow();
-        let connection = connections.get(&id)?;
-        if connection.write_blocked.get() {
-            return None;
-        }
-        // The socket is non-blocking (`Async` made it so): a full buffer is `WouldBlock`.
-        let mut stream: &TcpStream = connection.stream.get_ref();
-        Some(stream.write_vectored(slices))
-    }
-
-    fn blocked(&mut self, id: ConnectionId) {
-        if let Some(connection) = self.0.borrow().get(&id) {
-            connection.write_blocked.set(true);
-            connection.wake.notify();
-        }
-    }
-
-    fn close(&mut self, id: ConnectionId) {
-        if let Some(connection) = self.remove(id) {
-            driver::shutdown_write(connection.stream.get_ref());
-        }
-    }
-
-    fn lost(&mut self, id: ConnectionId) {
-        self.remove(id);
-    }
-}
-
-struct Runtime {
-    driver: RefCell<Driver>,
-    connections: Connections,
-    executor: Rc<LocalExecutor<'static>>,
-    flush: Notify,
-    timer_changed: Notify,
-    drained: Notify,
-    armed_deadline: Cell<Option<Instant>>,
-}
-
-impl Runtime {
-    /// Called after every input: carries out the core's events and schedules writes and timers.
-    fn after_input(&self) {
-        let mut driver = self.driver.borrow_mut();
-        driver.dispatch(&mut Table(&self.connections));
-        self.flush.notify();
-        if driver.poll_timeout() != self.armed_deadline.get() {
-            self.timer_changed.notify();
-        }
-        if driver.is_drained() {
-            self.drained.notify();
-        }
-    }
-
-    /// The peer went away or the socket failed.
-    fn lost(&self, id: ConnectionId) {
-        self.driver.borrow_mut().lost(id);
-        Table(&self.connections).remove(id);
-        self.after_input();
-    }
-
-    fn flush_all(&self) {
-        let mut driver = self.driver.borrow_mut();
-        driver.flush(&mut Table(&self.connections));
-        if driver.is_drained() {
-            self.drained.notify();
-        }
-    }
-}
+type Runtime = Shared<Smol>;
 
 /// What woke a connection's task.
 enum Woken {
@@ -153,18 +82,15 @@ enum Woken {
     Readable(io::Result<()>),
 }
 
-async fn connection_task(runtime: Rc<Runtime>, id: ConnectionId, connection: Rc<Connection>) {
-    loop {
-        if connection.closed.get() {
-            break;
-        }
+async fn connection_task(runtime: Rc<Runtime>, id: ConnectionId, connection: Rc<Connection<Smol>>) {
+    while !connection.is_closed() {
         // `or` polls its left side first: notifications, then writability, then reads.
         let notified = async {
             connection.wake.notified().await;
             Woken::Notified
         };
         let readable = async { Woken::Readable(connection.stream.readable().await) };
-        let woken = if connection.write_blocked.get() {
+        let woken = if connection.is_write_blocked() {
             let writable = async { Woken::Writable(connection.stream.writable().await) };
             notified.or(writable).or(readable).await
         } else {
@@ -172,29 +98,14 @@ async fn connection_task(runtime: Rc<Runtime>, id: ConnectionId, connection: Rc<
         };
         match woken {
             Woken::Notified => {}
-            Woken::Writable(Ok(())) => {
-                connection.write_blocked.set(false);
-                runtime.driver.borrow_mut().writable(id);
-                runtime.flush.notify();
-            }
+            Woken::Writable(Ok(())) => runtime.writable(id, &connection),
             Woken::Readable(Ok(())) => {
-                let read = runtime.driver.borrow_mut().read(id, |buf| {
-                    let mut stream: &TcpStream = connection.stream.get_ref();
-                    io::Read::read(&mut stream, buf)
-                });
-                match read {
-                    Read::Data => runtime.after_input(),
-                    Read::WouldBlock => {}
-                    Read::Gone => {
-                        runtime.lost(id);
-                        break;
-                    }
+                let mut stream: &TcpStream = connection.stream.get_ref();
+                if !runtime.read(id, |buf| io::Read::read(&mut stream, buf)) {
+                    return;
                 }
             }
-            Woken::Writable(Err(_)) | Woken::Readable(Err(_)) => {
-                runtime.lost(id);
-                break;
-            }
+            Woken::Writable(Err(_)) | Woken::Readable(Err(_)) => return runtime.lost(id),
         }
     }
 }
@@ -208,9 +119,7 @@ async fn flusher_task(runtime: Rc<Runtime>) {
 
 async fn timer_task(runtime: Rc<Runtime>) {
     loop {
-        let deadline = runtime.driver.borrow().poll_timeout();
-        runtime.armed_deadline.set(deadline);
-        match deadline {
+        match runtime.arm_timer() {
             Some(deadline) => {
                 let fired = async {
                     Timer::at(deadline).await;
@@ -222,8 +131,7 @@ async fn timer_task(runtime: Rc<Runtime>) {
                 })
                 .await;
                 if fired {
-                    runtime.driver.borrow_mut().timeout();
-                    runtime.after_input();
+                    runtime.timer_fired();
                 }
             }
             None => runtime.timer_changed.notified().await,
@@ -235,33 +143,21 @@ async fn timer_task(runtime: Rc<Runtime>) {
 async fn services_task(runtime: Rc<Runtime>, woken: Arc<Notify>) {
     loop {
         woken.notified().await;
-        runtime.driver.borrow_mut().poll_services();
-        runtime.after_input();
+        runtime.services_woken();
     }
 }
 
-async fn accept_task(runtime: Rc<Runtime>, listener: Async<TcpListener>) {
-    let mut next_id = 0u64;
+async fn accept_task(
+    runtime: Rc<Runtime>,
+    listener: Async<TcpListener>,
+    executor: Rc<LocalExecutor<'static>>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.get_ref().set_nodelay(true);
-                next_id += 1;
-                let id = ConnectionId(next_id);
-                let connection = Rc::new(Connection {
-                    stream,
-                    wake: Notify::new(),
-                    write_blocked: Cell::new(false),
-                    closed: Cell::new(false),
-                });
-                runtime
-                    .connections
-                    .borrow_mut()
-                    .insert(id, connection.clone());
-                runtime.driver.borrow_mut().accept(id, peer, Instant::now());
-                runtime.after_input();
-                runtime
-                    .executor
+                let (id, connection) = runtime.accept(stream, peer);
+                executor
                     .spawn(connection_task(runtime.clone(), id, connection))
                     .detach();
             }
@@ -293,44 +189,33 @@ async fn run(settings: Settings, executor: Rc<LocalExecutor<'static>>) -> ExitCo
         Err(code) => return code,
     };
 
-    let runtime = Rc::new(Runtime {
-        driver: RefCell::new(driver),
-        connections: RefCell::new(HashMap::new()),
-        executor: executor.clone(),
-        flush: Notify::new(),
-        timer_changed: Notify::new(),
-        drained: Notify::new(),
-        armed_deadline: Cell::new(None),
-    });
+    let runtime = Runtime::new(driver);
     executor.spawn(flusher_task(runtime.clone())).detach();
     executor.spawn(timer_task(runtime.clone())).detach();
     executor
         .spawn(services_task(runtime.clone(), woken))
         .detach();
     executor
-        .spawn(accept_task(runtime.clone(), listener))
+        .spawn(accept_task(runtime.clone(), listener, executor.clone()))
         .detach();
 
     signals.next().await;
-    runtime.driver.borrow_mut().begin_drain();
-    runtime.after_input();
+    runtime.begin_drain();
     let drained = drain(&runtime, &mut signals).await;
-    let exit = runtime.driver.borrow_mut().exit(drained);
-    exit
+    runtime.exit(drained)
 }
 
 /// Waits until the core has closed every connection (or the drain limit passes), or a second
 /// signal.
 async fn drain(runtime: &Rc<Runtime>, signals: &mut Signals) -> Drained {
-    let limit = runtime.driver.borrow().drain_limit();
     let closed = async {
-        while !runtime.driver.borrow().is_drained() {
+        while !runtime.is_drained() {
             runtime.drained.notified().await;
         }
         Drained::Closed
     };
     let timed_out = async {
-        Timer::after(limit).await;
+        Timer::after(runtime.drain_limit()).await;
         Drained::TimedOut
     };
     let second_signal = async {

@@ -1,25 +1,45 @@
-//! The gateway on tokio: a current-thread runtime owns the shared `Driver`. Each connection has a
-//! task that reads and waits for writability; one flusher task writes what the core queued, so
-//! every write of a loop turn to one connection leaves in one vectored syscall; storage and agent
-//! completions arrive through a `Notify`. No protocol logic lives here, and nothing that another
-//! runtime would write the same way (see `adapters/ADAPTERS.md`).
+//! The gateway on tokio: a current-thread runtime with a `LocalSet` runs the tasks of the shared
+//! task-based adapter (`diminuendo_adapter_common::tasks`): a task per connection that reads and
+//! waits for writability, a flusher (every write of a loop turn to one connection leaves in one
+//! vectored syscall), a timer, a services task woken through a `Notify`, an accept task. What is
+//! here is what needs tokio: its `Notify`, its sockets, its timers and its signals (see
+//! `adapters/ADAPTERS.md`).
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
-use diminuendo_adapter_common::driver::{self, Drained, Driver, Read, Sockets, ACCEPT_BACKOFF};
+use diminuendo_adapter_common::driver::{self, Drained, Driver, ACCEPT_BACKOFF};
 use diminuendo_adapter_common::settings::Settings;
+use diminuendo_adapter_common::tasks::{Connection, Shared, TaskRuntime};
 use diminuendo_core::{ConnectionId, Wake};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
 use tokio::task::LocalSet;
 use tracing::error;
+
+struct Tokio;
+
+impl TaskRuntime for Tokio {
+    type Stream = TcpStream;
+    type Notify = Notify;
+
+    fn new_notify() -> Notify {
+        Notify::new()
+    }
+
+    fn notify(notify: &Notify) {
+        notify.notify_one();
+    }
+
+    fn write(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        stream.try_write_vectored(slices)
+    }
+}
+
+type Runtime = Shared<Tokio>;
 
 /// The wake-up hook for storage and agent threads.
 struct NotifyWake(Arc<Notify>);
@@ -30,130 +50,25 @@ impl Wake for NotifyWake {
     }
 }
 
-struct Connection {
-    stream: TcpStream,
-    /// Wakes the connection's task when it must wait for writability or stop.
-    wake: Notify,
-    write_blocked: Cell<bool>,
-    closed: Cell<bool>,
-}
-
-type Connections = RefCell<HashMap<ConnectionId, Rc<Connection>>>;
-
-/// The connection table, as the driver writes and closes through it.
-struct Table<'a>(&'a Connections);
-
-impl Table<'_> {
-    /// Forgets a connection and stops its task.
-    fn remove(&mut self, id: ConnectionId) -> Option<Rc<Connection>> {
-        let connection = self.0.borrow_mut().remove(&id)?;
-        connection.closed.set(true);
-        connection.wake.notify_one();
-        Some(connection)
-    }
-}
-
-impl Sockets for Table<'_> {
-    fn write(&mut self, id: ConnectionId, slices: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
-        let connections = self.0.borrow();
-        let connection = connections.get(&id)?;
-        if connection.write_blocked.get() {
-            return None;
-        }
-        Some(connection.stream.try_write_vectored(slices))
-    }
-
-    fn blocked(&mut self, id: ConnectionId) {
-        if let Some(connection) = self.0.borrow().get(&id) {
-            connection.write_blocked.set(true);
-            connection.wake.notify_one();
-        }
-    }
-
-    fn close(&mut self, id: ConnectionId) {
-        if let Some(connection) = self.remove(id) {
-            driver::shutdown_write(&connection.stream);
-        }
-    }
-
-    fn lost(&mut self, id: ConnectionId) {
-        self.remove(id);
-    }
-}
-
-struct Runtime {
-    driver: RefCell<Driver>,
-    connections: Connections,
-    flush: Notify,
-    timer_changed: Notify,
-    drained: Notify,
-    armed_deadline: Cell<Option<Instant>>,
-}
-
-impl Runtime {
-    /// Called after every input: carries out the core's events and schedules writes and timers.
-    fn after_input(&self) {
-        let mut driver = self.driver.borrow_mut();
-        driver.dispatch(&mut Table(&self.connections));
-        self.flush.notify_one();
-        if driver.poll_timeout() != self.armed_deadline.get() {
-            self.timer_changed.notify_one();
-        }
-        if driver.is_drained() {
-            self.drained.notify_one();
-        }
-    }
-
-    /// The peer went away or the socket failed.
-    fn lost(&self, id: ConnectionId) {
-        self.driver.borrow_mut().lost(id);
-        Table(&self.connections).remove(id);
-        self.after_input();
-    }
-
-    fn flush_all(&self) {
-        let mut driver = self.driver.borrow_mut();
-        driver.flush(&mut Table(&self.connections));
-        if driver.is_drained() {
-            self.drained.notify_one();
-        }
-    }
-}
-
-async fn connection_task(runtime: Rc<Runtime>, id: ConnectionId, connection: Rc<Connection>) {
-    loop {
-        if connection.closed.get() {
-            break;
-        }
-        let blocked = connection.write_blocked.get();
+async fn connection_task(
+    runtime: Rc<Runtime>,
+    id: ConnectionId,
+    connection: Rc<Connection<Tokio>>,
+) {
+    while !connection.is_closed() {
         tokio::select! {
             biased;
             _ = connection.wake.notified() => {}
-            ready = connection.stream.writable(), if blocked => {
-                if ready.is_err() {
-                    runtime.lost(id);
-                    break;
-                }
-                connection.write_blocked.set(false);
-                runtime.driver.borrow_mut().writable(id);
-                runtime.flush.notify_one();
-            }
+            ready = connection.stream.writable(), if connection.is_write_blocked() => match ready {
+                Ok(()) => runtime.writable(id, &connection),
+                Err(_) => return runtime.lost(id),
+            },
             ready = connection.stream.readable() => {
                 if ready.is_err() {
-                    runtime.lost(id);
-                    break;
+                    return runtime.lost(id);
                 }
-                let read = runtime
-                    .driver
-                    .borrow_mut()
-                    .read(id, |buf| connection.stream.try_read(buf));
-                match read {
-                    Read::Data => runtime.after_input(),
-                    Read::WouldBlock => {}
-                    Read::Gone => {
-                        runtime.lost(id);
-                        break;
-                    }
+                if !runtime.read(id, |buf| connection.stream.try_read(buf)) {
+                    return;
                 }
             }
         }
@@ -169,15 +84,10 @@ async fn flusher_task(runtime: Rc<Runtime>) {
 
 async fn timer_task(runtime: Rc<Runtime>) {
     loop {
-        let deadline = runtime.driver.borrow().poll_timeout();
-        runtime.armed_deadline.set(deadline);
-        match deadline {
+        match runtime.arm_timer() {
             Some(deadline) => {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(deadline.into()) => {
-                        runtime.driver.borrow_mut().timeout();
-                        runtime.after_input();
-                    }
+                    _ = tokio::time::sleep_until(deadline.into()) => runtime.timer_fired(),
                     _ = runtime.timer_changed.notified() => {}
                 }
             }
@@ -190,31 +100,16 @@ async fn timer_task(runtime: Rc<Runtime>) {
 async fn services_task(runtime: Rc<Runtime>, woken: Arc<Notify>) {
     loop {
         woken.notified().await;
-        runtime.driver.borrow_mut().poll_services();
-        runtime.after_input();
+        runtime.services_woken();
     }
 }
 
 async fn accept_task(runtime: Rc<Runtime>, listener: TcpListener) {
-    let mut next_id = 0u64;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                next_id += 1;
-                let id = ConnectionId(next_id);
-                let connection = Rc::new(Connection {
-                    stream,
-                    wake: Notify::new(),
-                    write_blocked: Cell::new(false),
-                    closed: Cell::new(false),
-                });
-                runtime
-                    .connections
-                    .borrow_mut()
-                    .insert(id, connection.clone());
-                runtime.driver.borrow_mut().accept(id, peer, Instant::now());
-                runtime.after_input();
+                let (id, connection) = runtime.accept(stream, peer);
                 tokio::task::spawn_local(connection_task(runtime.clone(), id, connection));
             }
             Err(error) => {
@@ -245,14 +140,7 @@ async fn run(settings: Settings) -> ExitCode {
         Err(code) => return code,
     };
 
-    let runtime = Rc::new(Runtime {
-        driver: RefCell::new(driver),
-        connections: RefCell::new(HashMap::new()),
-        flush: Notify::new(),
-        timer_changed: Notify::new(),
-        drained: Notify::new(),
-        armed_deadline: Cell::new(None),
-    });
+    let runtime = Runtime::new(driver);
     tokio::task::spawn_local(flusher_task(runtime.clone()));
     tokio::task::spawn_local(timer_task(runtime.clone()));
     tokio::task::spawn_local(services_task(runtime.clone(), woken));
@@ -262,25 +150,22 @@ async fn run(settings: Settings) -> ExitCode {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
-    runtime.driver.borrow_mut().begin_drain();
-    runtime.after_input();
+    runtime.begin_drain();
     let drained = drain(&runtime, &mut terminate, &mut interrupt).await;
-    let exit = runtime.driver.borrow_mut().exit(drained);
-    exit
+    runtime.exit(drained)
 }
 
 /// Waits until the core has closed every connection (or the drain limit passes), or a second
 /// signal.
 async fn drain(runtime: &Rc<Runtime>, terminate: &mut Signal, interrupt: &mut Signal) -> Drained {
-    let limit = runtime.driver.borrow().drain_limit();
-    let drained = async {
-        while !runtime.driver.borrow().is_drained() {
+    let closed = async {
+        while !runtime.is_drained() {
             runtime.drained.notified().await;
         }
     };
     tokio::select! {
-        _ = drained => Drained::Closed,
-        _ = tokio::time::sleep(limit) => Drained::TimedOut,
+        _ = closed => Drained::Closed,
+        _ = tokio::time::sleep(runtime.drain_limit()) => Drained::TimedOut,
         _ = terminate.recv() => Drained::SecondSignal,
         _ = interrupt.recv() => Drained::SecondSignal,
     }
