@@ -20,10 +20,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use diminuendo_adapter_common::services::Services;
 use diminuendo_adapter_common::settings::{Flags, Settings, ECHO_AGENT_COMMAND};
+use diminuendo_adapter_common::{clock_anchor, seed};
 use diminuendo_core::{ConnectionId, Gateway, Wake};
 
 /// The wake-up hook: storage and agent threads write a byte; `poll` sees the other end readable.
@@ -212,17 +213,14 @@ fn main() -> Result<(), String> {
         end.set_nonblocking(true)
             .map_err(|error| error.to_string())?;
     }
-    let now = Instant::now();
-    let unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64);
-    let seed = unix_ms ^ u64::from(std::process::id());
+    // The same moment on the monotonic and the wall clock, and a seed for the core's randomness.
+    let (now, unix_ms) = clock_anchor();
     let (gateway, services) = Services::start(
         &settings,
         Arc::new(PipeWake(wake_write)),
         now,
         unix_ms,
-        seed,
+        seed(),
     )?;
 
     let listener = TcpListener::bind(settings.listen).map_err(|error| error.to_string())?;
