@@ -2,18 +2,18 @@
 //!
 //! Every test runs against each binary in [`binaries()`], a real process listening on loopback
 //! port 0. The harness only speaks over sockets and signals, so the same tests hold every runtime
-//! adapter (tokio today; smol and mio are one line in [`binaries()`] away).
+//! adapter (tokio, smol and a hand-written mio loop).
 //!
 //! # How the binaries are found and built
 //!
 //! `cargo test` builds the binaries of the package under test only, and `CARGO_BIN_EXE_<name>`
 //! exists only for those, so a test of another package's binary cannot rely on cargo to build it.
-//! The harness therefore builds each binary itself, once per test process (guarded by a
-//! `Mutex`), with the cargo that runs the tests (`$CARGO`), for the same target directory,
-//! profile and target triple as the test executable (all derived from where that executable
-//! lives: `<target-dir>[/<triple>]/<profile-dir>/deps/<test>-<hash>`). Cargo releases its build
-//! lock before it runs test executables, so this nested build does not deadlock; when the binary
-//! is already up to date it takes a fraction of a second.
+//! The harness therefore builds them itself (every one of [`binaries()`] in one invocation), once
+//! per test process (guarded by a `Mutex`), with the cargo that runs the tests (`$CARGO`), for
+//! the same target directory, profile and target triple as the test executable (all derived from
+//! where that executable lives: `<target-dir>[/<triple>]/<profile-dir>/deps/<test>-<hash>`).
+//! Cargo releases its build lock before it runs test executables, so this nested build does not
+//! deadlock; when the binaries are already up to date it takes a fraction of a second.
 //!
 //! Two environment variables change this:
 //! - `DIMINUENDO_TEST_BIN_DIR=<dir>`: take the binaries from `<dir>` and build nothing (for
@@ -41,9 +41,10 @@ use serde_json::Value;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::Message;
 
-/// The gateway binaries every test runs against. Adding an adapter is one entry here.
+/// The gateway binaries every test runs against, one per runtime adapter. Adding an adapter is
+/// one entry here.
 pub fn binaries() -> &'static [&'static str] {
-    &["diminuendo-tokio"]
+    &["diminuendo-tokio", "diminuendo-smol", "diminuendo-mio"]
 }
 
 /// Upper bound of one blocking read or write on a test socket.
@@ -129,35 +130,50 @@ pub fn binary_path(binary: &str) -> PathBuf {
     if let Some(path) = built.get(binary) {
         return path.clone();
     }
-    let path = if let Some(dir) = std::env::var_os("DIMINUENDO_TEST_BIN_DIR") {
-        PathBuf::from(dir).join(binary)
+    // Every adapter binary at once, in one cargo invocation: the first test to ask pays for
+    // the build, and the others find theirs ready.
+    let mut wanted: Vec<&str> = binaries()
+        .iter()
+        .copied()
+        .filter(|name| !built.contains_key(*name))
+        .collect();
+    if !wanted.contains(&binary) {
+        wanted.push(binary);
+    }
+    let dir = if let Some(dir) = std::env::var_os("DIMINUENDO_TEST_BIN_DIR") {
+        PathBuf::from(dir)
     } else {
         let layout = build_layout();
         if std::env::var_os("DIMINUENDO_TEST_NO_BUILD").is_none() {
-            build(binary, &layout);
+            build(&wanted, &layout);
         }
-        layout.profile_dir.join(binary)
+        layout.profile_dir
     };
-    assert!(
-        path.is_file(),
-        "gateway binary {} not found (see the tests crate's docs: DIMINUENDO_TEST_BIN_DIR, \
-         DIMINUENDO_TEST_NO_BUILD)",
-        path.display()
-    );
-    built.insert(binary.to_owned(), path.clone());
-    path
+    for name in wanted {
+        let path = dir.join(name);
+        assert!(
+            path.is_file(),
+            "gateway binary {} not found (see the tests crate's docs: DIMINUENDO_TEST_BIN_DIR, \
+             DIMINUENDO_TEST_NO_BUILD)",
+            path.display()
+        );
+        built.insert(name.to_owned(), path);
+    }
+    dir.join(binary)
 }
 
-fn build(binary: &str, layout: &BuildLayout) {
+fn build(binaries: &[&str], layout: &BuildLayout) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .arg("build")
         .arg("--quiet")
         .arg("--manifest-path")
-        .arg(workspace_manifest())
-        .arg("--bin")
-        .arg(binary)
+        .arg(workspace_manifest());
+    for binary in binaries {
+        command.arg("--bin").arg(binary);
+    }
+    command
         .arg("--profile")
         .arg(&layout.profile)
         .arg("--target-dir")
@@ -168,10 +184,10 @@ fn build(binary: &str, layout: &BuildLayout) {
     let output = command
         .stdin(Stdio::null())
         .output()
-        .expect("cannot run cargo to build the gateway binary");
+        .expect("cannot run cargo to build the gateway binaries");
     assert!(
         output.status.success(),
-        "cargo build --bin {binary} failed:\n{}",
+        "cargo build of {binaries:?} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
 }

@@ -3,9 +3,11 @@
 //! queue to a socket, and the agent process host.
 
 pub mod agent_host;
+pub mod driver;
 pub mod logging;
 pub mod services;
 pub mod settings;
+pub mod tasks;
 pub mod write;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

@@ -1,0 +1,290 @@
+//! The runtime-independent half of every adapter: the gateway and its services, the read and
+//! write paths, event dispatch, the listening socket, and the drain and exit sequence. A runtime
+//! adapter owns a `Driver` (behind its own interior mutability, or directly in a hand-written
+//! loop) and supplies only what needs its runtime: readiness, timers, signals and the wake-up
+//! hook, plus a `Sockets` table the driver writes and closes through.
+//!
+//! The calling contract, whatever the runtime:
+//! - after every input (`accept`, `read`, `timeout`, `poll_services`, `begin_drain`), call
+//!   `dispatch`, then (now or once per loop turn) `flush`, and re-arm the timer at
+//!   `poll_timeout`;
+//! - when a connection that `Sockets::blocked` named becomes writable, call `writable`, then
+//!   `flush`;
+//! - on the first SIGTERM/SIGINT `begin_drain`; stop at `is_drained`, `drain_limit` or a second
+//!   signal, and return `exit(...)` from `main`.
+
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, TcpListener};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diminuendo_core::{ConnectionId, Gateway, Wake};
+use tracing::{error, info, warn};
+
+use crate::services::Services;
+use crate::settings::Settings;
+use crate::write::{flush_connection, Flushed};
+use crate::{clock_anchor, logging, seed};
+
+/// Bytes read from a socket at once, into one buffer shared by every connection.
+pub const SCRATCH_SIZE: usize = 64 * 1024;
+/// How long agents get to stop when the gateway exits.
+pub const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an adapter waits after a failed `accept` (out of descriptors, a transient network
+/// error) before accepting again: no spinning, and open connections keep being served.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Pending connections the kernel queues for `accept`.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// The adapter's table of sockets, as the driver's write path and the core's closes need it.
+pub trait Sockets {
+    /// One non-blocking vectored write to `id`'s socket. `None` when there is no such socket or
+    /// it is waiting for writability (its bytes stay queued in the core).
+    fn write(&mut self, id: ConnectionId, slices: &[IoSlice<'_>]) -> Option<io::Result<usize>>;
+    /// The socket took less than was queued: wait until it is writable, then call
+    /// `Driver::writable` and `Driver::flush`.
+    fn blocked(&mut self, id: ConnectionId);
+    /// The core is done with `id` and everything queued was written: shut down the write half
+    /// (so the peer reads everything before the end of the stream) and drop the socket.
+    fn close(&mut self, id: ConnectionId);
+    /// A write failed; the core has forgotten `id` already: drop the socket.
+    fn lost(&mut self, id: ConnectionId);
+}
+
+/// What one `Driver::read` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Bytes were fed to the core: dispatch, and read again.
+    Data,
+    /// Nothing to read now: wait for readability.
+    WouldBlock,
+    /// The peer went away or the socket failed; the core has forgotten the connection: drop the
+    /// socket, then dispatch.
+    Gone,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection closed.
+    Closed,
+    /// `drain_limit` passed with connections still open.
+    TimedOut,
+    /// A second SIGTERM/SIGINT: exit at once.
+    SecondSignal,
+}
+
+/// The gateway core, its services and the scratch buffer every read goes through.
+pub struct Driver {
+    gateway: Gateway,
+    services: Services,
+    scratch: Vec<u8>,
+    drain_limit: Duration,
+}
+
+impl Driver {
+    /// Opens storage, builds the gateway and starts the agent host; `wake` is the runtime's
+    /// wake-up hook, called from storage and agent threads when they finished something.
+    pub fn start(settings: &Settings, wake: Arc<dyn Wake>) -> Result<Driver, String> {
+        let (now, unix_ms) = clock_anchor();
+        let (gateway, services) = Services::start(settings, wake, now, unix_ms, seed())?;
+        Ok(Driver {
+            gateway,
+            services,
+            scratch: vec![0; SCRATCH_SIZE],
+            drain_limit: settings.core.turn_grace
+                + settings.core.close_timeout
+                + Duration::from_secs(2),
+        })
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    pub fn gateway_mut(&mut self) -> &mut Gateway {
+        &mut self.gateway
+    }
+
+    /// A connection was accepted (`id` is the adapter's, unique among open connections).
+    pub fn accept(&mut self, id: ConnectionId, peer: SocketAddr, now: Instant) {
+        self.gateway.handle_accept(id, peer, now);
+    }
+
+    /// Reads once from `id`'s socket with `read` (a non-blocking read) into the shared scratch
+    /// buffer and feeds what arrived to the core.
+    pub fn read(
+        &mut self,
+        id: ConnectionId,
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> Read {
+        loop {
+            match read(&mut self.scratch) {
+                Ok(0) => break,
+                Ok(len) => {
+                    self.gateway
+                        .handle_data(id, &mut self.scratch[..len], Instant::now());
+                    return Read::Data;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Read::WouldBlock,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    tracing::debug!(connection = id.0, %error, "read failed");
+                    break;
+                }
+            }
+        }
+        self.gateway.handle_closed(id);
+        Read::Gone
+    }
+
+    /// The peer went away or the socket failed outside a read (e.g. a readiness error).
+    pub fn lost(&mut self, id: ConnectionId) {
+        self.gateway.handle_closed(id);
+    }
+
+    /// Deadlines up to now have passed.
+    pub fn timeout(&mut self) {
+        self.gateway.handle_timeout(Instant::now());
+    }
+
+    /// When `timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.gateway.poll_timeout()
+    }
+
+    /// The wake-up hook fired: feed finished storage and agent work to the core.
+    pub fn poll_services(&mut self) {
+        self.services.poll(&mut self.gateway, Instant::now());
+    }
+
+    /// A socket `Sockets::blocked` named can take bytes again.
+    pub fn writable(&mut self, id: ConnectionId) {
+        self.gateway.handle_writable(id);
+    }
+
+    /// Carries out every event the core emitted: storage and agent commands go to the services,
+    /// closes to `sockets`.
+    pub fn dispatch(&mut self, sockets: &mut impl Sockets) {
+        while let Some(event) = self.gateway.poll_event() {
+            if let Some(id) = self
+                .services
+                .dispatch(&mut self.gateway, event, Instant::now())
+            {
+                sockets.close(id);
+            }
+        }
+    }
+
+    /// Writes what the core queued, one vectored write per connection it names.
+    pub fn flush(&mut self, sockets: &mut impl Sockets) {
+        while let Some(id) = self.gateway.poll_transmit() {
+            let mut skipped = false;
+            let flushed = flush_connection(&mut self.gateway, id, |slices| {
+                sockets.write(id, slices).unwrap_or_else(|| {
+                    skipped = true;
+                    Err(io::ErrorKind::WouldBlock.into())
+                })
+            });
+            match flushed {
+                // No socket, or one already waiting for writability: its bytes stay queued.
+                _ if skipped => continue,
+                Flushed::All => {}
+                Flushed::Blocked => sockets.blocked(id),
+                Flushed::Failed => sockets.lost(id),
+            }
+            // A finished write may complete a close.
+            self.dispatch(sockets);
+        }
+    }
+
+    /// The first SIGTERM/SIGINT: start the graceful stop.
+    pub fn begin_drain(&mut self) {
+        info!("signal received: draining");
+        self.gateway.begin_shutdown(Instant::now());
+    }
+
+    /// Every connection is closed after `begin_drain`.
+    pub fn is_drained(&self) -> bool {
+        self.gateway.is_drained()
+    }
+
+    /// The longest a drain may take: the turn grace period, the close timeout and a margin.
+    pub fn drain_limit(&self) -> Duration {
+        self.drain_limit
+    }
+
+    /// The exit sequence: after a drain, stop the agents and flush and close storage (nothing
+    /// acknowledged is lost) and exit 0; after a second signal exit 1 at once.
+    pub fn exit(&mut self, drained: Drained) -> ExitCode {
+        match drained {
+            Drained::Closed => info!("every connection closed"),
+            Drained::TimedOut => {
+                warn!(open = self.gateway.connection_count(), "drain timed out");
+            }
+            Drained::SecondSignal => {
+                warn!("second signal: exiting at once");
+                return ExitCode::from(1);
+            }
+        }
+        self.services.shutdown(AGENT_STOP_TIMEOUT);
+        ExitCode::SUCCESS
+    }
+}
+
+/// The settings from flags, environment and config file, and the logger; then `run`.
+pub fn main(run: impl FnOnce(Settings) -> ExitCode) -> ExitCode {
+    let settings = Settings::from_env();
+    logging::init(settings.core.dev_mode);
+    run(settings)
+}
+
+/// Binds the listening socket (non-blocking, `SO_REUSEADDR`, a backlog of 1024) and prints
+/// `listening on ADDR` on stdout, for tools and tests that start the gateway on port 0. Call it
+/// after the signal handlers are installed, so a signal that arrives once the line is out starts
+/// a drain.
+pub fn listen(settings: &Settings) -> Result<TcpListener, ExitCode> {
+    let bound = bind(settings.listen);
+    let listener = match bound {
+        Ok(listener) => listener,
+        Err(error) => {
+            error!(listen = %settings.listen, %error, "cannot listen");
+            return Err(ExitCode::from(1));
+        }
+    };
+    let local = listener
+        .local_addr()
+        .map(|addr| addr.to_string())
+        .unwrap_or_default();
+    println!("listening on {local}");
+    info!(listen = %local, dev = settings.core.dev_mode, "gateway started");
+    Ok(listener)
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Shuts down the write half of a socket: the peer reads everything sent, then the end of the
+/// stream.
+pub fn shutdown_write<S: std::os::fd::AsFd>(socket: &S) {
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+}
+
+/// Logs a failed `accept`; the adapter then waits `ACCEPT_BACKOFF` before accepting again.
+pub fn accept_failed(error: &io::Error) {
+    warn!(%error, "accept failed");
+}
+
+/// A fatal startup error: logged, exit status 1.
+pub fn startup_failed(message: &str) -> ExitCode {
+    error!(%message, "cannot start");
+    ExitCode::from(1)
+}
