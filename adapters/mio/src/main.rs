@@ -4,7 +4,7 @@
 //! the driver's one scratch buffer; every connection the core names is flushed once per loop
 //! turn, after all the events of a `poll` return (that is the write coalescing); WRITABLE
 //! interest is registered only while a connection is blocked. No protocol logic lives here (see
-//! `adapters/ADAPTERS.md`).
+//! the Adapters section of `DESIGN.md`).
 
 use std::io::{self, IoSlice, Write};
 use std::process::ExitCode;

@@ -3,7 +3,7 @@
 //! adapter does: a task per connection that reads and waits for writability, a flusher (every
 //! write of a loop turn to one connection leaves in one vectored syscall), a timer, a services
 //! task, an accept task. What is here is what needs smol: its notification (a `bounded(1)`
-//! channel), `Async<TcpStream>`, `Timer` and `async-signal` (see `adapters/ADAPTERS.md`).
+//! channel), `Async<TcpStream>`, `Timer` and `async-signal` (see the Adapters section of `DESIGN.md`).
 
 use std::io::{self, IoSlice, Write};
 use std::net::{TcpListener, TcpStream};

@@ -3,7 +3,7 @@
 //! waits for writability, a flusher (every write of a loop turn to one connection leaves in one
 //! vectored syscall), a timer, a services task woken through a `Notify`, an accept task. What is
 //! here is what needs tokio: its `Notify`, its sockets, its timers and its signals (see
-//! `adapters/ADAPTERS.md`).
+//! the Adapters section of `DESIGN.md`).
 
 use std::io::{self, IoSlice};
 use std::process::ExitCode;
