@@ -581,11 +581,6 @@ impl Gateway {
             .insert(session_id.clone(), Session::new(record));
         self.metrics.sessions_created += 1;
         self.persist_session(&session_id);
-        // The new row is committed now rather than at the writer's next interval: a log whose
-        // registry row was lost in a crash would be a session clients saw, gone. The flush is
-        // asynchronous; its completion needs no answer.
-        let token = self.next_token();
-        self.storage(StorageCommand::Flush { token });
         if let Some(session) = self.sessions.get(&session_id) {
             let mut writer = FrameWriter::new("session_created");
             if let Some(request_id) = request_id {

@@ -777,3 +777,32 @@ proptest! {
         prop_assert!(h.failures().is_empty());
     }
 }
+
+#[test]
+fn a_query_of_a_session_commits_the_registry_rows_pending_with_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock(Mutex::new(Instant::now())));
+    let mut c = StorageConfig::new(dir.path());
+    c.batch_size = 1000;
+    c.clock = clock.clone();
+    let (mut h, _) = Harness::open(c);
+    h.submit(StorageCommand::UpsertSession {
+        session: session("t", "a", SessionStatus::Inactive, "e"),
+    });
+    h.submit(event("a", 1));
+    // The clock never moves: only the query can have committed anything.
+    assert_eq!(h.events(1, "a").len(), 1);
+    let registry = crate::paths::registry_path(dir.path(), "t").unwrap();
+    let c =
+        rusqlite::Connection::open_with_flags(registry, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let rows: i64 = c
+        .query_row("SELECT COUNT(*) FROM sessions WHERE id = 'a'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        rows, 1,
+        "the log is committed, so is the row that names its session"
+    );
+}

@@ -385,8 +385,13 @@ impl Writer {
             StorageCommand::Query { token, query } => {
                 let target = query_target(&query);
                 match target {
-                    // Only this session's pending writes stand between the query and its data.
-                    DatabaseId::Session { .. } => self.flush_where(|db| *db == target),
+                    // This session's pending writes stand between the query and its data. The
+                    // pending registry rows go with it (after it, as in every flush): a log
+                    // committed without the row that names its session would, after a crash,
+                    // be a session clients saw, gone.
+                    DatabaseId::Session { .. } => self.flush_where(|db| {
+                        *db == target || matches!(db, DatabaseId::Registry { .. })
+                    }),
                     // A registry is flushed after the session logs (see `flush_where`), so they go too.
                     DatabaseId::Registry { .. } => self.flush_where(|db| {
                         matches!(db, DatabaseId::Session { .. }) || *db == target

@@ -25,7 +25,7 @@ use crate::settings::Settings;
 /// what one poll publishes is written before the next poll adds more; the host wakes the adapter
 /// again for the rest.
 pub const AGENT_REPORTS_PER_POLL: usize = 256;
-pub const AGENT_BYTES_PER_POLL: usize = 32 * 1024;
+pub const AGENT_BYTES_PER_POLL: usize = 64 * 1024;
 /// Reports taken from the host at once, between checks of the byte budget.
 const AGENT_REPORTS_PER_DRAIN: usize = 16;
 
