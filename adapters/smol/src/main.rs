@@ -9,6 +9,7 @@ use std::io::{self, IoSlice, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_executor::LocalExecutor;
@@ -18,31 +19,45 @@ use diminuendo_adapter_common::driver::{self, Drained, Driver, ACCEPT_BACKOFF};
 use diminuendo_adapter_common::settings::Settings;
 use diminuendo_adapter_common::tasks::{Connection, Shared, TaskRuntime};
 use diminuendo_core::{ConnectionId, Wake};
+use event_listener::Event;
 use futures_lite::{FutureExt, StreamExt};
 use tracing::error;
 
 /// A one-permit notification (tokio's `Notify::notify_one`): a notification nobody waits for is
 /// kept for the next wait, and several collapse into one. Also the wake-up hook of storage and
 /// agent threads, since a channel's sender is `Send + Sync`.
+/// A one-permit notification: an `event_listener::Event` (one pointer until someone waits) and a
+/// flag. Every idle connection holds one, so it is kept small.
 struct Notify {
-    sender: async_channel::Sender<()>,
-    receiver: async_channel::Receiver<()>,
+    event: Event,
+    pending: AtomicBool,
 }
 
 impl Notify {
     fn new() -> Notify {
-        let (sender, receiver) = async_channel::bounded(1);
-        Notify { sender, receiver }
+        Notify {
+            event: Event::new(),
+            pending: AtomicBool::new(false),
+        }
     }
 
     fn notify(&self) {
-        // Full: a notification is pending already.
-        let _ = self.sender.try_send(());
+        self.pending.store(true, Ordering::Release);
+        self.event.notify(1);
     }
 
     async fn notified(&self) {
-        // Never closed: `self` holds the sender.
-        let _ = self.receiver.recv().await;
+        loop {
+            if self.pending.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            let listener = self.event.listen();
+            // A notify between the check and `listen` set the flag: look again before waiting.
+            if self.pending.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            listener.await;
+        }
     }
 }
 

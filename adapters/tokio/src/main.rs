@@ -14,6 +14,7 @@ use diminuendo_adapter_common::driver::{self, Drained, Driver, ACCEPT_BACKOFF};
 use diminuendo_adapter_common::settings::Settings;
 use diminuendo_adapter_common::tasks::{Connection, Shared, TaskRuntime};
 use diminuendo_core::{ConnectionId, Wake};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
@@ -55,19 +56,27 @@ async fn connection_task(
     id: ConnectionId,
     connection: Rc<Connection<Tokio>>,
 ) {
+    // One readiness future for both directions (rather than one each) keeps the task, which
+    // every idle connection pays for, small.
     while !connection.is_closed() {
+        let interest = if connection.is_write_blocked() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         tokio::select! {
             biased;
             _ = connection.wake.notified() => {}
-            ready = connection.stream.writable(), if connection.is_write_blocked() => match ready {
-                Ok(()) => runtime.writable(id, &connection),
-                Err(_) => return runtime.lost(id),
-            },
-            ready = connection.stream.readable() => {
-                if ready.is_err() {
+            ready = connection.stream.ready(interest) => {
+                let Ok(ready) = ready else {
                     return runtime.lost(id);
+                };
+                if ready.is_writable() && connection.is_write_blocked() {
+                    runtime.writable(id, &connection);
                 }
-                if !runtime.read(id, |buf| connection.stream.try_read(buf)) {
+                if (ready.is_readable() || ready.is_read_closed())
+                    && !runtime.read(id, |buf| connection.stream.try_read(buf))
+                {
                     return;
                 }
             }
