@@ -197,23 +197,19 @@ fn a_clean_restart_keeps_the_epoch_and_the_events() {
     }
 }
 
-/// Polls until storage has committed every event published (a `/metrics` read per round; the
-/// loop is bounded by a deadline).
-fn wait_persisted(gateway: &Gateway) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = gateway.metrics();
-        let published = metrics.get("diminuendo_events_published_total").copied();
-        let persisted = metrics.get("diminuendo_events_persisted_total").copied();
-        if published.is_some() && published == persisted {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{published:?} published, {persisted:?} persisted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits until storage has committed every event of the session: a read of it is a barrier
+/// (storage commits the session's pending events before answering), and the counters are read
+/// before the answer is sent.
+fn wait_persisted(gateway: &Gateway, client: &mut Client, id: &str) {
+    let read =
+        client.call(json!({"type": "get_events", "sessionId": id, "afterSeq": 0, "limit": 1}));
+    assert_eq!(read["type"], "events", "{read}");
+    let metrics = gateway.metrics();
+    assert_eq!(
+        metrics.get("diminuendo_events_persisted_total"),
+        metrics.get("diminuendo_events_published_total"),
+        "{metrics:?}"
+    );
 }
 
 #[test]
@@ -227,7 +223,7 @@ fn a_killed_gateway_comes_back_with_a_new_epoch() {
         client.join(&id);
         client.run_turn(&id, "before the crash");
         let seen = client.turn_events(&id);
-        wait_persisted(&gateway);
+        wait_persisted(&gateway, &mut client, &id);
         gateway.signal(libc::SIGKILL);
         gateway.wait_exit(Duration::from_secs(10)).expect("killed");
         let data_dir = gateway.take_data_dir();
