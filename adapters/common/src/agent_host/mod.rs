@@ -77,7 +77,7 @@
 mod process;
 mod stderr;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
@@ -165,7 +165,10 @@ pub enum AgentReport {
 /// Sends reports into the shared channel and wakes the adapter, coalescing wakes.
 #[derive(Clone)]
 pub(crate) struct Reporter {
-    tx: SyncSender<AgentReport>,
+    /// Reports travel in batches: a reader sends every line its buffer holds at once, so a fast
+    /// agent costs one hand-off (and at most one wake-up of a blocked reader) per batch, not per
+    /// line.
+    tx: SyncSender<Vec<AgentReport>>,
     wake_pending: Arc<AtomicBool>,
     wake: Arc<dyn Wake>,
 }
@@ -173,7 +176,12 @@ pub(crate) struct Reporter {
 impl Reporter {
     /// Blocks while the channel is full. False when the host is gone.
     pub(crate) fn send(&self, report: AgentReport) -> bool {
-        if self.tx.send(report).is_err() {
+        self.send_batch(vec![report])
+    }
+
+    /// Blocks while the channel is full. False when the host is gone.
+    pub(crate) fn send_batch(&self, batch: Vec<AgentReport>) -> bool {
+        if self.tx.send(batch).is_err() {
             return false;
         }
         if !self.wake_pending.swap(true, Ordering::SeqCst) {
@@ -191,7 +199,9 @@ pub struct AgentHost {
     config: AgentHostConfig,
     agents: HashMap<AgentId, Agent>,
     reporter: Reporter,
-    rx: Receiver<AgentReport>,
+    rx: Receiver<Vec<AgentReport>>,
+    /// Reports of a batch that a drain's budget left for the next drain.
+    pending: VecDeque<AgentReport>,
 }
 
 impl AgentHost {
@@ -206,6 +216,7 @@ impl AgentHost {
                 wake,
             },
             rx,
+            pending: VecDeque::new(),
         }
     }
 
@@ -314,14 +325,18 @@ impl AgentHost {
         self.reporter.wake_pending.store(false, Ordering::SeqCst);
         let mut taken = 0;
         while taken < budget {
-            match self.rx.try_recv() {
-                Ok(report) => {
-                    self.forget_if_exited(&report);
-                    out.push(report);
-                    taken += 1;
+            if self.pending.is_empty() {
+                match self.rx.try_recv() {
+                    Ok(batch) => self.pending.extend(batch),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
+            let Some(report) = self.pending.pop_front() else {
+                continue;
+            };
+            self.forget_if_exited(&report);
+            out.push(report);
+            taken += 1;
         }
         if taken == budget && !self.reporter.wake_pending.swap(true, Ordering::SeqCst) {
             self.reporter.wake.wake();
@@ -379,8 +394,12 @@ impl AgentHost {
             if left.is_zero() {
                 return;
             }
+            if let Some(report) = self.pending.pop_front() {
+                self.forget_if_exited(&report);
+                continue;
+            }
             match self.rx.recv_timeout(left) {
-                Ok(report) => self.forget_if_exited(&report),
+                Ok(batch) => self.pending.extend(batch),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
             }
         }

@@ -328,7 +328,16 @@ fn wait(shared: &Shared, mut child: Child, threads: [JoinHandle<()>; 3], reporte
 fn read_stdout(shared: &Arc<Shared>, stdout: ChildStdout, settings: Settings, reporter: &Reporter) {
     let mut reader = BufReader::with_capacity(PIPE_BUFFER, stdout);
     let mut line = Vec::new();
+    // The complete lines of what the buffer holds, sent together just before the next read
+    // could block (so a batch is bounded by the buffer, and a lone line is never held back).
+    let mut batch = Vec::new();
     loop {
+        if reader.buffer().is_empty()
+            && !batch.is_empty()
+            && !reporter.send_batch(std::mem::take(&mut batch))
+        {
+            return;
+        }
         let buffer = match reader.fill_buf() {
             Ok(buffer) => buffer,
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -336,10 +345,13 @@ fn read_stdout(shared: &Arc<Shared>, stdout: ChildStdout, settings: Settings, re
         };
         if buffer.is_empty() {
             if !line.is_empty() {
-                reporter.send(AgentReport::Line {
+                batch.push(AgentReport::Line {
                     agent: shared.id,
-                    line: Bytes::from(line),
+                    line: Bytes::from(std::mem::take(&mut line)),
                 });
+            }
+            if !batch.is_empty() {
+                reporter.send_batch(batch);
             }
             return;
         }
@@ -350,24 +362,25 @@ fn read_stdout(shared: &Arc<Shared>, stdout: ChildStdout, settings: Settings, re
         if line.len() + piece.len() > settings.max_line_bytes {
             tracing::warn!(target: "agent", agent = shared.id.0, session = %shared.session_id,
                 limit = settings.max_line_bytes, "agent wrote a line over the limit; stopping it");
-            reporter.send(AgentReport::Failed {
+            batch.push(AgentReport::Failed {
                 agent: shared.id,
                 reason: format!("line longer than {} bytes", settings.max_line_bytes),
             });
+            reporter.send_batch(batch);
             shared.stop(settings.stop_grace);
             return;
         }
         line.extend_from_slice(piece);
         reader.consume(used);
         if complete {
-            let full = std::mem::take(&mut line);
-            if !reporter.send(AgentReport::Line {
+            batch.push(AgentReport::Line {
                 agent: shared.id,
-                line: Bytes::from(full),
-            }) {
-                return;
-            }
+                line: Bytes::from(std::mem::take(&mut line)),
+            });
         }
+    }
+    if !batch.is_empty() {
+        reporter.send_batch(batch);
     }
 }
 
