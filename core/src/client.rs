@@ -55,6 +55,11 @@ impl Refusal {
         }
     }
 
+    /// No such session in the caller's tenant (also for another tenant's session).
+    pub(crate) fn session_not_found() -> Self {
+        Refusal::new(ErrorCode::SessionNotFound, "no such session")
+    }
+
     fn invalid(message: impl Into<String>) -> Self {
         Refusal::new(ErrorCode::InvalidMessage, message)
     }
@@ -284,7 +289,7 @@ impl Gateway {
     ) -> Result<SessionId, Refusal> {
         let session_id = fields.string("sessionId")?;
         self.find_session(&identity.tenant_id, session_id)
-            .ok_or_else(|| Refusal::new(ErrorCode::SessionNotFound, "no such session"))
+            .ok_or_else(Refusal::session_not_found)
     }
 
     /// Sends `{type, requestId?, ...}` to one connection.
@@ -581,16 +586,7 @@ impl Gateway {
             .insert(session_id.clone(), Session::new(record));
         self.metrics.sessions_created += 1;
         self.persist_session(&session_id);
-        if let Some(session) = self.sessions.get(&session_id) {
-            let mut writer = FrameWriter::new("session_created");
-            if let Some(request_id) = request_id {
-                writer.field("requestId", request_id);
-            }
-            writer.field("session", &session.meta());
-            let (frame, _) = writer.finish();
-            self.send(id, frame, now);
-        }
-        self.notify_tenant_session(&session_id, "session_created", now);
+        self.announce_session(id, request_id, &session_id, "session_created", now);
         Ok(())
     }
 
@@ -619,7 +615,7 @@ impl Gateway {
         };
         let at = self.clock.unix_ms(now) as i64;
         let Some(session) = self.sessions.get_mut(&session_id) else {
-            return Err(Refusal::new(ErrorCode::SessionNotFound, "no such session"));
+            return Err(Refusal::session_not_found());
         };
         match (update, name) {
             (Update::Rename, Some(name)) => session.record.name = name,
@@ -628,16 +624,7 @@ impl Gateway {
         }
         session.record.updated_at_ms = at;
         self.persist_session(&session_id);
-        if let Some(session) = self.sessions.get(&session_id) {
-            let mut writer = FrameWriter::new("session_updated");
-            if let Some(request_id) = request_id {
-                writer.field("requestId", request_id);
-            }
-            writer.field("session", &session.meta());
-            let (frame, _) = writer.finish();
-            self.send(id, frame, now);
-        }
-        self.notify_tenant_session(&session_id, "session_updated", now);
+        self.announce_session(id, request_id, &session_id, "session_updated", now);
         Ok(())
     }
 
@@ -651,7 +638,7 @@ impl Gateway {
     ) -> Handled {
         let session_id = self.session_field(identity, fields)?;
         let Some(session) = self.sessions.remove(&session_id) else {
-            return Err(Refusal::new(ErrorCode::SessionNotFound, "no such session"));
+            return Err(Refusal::session_not_found());
         };
         if let Some(agent) = &session.agent {
             self.agents.remove(&agent.id);

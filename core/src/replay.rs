@@ -75,7 +75,7 @@ impl Gateway {
         let epoch = fields.optional_string("epoch")?;
         let replay_limit = self.config.replay_limit;
         let Some(session) = self.sessions.get_mut(&session_id) else {
-            return Err(Refusal::new(ErrorCode::SessionNotFound, "no such session"));
+            return Err(Refusal::session_not_found());
         };
         let last_seq = session.record.last_seq;
         let epoch_now = session.record.epoch.clone();
@@ -90,7 +90,7 @@ impl Gateway {
             );
         }
         let Some(session) = self.sessions.get_mut(&session_id) else {
-            return Err(Refusal::new(ErrorCode::SessionNotFound, "no such session"));
+            return Err(Refusal::session_not_found());
         };
         let resumable = after_seq.filter(|after| {
             epoch.is_none_or(|epoch| epoch == epoch_now)

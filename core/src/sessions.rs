@@ -302,6 +302,29 @@ impl Gateway {
     }
 
     /// Sends `kind {session}` to every connection of the session's tenant.
+    /// Answers the requester with `kind {requestId, session}`, then sends `kind {session}` to
+    /// the whole tenant (the requester included, PROTOCOL section 7).
+    pub(crate) fn announce_session(
+        &mut self,
+        requester: ConnectionId,
+        request_id: Option<&str>,
+        session_id: &SessionId,
+        kind: &str,
+        now: Instant,
+    ) {
+        let Some(session) = self.sessions.get(session_id) else {
+            return;
+        };
+        let mut writer = FrameWriter::new(kind);
+        if let Some(request_id) = request_id {
+            writer.field("requestId", request_id);
+        }
+        writer.field("session", &session.meta());
+        let (frame, _) = writer.finish();
+        self.send(requester, frame, now);
+        self.notify_tenant_session(session_id, kind, now);
+    }
+
     pub(crate) fn notify_tenant_session(
         &mut self,
         session_id: &SessionId,

@@ -44,7 +44,7 @@ impl Gateway {
             reply_to: None,
         };
         let Some(session) = self.sessions.get_mut(&session_id) else {
-            return Err(Refusal::new(ErrorCode::SessionNotFound, "no such session"));
+            return Err(Refusal::session_not_found());
         };
         if steer && session.turn.is_some() {
             // Cancel the running turn; the steering text is prompted as soon as it has ended.
@@ -251,7 +251,7 @@ impl Gateway {
             ));
         }
         let Some(session) = self.sessions.get_mut(&session_id) else {
-            return Err(Refusal::new(ErrorCode::SessionNotFound, "no such session"));
+            return Err(Refusal::session_not_found());
         };
         let (Some(turn), Some(agent)) = (session.turn.as_ref(), session.agent.as_mut()) else {
             return Err(Refusal::new(
