@@ -1,8 +1,7 @@
 //! What every runtime adapter shares, written once: settings (flags, environment, config file),
 //! logging, the seed and wall clock the core is given, the write path from the core's outbound
-//! queue to a socket, and the agent process host.
+//! queue to a socket, and the services (storage and the agent host, `diminuendo-agent-host`).
 
-pub mod agent_host;
 pub mod driver;
 pub mod logging;
 pub mod services;

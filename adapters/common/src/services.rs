@@ -17,8 +17,8 @@ use diminuendo_core::{ConnectionId, Event, Gateway, Wake};
 use diminuendo_storage::{Storage, StorageConfig};
 use tracing::{info, warn};
 
-use crate::agent_host::{AgentHost, AgentHostConfig, AgentReport};
 use crate::settings::Settings;
+use diminuendo_agent_host::{AgentHost, AgentHostConfig, AgentReport};
 
 /// Agent reports taken per `poll` (and agent output bytes, whichever limit comes first), so one
 /// agent streaming as fast as it can never starves other connections, timers or sessions, and

@@ -13,7 +13,7 @@ use diminuendo_core::CoreConfig;
 use diminuendo_storage::Synchronous;
 use serde::Deserialize;
 
-use crate::agent_host::{AgentSpec, WorkspacePolicy};
+use diminuendo_agent_host::{AgentSpec, WorkspacePolicy};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 

@@ -15,8 +15,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::stderr::StderrLimiter;
-use super::{AgentReport, AgentSpec, Reporter};
+use crate::stderr::StderrLimiter;
+use crate::{AgentReport, AgentSpec, Reporter};
 
 /// Longest stderr line logged; the rest of the line is dropped.
 const MAX_STDERR_LINE: usize = 4096;

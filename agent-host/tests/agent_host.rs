@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use diminuendo_adapter_common::agent_host::{AgentReport, WorkspacePolicy};
+use diminuendo_agent_host::{AgentReport, WorkspacePolicy};
 use diminuendo_core::{AgentCommand, AgentId};
 use support::{exited, lines, reaped, sh, Harness};
 

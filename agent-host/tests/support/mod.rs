@@ -6,9 +6,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use diminuendo_adapter_common::agent_host::{
-    AgentHost, AgentHostConfig, AgentReport, AgentSpec, WorkspacePolicy,
-};
+use diminuendo_agent_host::{AgentHost, AgentHostConfig, AgentReport, AgentSpec, WorkspacePolicy};
 use diminuendo_core::{AgentCommand, AgentId, Wake};
 
 /// Every test's bound on waiting for reports; generous for a loaded machine.
