@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod http;
 mod id_hash;
 pub mod metrics;
+pub mod net;
 pub mod outbound;
 pub mod protocol;
 pub mod rate_limit;
