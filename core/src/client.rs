@@ -336,7 +336,10 @@ impl Gateway {
         Ok(())
     }
 
-    /// A token from the upgrade request: on failure the client is told and closed with 4001.
+    /// A token from the upgrade request: on failure the client is told and closed with 4001
+    /// ("get a new token"); when it was only not verified yet (`AUTH_RATE_LIMITED`: its address
+    /// is over its failure budget and used its verification slot), with 4101 ("reconnect with
+    /// backoff"), since the token may well be valid.
     pub(crate) fn authenticate_upgrade_token(
         &mut self,
         id: ConnectionId,
@@ -347,7 +350,12 @@ impl Gateway {
             Ok(identity) => self.complete_authentication(id, identity, None, now),
             Err(refusal) => {
                 self.send_refusal(id, &refusal, None, now);
-                self.close_websocket(id, close_code::AUTH_FAILED, "authentication failed", now);
+                let (code, reason) = if refusal.code == ErrorCode::AuthRateLimited {
+                    (close_code::RATE_LIMITED, "try again shortly")
+                } else {
+                    (close_code::AUTH_FAILED, "authentication failed")
+                };
+                self.close_websocket(id, code, reason, now);
             }
         }
     }

@@ -124,6 +124,33 @@ fn failures_never_lock_out_a_valid_token_from_the_same_address() {
     assert_eq!(reply["code"], "AUTH_FAILED", "{reply}");
     let reply = authenticate(&mut sim, attacker, "bad-once-more");
     assert_eq!(reply["code"], "AUTH_RATE_LIMITED", "{reply}");
+    // A fresh token in the upgrade that must wait is told so and closed with 4101 (reconnect
+    // with backoff), not 4001 (get a new token); a cached one in the upgrade gets in.
+    let carol = format!(
+        "Authorization: Bearer {}\r\n",
+        token("carol", "t", "member")
+    );
+    let id = sim.connect_from("198.51.100.7:1004".parse().expect("an address"));
+    sim.send(id, &upgrade_with("/ws", &carol));
+    assert_eq!(sim.take_response(id).map(|r| r.status), Some(101));
+    let frames = sim.take_frames(id);
+    let messages: Vec<Value> = frames
+        .iter()
+        .filter(|frame| frame.opcode == OP_TEXT)
+        .map(json)
+        .collect();
+    assert_eq!(messages[2]["code"], "AUTH_RATE_LIMITED", "{messages:?}");
+    let close = frames.iter().find(|frame| frame.opcode == OP_CLOSE);
+    assert_eq!(close.and_then(|frame| frame.close_code()), Some(4101));
+    let alice = format!(
+        "Authorization: Bearer {}\r\n",
+        token("alice", "t", "member")
+    );
+    let id = sim.connect_from("198.51.100.7:1005".parse().expect("an address"));
+    sim.send(id, &upgrade_with("/ws", &alice));
+    assert_eq!(sim.take_response(id).map(|r| r.status), Some(101));
+    let messages = sim.take_messages(id);
+    assert_eq!(messages[2]["type"], "authenticated", "{messages:?}");
 }
 
 #[test]
