@@ -16,12 +16,20 @@ static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
 /// The flags every spawned gateway gets: dev mode (no tokens), no per-connection rate limit (the
 /// sequential subcommands send thousands of messages on one connection), and room for the idle
-/// connections.
+/// connections, which all come from the one loopback address.
 pub fn base_flags() -> Vec<String> {
-    ["--dev", "--rate-limit", "0", "--max-connections", "30000"]
-        .iter()
-        .map(|flag| flag.to_string())
-        .collect()
+    [
+        "--dev",
+        "--rate-limit",
+        "0",
+        "--max-connections",
+        "30000",
+        "--max-connections-per-ip",
+        "30000",
+    ]
+    .iter()
+    .map(|flag| flag.to_string())
+    .collect()
 }
 
 /// A spawned gateway, stopped (SIGTERM, a bounded wait, SIGKILL) and reaped when dropped.

@@ -3,7 +3,7 @@
 //! `replay.rs`; turns in `turns.rs`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -336,7 +336,10 @@ impl Gateway {
         Ok(())
     }
 
-    /// A token from the upgrade request: on failure the client is told and closed with 4001.
+    /// A token from the upgrade request: on failure the client is told and closed with 4001
+    /// ("get a new token"); when it was only not verified yet (`AUTH_RATE_LIMITED`: its address
+    /// is over its failure budget and used its verification slot), with 4101 ("reconnect with
+    /// backoff"), since the token may well be valid.
     pub(crate) fn authenticate_upgrade_token(
         &mut self,
         id: ConnectionId,
@@ -347,11 +350,21 @@ impl Gateway {
             Ok(identity) => self.complete_authentication(id, identity, None, now),
             Err(refusal) => {
                 self.send_refusal(id, &refusal, None, now);
-                self.close_websocket(id, close_code::AUTH_FAILED, "authentication failed", now);
+                let (code, reason) = if refusal.code == ErrorCode::AuthRateLimited {
+                    (close_code::RATE_LIMITED, "try again shortly")
+                } else {
+                    (close_code::AUTH_FAILED, "authentication failed")
+                };
+                self.close_websocket(id, code, reason, now);
             }
         }
     }
 
+    /// Verifies a token. A token in the verified-token cache is accepted before any limit (it
+    /// costs one hash). A fresh one is verified at once while the client's address is within its
+    /// failure budget; over it, at the limiter's verification rate (`AUTH_RATE_LIMITED` with a
+    /// `retryAfterMs` of at most one interval otherwise), so others' failures behind the same
+    /// address slow a valid token down but never lock it out.
     fn verify_token(
         &mut self,
         id: ConnectionId,
@@ -359,24 +372,31 @@ impl Gateway {
         now: Instant,
     ) -> Result<Arc<Identity>, Refusal> {
         self.arm_sweep(now);
-        let ip = self.peer(id).map(|peer| peer.ip());
-        if let Some(ip) = ip {
-            if let Err(retry_after) = self.auth_failures.check(ip, now) {
-                return Err(Refusal {
-                    retry_after: Some(retry_after),
-                    ..Refusal::new(
-                        ErrorCode::AuthRateLimited,
-                        "too many failed authentications; try later",
-                    )
-                });
-            }
-        }
+        let ip = self.client_state(id).map(|client| client.client_ip);
         let unix_ms = self.clock.unix_ms(now);
-        let verified = match self.auth.as_mut() {
-            Some(auth) => auth
-                .verify(token, unix_ms)
-                .map_err(|error| error.to_string()),
-            None => Err("token verification is not configured on this gateway".to_owned()),
+        let cached = self
+            .auth
+            .as_mut()
+            .and_then(|auth| auth.cached(token, unix_ms));
+        let verified = match (cached, self.auth.as_mut()) {
+            (Some(identity), _) => Ok(identity),
+            (None, Some(auth)) => {
+                if let Some(ip) = ip {
+                    if let Err(retry_after) = self.auth_failures.admit_verification(ip, now) {
+                        return Err(Refusal {
+                            retry_after: Some(retry_after.max(Duration::from_millis(1))),
+                            ..Refusal::new(
+                                ErrorCode::AuthRateLimited,
+                                "too many failed authentications from this address; try again \
+                                 shortly",
+                            )
+                        });
+                    }
+                }
+                auth.verify_fresh(token, unix_ms)
+                    .map_err(|error| error.to_string())
+            }
+            (None, None) => Err("token verification is not configured on this gateway".to_owned()),
         };
         let checked = verified.and_then(|identity| {
             if storage::is_valid_identifier(&identity.tenant_id) {

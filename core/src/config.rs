@@ -8,8 +8,15 @@ pub struct CoreConfig {
     pub dev_mode: bool,
     /// Serve `/echo`, which echoes every message (for the conformance suite).
     pub conformance_echo: bool,
-    /// Most WebSocket connections at once; an upgrade beyond it is answered 503.
+    /// Most connections at once, HTTP and WebSocket alike; a connection beyond it is answered 503
+    /// (with `Connection: close`) to its first request.
     pub max_connections: usize,
+    /// Most connections at once from one TCP peer address (IPv6: one /64); beyond it, 503 the
+    /// same way.
+    pub max_connections_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For`/`Forwarded` headers name the client address used for the
+    /// authentication limits (see `net::client_address`).
+    pub trusted_proxies: Vec<crate::net::IpNet>,
     /// Largest inbound WebSocket message (PROTOCOL section 2).
     pub max_message_size: usize,
     /// Largest message on `/echo`. The conformance suite sends messages of up to 16 MiB there; the
@@ -23,7 +30,8 @@ pub struct CoreConfig {
     pub heartbeat_interval: Duration,
     /// A request head must be complete this long after its first byte (slowloris guard).
     pub request_head_timeout: Duration,
-    /// An HTTP connection with no request in progress is closed after this long.
+    /// An HTTP connection with no request in progress, after its first request, is closed after
+    /// this long (a connection that never sent a byte gets `request_head_timeout` instead).
     pub keep_alive_timeout: Duration,
     /// How long the close handshake (and the flush of the final bytes) may take.
     pub close_timeout: Duration,
@@ -39,6 +47,9 @@ pub struct CoreConfig {
     pub auth_failures_per_minute: u32,
     /// Most IPs the failure limiter tracks at once (its memory bound).
     pub auth_limiter_capacity: usize,
+    /// Fresh token verifications per second an IP over its failure budget still gets (so a valid
+    /// token is slowed, never locked out, by others' failures). At least 1.
+    pub auth_verifications_per_second: u32,
     /// Most events a resume may replay; more answers `recovered: false`.
     pub replay_limit: u64,
     /// An active session with no joined connection and no turn is deactivated after this long.
@@ -63,6 +74,8 @@ impl Default for CoreConfig {
             dev_mode: false,
             conformance_echo: false,
             max_connections: 10_000,
+            max_connections_per_ip: 256,
+            trusted_proxies: Vec::new(),
             max_message_size: 1024 * 1024,
             echo_max_message_size: 32 * 1024 * 1024,
             max_request_head: 16 * 1024,
@@ -77,6 +90,7 @@ impl Default for CoreConfig {
             rate_limit_window: Duration::from_secs(10),
             auth_failures_per_minute: 10,
             auth_limiter_capacity: 100_000,
+            auth_verifications_per_second: crate::auth::DEFAULT_VERIFICATIONS_PER_SECOND,
             replay_limit: 1000,
             idle_session_timeout: Duration::from_secs(600),
             turn_grace: Duration::from_secs(10),

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::protocol::{self, ErrorCode, Identity, ServerMessage};
 use crate::rate_limit::SlidingWindow;
-use crate::rng::{format_uuid, Rng};
+use crate::rng::{format_uuid, Entropy, Random, Rng};
 use crate::sessions::{PendingQuery, Session, SessionId, Tenant};
 use crate::storage::StorageCommand;
 use crate::timers::Timers;
@@ -67,6 +67,9 @@ pub(crate) struct Connection {
     last_sent: Instant,
     /// The deadline this connection is scheduled at in `Timers`.
     scheduled: Option<Instant>,
+    /// Accepted over `max_connections` or `max_connections_per_ip`: its first request is answered
+    /// 503 with `Connection: close`, and it counts toward neither limit.
+    refused: bool,
 }
 
 pub(crate) enum State {
@@ -79,8 +82,12 @@ pub(crate) struct HttpState {
     partial: Vec<u8>,
     /// When the first byte of the request in progress arrived.
     head_started: Option<Instant>,
-    /// When the connection last finished a request (for the keep-alive timeout).
+    /// When the connection last finished a request (for the keep-alive timeout), or was
+    /// accepted.
     idle_since: Instant,
+    /// A request was answered: between requests the keep-alive timeout applies; before the first
+    /// one, the request-head timeout (a connection that sends nothing is not held for a minute).
+    served: bool,
 }
 
 pub(crate) struct WebSocketState {
@@ -99,6 +106,9 @@ pub(crate) enum Endpoint {
 
 pub(crate) struct ClientState {
     pub(crate) client_id: u128,
+    /// The client's address for the authentication limits: the TCP peer, or what a trusted proxy
+    /// reported for it (`net::client_address`).
+    pub(crate) client_ip: IpAddr,
     pub(crate) identity: Option<Arc<Identity>>,
     /// Close with 4001 if not authenticated by then.
     pub(crate) auth_deadline: Option<Instant>,
@@ -113,7 +123,7 @@ pub(crate) struct ClientState {
 pub struct Gateway {
     pub(crate) config: CoreConfig,
     pub(crate) clock: Clock,
-    pub(crate) rng: Rng,
+    pub(crate) rng: Random,
     pub(crate) connections: HashMap<ConnectionId, Connection, IdHashBuilder>,
     pub(crate) events: VecDeque<Event>,
     transmit_queue: VecDeque<ConnectionId>,
@@ -142,7 +152,16 @@ pub struct Gateway {
     pub(crate) fanout_scratch: Vec<ConnectionId>,
     /// When the failure limiter and the token cache are next swept (while they hold entries).
     pub(crate) next_sweep: Option<Instant>,
+    /// Admitted (not refused) connections per TCP peer (`net::limit_key`); an address leaves
+    /// the map with its last connection, so it never holds more than the connections open.
+    per_ip: HashMap<IpAddr, u32>,
+    /// Connections accepted as refused and waiting for their 503 (at most `MAX_REFUSED_OPEN`).
+    refused_open: usize,
 }
+
+/// Most refused connections kept open at once to be answered 503; beyond, a connection over the
+/// limits is closed as soon as it is accepted, without an answer.
+pub const MAX_REFUSED_OPEN: usize = 1024;
 
 /// What one parsed request leads to.
 enum Answer {
@@ -152,11 +171,24 @@ enum Answer {
 
 impl Gateway {
     /// `now` and `unix_ms` are the same moment on the monotonic and the wall clock; `seed` feeds
-    /// every random choice the core makes.
+    /// every random choice the core makes, through a seeded generator: reproducible, and so only
+    /// for tests, simulations and examples. A gateway serving clients uses `with_entropy` with
+    /// the operating system's CSPRNG, since the ids it hands out must not be guessable.
     pub fn new(config: CoreConfig, seed: u64, now: Instant, unix_ms: u64) -> Self {
+        Gateway::with_entropy(config, Box::new(Rng::new(seed)), now, unix_ms)
+    }
+
+    /// As `new`, with every random choice (client, session and turn ids, epochs, reconnect
+    /// jitter) drawn from `entropy`.
+    pub fn with_entropy(
+        config: CoreConfig,
+        entropy: Box<dyn Entropy>,
+        now: Instant,
+        unix_ms: u64,
+    ) -> Self {
         Gateway {
             clock: Clock::new(now, unix_ms),
-            rng: Rng::new(seed),
+            rng: Random::new(entropy),
             connections: HashMap::with_hasher(IdHashBuilder),
             events: VecDeque::new(),
             transmit_queue: VecDeque::new(),
@@ -178,12 +210,15 @@ impl Gateway {
                 config.auth_failures_per_minute,
                 std::time::Duration::from_secs(60),
                 config.auth_limiter_capacity,
-            ),
+            )
+            .with_verification_rate(config.auth_verifications_per_second),
             config,
             auth: None,
             last_input: now,
             next_sweep: None,
             fanout_scratch: Vec::new(),
+            per_ip: HashMap::new(),
+            refused_open: 0,
         }
     }
 
@@ -198,7 +233,10 @@ impl Gateway {
 
     // ---------------------------------------------------------------- inputs
 
-    /// A TCP connection was accepted.
+    /// A TCP connection was accepted. Over `max_connections` (HTTP and WebSocket alike) or
+    /// `max_connections_per_ip` (by TCP peer, IPv6 per /64), it is refused: its first request is
+    /// answered 503 with `Connection: close` (or, with `MAX_REFUSED_OPEN` refusals already
+    /// waiting, it is closed at once).
     pub fn handle_accept(&mut self, id: ConnectionId, peer: SocketAddr, now: Instant) {
         self.metrics.connections_accepted += 1;
         self.metrics.http_connections_open += 1;
@@ -207,12 +245,23 @@ impl Gateway {
             // The adapter reused a live id: forget the old connection rather than mix the two.
             self.count_gone(id, previous);
         }
+        let key = crate::net::limit_key(peer.ip());
+        let admitted = self.connections.len() - self.refused_open;
+        let from_peer = self.per_ip.get(&key).copied().unwrap_or(0) as usize;
+        let refused = admitted >= self.config.max_connections
+            || from_peer >= self.config.max_connections_per_ip;
+        if refused {
+            self.refused_open += 1;
+        } else {
+            *self.per_ip.entry(key).or_default() += 1;
+        }
         let connection = Connection {
             peer,
             state: State::Http(HttpState {
                 partial: Vec::new(),
                 head_started: None,
                 idle_since: now,
+                served: false,
             }),
             outbound: Outbound::default(),
             transmit_queued: false,
@@ -221,11 +270,29 @@ impl Gateway {
             last_received: now,
             last_sent: now,
             scheduled: None,
+            refused,
         };
         // While draining, new connections are still served: probes get `/readyz` 503 and upgrades
         // 503, each with `Connection: close`.
         self.connections.insert(id, connection);
+        if refused && self.refused_open > MAX_REFUSED_OPEN {
+            self.close_now(id);
+            return;
+        }
         self.reschedule(id);
+    }
+
+    /// The address the authentication limits count `id` under: for a `/ws` client, what a
+    /// trusted proxy reported (`--trusted-proxies`), otherwise the TCP peer's. For logs.
+    pub fn client_ip(&self, id: ConnectionId) -> Option<IpAddr> {
+        let connection = self.connections.get(&id)?;
+        match &connection.state {
+            State::WebSocket(WebSocketState {
+                endpoint: Endpoint::Client(client),
+                ..
+            }) => Some(client.client_ip),
+            _ => Some(connection.peer.ip().to_canonical()),
+        }
     }
 
     /// Bytes arrived on a connection. The core may modify `data` (it unmasks WebSocket payloads in
@@ -469,13 +536,22 @@ impl Gateway {
                 }
                 Ok(HeadParse::Complete { head, len }) => {
                     offset += len;
-                    if let Some(State::Http(http)) =
-                        self.connections.get_mut(&id).map(|c| &mut c.state)
-                    {
+                    let Some(connection) = self.connections.get_mut(&id) else {
+                        return;
+                    };
+                    let refused = connection.refused;
+                    if let State::Http(http) = &mut connection.state {
                         http.head_started = None;
                         http.idle_since = now;
+                        http.served = true;
                     }
-                    match self.answer(&head, now) {
+                    let answer = if refused {
+                        let response = Response::plain(503).header("Retry-After", "1").close();
+                        Answer::Respond(response, head.method() == Method::Head)
+                    } else {
+                        self.answer(&head, now)
+                    };
+                    match answer {
                         Answer::Respond(response, head_only) => {
                             let route = head.route;
                             let closing = head.wants_close || self.draining;
@@ -588,9 +664,6 @@ impl Gateway {
         if self.draining {
             return refuse(Response::plain(503).header("Retry-After", "5"));
         }
-        if self.metrics.websocket_connections_open as usize >= self.config.max_connections {
-            return refuse(Response::plain(503).header("Retry-After", "1"));
-        }
         Answer::Upgrade(route, Box::new(head.clone()))
     }
 
@@ -675,6 +748,17 @@ impl Gateway {
             Route::Echo => Endpoint::Echo,
             _ => Endpoint::Client(Box::new(ClientState {
                 client_id: self.rng.uuid_v4(),
+                client_ip: self.connections.get(&id).map_or(
+                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    |connection| {
+                        crate::net::client_address(
+                            connection.peer.ip(),
+                            &self.config.trusted_proxies,
+                            &head.x_forwarded_for,
+                            &head.forwarded,
+                        )
+                    },
+                ),
                 identity: None,
                 auth_deadline: (!self.config.dev_mode).then(|| now + self.config.auth_timeout),
                 opened_at: now,
@@ -989,6 +1073,17 @@ impl Gateway {
 
     /// A connection is gone: its counters, its topics, its joins.
     fn count_gone(&mut self, id: ConnectionId, connection: Connection) {
+        if connection.refused {
+            self.refused_open -= 1;
+        } else {
+            let key = crate::net::limit_key(connection.peer.ip());
+            if let Some(count) = self.per_ip.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_ip.remove(&key);
+                }
+            }
+        }
         match connection.state {
             State::Http(_) => self.metrics.http_connections_open -= 1,
             State::WebSocket(websocket) => {
@@ -1010,7 +1105,7 @@ impl Gateway {
             State::Http(http) => {
                 let at = match http.head_started {
                     Some(started) => started + self.config.request_head_timeout,
-                    None => http.idle_since + self.config.keep_alive_timeout,
+                    None => http.idle_since + self.idle_timeout(http),
                 };
                 earliest = earlier(earliest, at);
             }
@@ -1033,6 +1128,17 @@ impl Gateway {
             }
         }
         earliest
+    }
+
+    /// How long an HTTP connection with no request in progress is kept: the keep-alive timeout
+    /// between requests, but only the request-head timeout for a connection that has not sent a
+    /// request yet (or was refused).
+    fn idle_timeout(&self, http: &HttpState) -> std::time::Duration {
+        if http.served {
+            self.config.keep_alive_timeout
+        } else {
+            self.config.request_head_timeout
+        }
     }
 
     pub(crate) fn reschedule(&mut self, id: ConnectionId) {
@@ -1071,9 +1177,7 @@ impl Gateway {
                 Some(started) if started + self.config.request_head_timeout <= now => {
                     self.respond(id, None, Response::plain(408).close(), false, now);
                 }
-                None if http.idle_since + self.config.keep_alive_timeout <= now => {
-                    self.close_now(id)
-                }
+                None if http.idle_since + self.idle_timeout(http) <= now => self.close_now(id),
                 _ => {}
             },
             State::WebSocket(websocket) => {

@@ -3,7 +3,8 @@
 //! A pure state machine: it consumes bytes from connections, timer ticks, storage completions and
 //! agent output, and emits bytes to send, connections to close, storage commands and agent
 //! commands. It never reads a clock, sleeps, spawns, or touches a socket or a file; time is always
-//! a parameter and randomness comes from a seed the caller supplies. See `DESIGN.md`.
+//! a parameter and randomness comes from the caller (an `rng::Entropy`: the OS CSPRNG in a
+//! gateway, a seed in the in-memory driver). See `DESIGN.md`.
 
 pub mod acp;
 mod agent_types;
@@ -16,6 +17,7 @@ pub mod gateway;
 pub mod http;
 mod id_hash;
 pub mod metrics;
+pub mod net;
 pub mod outbound;
 pub mod protocol;
 pub mod rate_limit;

@@ -300,12 +300,16 @@ impl Sim {
     }
 
     pub fn connect(&mut self) -> ConnectionId {
+        let port = 40_000u16.wrapping_add(self.next_id as u16);
+        self.connect_from(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    }
+
+    /// A new connection from `peer` (the TCP peer address the gateway sees).
+    pub fn connect_from(&mut self, peer: SocketAddr) -> ConnectionId {
         let id = ConnectionId(self.next_id);
         self.next_id += 1;
-        let port = 40_000u16.wrapping_add(id.0 as u16);
         self.peers.insert(id, Peer::default());
-        self.gateway
-            .handle_accept(id, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), self.now);
+        self.gateway.handle_accept(id, peer, self.now);
         self.pump();
         id
     }

@@ -314,17 +314,18 @@ fn keep_alive_timeout_closes_an_idle_connection() {
         ..dev()
     };
     let mut sim = Sim::new(config, 1);
+    // Changed on purpose (issue 11, item 9): a connection that never sends a byte is closed at
+    // the request-head timeout (10 s), not held for the keep-alive minute.
     let id = sim.connect();
-    // Idle from the accept.
-    sim.advance(Duration::from_millis(59_999));
+    sim.advance(Duration::from_millis(9_999));
     assert!(!sim.is_closed(id));
     sim.advance(Duration::from_millis(1));
     assert!(sim.is_closed(id));
     assert!(sim.take_received(id).is_empty());
 
-    // Idle from the end of the last request.
+    // Idle from the end of the last request: the keep-alive timeout.
     let id = sim.connect();
-    sim.advance(Duration::from_secs(30));
+    sim.advance(Duration::from_secs(5));
     sim.send(id, &client::get("/livez"));
     assert_eq!(sim.take_response(id).map(|r| r.status), Some(200));
     sim.advance(Duration::from_millis(59_999));
@@ -673,4 +674,128 @@ fn the_clock_does_not_move_by_itself() {
     assert_eq!(first, other.take_received(other_id));
     assert!(String::from_utf8_lossy(&first).contains("\"uptimeMs\":0"));
     let _ = SIM_START_UNIX_MS;
+}
+
+// ---------------------------------------------------------------- connection limits (issue 11)
+
+fn peer(text: &str) -> std::net::SocketAddr {
+    text.parse().expect("a test address")
+}
+
+/// Connects from `from` and sends `bytes`; the response, and whether the server closed.
+fn request_from(sim: &mut Sim, from: &str, bytes: &[u8]) -> (diminuendo_core::ConnectionId, u16) {
+    let id = sim.connect_from(peer(from));
+    sim.send(id, bytes);
+    let response = sim.take_response(id).expect("a response");
+    (id, response.status)
+}
+
+#[test]
+fn plain_http_connections_count_toward_max_connections() {
+    let config = CoreConfig {
+        max_connections: 2,
+        ..dev()
+    };
+    let mut sim = Sim::new(config, 1);
+    let first = sim.connect();
+    let _second = sim.connect();
+    let third = sim.connect();
+    sim.send(third, &client::get("/livez"));
+    let response = sim.take_response(third).expect("a response");
+    assert_eq!(response.status, 503, "{response:?}");
+    assert_eq!(response.header("Connection"), Some("close"));
+    assert_eq!(response.header("Retry-After"), Some("1"));
+    assert!(sim.is_closed(third));
+    // The refused connection took no slot; when an admitted one goes, a new one is served.
+    sim.disconnect(first);
+    let (_, response) = one_response(&mut sim, &client::get("/livez"));
+    assert_eq!(response.status, 200);
+}
+
+#[test]
+fn connections_per_ip_are_limited_by_tcp_peer() {
+    let config = CoreConfig {
+        max_connections_per_ip: 2,
+        ..dev()
+    };
+    let mut sim = Sim::new(config, 1);
+    let a = sim.connect_from(peer("198.51.100.1:1"));
+    let _b = sim.connect_from(peer("198.51.100.1:2"));
+    // Beyond the limit: 503 for an upgrade and for a plain request alike, then closed.
+    let (c, status) = request_from(&mut sim, "198.51.100.1:3", &client::upgrade("/ws"));
+    assert_eq!(status, 503);
+    assert!(sim.is_closed(c));
+    let (d, status) = request_from(&mut sim, "198.51.100.1:4", &client::get("/health"));
+    assert_eq!(status, 503);
+    assert!(sim.is_closed(d));
+    // A forwarding header changes nothing: the count is by TCP peer.
+    let forged = upgrade_with("/ws", "X-Forwarded-For: 203.0.113.9\r\n");
+    assert_eq!(request_from(&mut sim, "198.51.100.1:5", &forged).1, 503);
+    // Other addresses are served; IPv6 counts per /64.
+    assert_eq!(
+        request_from(&mut sim, "198.51.100.2:1", &client::upgrade("/ws")).1,
+        101
+    );
+    let _v6a = sim.connect_from(peer("[2001:db8:1:2::1]:1"));
+    let _v6b = sim.connect_from(peer("[2001:db8:1:2::ffff]:1"));
+    assert_eq!(
+        request_from(&mut sim, "[2001:db8:1:2::7]:1", &client::get("/livez")).1,
+        503
+    );
+    assert_eq!(
+        request_from(&mut sim, "[2001:db8:1:3::7]:1", &client::get("/livez")).1,
+        200
+    );
+    // A slot of the address frees up when one of its connections goes.
+    sim.disconnect(a);
+    assert_eq!(
+        request_from(&mut sim, "198.51.100.1:6", &client::get("/livez")).1,
+        200
+    );
+}
+
+#[test]
+fn refused_connections_waiting_for_their_503_are_bounded() {
+    let config = CoreConfig {
+        max_connections: 1,
+        ..dev()
+    };
+    let mut sim = Sim::new(config, 1);
+    let _admitted = sim.connect();
+    let waiting: Vec<_> = (0..diminuendo_core::gateway::MAX_REFUSED_OPEN)
+        .map(|_| sim.connect())
+        .collect();
+    assert!(waiting.iter().all(|id| !sim.is_closed(*id)));
+    // One more is closed at once, unanswered.
+    let dropped = sim.connect();
+    assert!(sim.is_closed(dropped));
+    assert!(sim.take_received(dropped).is_empty());
+    // The waiting ones get their 503, or are closed at the request-head timeout.
+    sim.send(waiting[0], &client::get("/livez"));
+    assert_eq!(sim.take_response(waiting[0]).map(|r| r.status), Some(503));
+    sim.advance(Duration::from_secs(10));
+    assert!(waiting.iter().all(|id| sim.is_closed(*id)));
+    // (So is the admitted one, which sent nothing either.)
+    assert_eq!(sim.gateway.connection_count(), 0);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_and_a_silent_one_have_their_own_timeouts() {
+    let mut sim = sim();
+    let silent = sim.connect();
+    let served = sim.connect();
+    sim.send(served, &client::get("/livez"));
+    assert_eq!(sim.take_response(served).map(|r| r.status), Some(200));
+    sim.advance(Duration::from_secs(10));
+    assert!(
+        sim.is_closed(silent),
+        "a connection that sent nothing goes at 10 s"
+    );
+    assert!(sim.take_received(silent).is_empty());
+    assert!(
+        !sim.is_closed(served),
+        "between requests, the keep-alive minute applies"
+    );
+    sim.advance(Duration::from_secs(50));
+    assert!(sim.is_closed(served));
 }

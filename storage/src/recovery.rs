@@ -13,20 +13,29 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A new epoch, different from `old` and from every epoch this process made before: wall-clock
-/// nanoseconds, the process id and a counter. (The clock only has to not repeat a nanosecond
-/// across restarts with the same pid, and the result is also checked against `old`.)
+/// A new epoch, different from `old`: 64 bits from the operating system's CSPRNG, as 16 hex
+/// digits like the core's own epochs, so an epoch cannot be guessed (and two never meet in
+/// practice; the result is also checked against `old`). Should the random source fail (the
+/// gateway checks it before opening storage, so it does not), wall-clock nanoseconds, the pid and
+/// a counter keep it unique.
 pub fn fresh_epoch(old: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     loop {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let e = format!("{nanos:x}-{:x}-{n:x}", std::process::id());
-        if e != old {
-            return e;
+        let mut bytes = [0u8; 8];
+        let epoch = match getrandom::fill(&mut bytes) {
+            Ok(()) => format!("{:016x}", u64::from_le_bytes(bytes)),
+            Err(error) => {
+                tracing::error!(%error, "the random source failed; a clock-based epoch instead");
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+                format!("{nanos:x}-{:x}-{n:x}", std::process::id())
+            }
+        };
+        if epoch != old {
+            return epoch;
         }
     }
 }

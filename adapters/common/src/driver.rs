@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 use crate::services::Services;
 use crate::settings::Settings;
 use crate::write::{flush_connection, Flushed};
-use crate::{clock_anchor, logging, seed};
+use crate::{clock_anchor, logging, OsEntropy};
 
 /// Bytes read from a socket at once, into one buffer shared by every connection.
 pub const SCRATCH_SIZE: usize = 64 * 1024;
@@ -88,7 +88,8 @@ impl Driver {
     /// wake-up hook, called from storage and agent threads when they finished something.
     pub fn start(settings: &Settings, wake: Arc<dyn Wake>) -> Result<Driver, String> {
         let (now, unix_ms) = clock_anchor();
-        let (gateway, services) = Services::start(settings, wake, now, unix_ms, seed())?;
+        let entropy = Box::new(OsEntropy::new()?);
+        let (gateway, services) = Services::start(settings, wake, now, unix_ms, entropy)?;
         Ok(Driver {
             gateway,
             services,
@@ -237,6 +238,9 @@ impl Driver {
 pub fn main(run: impl FnOnce(Settings) -> ExitCode) -> ExitCode {
     let settings = Settings::from_env();
     logging::init(settings.core.dev_mode);
+    for warning in &settings.warnings {
+        warn!("{warning}");
+    }
     run(settings)
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diminuendo_core::auth::Authenticator;
+use diminuendo_core::rng::Entropy;
 use diminuendo_core::storage::{RecoveryReport, StorageCommand, StorageCompletion};
 use diminuendo_core::{ConnectionId, Event, Gateway, Wake};
 use diminuendo_storage::{Storage, StorageConfig};
@@ -38,13 +39,14 @@ pub struct Services {
 
 impl Services {
     /// Opens storage (running recovery), builds the gateway with the recovered registry and the
-    /// token verifier, and starts the agent host. `now`/`unix_ms`/`seed` as for `Gateway::new`.
+    /// token verifier, and starts the agent host. `now`/`unix_ms`/`entropy` as for
+    /// `Gateway::with_entropy`.
     pub fn start(
         settings: &Settings,
         wake: Arc<dyn Wake>,
         now: Instant,
         unix_ms: u64,
-        seed: u64,
+        entropy: Box<dyn Entropy>,
     ) -> Result<(Gateway, Services), String> {
         let mut storage_config = StorageConfig::new(&settings.data_dir);
         storage_config.synchronous = settings.storage.synchronous;
@@ -58,7 +60,7 @@ impl Services {
         })?;
         log_recovery(&report);
 
-        let mut gateway = Gateway::new(settings.core.clone(), seed, now, unix_ms);
+        let mut gateway = Gateway::with_entropy(settings.core.clone(), entropy, now, unix_ms);
         gateway.restore_sessions(report.records);
         if let Some(auth) = &settings.auth {
             let authenticator = Authenticator::new(auth.clone())

@@ -46,9 +46,25 @@ pub struct Flags {
     #[arg(long, env = "DIMINUENDO_CONFORMANCE_ECHO", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub conformance_echo: Option<bool>,
 
-    /// Most WebSocket connections at once; upgrades beyond it get 503 [default: 10000]
+    /// Most connections at once, HTTP and WebSocket; beyond it a connection's request gets 503
+    /// and `Connection: close` [default: 10000]
     #[arg(long, env = "DIMINUENDO_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+
+    /// Most connections at once from one TCP peer address (IPv6: one /64); beyond it, 503 and
+    /// `Connection: close` [default: 256]
+    #[arg(long, env = "DIMINUENDO_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Proxies (IPs or CIDR ranges, comma-separated) whose X-Forwarded-For/Forwarded headers give
+    /// the client address used for the authentication limits; unset trusts none
+    #[arg(
+        long,
+        env = "DIMINUENDO_TRUSTED_PROXIES",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
 
     /// TOML file with any of these settings (keys in snake_case, e.g. `max_connections = 100`,
     /// and agent types as `[agents.NAME]` tables)
@@ -96,6 +112,16 @@ pub struct Flags {
         hide_env_values = true
     )]
     pub jwt_secret: Option<String>,
+
+    /// File holding the HS256 secret (one trailing newline is ignored); keeps the secret out of
+    /// the command line and the environment
+    #[arg(long, env = "DIMINUENDO_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// Set by `Settings::from_env` when `--jwt-secret` came from the command line (readable by
+    /// anyone in /proc/<pid>/cmdline): a warning at start.
+    #[arg(skip)]
+    pub jwt_secret_on_command_line: bool,
 
     /// JWKS file with the RS256/ES256 keys tokens are verified with (selected by `kid`)
     #[arg(long, env = "DIMINUENDO_JWKS_FILE", value_name = "FILE")]
@@ -175,6 +201,8 @@ pub struct FileSettings {
     pub dev: Option<bool>,
     pub conformance_echo: Option<bool>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub trusted_proxies: Option<Vec<String>>,
     pub max_message_size: Option<usize>,
     pub outbound_queue_limit: Option<usize>,
     pub heartbeat_interval_ms: Option<u64>,
@@ -183,6 +211,7 @@ pub struct FileSettings {
     pub rate_limit: Option<u32>,
     pub coalesce_deltas: Option<bool>,
     pub jwt_secret: Option<String>,
+    pub jwt_secret_file: Option<PathBuf>,
     pub jwks_file: Option<PathBuf>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
@@ -215,6 +244,8 @@ pub struct Settings {
     pub agents: BTreeMap<String, AgentSpec>,
     pub max_agents: usize,
     pub storage: StorageSettings,
+    /// Said at start, once logging is up (`driver::main`).
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
@@ -226,7 +257,14 @@ impl Settings {
             diminuendo_echo_agent::run();
             std::process::exit(0);
         }
-        let flags = Flags::parse();
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Flags::command().get_matches();
+        let mut flags = match Flags::from_arg_matches(&matches) {
+            Ok(flags) => flags,
+            Err(error) => error.exit(),
+        };
+        flags.jwt_secret_on_command_line =
+            matches.value_source("jwt_secret") == Some(clap::parser::ValueSource::CommandLine);
         match Settings::resolve(flags) {
             Ok(settings) => settings,
             Err(message) => {
@@ -269,7 +307,20 @@ impl Settings {
                 .map(|n| n.unwrap_or(default))
         };
 
+        let mut warnings = Vec::new();
         let agents = resolve_agents(flags.agents.as_deref(), &file.agents)?;
+        let trusted_proxies = flags
+            .trusted_proxies
+            .or(file.trusted_proxies)
+            .unwrap_or_default()
+            .iter()
+            .filter(|entry| !entry.trim().is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<diminuendo_core::net::IpNet>()
+                    .map_err(|error| format!("--trusted-proxies: {error}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let dev_mode = flags.dev.or(file.dev).unwrap_or(false);
         let core = CoreConfig {
             dev_mode,
@@ -281,6 +332,12 @@ impl Settings {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(defaults.max_connections),
+            max_connections_per_ip: size(
+                "max_connections_per_ip",
+                flags.max_connections_per_ip.or(file.max_connections_per_ip),
+                defaults.max_connections_per_ip,
+            )?,
+            trusted_proxies,
             max_message_size: size(
                 "max_message_size",
                 flags.max_message_size.or(file.max_message_size),
@@ -337,13 +394,32 @@ impl Settings {
             })?),
             None => None,
         };
-        let hs256_secret = flags.jwt_secret.or(file.jwt_secret);
+        let secret_file = flags.jwt_secret_file.or(file.jwt_secret_file);
+        let hs256_secret = match (flags.jwt_secret.or(file.jwt_secret), secret_file) {
+            (Some(_), Some(_)) => {
+                return Err("give either --jwt-secret or --jwt-secret-file, not both".to_owned())
+            }
+            (Some(secret), None) => {
+                if flags.jwt_secret_on_command_line {
+                    warnings.push(
+                        "--jwt-secret on the command line can be read by any local user in \
+                         /proc/<pid>/cmdline; use --jwt-secret-file"
+                            .to_owned(),
+                    );
+                }
+                Some(secret)
+            }
+            (None, Some(path)) => Some(read_secret_file(&path)?),
+            (None, None) => None,
+        };
         let auth = if hs256_secret.is_none() && jwks_json.is_none() {
             if !dev_mode {
                 // Without a key nothing can authenticate; say so at start rather than at the
                 // first connection.
-                tracing::warn!(
-                    "no --jwt-secret or --jwks-file: only dev mode can authenticate clients"
+                warnings.push(
+                    "no --jwt-secret, --jwt-secret-file or --jwks-file: only dev mode can \
+                     authenticate clients"
+                        .to_owned(),
                 );
             }
             None
@@ -389,6 +465,7 @@ impl Settings {
             agents,
             max_agents: size("max_agents", flags.max_agents.or(file.max_agents), 64)?,
             storage,
+            warnings,
         })
     }
 }
@@ -473,6 +550,23 @@ fn check_agent_name(name: &str) -> Result<(), String> {
             "agent type names are 1-64 of A-Z a-z 0-9 - _, got {name:?}"
         ))
     }
+}
+
+/// The HS256 secret from a file, without one trailing newline (`\n` or `\r\n`).
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        format!(
+            "cannot read the JWT secret file {}: {error}",
+            path.display()
+        )
+    })?;
+    let secret = text.strip_suffix('\n').map_or(text.as_str(), |rest| {
+        rest.strip_suffix('\r').unwrap_or(rest)
+    });
+    if secret.is_empty() {
+        return Err(format!("the JWT secret file {} is empty", path.display()));
+    }
+    Ok(secret.to_owned())
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, String> {
@@ -597,5 +691,75 @@ mod tests {
         })
         .expect_err("missing file");
         assert!(error.contains("JWKS"), "{error}");
+    }
+
+    #[test]
+    fn the_secret_comes_from_a_file_and_a_command_line_secret_is_warned_about() {
+        let secret = "s".repeat(40);
+        let (dir, path) = temp_file("secret", &format!("{secret}\n"));
+        let settings = Settings::resolve(Flags {
+            jwt_secret_file: Some(path.clone()),
+            ..Flags::default()
+        })
+        .expect("valid");
+        let auth = settings.auth.expect("auth");
+        assert_eq!(auth.hs256_secret.as_deref(), Some(secret.as_str()));
+        assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
+        let error = Settings::resolve(Flags {
+            jwt_secret_file: Some(path),
+            jwt_secret: Some(secret.clone()),
+            ..Flags::default()
+        })
+        .expect_err("both refused");
+        assert!(error.contains("not both"), "{error}");
+        std::fs::write(dir.join("empty"), "\n").expect("write");
+        let error = Settings::resolve(Flags {
+            jwt_secret_file: Some(dir.join("empty")),
+            ..Flags::default()
+        })
+        .expect_err("empty refused");
+        assert!(error.contains("empty"), "{error}");
+        let settings = Settings::resolve(Flags {
+            jwt_secret: Some(secret.clone()),
+            jwt_secret_on_command_line: true,
+            ..Flags::default()
+        })
+        .expect("valid");
+        assert!(
+            settings
+                .warnings
+                .iter()
+                .any(|w| w.contains("/proc/<pid>/cmdline")),
+            "{:?}",
+            settings.warnings
+        );
+        let settings = Settings::resolve(Flags {
+            jwt_secret: Some(secret),
+            ..Flags::default()
+        })
+        .expect("valid");
+        assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn connection_limits_and_trusted_proxies() {
+        let settings = Settings::resolve(Flags::default()).expect("valid");
+        assert_eq!(settings.core.max_connections_per_ip, 256);
+        assert!(settings.core.trusted_proxies.is_empty());
+        let settings = Settings::resolve(Flags {
+            max_connections_per_ip: Some(3),
+            trusted_proxies: Some(vec!["10.0.0.0/8".into(), "::1".into()]),
+            ..Flags::default()
+        })
+        .expect("valid");
+        assert_eq!(settings.core.max_connections_per_ip, 3);
+        assert_eq!(settings.core.trusted_proxies.len(), 2);
+        let error = Settings::resolve(Flags {
+            trusted_proxies: Some(vec!["10.0.0.0/40".into()]),
+            ..Flags::default()
+        })
+        .expect_err("bad range");
+        assert!(error.contains("trusted-proxies"), "{error}");
     }
 }

@@ -244,13 +244,33 @@ impl Authenticator {
     /// the cache (the same `Arc`) until its `exp` or the cache TTL, whichever comes first; after
     /// that it is verified again, so expiry is reported exactly as for a fresh token.
     pub fn verify(&mut self, token: &str, now_unix_ms: u64) -> Result<Arc<Identity>, AuthError> {
+        if let Some(identity) = self.cached(token, now_unix_ms) {
+            return Ok(identity);
+        }
+        self.verify_fresh(token, now_unix_ms)
+    }
+
+    /// The identity of `token` if it is in the verified-token cache (and still valid at
+    /// `now_unix_ms`): one SHA-256, no signature check. The gateway lets these through before
+    /// any limit, since they cost nothing to check.
+    pub fn cached(&mut self, token: &str, now_unix_ms: u64) -> Option<Arc<Identity>> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        self.cache.get(&token_key(token), now_unix_ms)
+    }
+
+    /// Verifies `token` without looking in the cache (the signature check: the expensive part),
+    /// and caches it when valid.
+    pub fn verify_fresh(
+        &mut self,
+        token: &str,
+        now_unix_ms: u64,
+    ) -> Result<Arc<Identity>, AuthError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
         }
         let key = token_key(token);
-        if let Some(identity) = self.cache.get(&key, now_unix_ms) {
-            return Ok(identity);
-        }
         let verified = self.verify_uncached(token, now_unix_ms)?;
         let identity = Arc::new(verified.identity);
         // Never cached past `exp` itself: inside the leeway the token is verified afresh.

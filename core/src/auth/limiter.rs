@@ -1,5 +1,13 @@
 //! The per-IP limiter of failed authentication attempts (PROTOCOL section 4: default 10 failures a
-//! minute, answered with `AUTH_RATE_LIMITED` and `retryAfterMs`).
+//! minute).
+//!
+//! Failures never lock anyone out: an address over its failure budget still has its tokens
+//! verified, but at most `verifications_per_second` fresh verifications (tokens not in the
+//! verified-token cache; cache hits are never limited), so what the limiter bounds is the cost an
+//! address can impose, not who may log in from it. One attacker behind a NAT or a proxy therefore
+//! slows the fresh logins of that address to the verification rate (a refused one is answered
+//! `AUTH_RATE_LIMITED` with `retryAfterMs` of at most one interval), and never refuses them for the
+//! minute of its failures.
 //!
 //! A sliding window: each tracked address keeps the instants of its failures inside the window
 //! (at most `max_failures` of them), so `retry_after` is exact: the moment the oldest counted
@@ -25,12 +33,16 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_MAX_FAILURES: u32 = 10;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+/// Fresh verifications per second for an address over its failure budget.
+pub const DEFAULT_VERIFICATIONS_PER_SECOND: u32 = 10;
 
 struct Record {
     /// Failures inside the window, oldest first; never more than `max_failures`.
     failures: VecDeque<Instant>,
     /// This record's key in `by_last`.
     last: (Instant, u64),
+    /// While over the budget: the earliest moment of the next fresh verification.
+    next_verification: Option<Instant>,
 }
 
 /// Counts authentication failures per address. Time comes from the caller.
@@ -38,6 +50,8 @@ pub struct FailureLimiter {
     max_failures: u32,
     window: Duration,
     max_tracked: usize,
+    /// Fresh verifications an address over its budget gets: one per this interval.
+    verification_interval: Duration,
     records: HashMap<IpAddr, Record>,
     /// Records by the instant of their latest failure: the front is the stalest.
     by_last: BTreeMap<(Instant, u64), IpAddr>,
@@ -68,9 +82,37 @@ impl FailureLimiter {
             max_failures,
             window,
             max_tracked: max_tracked.max(1),
+            verification_interval: Duration::from_secs(1) / DEFAULT_VERIFICATIONS_PER_SECOND,
             records: HashMap::new(),
             by_last: BTreeMap::new(),
             next_seq: 0,
+        }
+    }
+
+    /// Fresh verifications an address over its failure budget gets per second (at least 1).
+    pub fn with_verification_rate(mut self, per_second: u32) -> Self {
+        self.verification_interval = Duration::from_secs(1) / per_second.max(1);
+        self
+    }
+
+    /// May a token from `ip` that is not in the verified-token cache be verified now? Always,
+    /// while `ip` is within its failure budget; over it, once per verification interval.
+    /// `Err(retry_after)` says when the next one may be (at most one interval away). Never refuses
+    /// because of the failures alone: a valid token gets in at the verification rate.
+    pub fn admit_verification(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if self.check(ip, now).is_ok() {
+            return Ok(());
+        }
+        let interval = self.verification_interval;
+        let Some(record) = self.records.get_mut(&group(ip)) else {
+            return Ok(());
+        };
+        match record.next_verification {
+            Some(at) if at > now => Err(at - now),
+            _ => {
+                record.next_verification = Some(now + interval);
+                Ok(())
+            }
         }
     }
 
@@ -124,6 +166,7 @@ impl FailureLimiter {
         let record = self.records.entry(key).or_insert_with(|| Record {
             failures: VecDeque::new(),
             last: (now, seq),
+            next_verification: None,
         });
         self.by_last.remove(&record.last);
         prune(&mut record.failures, window, now);
@@ -173,13 +216,7 @@ fn prune(failures: &mut VecDeque<Instant>, window: Duration, now: Instant) {
 
 /// The unit the budget applies to: an IPv4 address, or an IPv6 /64.
 fn group(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-    }
+    crate::net::limit_key(ip)
 }
 
 #[cfg(test)]
@@ -284,6 +321,35 @@ mod tests {
         l.record_failure(ip("192.0.2.9"), t0);
         assert!(l.check(ip("192.0.2.9"), t0).is_err());
         assert_eq!(l.check(ip("192.0.2.10"), t0), Ok(()));
+    }
+
+    #[test]
+    fn an_address_over_its_budget_keeps_a_verification_rate() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = FailureLimiter::new(2, Duration::from_secs(60), 100).with_verification_rate(10);
+        let a = ip("203.0.113.7");
+        // Within the budget: every verification is admitted.
+        for _ in 0..5 {
+            assert_eq!(l.admit_verification(a, t0), Ok(()));
+        }
+        l.record_failure(a, t0);
+        l.record_failure(a, t0);
+        assert!(l.check(a, t0).is_err());
+        // Over it: one verification per 100 ms, never a refusal for the minute.
+        assert_eq!(l.admit_verification(a, t0 + ms(1)), Ok(()));
+        assert_eq!(l.admit_verification(a, t0 + ms(2)), Err(ms(99)));
+        assert_eq!(l.admit_verification(a, t0 + ms(100)), Err(ms(1)));
+        assert_eq!(l.admit_verification(a, t0 + ms(101)), Ok(()));
+        // Another address is not slowed down.
+        assert_eq!(
+            l.admit_verification(ip("203.0.113.8"), t0 + ms(102)),
+            Ok(())
+        );
+        // Once the failures leave the window, no rate at all.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(l.admit_verification(a, later), Ok(()));
+        assert_eq!(l.admit_verification(a, later), Ok(()));
     }
 
     #[test]

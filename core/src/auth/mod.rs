@@ -14,6 +14,8 @@
 //!     /// Err(retry_after) while `ip` is over its budget.
 //!     pub fn check(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration>;
 //!     pub fn record_failure(&mut self, ip: IpAddr, now: Instant);
+//!     /// Err(retry_after) while `ip` is over its budget and used its verification slot.
+//!     pub fn admit_verification(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration>;
 //! }
 //! ```
 //!
@@ -23,7 +25,8 @@
 //!   and algorithm confusion are refused. `exp` (required) and `nbf` are checked against the
 //!   caller's `now_unix_ms` with `leeway_secs`; the library's own clock checks are off.
 //! - Verified tokens are cached by SHA-256 of the token, bounded, never past `exp`.
-//! - [`FailureLimiter`]: sliding window per IPv4 address / IPv6 /64, bounded memory.
+//! - [`FailureLimiter`]: sliding window per IPv4 address / IPv6 /64, bounded memory; an address
+//!   over its budget keeps a rate of fresh verifications (a valid token is never locked out).
 //! - [`testing`]: token minting for tests (not used by the gateway itself).
 
 mod cache;
@@ -34,7 +37,10 @@ pub mod testing;
 pub use jwt::{
     AuthConfig, AuthError, Authenticator, DEFAULT_ROLE, MAX_TOKEN_LEN, MIN_HS256_SECRET_LEN, ROLES,
 };
-pub use limiter::{FailureLimiter, DEFAULT_MAX_FAILURES, DEFAULT_MAX_TRACKED, DEFAULT_WINDOW};
+pub use limiter::{
+    FailureLimiter, DEFAULT_MAX_FAILURES, DEFAULT_MAX_TRACKED, DEFAULT_VERIFICATIONS_PER_SECOND,
+    DEFAULT_WINDOW,
+};
 
 #[cfg(test)]
 mod tests;

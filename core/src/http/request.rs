@@ -30,6 +30,9 @@ pub struct RequestHead {
     pub websocket_protocols: Vec<String>,
     pub origin: Option<String>,
     pub authorization: Option<String>,
+    /// `X-Forwarded-For` and `Forwarded` values, in order (read only from a trusted proxy).
+    pub x_forwarded_for: Vec<String>,
+    pub forwarded: Vec<String>,
     /// Declared body length; `None` when absent.
     pub content_length: Option<u64>,
     pub content_length_invalid: bool,
@@ -130,6 +133,14 @@ pub fn parse_head(buffer: &[u8], max_head: usize) -> Result<HeadParse, HeadError
             head.authorization = std::str::from_utf8(value.trim_ascii())
                 .ok()
                 .map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            if let Ok(text) = std::str::from_utf8(value) {
+                head.x_forwarded_for.push(text.to_owned());
+            }
+        } else if name.eq_ignore_ascii_case("forwarded") {
+            if let Ok(text) = std::str::from_utf8(value) {
+                head.forwarded.push(text.to_owned());
+            }
         } else if name.eq_ignore_ascii_case("content-length") {
             let parsed = std::str::from_utf8(value.trim_ascii())
                 .ok()

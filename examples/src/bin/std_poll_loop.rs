@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use diminuendo_adapter_common::services::Services;
 use diminuendo_adapter_common::settings::{Flags, Settings, ECHO_AGENT_COMMAND};
-use diminuendo_adapter_common::{clock_anchor, seed};
+use diminuendo_adapter_common::{clock_anchor, OsEntropy};
 use diminuendo_core::{ConnectionId, Gateway, Wake};
 
 /// The wake-up hook: storage and agent threads write a byte; `poll` sees the other end readable.
@@ -213,14 +213,15 @@ fn main() -> Result<(), String> {
         end.set_nonblocking(true)
             .map_err(|error| error.to_string())?;
     }
-    // The same moment on the monotonic and the wall clock, and a seed for the core's randomness.
+    // The same moment on the monotonic and the wall clock, and the OS CSPRNG for the core's
+    // randomness (ids must not be guessable).
     let (now, unix_ms) = clock_anchor();
     let (gateway, services) = Services::start(
         &settings,
         Arc::new(PipeWake(wake_write)),
         now,
         unix_ms,
-        seed(),
+        Box::new(OsEntropy::new()?),
     )?;
 
     let listener = TcpListener::bind(settings.listen).map_err(|error| error.to_string())?;

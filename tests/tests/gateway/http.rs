@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use diminuendo_tests::{assert_common_headers, expect_dev_greeting, expect_end, Http};
+use diminuendo_tests::{assert_common_headers, expect_dev_greeting, expect_end, wire, Http};
 use serde_json::{json, Value};
 
 use crate::with_each_gateway;
@@ -341,5 +341,95 @@ fn slowloris_heads_get_408_after_the_head_timeout() {
             http.send(part);
         }
         assert_eq!(http.read_response().status, 200);
+    });
+}
+
+#[test]
+fn a_connection_that_sends_nothing_is_closed_at_the_head_timeout() {
+    with_each_gateway(&["--request-head-timeout-ms", "300"], |gateway| {
+        // Served once: between requests the keep-alive timeout (60 s) applies.
+        let mut served = gateway.http();
+        served.send(&request("GET", "/livez"));
+        assert_eq!(served.read_response().status, 200);
+        let started = Instant::now();
+        let mut silent = gateway.http();
+        silent.expect_closed();
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(280),
+            "closed too early: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "closed too late: {elapsed:?}"
+        );
+        // The served connection, idle for longer than that, is still open.
+        served.send(&request("GET", "/livez"));
+        assert_eq!(served.read_response().status, 200);
+    });
+}
+
+/// A new connection's answer to `GET /livez`: 200, or 503 with `Connection: close` and the end
+/// of the stream.
+fn livez_on(http: &mut Http) -> u16 {
+    http.send(&request("GET", "/livez"));
+    let response = http.read_response();
+    assert_common_headers(&response);
+    if response.status == 503 {
+        assert_eq!(response.header("Connection"), Some("close"), "{response:?}");
+        assert_eq!(response.header("Retry-After"), Some("1"), "{response:?}");
+        http.expect_closed();
+    }
+    response.status
+}
+
+/// Opens connections until one is served (the gateway notices a closed one asynchronously).
+fn served_within(gateway: &diminuendo_tests::Gateway, deadline: Duration) -> Http {
+    let until = Instant::now() + deadline;
+    loop {
+        let mut http = gateway.http();
+        if livez_on(&mut http) == 200 {
+            return http;
+        }
+        assert!(Instant::now() < until, "no slot came free");
+    }
+}
+
+#[test]
+fn connections_beyond_the_per_ip_limit_get_503() {
+    with_each_gateway(&["--dev", "--max-connections-per-ip", "2"], |gateway| {
+        let mut first = gateway.http();
+        assert_eq!(livez_on(&mut first), 200);
+        let mut second = gateway.raw_ws("/ws");
+        // A third, plain HTTP or an upgrade, is refused and closed.
+        assert_eq!(livez_on(&mut gateway.http()), 503);
+        let mut upgrade = gateway.http();
+        upgrade.send(&wire::upgrade("/ws"));
+        let refused = upgrade.read_upgrade_response();
+        assert_eq!(refused.status, 503, "{refused:?}");
+        upgrade.expect_closed();
+        // The admitted ones are unaffected.
+        assert_eq!(livez_on(&mut first), 200);
+        second.send(&wire::text(&json!({"type": "ping"}).to_string()));
+        // After the greeting (welcome, connected, authenticated), the pong.
+        let types: Vec<Value> = (0..4).map(|_| second.json()["type"].clone()).collect();
+        assert_eq!(types, ["welcome", "connected", "authenticated", "pong"]);
+        // When one goes, there is room again.
+        drop(first);
+        let _third = served_within(gateway, Duration::from_secs(5));
+    });
+}
+
+#[test]
+fn plain_http_connections_count_toward_max_connections() {
+    with_each_gateway(&["--max-connections", "2"], |gateway| {
+        let mut first = gateway.http();
+        assert_eq!(livez_on(&mut first), 200);
+        let mut second = gateway.http();
+        assert_eq!(livez_on(&mut second), 200);
+        assert_eq!(livez_on(&mut gateway.http()), 503);
+        assert_eq!(livez_on(&mut second), 200);
+        drop(first);
+        let _third = served_within(gateway, Duration::from_secs(5));
     });
 }
