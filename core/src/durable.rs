@@ -9,7 +9,8 @@
 //!
 //! A failed commit answers `INTERNAL` and leaves the in-memory registry as the disk has it:
 //! - a create that failed is not in the registry (it was never inserted: a session becomes
-//!   visible, to its creator and to `list_sessions`, only once its row is committed);
+//!   visible, to its creator and to `list_sessions`, only once its row is committed), and a
+//!   `DeleteSession` makes sure its row is not left on disk either;
 //! - a delete that failed puts the session back (`inactive`, its agent already stopped);
 //! - a rename or (un)archive that failed is undone, unless a later change of the same field
 //!   replaced it meanwhile (that one has its own pending reply).
@@ -129,7 +130,13 @@ impl Gateway {
                 self.metrics.sessions_created += 1;
                 self.announce_to(requester, request_id, &session_id, "session_created", now);
             }
-            (DurableAction::Create(_), Err(error)) => {
+            (DurableAction::Create(record), Err(error)) => {
+                // The row may have been stored after all (the error may concern a write before
+                // it): delete it, so a session nobody was told of does not appear later.
+                self.storage(StorageCommand::DeleteSession {
+                    tenant_id: record.tenant_id,
+                    session_id: record.id,
+                });
                 if let Some(connection) = requester {
                     let message = format!(
                         "the session could not be stored, it was not created ({})",

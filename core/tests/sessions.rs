@@ -1111,7 +1111,10 @@ fn a_durable_reply_never_reaches_a_recycled_connection_id() {
     // the closed connection; the session exists all the same.
     let got = sim.take_messages(again);
     assert!(got.iter().all(|m| m.get("requestId").is_none()), "{got:?}");
-    assert!(kinds(&got).contains(&"session_created".to_owned()), "{got:?}");
+    assert!(
+        kinds(&got).contains(&"session_created".to_owned()),
+        "{got:?}"
+    );
     assert_eq!(kinds(&sim.take_messages(bob)), ["session_created"]);
     assert_eq!(sim.store.sessions.len(), 1);
 }
