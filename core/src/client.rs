@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use crate::durable::{DurableAction, Previous};
 use crate::gateway::ClientState;
 use crate::protocol::{self, Envelope, EnvelopeError, ErrorCode, Identity, ServerMessage};
 use crate::session_state::SessionStatus;
@@ -475,6 +476,7 @@ impl Gateway {
         // connection (of another tenant) next.
         self.pending_queries
             .retain(|_, pending| pending.connection() != id);
+        self.forget_durable_requester(id);
         for session in self.sessions.values_mut() {
             if let Some(next) = session.next_turn.as_mut() {
                 if next
@@ -595,18 +597,17 @@ impl Gateway {
             last_seq: 0,
             epoch: self.new_epoch(),
         };
-        let session_id: SessionId = Arc::from(session_id.as_str());
-        let tenant: Arc<str> = Arc::from(identity.tenant_id.as_str());
-        self.tenants
-            .entry(tenant)
-            .or_default()
-            .sessions
-            .push(session_id.clone());
-        self.sessions
-            .insert(session_id.clone(), Session::new(record));
-        self.metrics.sessions_created += 1;
-        self.persist_session(&session_id);
-        self.announce_session(id, request_id, &session_id, "session_created", now);
+        // The session joins the in-memory registry, and `session_created` goes out, once its
+        // row is committed (see `durable`).
+        self.storage(StorageCommand::UpsertSession {
+            session: record.clone(),
+        });
+        self.await_commit(
+            &identity.tenant_id,
+            id,
+            request_id,
+            DurableAction::Create(record),
+        );
         Ok(())
     }
 
@@ -637,14 +638,25 @@ impl Gateway {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return Err(Refusal::session_not_found());
         };
-        match (update, name) {
-            (Update::Rename, Some(name)) => session.record.name = name,
-            (Update::Archive(archived), _) => session.record.archived = archived,
-            _ => {}
-        }
+        let previous = match (update, name) {
+            (Update::Rename, Some(name)) => {
+                Previous::Name(std::mem::replace(&mut session.record.name, name))
+            }
+            (Update::Archive(archived), _) => {
+                Previous::Archived(std::mem::replace(&mut session.record.archived, archived))
+            }
+            (Update::Rename, None) => Previous::Name(session.record.name.clone()),
+        };
         session.record.updated_at_ms = at;
+        let record = session.record.clone();
         self.persist_session(&session_id);
-        self.announce_session(id, request_id, &session_id, "session_updated", now);
+        // `session_updated` goes out once the change is committed (see `durable`).
+        self.await_commit(
+            &identity.tenant_id,
+            id,
+            request_id,
+            DurableAction::Update { record, previous },
+        );
         Ok(())
     }
 
@@ -654,7 +666,7 @@ impl Gateway {
         identity: &Identity,
         fields: &Fields<'_>,
         request_id: Option<&str>,
-        now: Instant,
+        _now: Instant,
     ) -> Handled {
         let session_id = self.session_field(identity, fields)?;
         let Some(session) = self.sessions.remove(&session_id) else {
@@ -681,37 +693,28 @@ impl Gateway {
             tenant_id: identity.tenant_id.clone(),
             session_id: session_id.to_string(),
         });
-        self.reply(
-            id,
-            "session_deleted",
-            request_id,
-            |w| {
-                w.field("sessionId", &*session_id);
-            },
-            now,
-        );
-        let mut writer = FrameWriter::new("session_deleted");
-        writer.field("sessionId", &*session_id);
-        let (frame, _) = writer.finish();
-        self.broadcast_tenant(&identity.tenant_id, frame, now);
-        // Joins, reads and histories of this session still waiting for storage are answered,
-        // after the deletion itself.
+        // Joins, reads and histories of this session still waiting for storage are answered
+        // after the deletion itself: `session_deleted` goes out, to the requester and the
+        // tenant, once the delete is committed, then they are (see `durable`).
         let tokens: Vec<u64> = self
             .pending_queries
             .iter()
             .filter(|(_, pending)| pending.session_id() == &session_id)
             .map(|(token, _)| *token)
             .collect();
-        for token in tokens {
-            if let Some(pending) = self.pending_queries.remove(&token) {
-                self.abandon(
-                    pending,
-                    ErrorCode::SessionNotFound,
-                    "the session was deleted",
-                    now,
-                );
-            }
-        }
+        let orphaned = tokens
+            .iter()
+            .filter_map(|token| self.pending_queries.remove(token))
+            .collect();
+        self.await_commit(
+            &identity.tenant_id,
+            id,
+            request_id,
+            DurableAction::Delete {
+                record: session.record,
+                orphaned,
+            },
+        );
         Ok(())
     }
 }

@@ -140,6 +140,8 @@ pub struct Gateway {
     pub(crate) agents: HashMap<AgentId, SessionId>,
     pub(crate) next_agent: u64,
     pub(crate) pending_queries: HashMap<u64, PendingQuery>,
+    /// Registry changes whose reply waits for their commit (see `durable`).
+    pub(crate) pending_durable: HashMap<u64, crate::durable::PendingDurable>,
     pub(crate) next_token: u64,
     /// Members already written to their tenant's registry by this process.
     pub(crate) known_members: HashSet<(Arc<str>, String)>,
@@ -203,6 +205,7 @@ impl Gateway {
             agents: HashMap::new(),
             next_agent: 0,
             pending_queries: HashMap::new(),
+            pending_durable: HashMap::new(),
             next_token: 0,
             known_members: HashSet::new(),
             shutdown: crate::sessions::ShutdownPhase::Running,

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod config;
+mod durable;
 pub mod fuzzing;
 pub mod gateway;
 pub mod http;

@@ -301,6 +301,9 @@ impl Gateway {
                     }
                 }
             }
+            StorageCompletion::Committed { token, result } => {
+                self.durable_committed(token, result, now);
+            }
             StorageCompletion::Flushed { .. } | StorageCompletion::ShutdownComplete { .. } => {}
         }
     }

@@ -258,6 +258,43 @@ impl FrameWriter {
     }
 }
 
+/// A session event's frame up to its own fields: `type`, `sessionId`, `seq`, `ts`, `turnId`.
+fn event_writer(
+    kind: &str,
+    session_id: &str,
+    seq: u64,
+    ts: i64,
+    turn_id: Option<&str>,
+) -> FrameWriter {
+    let mut writer = FrameWriter::new(kind);
+    writer
+        .field("sessionId", session_id)
+        .field("seq", &seq)
+        .field("ts", &ts);
+    if let Some(turn_id) = turn_id {
+        writer.field("turnId", turn_id);
+    }
+    writer
+}
+
+/// The code of the `turn_error` that closes a turn a crash cut off (PROTOCOL section 6).
+pub const INTERRUPTED: &str = "INTERRUPTED";
+
+/// The payload of a `turn_error` event exactly as the core publishes and stores one (the same
+/// writer, the same field order), for storage recovery, which closes a turn a crash cut off.
+pub fn turn_error_payload(
+    session_id: &str,
+    seq: u64,
+    ts_ms: i64,
+    turn_id: &str,
+    code: &str,
+    message: &str,
+) -> Bytes {
+    let mut writer = event_writer("turn_error", session_id, seq, ts_ms, Some(turn_id));
+    writer.field("code", code).field("message", message);
+    writer.finish().1
+}
+
 impl Gateway {
     // ------------------------------------------------------------ registry
 
@@ -391,14 +428,7 @@ impl Gateway {
         };
         session.record.last_seq += 1;
         let seq = session.record.last_seq;
-        let mut writer = FrameWriter::new(kind);
-        writer
-            .field("sessionId", &**session_id)
-            .field("seq", &seq)
-            .field("ts", &ts);
-        if let Some(turn_id) = turn_id {
-            writer.field("turnId", turn_id);
-        }
+        let mut writer = event_writer(kind, session_id, seq, ts, turn_id);
         build(&mut writer);
         let (frame, payload) = writer.finish();
         for pending in &mut session.replaying {

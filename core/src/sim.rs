@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::storage::{
-    QueryResult, SessionRecord, SessionStatus, StorageCommand, StorageCompletion, StorageQuery,
-    StoredEvent, TurnRecord,
+    QueryResult, SessionRecord, SessionStatus, StorageCommand, StorageCompletion, StorageError,
+    StorageQuery, StoredEvent, TurnRecord,
 };
 use crate::{AgentCommand, AgentId, ConnectionId, CoreConfig, Event, Gateway};
 
@@ -80,12 +80,31 @@ pub struct SimStore {
     /// Appends whose `seq` did not continue the session's log (a gap or a duplicate). They are
     /// not applied; a correct core never produces one, and tests assert this stays empty.
     pub rejected_appends: Vec<(String, u64)>,
+    /// Registry writes fail (as a full disk would): session upserts and deletes are not applied
+    /// and `CommitNow` answers an error.
+    pub fail_registry: bool,
 }
 
 impl SimStore {
     /// Executes one command; a query or flush yields its completion.
     pub fn apply(&mut self, command: StorageCommand) -> Option<StorageCompletion> {
         match command {
+            StorageCommand::UpsertSession { .. } | StorageCommand::DeleteSession { .. }
+                if self.fail_registry =>
+            {
+                None
+            }
+            StorageCommand::CommitNow { token, database } => Some(StorageCompletion::Committed {
+                token,
+                result: if self.fail_registry {
+                    Err(StorageError::Sqlite {
+                        database: database.to_string(),
+                        message: "database or disk is full".into(),
+                    })
+                } else {
+                    Ok(())
+                },
+            }),
             StorageCommand::UpsertSession { session } => {
                 self.sessions.insert(session.id.clone(), session);
                 None

@@ -7,8 +7,8 @@
 //!
 //! Ordering contract: commands are executed in the order they are submitted. Plain writes are
 //! fire-and-forget (only a failure produces a completion, [`StorageCompletion::WriteFailed`]);
-//! [`StorageCommand::Flush`], [`StorageCommand::Shutdown`] and [`StorageCommand::Query`] are
-//! answered exactly once, carrying the caller's token. A query sees every write submitted before
+//! [`StorageCommand::Flush`], [`StorageCommand::Shutdown`], [`StorageCommand::Query`] and
+//! [`StorageCommand::CommitNow`] are answered exactly once, carrying the caller's token. A query sees every write submitted before
 //! it (read-your-writes).
 
 use bytes::Bytes;
@@ -170,10 +170,18 @@ pub enum StorageCommand {
     Shutdown { token: u64 },
     /// Answer a query with [`StorageCompletion::QueryResult`]; sees every earlier write.
     Query { token: u64, query: StorageQuery },
+    /// Commit every write to `database` submitted before this one as soon as the writer is free
+    /// (without waiting for the batch interval; writes queued meanwhile join the same commit:
+    /// group commit), then answer [`StorageCompletion::Committed`] with this token: `Ok` once
+    /// they are on disk, the error if any of them could not be stored. Ordered like a write.
+    /// The core sends it after a registry change whose reply must mean "on disk"
+    /// (`create_session`, `rename_session`, `archive_session`, `delete_session`, ...).
+    CommitNow { token: u64, database: DatabaseId },
 }
 
 impl StorageCommand {
-    /// True for the fire-and-forget writes (everything but flush, shutdown and queries).
+    /// True for the writes (everything but flush, shutdown and queries); a
+    /// [`StorageCommand::CommitNow`] counts as one: it is ordered with the writes it follows.
     pub fn is_write(&self) -> bool {
         !matches!(
             self,
@@ -301,6 +309,12 @@ pub enum StorageCompletion {
         token: u64,
         result: Result<QueryResult, StorageError>,
     },
+    /// The answer to [`StorageCommand::CommitNow`]: the writes it follows are committed (`Ok`),
+    /// or some of them could not be stored (`Err`; they are also reported with `WriteFailed`).
+    Committed {
+        token: u64,
+        result: Result<(), StorageError>,
+    },
     /// `commands` writes to `database` were not stored.
     WriteFailed {
         database: DatabaseId,
@@ -334,8 +348,15 @@ pub struct RecoveryReport {
     pub sessions_new_epoch: usize,
     /// Sessions whose stored `last_seq` was corrected from their event log.
     pub last_seq_corrected: usize,
-    /// Session directories with no registry row (kept, not touched).
+    /// Session directories with no registry row (found).
     pub orphan_session_dirs: usize,
+    /// Of those, how many recovery removed (all of them, unless some registry could not be read:
+    /// then none, since the missing rows may be in that registry).
+    pub orphan_session_dirs_removed: usize,
+    /// Turns that a crash cut off (a `turn_started` with no `turn_complete`/`turn_error` after
+    /// it, or a history row with no end) and that recovery closed with `turn_error`
+    /// `INTERRUPTED`.
+    pub turns_interrupted: usize,
     /// Databases that could not be opened or recovered (they are left as they are).
     pub failed: Vec<StorageError>,
     pub resume: Vec<SessionResume>,

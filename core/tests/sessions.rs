@@ -969,3 +969,152 @@ fn a_replay_too_big_for_the_outbound_budget_reloads_instead_of_closing_a_fast_re
     assert_eq!(page["hasMore"], true);
     assert!(!sim.is_closed(reader));
 }
+
+// ------------------------------------------------------------ durable replies (issue 10)
+
+#[test]
+fn registry_replies_wait_for_the_commit() {
+    let mut sim = Sim::new(config(), 1);
+    let alice = open_ws(&mut sim);
+    let bob = open_ws(&mut sim);
+    sim.hold_storage = true;
+    send(
+        &mut sim,
+        alice,
+        json!({"type": "create_session", "agentType": "echo", "requestId": "c"}),
+    );
+    // The row is written, but not acknowledged: no reply, no broadcast, not listed.
+    assert_eq!(sim.store.sessions.len(), 1);
+    assert!(sim.take_messages(alice).is_empty());
+    assert!(sim.take_messages(bob).is_empty());
+    send(
+        &mut sim,
+        bob,
+        json!({"type": "list_sessions", "requestId": "l"}),
+    );
+    assert_eq!(sim.take_messages(bob)[0]["sessions"], json!([]));
+    assert_eq!(sim.held_storage(), 1);
+    sim.deliver_storage(1);
+    let got = sim.take_messages(alice);
+    assert_eq!(kinds(&got), ["session_created", "session_created"]);
+    assert_eq!(got[0]["requestId"], "c");
+    let session_id = got[0]["session"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(kinds(&sim.take_messages(bob)), ["session_created"]);
+
+    for (message, kind) in [
+        (
+            json!({"type": "rename_session", "sessionId": session_id, "name": "n2", "requestId": "u"}),
+            "session_updated",
+        ),
+        (
+            json!({"type": "archive_session", "sessionId": session_id, "requestId": "u"}),
+            "session_updated",
+        ),
+        (
+            json!({"type": "delete_session", "sessionId": session_id, "requestId": "u"}),
+            "session_deleted",
+        ),
+    ] {
+        send(&mut sim, alice, message);
+        assert!(
+            sim.take_messages(alice).is_empty(),
+            "{kind} before its commit"
+        );
+        assert!(
+            sim.take_messages(bob).is_empty(),
+            "{kind} broadcast before its commit"
+        );
+        sim.deliver_storage(1);
+        let got = sim.take_messages(alice);
+        assert_eq!(got[0]["type"], kind);
+        assert_eq!(got[0]["requestId"], "u");
+        assert_eq!(kinds(&sim.take_messages(bob)), [kind]);
+    }
+    assert!(sim.store.sessions.is_empty());
+}
+
+#[test]
+fn a_failed_commit_answers_internal_and_memory_matches_the_disk() {
+    let mut sim = Sim::new(config(), 1);
+    let alice = open_ws(&mut sim);
+    let bob = open_ws(&mut sim);
+    let kept = create(&mut sim, alice);
+    drain(&mut sim, alice);
+    drain(&mut sim, bob);
+    sim.store.fail_registry = true;
+    let reply = call(
+        &mut sim,
+        alice,
+        json!({"type": "create_session", "agentType": "echo", "name": "lost"}),
+    );
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "INTERNAL");
+    assert!(reply["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("not created"));
+    let reply = call(
+        &mut sim,
+        alice,
+        json!({"type": "rename_session", "sessionId": kept, "name": "renamed"}),
+    );
+    assert_eq!(reply["code"], "INTERNAL", "{reply}");
+    let reply = call(
+        &mut sim,
+        alice,
+        json!({"type": "delete_session", "sessionId": kept}),
+    );
+    assert_eq!(reply["code"], "INTERNAL", "{reply}");
+    // Nobody was told of a change that is not on disk.
+    assert!(drain(&mut sim, bob).is_empty());
+    sim.store.fail_registry = false;
+    // The failed create is not listed; the failed rename was undone; the failed delete left
+    // the session in place.
+    let list = call(&mut sim, alice, json!({"type": "list_sessions"}));
+    let sessions = list["sessions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(sessions.len(), 1, "{list}");
+    assert_eq!(sessions[0]["id"], kept.as_str());
+    assert_eq!(sessions[0]["name"], "first");
+    assert_eq!(sim.store.sessions.len(), 1);
+    let joined = call(
+        &mut sim,
+        alice,
+        json!({"type": "join_session", "sessionId": kept}),
+    );
+    assert_eq!(joined["type"], "session_joined", "{joined}");
+}
+
+#[test]
+fn a_durable_reply_never_reaches_a_recycled_connection_id() {
+    let mut sim = Sim::new(config(), 1);
+    let alice = open_ws(&mut sim);
+    let bob = open_ws(&mut sim);
+    sim.hold_storage = true;
+    send(
+        &mut sim,
+        alice,
+        json!({"type": "create_session", "agentType": "echo", "requestId": "c"}),
+    );
+    sim.disconnect(alice);
+    let again = sim.connect_reusing(alice);
+    sim.send(again, &client::upgrade("/ws"));
+    let response = sim.take_response(again).expect("a response to the upgrade");
+    assert_eq!(response.status, 101);
+    assert!(!sim.take_messages(again).is_empty());
+    sim.hold_storage = false;
+    sim.deliver_storage(1);
+    sim.pump();
+    // The newcomer (same tenant in dev mode) gets the broadcast only, never the reply owed to
+    // the closed connection; the session exists all the same.
+    let got = sim.take_messages(again);
+    assert!(got.iter().all(|m| m.get("requestId").is_none()), "{got:?}");
+    assert!(
+        kinds(&got).contains(&"session_created".to_owned()),
+        "{got:?}"
+    );
+    assert_eq!(kinds(&sim.take_messages(bob)), ["session_created"]);
+    assert_eq!(sim.store.sessions.len(), 1);
+}

@@ -211,6 +211,9 @@ struct SessionModel {
     /// Events of its log already checked.
     stored: usize,
     deleted: bool,
+    /// Its `session_created` went out (or a restart loaded it): only then does the gateway
+    /// know it, since a session exists once its registry row is committed.
+    announced: bool,
 }
 
 /// What a request waits for.
@@ -396,7 +399,7 @@ impl Model {
         let candidates: Vec<&SessionModel> = self
             .sessions
             .iter()
-            .filter(|s| pick.foreign || s.tenant == tenant)
+            .filter(|s| s.announced && (pick.foreign || s.tenant == tenant))
             .collect();
         (!candidates.is_empty()).then(|| candidates[pick.index % candidates.len()].id.clone())
     }
@@ -596,7 +599,12 @@ impl Model {
                 self.sim.deliver_storage(usize::MAX);
             }
             Step::Advance(ms) => self.sim.advance(Duration::from_millis(ms)),
-            Step::Restart { clean } => self.restart(clean),
+            Step::Restart { clean } => {
+                self.restart(clean);
+                for session in &mut self.sessions {
+                    session.announced = true;
+                }
+            }
         }
         self.settle();
     }
@@ -917,6 +925,7 @@ impl Model {
                 status: SessionStatus::Inactive,
                 stored: 0,
                 deleted: false,
+                announced: false,
             });
         }
         for index in 0..self.sessions.len() {
@@ -1043,6 +1052,12 @@ impl Model {
         let value: Value = serde_json::from_str(text)
             .unwrap_or_else(|e| self.fail(format!("client {c}: not JSON ({e}): {text}")));
         let kind = value["type"].as_str().unwrap_or_default().to_owned();
+        if kind == "session_created" {
+            let id = value["session"]["id"].as_str().unwrap_or_default();
+            if let Some(&index) = self.by_id.get(id) {
+                self.sessions[index].announced = true;
+            }
+        }
         if let Some(id) = self.clients[c].conn.as_ref().map(|conn| conn.id) {
             self.clients[c].received.push((id, value.clone()));
         }

@@ -177,6 +177,18 @@ impl Storage {
     }
 }
 
+#[cfg(test)]
+impl Storage {
+    /// The databases committed so far, in order.
+    pub(crate) fn stats_commit_order(&self) -> Vec<DatabaseId> {
+        self.stats
+            .commit_order
+            .lock()
+            .map(|o| o.clone())
+            .unwrap_or_default()
+    }
+}
+
 impl Drop for Storage {
     fn drop(&mut self) {
         let _ = self.shutdown_blocking();

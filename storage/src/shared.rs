@@ -44,6 +44,9 @@ pub struct Stats {
     pub reader_handles: AtomicU64,
     pub writer_evictions: AtomicU64,
     pub reader_evictions: AtomicU64,
+    /// Every committed group's database, in commit order (tests of the flush order).
+    #[cfg(test)]
+    pub commit_order: std::sync::Mutex<Vec<diminuendo_core::storage::DatabaseId>>,
 }
 
 /// A snapshot of the storage counters (for metrics and tests).

@@ -806,3 +806,276 @@ fn a_query_of_a_session_commits_the_registry_rows_pending_with_its_log() {
         "the log is committed, so is the row that names its session"
     );
 }
+
+// ------------------------------------------------------------ issue 10: durable registry writes
+
+fn commit_now(tenant: &str, token: u64) -> StorageCommand {
+    StorageCommand::CommitNow {
+        token,
+        database: DatabaseId::Registry {
+            tenant_id: tenant.into(),
+        },
+    }
+}
+
+fn committed(h: &mut Harness, token: u64) -> Result<(), StorageError> {
+    match h.wait_for(|c| matches!(c, StorageCompletion::Committed { token: t, .. } if *t == token))
+    {
+        StorageCompletion::Committed { result, .. } => result,
+        _ => unreachable!(),
+    }
+}
+
+fn registry_rows(dir: &Path, tenant: &str) -> i64 {
+    let registry = crate::paths::registry_path(dir, tenant).unwrap();
+    let c =
+        rusqlite::Connection::open_with_flags(registry, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    c.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn commit_now_commits_at_once_and_groups_what_queued_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock(Mutex::new(Instant::now())));
+    let mut c = StorageConfig::new(dir.path());
+    c.batch_size = 1000;
+    c.clock = clock.clone();
+    let (mut h, _) = Harness::open(c);
+    h.submit(StorageCommand::UpsertSession {
+        session: session("t", "s0", SessionStatus::Inactive, "e"),
+    });
+    h.submit(commit_now("t", 1000));
+    // The clock never moves: only the CommitNow can have committed the row.
+    assert_eq!(committed(&mut h, 1000), Ok(()));
+    assert_eq!(registry_rows(dir.path(), "t"), 1);
+    let commits_before = h.storage.stats().commits;
+
+    // Hold the registry's write lock: the writer's next commit waits; everything submitted
+    // meanwhile must go into at most one more commit after it.
+    let registry = crate::paths::registry_path(dir.path(), "t").unwrap();
+    let blocker = rusqlite::Connection::open(&registry).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for i in 1..=50u64 {
+        h.submit(StorageCommand::UpsertSession {
+            session: session("t", &format!("s{i}"), SessionStatus::Inactive, "e"),
+        });
+        h.submit(commit_now("t", i));
+    }
+    blocker.execute_batch("COMMIT").unwrap();
+    for i in 1..=50u64 {
+        assert_eq!(committed(&mut h, i), Ok(()));
+    }
+    assert_eq!(registry_rows(dir.path(), "t"), 51);
+    let commits = h.storage.stats().commits - commits_before;
+    assert!(
+        (1..=2).contains(&commits),
+        "50 creates queued behind one commit took {commits} commits"
+    );
+}
+
+#[test]
+fn commit_now_reports_a_write_that_could_not_be_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, _) = Harness::open(cfg(dir.path()));
+    let bad = crate::paths::registry_path(dir.path(), "bad").unwrap();
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(&bad, vec![0x42; 4096]).unwrap();
+    h.submit(StorageCommand::UpsertSession {
+        session: session("bad", "s", SessionStatus::Inactive, "e"),
+    });
+    h.submit(commit_now("bad", 1));
+    assert!(committed(&mut h, 1).is_err());
+    // Another registry is not concerned.
+    h.submit(StorageCommand::UpsertSession {
+        session: session("good", "s", SessionStatus::Inactive, "e"),
+    });
+    h.submit(commit_now("good", 2));
+    assert_eq!(committed(&mut h, 2), Ok(()));
+    // A failure with no marker after it in its group is owed to the next marker.
+    h.submit(StorageCommand::UpsertSession {
+        session: session("bad", "s2", SessionStatus::Inactive, "e"),
+    });
+    h.flush(3);
+    h.submit(commit_now("bad", 4));
+    assert!(committed(&mut h, 4).is_err());
+    std::fs::remove_file(&bad).unwrap();
+    h.submit(StorageCommand::UpsertSession {
+        session: session("bad", "s3", SessionStatus::Inactive, "e"),
+    });
+    h.submit(commit_now("bad", 5));
+    assert_eq!(
+        committed(&mut h, 5),
+        Ok(()),
+        "a later write that works is Ok"
+    );
+}
+
+#[test]
+fn every_flush_commits_registries_before_session_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, _) = Harness::open(cfg(dir.path()));
+    // Issue order: logs first, then the rows that name their sessions.
+    h.submit(event("a", 1));
+    h.submit(event("b", 1));
+    h.submit(StorageCommand::UpsertSession {
+        session: session("t1", "a", SessionStatus::Running, "e"),
+    });
+    h.submit(StorageCommand::UpsertSession {
+        session: session("t2", "b", SessionStatus::Running, "e"),
+    });
+    h.flush(1);
+    // A query of a session log commits the registries too, first.
+    h.submit(event("a", 2));
+    h.submit(StorageCommand::UpsertSession {
+        session: session("t1", "c", SessionStatus::Inactive, "e"),
+    });
+    h.events(2, "a");
+    let order = h.storage.stats_commit_order();
+    let registry = |t: &str| DatabaseId::Registry {
+        tenant_id: t.into(),
+    };
+    let log = |s: &str| DatabaseId::Session {
+        session_id: s.into(),
+    };
+    assert_eq!(
+        order,
+        vec![
+            registry("t1"),
+            registry("t2"),
+            log("a"),
+            log("b"),
+            registry("t1"),
+            log("a")
+        ]
+    );
+}
+
+/// Writes a session whose last turn started and never ended, then stops uncleanly.
+fn write_open_turn(dir: &Path) -> String {
+    let (mut h, _) = Harness::open(cfg(dir));
+    h.submit(StorageCommand::UpsertSession {
+        session: session("t", "s", SessionStatus::Running, "E0"),
+    });
+    let started = r#"{"type":"turn_started","sessionId":"s","seq":1,"ts":5,"turnId":"t1","text":"hello","userId":"u1"}"#;
+    h.submit(StorageCommand::AppendEvent {
+        session_id: "s".into(),
+        event: StoredEvent {
+            seq: 1,
+            event_type: "turn_started".into(),
+            turn_id: Some("t1".into()),
+            payload: Bytes::from(started),
+            ts_ms: 5,
+        },
+    });
+    h.submit(event("s", 2));
+    h.submit(StorageCommand::UpsertTurn {
+        session_id: "s".into(),
+        turn: turn("t1", None),
+    });
+    h.flush(1);
+    drop(h);
+    std::fs::remove_file(dir.join(CLEAN_MARKER)).unwrap();
+    "s".into()
+}
+
+#[test]
+fn recovery_closes_a_turn_a_crash_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = write_open_turn(dir.path());
+    let (mut h, report) = Harness::open(cfg(dir.path()));
+    assert_eq!(report.turns_interrupted, 1);
+    let resume = &report.resume[0];
+    assert!(resume.new_epoch && resume.epoch != "E0");
+    assert_eq!(resume.last_seq, 3);
+    assert_eq!(report.records[0].last_seq, 3);
+    let events = h.events(1, &s);
+    assert_eq!(events.len(), 3);
+    let last = &events[2];
+    assert_eq!((last.seq, last.event_type.as_str()), (3, "turn_error"));
+    assert_eq!(last.turn_id.as_deref(), Some("t1"));
+    // Byte for byte what the core would have published.
+    let expected = diminuendo_core::sessions::turn_error_payload(
+        "s",
+        3,
+        last.ts_ms,
+        "t1",
+        "INTERRUPTED",
+        crate::recovery::INTERRUPTED_MESSAGE,
+    );
+    assert_eq!(last.payload, expected);
+    let v: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(v["code"], "INTERRUPTED");
+    match h.query(
+        2,
+        StorageQuery::History {
+            session_id: s.clone(),
+            before_turn: None,
+            limit: 10,
+        },
+    ) {
+        Ok(QueryResult::History { turns, .. }) => {
+            assert_eq!(turns.len(), 1);
+            assert_eq!(turns[0].stop_reason.as_deref(), Some("error"));
+            assert!(turns[0].completed_at_ms.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(h);
+    // Closed once: neither a clean restart nor another unclean one appends again.
+    let (h, report) = Harness::open(cfg(dir.path()));
+    assert_eq!(report.turns_interrupted, 0);
+    drop(h);
+    std::fs::remove_file(dir.path().join(CLEAN_MARKER)).unwrap();
+    let (mut h, report) = Harness::open(cfg(dir.path()));
+    assert_eq!(report.turns_interrupted, 0);
+    assert_eq!(h.events(1, &s).len(), 3);
+}
+
+#[test]
+fn recovery_after_a_clean_stop_leaves_an_open_turn_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = write_open_turn(dir.path());
+    std::fs::write(dir.path().join(CLEAN_MARKER), b"clean\n").unwrap();
+    let (mut h, report) = Harness::open(cfg(dir.path()));
+    assert_eq!(report.turns_interrupted, 0);
+    assert_eq!(h.events(1, &s).len(), 2);
+}
+
+#[test]
+fn recovery_removes_session_directories_no_registry_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, _) = Harness::open(cfg(dir.path()));
+    h.submit(StorageCommand::UpsertSession {
+        session: session("t", "kept", SessionStatus::Inactive, "e"),
+    });
+    h.submit(event("kept", 1));
+    h.submit(event("ghost", 1));
+    h.flush(1);
+    drop(h);
+    std::fs::remove_file(dir.path().join(CLEAN_MARKER)).unwrap();
+    let sessions = dir.path().join("sessions");
+    // Not a session id: not ours, left alone.
+    std::fs::create_dir_all(sessions.join("not an id")).unwrap();
+    let (h, report) = Harness::open(cfg(dir.path()));
+    assert_eq!(report.orphan_session_dirs, 2);
+    assert_eq!(report.orphan_session_dirs_removed, 1);
+    assert!(!sessions.join("ghost").exists());
+    assert!(sessions.join("kept").exists());
+    assert!(sessions.join("not an id").exists());
+    drop(h);
+
+    // A registry that cannot be read may hold the missing rows: nothing is removed then.
+    let (mut h, _) = Harness::open(cfg(dir.path()));
+    h.submit(event("ghost2", 1));
+    h.flush(1);
+    drop(h);
+    let bad = crate::paths::registry_path(dir.path(), "broken").unwrap();
+    std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    std::fs::write(&bad, vec![0x42; 4096]).unwrap();
+    let (_h, report) = Harness::open(cfg(dir.path()));
+    assert_eq!(report.orphan_session_dirs, 2);
+    assert_eq!(report.orphan_session_dirs_removed, 0);
+    assert!(sessions.join("ghost2").exists());
+}

@@ -57,6 +57,8 @@ pub fn write_target(cmd: &StorageCommand) -> Option<DatabaseId> {
         | StorageCommand::UpsertTurn { session_id, .. } => Some(DatabaseId::Session {
             session_id: session_id.clone(),
         }),
+        // A marker in its database's group: answered when the writes before it are committed.
+        StorageCommand::CommitNow { database, .. } => Some(database.clone()),
         StorageCommand::Flush { .. }
         | StorageCommand::Shutdown { .. }
         | StorageCommand::Query { .. } => None,
@@ -124,6 +126,9 @@ pub struct Writer {
     stash: Option<StorageCommand>,
     /// Some write failed in this run: the next start must not trust the log (no clean marker).
     lost_writes: bool,
+    /// Per database, a failure of writes that no `CommitNow` followed in their group: the next
+    /// `CommitNow` of that database answers it (the writes it follows were not all stored).
+    unreported: HashMap<DatabaseId, StorageError>,
 }
 
 /// What one group's transaction did.
@@ -134,6 +139,11 @@ struct GroupOutcome {
     failed: usize,
     error: Option<rusqlite::Error>,
     deleted_sessions: Vec<String>,
+    /// Each `CommitNow` of the group, with the failure of a write before it (since the previous
+    /// marker), if any.
+    markers: Vec<(u64, Option<String>)>,
+    /// A write after the group's last marker (or in a group without one) failed.
+    tail_failed: bool,
 }
 
 /// A failure that aborts the whole transaction (as opposed to one refused command).
@@ -253,30 +263,61 @@ fn apply(tx: &Connection, cmd: &StorageCommand) -> rusqlite::Result<Option<Strin
         }
         StorageCommand::Flush { .. }
         | StorageCommand::Shutdown { .. }
-        | StorageCommand::Query { .. } => {}
+        | StorageCommand::Query { .. }
+        | StorageCommand::CommitNow { .. } => {}
     }
     Ok(None)
 }
 
 /// Runs one group in one transaction. Refused commands (constraint violations, unrepresentable
-/// values) are skipped and counted; anything else rolls the whole group back.
+/// values) are skipped and counted; anything else rolls the whole group back. `CommitNow`
+/// markers are not rows: they collect the failures of the writes before them.
 fn commit_group(conn: &mut Connection, cmds: &[StorageCommand]) -> GroupOutcome {
+    let tokens = || {
+        cmds.iter().filter_map(|c| match c {
+            StorageCommand::CommitNow { token, .. } => Some(*token),
+            _ => None,
+        })
+    };
+    let writes = cmds
+        .iter()
+        .filter(|c| !matches!(c, StorageCommand::CommitNow { .. }))
+        .count();
+    let tail_writes = cmds
+        .iter()
+        .rev()
+        .take_while(|c| !matches!(c, StorageCommand::CommitNow { .. }))
+        .count();
     let mut out = GroupOutcome {
         committed: 0,
         events: 0,
         failed: 0,
         error: None,
         deleted_sessions: Vec::new(),
+        markers: Vec::new(),
+        tail_failed: false,
+    };
+    let abort = |mut out: GroupOutcome, e: rusqlite::Error| {
+        let message = e.to_string();
+        out.failed = writes;
+        out.committed = 0;
+        out.events = 0;
+        out.deleted_sessions.clear();
+        out.markers = tokens().map(|t| (t, Some(message.clone()))).collect();
+        out.tail_failed = tail_writes > 0;
+        out.error = Some(e);
+        out
     };
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => {
-            out.failed = cmds.len();
-            out.error = Some(e);
-            return out;
-        }
+        Err(e) => return abort(out, e),
     };
+    let mut refused: Option<String> = None;
     for cmd in cmds {
+        if let StorageCommand::CommitNow { token, .. } = cmd {
+            out.markers.push((*token, refused.take()));
+            continue;
+        }
         match apply(&tx, cmd) {
             Ok(deleted) => {
                 out.committed += 1;
@@ -287,25 +328,19 @@ fn commit_group(conn: &mut Connection, cmds: &[StorageCommand]) -> GroupOutcome 
             }
             Err(e) if !aborts_transaction(&e) => {
                 out.failed += 1;
+                refused.get_or_insert_with(|| e.to_string());
                 out.error.get_or_insert(e);
             }
             Err(e) => {
                 // Dropping `tx` rolls back.
-                out.failed = cmds.len();
-                out.committed = 0;
-                out.events = 0;
-                out.deleted_sessions.clear();
-                out.error = Some(e);
-                return out;
+                drop(tx);
+                return abort(out, e);
             }
         }
     }
+    out.tail_failed = refused.is_some();
     if let Err(e) = tx.commit() {
-        out.failed = cmds.len();
-        out.committed = 0;
-        out.events = 0;
-        out.deleted_sessions.clear();
-        out.error = Some(e);
+        return abort(out, e);
     }
     out
 }
@@ -334,6 +369,7 @@ impl Writer {
             first_at: None,
             stash: None,
             lost_writes: false,
+            unreported: HashMap::new(),
         }
     }
 
@@ -386,16 +422,13 @@ impl Writer {
                 let target = query_target(&query);
                 match target {
                     // This session's pending writes stand between the query and its data. The
-                    // pending registry rows go with it (after it, as in every flush): a log
-                    // committed without the row that names its session would, after a crash,
-                    // be a session clients saw, gone.
+                    // pending registry rows go first (as in every flush): a log is never
+                    // committed before the row that names its session.
                     DatabaseId::Session { .. } => self.flush_where(|db| {
                         *db == target || matches!(db, DatabaseId::Registry { .. })
                     }),
-                    // A registry is flushed after the session logs (see `flush_where`), so they go too.
-                    DatabaseId::Registry { .. } => self.flush_where(|db| {
-                        matches!(db, DatabaseId::Session { .. }) || *db == target
-                    }),
+                    // Registries come first in every flush: nothing else has to go with it.
+                    DatabaseId::Registry { .. } => self.flush_where(|db| *db == target),
                 }
                 if let Err(e) = self.reader_tx.send(ReaderMsg::Query { token, query }) {
                     if let ReaderMsg::Query { token, .. } = e.0 {
@@ -410,9 +443,15 @@ impl Writer {
                 // A delete runs at once, so that writes issued after it (to a session of the same
                 // id) are not deleted with the directory when the registry commits.
                 let delete = matches!(write, StorageCommand::DeleteSession { .. });
+                let commit_now = match &write {
+                    StorageCommand::CommitNow { database, .. } => Some(database.clone()),
+                    _ => None,
+                };
                 self.push(write);
                 if delete {
                     self.flush_all(false);
+                } else if let Some(target) = commit_now {
+                    self.group_commit(target);
                 } else if self.buffered >= self.policy.batch_size.max(1) {
                     self.flush_all(true);
                 }
@@ -461,9 +500,33 @@ impl Writer {
         self.flush_where(|_| true);
     }
 
-    /// Commits the selected groups: session logs first, then registries, each in the order its
-    /// first write arrived. Logs first means a committed registry row (e.g. status `inactive`)
-    /// never describes events that are not committed yet.
+    /// Group commit for a `CommitNow`: takes every write already queued (so every create that
+    /// arrived while the previous commit ran joins this one, up to `max_batch`), then commits
+    /// the registries (and `target`, were it a session log) at once; session logs keep batching.
+    fn group_commit(&mut self, target: DatabaseId) {
+        if self.stash.is_none() {
+            while self.buffered < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(m) if m.is_write() && !matches!(m, StorageCommand::DeleteSession { .. }) => {
+                        self.push(m)
+                    }
+                    Ok(m) => {
+                        self.stash = Some(m);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        self.flush_where(|db| matches!(db, DatabaseId::Registry { .. }) || *db == target);
+    }
+
+    /// Commits the selected groups: registries first, then session logs, each in the order its
+    /// first write arrived. Registries first means a session log is never committed before the
+    /// row that names its session (a crash between the two cannot leave a log no registry
+    /// lists). A registry row may then be ahead of its log (`last_seq`, status); recovery takes
+    /// `last_seq` from the log, sets every status to `inactive` and gives such a session a new
+    /// epoch, so that never misleads a client.
     fn flush_where(&mut self, select: impl Fn(&DatabaseId) -> bool) {
         let mut keys: Vec<(bool, u64, DatabaseId)> = self
             .groups
@@ -471,7 +534,7 @@ impl Writer {
             .filter(|(db, _)| select(db))
             .map(|(db, g)| {
                 (
-                    matches!(db, DatabaseId::Registry { .. }),
+                    matches!(db, DatabaseId::Session { .. }),
                     g.order,
                     db.clone(),
                 )
@@ -527,16 +590,73 @@ impl Writer {
 
     fn commit(&mut self, db: DatabaseId, cmds: Vec<StorageCommand>) {
         let name = error_database(&db);
+        let writes = cmds
+            .iter()
+            .filter(|c| !matches!(c, StorageCommand::CommitNow { .. }))
+            .count();
+        if writes == 0 {
+            // Only markers: what they follow was committed (or failed) earlier.
+            for cmd in &cmds {
+                if let StorageCommand::CommitNow { token, .. } = cmd {
+                    let result = match self.unreported.remove(&db) {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    };
+                    self.completer.send(StorageCompletion::Committed {
+                        token: *token,
+                        result,
+                    });
+                }
+            }
+            return;
+        }
         let started = Instant::now();
         let outcome = match self.connection(&db) {
             Ok(conn) => commit_group(conn, &cmds),
             Err(e) => {
-                self.report_failure(db, cmds.len(), e);
+                let ends_with_marker =
+                    matches!(cmds.last(), Some(StorageCommand::CommitNow { .. }));
+                self.unreported.remove(&db);
+                for cmd in &cmds {
+                    if let StorageCommand::CommitNow { token, .. } = cmd {
+                        self.completer.send(StorageCompletion::Committed {
+                            token: *token,
+                            result: Err(e.clone()),
+                        });
+                    }
+                }
+                if !ends_with_marker {
+                    self.unreported.insert(db.clone(), e.clone());
+                }
+                self.report_failure(db, writes, e);
                 return;
             }
         };
+        let mut earlier = self.unreported.remove(&db);
+        for (token, failure) in &outcome.markers {
+            let result = match (failure, earlier.take()) {
+                (Some(message), _) => Err(StorageError::Sqlite {
+                    database: name.clone(),
+                    message: message.clone(),
+                }),
+                (None, Some(e)) => Err(e),
+                (None, None) => Ok(()),
+            };
+            self.completer.send(StorageCompletion::Committed {
+                token: *token,
+                result,
+            });
+        }
+        if let Some(e) = earlier {
+            // No marker in this group: still owed to the next one.
+            self.unreported.insert(db.clone(), e);
+        }
         let nanos = started.elapsed().as_nanos() as u64;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        if let Ok(mut order) = self.stats.commit_order.lock() {
+            order.push(db.clone());
+        }
         self.stats
             .rows
             .fetch_add(outcome.committed as u64, Ordering::Relaxed);
@@ -562,6 +682,9 @@ impl Writer {
                 if let Some(conn) = self.handles.remove(&db) {
                     schema::close(conn, &name);
                 }
+            }
+            if outcome.tail_failed {
+                self.unreported.insert(db.clone(), error.clone());
             }
             self.report_failure(db, outcome.failed, error);
         }

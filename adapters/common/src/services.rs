@@ -108,20 +108,29 @@ impl Services {
 
     fn submit(&mut self, gateway: &mut Gateway, command: StorageCommand, now: Instant) {
         let token = match &command {
-            StorageCommand::Query { token, .. } => Some(*token),
+            StorageCommand::Query { token, .. } => Some((*token, false)),
+            StorageCommand::CommitNow { token, .. } => Some((*token, true)),
             _ => None,
         };
         if let Err(error) = self.storage.submit(command) {
             warn!(%error, "storage refused a command");
-            // The core waits for every query's answer: give it the failure.
-            if let Some(token) = token {
-                gateway.handle_storage(
+            // The core waits for every query's and commit's answer: give it the failure.
+            match token {
+                Some((token, false)) => gateway.handle_storage(
                     StorageCompletion::QueryResult {
                         token,
                         result: Err(error),
                     },
                     now,
-                );
+                ),
+                Some((token, true)) => gateway.handle_storage(
+                    StorageCompletion::Committed {
+                        token,
+                        result: Err(error),
+                    },
+                    now,
+                ),
+                None => {}
             }
         }
     }
@@ -192,6 +201,8 @@ fn log_recovery(report: &RecoveryReport) {
         sessions = report.sessions,
         deactivated = report.sessions_deactivated,
         new_epochs = report.sessions_new_epoch,
+        orphan_dirs_removed = report.orphan_session_dirs_removed,
+        turns_interrupted = report.turns_interrupted,
         "storage recovered"
     );
     for error in &report.failed {

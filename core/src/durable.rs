@@ -1,0 +1,273 @@
+//! Durable replies (PROTOCOL section 5): `create_session`, `rename_session`,
+//! `archive_session`/`unarchive_session` and `delete_session` are answered once storage says the
+//! registry change is committed ([`StorageCommand::CommitNow`] → [`StorageCompletion::Committed`]).
+//!
+//! The reply waits in `pending_durable`, keyed by the storage token. The connection that asked
+//! may close meanwhile and its id be given to another connection: `client_gone` forgets the
+//! requester then, so the reply is never sent to a stranger (the tenant broadcast still goes out:
+//! the change is on disk all the same).
+//!
+//! A failed commit answers `INTERNAL` and leaves the in-memory registry as the disk has it:
+//! - a create that failed is not in the registry (it was never inserted: a session becomes
+//!   visible, to its creator and to `list_sessions`, only once its row is committed), and a
+//!   `DeleteSession` makes sure its row is not left on disk either;
+//! - a delete that failed puts the session back (`inactive`, its agent already stopped);
+//! - a rename or (un)archive that failed is undone, unless a later change of the same field
+//!   replaced it meanwhile (that one has its own pending reply).
+//!
+//! Until the commit, a rename or archive is visible in memory (to `list_sessions` and to the
+//! session's own events); its `session_updated` goes out, to the requester and the tenant, only
+//! after the commit.
+//!
+//! [`StorageCommand::CommitNow`]: crate::storage::StorageCommand::CommitNow
+//! [`StorageCompletion::Committed`]: crate::storage::StorageCompletion::Committed
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::protocol::ErrorCode;
+use crate::sessions::{FrameWriter, PendingQuery, Session, SessionId, SessionMeta};
+use crate::storage::{DatabaseId, SessionRecord, SessionStatus, StorageCommand, StorageError};
+use crate::{ConnectionId, Gateway};
+
+/// A registry change waiting for its commit.
+pub(crate) struct PendingDurable {
+    /// Who asked and with which `requestId`; `None` once that connection is gone.
+    pub(crate) requester: Option<(ConnectionId, Option<String>)>,
+    pub(crate) action: DurableAction,
+}
+
+pub(crate) enum DurableAction {
+    /// The new session, not yet in the in-memory registry.
+    Create(SessionRecord),
+    /// The session as the change left it, and the value it replaced.
+    Update {
+        record: SessionRecord,
+        previous: Previous,
+    },
+    /// The removed session (already gone from memory), and the requests about it that were
+    /// waiting for storage: they are answered after the deletion.
+    Delete {
+        record: SessionRecord,
+        orphaned: Vec<PendingQuery>,
+    },
+}
+
+#[derive(Clone)]
+pub(crate) enum Previous {
+    Name(String),
+    Archived(bool),
+}
+
+impl Gateway {
+    /// Asks storage to commit the registry of `tenant_id` now and keeps `action` until it has.
+    pub(crate) fn await_commit(
+        &mut self,
+        tenant_id: &str,
+        requester: ConnectionId,
+        request_id: Option<&str>,
+        action: DurableAction,
+    ) {
+        let token = self.next_token();
+        self.pending_durable.insert(
+            token,
+            PendingDurable {
+                requester: Some((requester, request_id.map(str::to_owned))),
+                action,
+            },
+        );
+        self.storage(StorageCommand::CommitNow {
+            token,
+            database: DatabaseId::Registry {
+                tenant_id: tenant_id.to_owned(),
+            },
+        });
+    }
+
+    /// The connection is gone: replies owed to it are dropped (its id may be reused), the
+    /// changes themselves still complete.
+    pub(crate) fn forget_durable_requester(&mut self, id: ConnectionId) {
+        for pending in self.pending_durable.values_mut() {
+            if pending
+                .requester
+                .as_ref()
+                .is_some_and(|(connection, _)| *connection == id)
+            {
+                pending.requester = None;
+            }
+            if let DurableAction::Delete { orphaned, .. } = &mut pending.action {
+                orphaned.retain(|query| query.connection() != id);
+            }
+        }
+    }
+
+    /// Storage answered a `CommitNow`.
+    pub(crate) fn durable_committed(
+        &mut self,
+        token: u64,
+        result: Result<(), StorageError>,
+        now: Instant,
+    ) {
+        let Some(PendingDurable { requester, action }) = self.pending_durable.remove(&token) else {
+            return;
+        };
+        let (requester, request_id) = match requester {
+            Some((connection, request_id)) => (Some(connection), request_id),
+            None => (None, None),
+        };
+        let request_id = request_id.as_deref();
+        match (action, result) {
+            (DurableAction::Create(record), Ok(())) => {
+                let session_id: SessionId = Arc::from(record.id.as_str());
+                let tenant: Arc<str> = Arc::from(record.tenant_id.as_str());
+                self.tenants
+                    .entry(tenant)
+                    .or_default()
+                    .sessions
+                    .push(session_id.clone());
+                self.sessions
+                    .insert(session_id.clone(), Session::new(record));
+                self.metrics.sessions_created += 1;
+                self.announce_to(requester, request_id, &session_id, "session_created", now);
+            }
+            (DurableAction::Create(record), Err(error)) => {
+                // The row may have been stored after all (the error may concern a write before
+                // it): delete it, so a session nobody was told of does not appear later.
+                self.storage(StorageCommand::DeleteSession {
+                    tenant_id: record.tenant_id,
+                    session_id: record.id,
+                });
+                if let Some(connection) = requester {
+                    let message = format!(
+                        "the session could not be stored, it was not created ({})",
+                        storage_reason(&error)
+                    );
+                    self.send_error(connection, ErrorCode::Internal, &message, request_id, now);
+                }
+            }
+            (DurableAction::Update { record, .. }, Ok(())) => {
+                let session_id: SessionId = Arc::from(record.id.as_str());
+                if self.sessions.contains_key(&session_id) {
+                    self.announce_to(requester, request_id, &session_id, "session_updated", now);
+                } else if let Some(connection) = requester {
+                    // Deleted meanwhile: the change was stored all the same; the reply says so
+                    // with the session as the change left it.
+                    let mut writer = FrameWriter::new("session_updated");
+                    if let Some(request_id) = request_id {
+                        writer.field("requestId", request_id);
+                    }
+                    writer.field("session", &SessionMeta::from(&record));
+                    let (frame, _) = writer.finish();
+                    self.send(connection, frame, now);
+                }
+            }
+            (DurableAction::Update { record, previous }, Err(error)) => {
+                if let Some(session) = self.sessions.get_mut(record.id.as_str()) {
+                    match previous {
+                        Previous::Name(name) if session.record.name == record.name => {
+                            session.record.name = name;
+                        }
+                        Previous::Archived(archived)
+                            if session.record.archived == record.archived =>
+                        {
+                            session.record.archived = archived;
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(connection) = requester {
+                    let message = format!(
+                        "the change could not be stored and was undone ({})",
+                        storage_reason(&error)
+                    );
+                    self.send_error(connection, ErrorCode::Internal, &message, request_id, now);
+                }
+            }
+            (DurableAction::Delete { record, orphaned }, Ok(())) => {
+                let tenant_id = record.tenant_id.clone();
+                let mut writer = FrameWriter::new("session_deleted");
+                writer.field("sessionId", record.id.as_str());
+                let (frame, _) = writer.finish();
+                if let Some(connection) = requester {
+                    self.reply(
+                        connection,
+                        "session_deleted",
+                        request_id,
+                        |w| {
+                            w.field("sessionId", record.id.as_str());
+                        },
+                        now,
+                    );
+                }
+                self.broadcast_tenant(&tenant_id, frame, now);
+                for query in orphaned {
+                    self.abandon(
+                        query,
+                        ErrorCode::SessionNotFound,
+                        "the session was deleted",
+                        now,
+                    );
+                }
+            }
+            (
+                DurableAction::Delete {
+                    mut record,
+                    orphaned,
+                },
+                Err(error),
+            ) => {
+                // Still on disk: put it back, so memory and disk agree. Its agent is stopped.
+                record.status = SessionStatus::Inactive;
+                let session_id: SessionId = Arc::from(record.id.as_str());
+                let tenant: Arc<str> = Arc::from(record.tenant_id.as_str());
+                let tenant = self.tenants.entry(tenant).or_default();
+                if !tenant.sessions.contains(&session_id) {
+                    tenant.sessions.push(session_id.clone());
+                }
+                self.sessions.insert(session_id, Session::new(record));
+                if let Some(connection) = requester {
+                    let message = format!(
+                        "the deletion could not be stored; the session still exists ({})",
+                        storage_reason(&error)
+                    );
+                    self.send_error(connection, ErrorCode::Internal, &message, request_id, now);
+                }
+                for query in orphaned {
+                    self.abandon(
+                        query,
+                        ErrorCode::Internal,
+                        "interrupted by a deletion that failed; the session still exists",
+                        now,
+                    );
+                }
+            }
+        }
+    }
+
+    /// `announce_session` when the requester is still there, else the tenant broadcast alone.
+    fn announce_to(
+        &mut self,
+        requester: Option<ConnectionId>,
+        request_id: Option<&str>,
+        session_id: &SessionId,
+        kind: &str,
+        now: Instant,
+    ) {
+        match requester {
+            Some(connection) => {
+                self.announce_session(connection, request_id, session_id, kind, now)
+            }
+            None => self.notify_tenant_session(session_id, kind, now),
+        }
+    }
+}
+
+/// A short reason for a client: what kind of failure, without paths.
+fn storage_reason(error: &StorageError) -> &'static str {
+    match error {
+        StorageError::Closed => "storage is closed",
+        StorageError::NewerSchema { .. } => "the registry has a newer schema",
+        StorageError::InvalidIdentifier { .. } => "invalid identifier",
+        StorageError::Sqlite { .. } | StorageError::Io { .. } => "storage write failed",
+    }
+}
