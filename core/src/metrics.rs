@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Joins by replay result: `live` (no afterSeq), `recovered`, `reload`.
     pub replays: BTreeMap<&'static str, u64>,
     pub storage_write_failures: u64,
+    /// New work refused because storage could not write or its queue was congested.
+    pub storage_refusals: u64,
     pub agents_started: u64,
     pub agent_failures: u64,
     pub turns_started: u64,
@@ -163,7 +165,7 @@ impl Metrics {
         for (status, count) in &gauges.sessions {
             let _ = writeln!(out, "diminuendo_sessions{{status=\"{status}\"}} {count}");
         }
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 14] = [
             (
                 "events_published_total",
                 "Session events published.",
@@ -203,6 +205,11 @@ impl Metrics {
                 "storage_write_failures_total",
                 "Writes storage reported failed.",
                 self.storage_write_failures,
+            ),
+            (
+                "storage_refusals_total",
+                "New work refused because storage could not write or was congested.",
+                self.storage_refusals,
             ),
             (
                 "agents_started_total",

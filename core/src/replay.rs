@@ -301,6 +301,10 @@ impl Gateway {
                     }
                 }
             }
+            StorageCompletion::Health { writable, reason } => {
+                self.storage_health_changed(writable, reason, now)
+            }
+            StorageCompletion::Backlog { congested } => self.storage_congested = congested,
             StorageCompletion::Flushed { .. } | StorageCompletion::ShutdownComplete { .. } => {}
         }
     }

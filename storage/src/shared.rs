@@ -44,6 +44,17 @@ pub struct Stats {
     pub reader_handles: AtomicU64,
     pub writer_evictions: AtomicU64,
     pub reader_evictions: AtomicU64,
+    /// Bytes of commands submitted and not yet written (or answered): the storage queue.
+    pub queued_bytes: AtomicU64,
+}
+
+impl Stats {
+    /// Commands worth `bytes` left the queue (written, failed, dropped or answered).
+    pub fn release(&self, bytes: u64) {
+        if bytes > 0 {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
 }
 
 /// A snapshot of the storage counters (for metrics and tests).
@@ -67,6 +78,8 @@ pub struct StorageStats {
     /// Handles closed by LRU eviction.
     pub writer_evictions: u64,
     pub reader_evictions: u64,
+    /// Bytes in the storage queue now (see `StorageConfig::queue_limit`).
+    pub queued_bytes: u64,
 }
 
 impl Stats {
@@ -84,6 +97,7 @@ impl Stats {
             reader_handles: l(&self.reader_handles),
             writer_evictions: l(&self.writer_evictions),
             reader_evictions: l(&self.reader_evictions),
+            queued_bytes: l(&self.queued_bytes),
         }
     }
 }

@@ -143,6 +143,18 @@ pub struct Flags {
     /// ... or once this many writes are buffered, whichever comes first [default: 100]
     #[arg(long, env = "DIMINUENDO_STORAGE_BATCH", value_name = "N")]
     pub storage_batch: Option<usize>,
+
+    /// Bound of the storage queue in bytes (writes and queries not yet done). Over half of it new
+    /// turns and sessions answer RATE_LIMITED; over three quarters agents' output is no longer
+    /// read (they wait on their pipes); a write that would pass it is refused and its session
+    /// gets a new epoch [default: 67108864]
+    #[arg(long, env = "DIMINUENDO_STORAGE_QUEUE_LIMIT", value_name = "BYTES")]
+    pub storage_queue_limit: Option<usize>,
+
+    /// For tests: the storage writer waits this long before every commit, as a slow disk would
+    /// [default: 0]
+    #[arg(long, env = "DIMINUENDO_STORAGE_COMMIT_DELAY_MS", value_name = "MS")]
+    pub storage_commit_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -194,6 +206,7 @@ pub struct FileSettings {
     pub synchronous: Option<SyncMode>,
     pub storage_flush_ms: Option<u64>,
     pub storage_batch: Option<usize>,
+    pub storage_queue_limit: Option<usize>,
 }
 
 /// Storage settings.
@@ -202,6 +215,10 @@ pub struct StorageSettings {
     pub synchronous: Synchronous,
     pub flush_interval: Duration,
     pub batch_size: usize,
+    /// The storage queue's bound in bytes (`--storage-queue-limit`).
+    pub queue_limit: u64,
+    /// For tests: a pause before every commit (`--storage-commit-delay-ms`).
+    pub commit_delay: Duration,
 }
 
 /// Everything an adapter needs to start.
@@ -376,6 +393,12 @@ impl Settings {
                 flags.storage_batch.or(file.storage_batch),
                 100,
             )?,
+            queue_limit: size(
+                "storage_queue_limit",
+                flags.storage_queue_limit.or(file.storage_queue_limit),
+                diminuendo_storage::DEFAULT_QUEUE_LIMIT as usize,
+            )? as u64,
+            commit_delay: Duration::from_millis(flags.storage_commit_delay_ms.unwrap_or(0)),
         };
         let data_dir = flags
             .data_dir
