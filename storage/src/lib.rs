@@ -25,6 +25,8 @@ mod writer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_health;
 
 pub use config::{
     Clock, CommitHook, StorageConfig, Synchronous, SystemClock, UncleanEpochPolicy,
