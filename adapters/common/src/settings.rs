@@ -621,4 +621,34 @@ mod tests {
         .expect_err("missing file");
         assert!(error.contains("JWKS"), "{error}");
     }
+
+    #[test]
+    fn the_storage_queue_limit_has_a_default_a_file_key_and_a_flag() {
+        let settings = Settings::resolve(Flags::default()).expect("valid");
+        assert_eq!(settings.storage.queue_limit, 64 * 1024 * 1024);
+        assert!(settings.storage.commit_delay.is_zero());
+        let (dir, path) = temp_file("queue", "storage_queue_limit = 1048576\n");
+        let settings = Settings::resolve(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .expect("valid");
+        assert_eq!(settings.storage.queue_limit, 1024 * 1024);
+        let settings = Settings::resolve(Flags {
+            config: Some(path),
+            storage_queue_limit: Some(4096),
+            storage_commit_delay_ms: Some(20),
+            ..Flags::default()
+        })
+        .expect("valid");
+        assert_eq!(settings.storage.queue_limit, 4096);
+        assert_eq!(settings.storage.commit_delay, Duration::from_millis(20));
+        let error = Settings::resolve(Flags {
+            storage_queue_limit: Some(0),
+            ..Flags::default()
+        })
+        .expect_err("zero refused");
+        assert!(error.contains("storage_queue_limit"), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
