@@ -620,7 +620,11 @@ impl Gateway {
 
     /// The gauges `/metrics` shows, from the current state.
     fn gauges(&self) -> crate::metrics::Gauges {
-        let mut gauges = crate::metrics::Gauges::default();
+        let mut gauges = crate::metrics::Gauges {
+            storage_writable: self.storage_writable && self.storage_unwritable.is_none(),
+            storage_congested: self.storage_congested,
+            ..Default::default()
+        };
         for session in self.sessions.values() {
             *gauges
                 .sessions

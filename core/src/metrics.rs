@@ -29,6 +29,8 @@ pub struct Metrics {
     pub storage_write_failures: u64,
     /// New work refused because storage could not write or its queue was congested.
     pub storage_refusals: u64,
+    /// Bytes in the storage queue (set by the adapter from storage's statistics).
+    pub storage_queue_bytes: u64,
     pub agents_started: u64,
     pub agent_failures: u64,
     pub turns_started: u64,
@@ -43,6 +45,9 @@ pub struct Gauges {
     pub sessions: BTreeMap<&'static str, u64>,
     /// WebSocket connections by state: `unauthenticated`, `authenticated`, `closing`.
     pub websocket_by_state: BTreeMap<&'static str, u64>,
+    /// Storage can write (1) or not (0); its queue is congested (1) or not (0).
+    pub storage_writable: bool,
+    pub storage_congested: bool,
 }
 
 impl Metrics {
@@ -164,6 +169,28 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE diminuendo_sessions gauge");
         for (status, count) in &gauges.sessions {
             let _ = writeln!(out, "diminuendo_sessions{{status=\"{status}\"}} {count}");
+        }
+        let storage_gauges = [
+            (
+                "storage_writable",
+                "Whether storage can write (0 while the disk refuses writes).",
+                u64::from(gauges.storage_writable),
+            ),
+            (
+                "storage_congested",
+                "Whether the storage queue is congested (new work is refused).",
+                u64::from(gauges.storage_congested),
+            ),
+            (
+                "storage_queue_bytes",
+                "Bytes waiting in the storage queue.",
+                self.storage_queue_bytes,
+            ),
+        ];
+        for (name, help, value) in storage_gauges {
+            let _ = writeln!(out, "# HELP diminuendo_{name} {help}");
+            let _ = writeln!(out, "# TYPE diminuendo_{name} gauge");
+            let _ = writeln!(out, "diminuendo_{name} {value}");
         }
         let counters: [(&str, &str, u64); 14] = [
             (

@@ -34,6 +34,11 @@ impl Gateway {
         self.storage_unwritable.as_deref()
     }
 
+    /// Storage's queue size, for `/metrics` (the adapter reads it from storage's statistics).
+    pub fn record_storage_queue(&mut self, bytes: u64) {
+        self.metrics.storage_queue_bytes = bytes;
+    }
+
     /// Whether new work is refused because the storage queue is congested.
     pub fn storage_congested(&self) -> bool {
         self.storage_congested

@@ -144,6 +144,9 @@ fn while_storage_cannot_write_readyz_is_503_health_says_why_and_new_work_answers
     let health: Value = serde_json::from_slice(&body).expect("JSON");
     assert_eq!(health["status"], "unavailable");
     assert_eq!(health["reason"], reason);
+    let (_, body) = get(&mut sim, "/metrics");
+    let text = String::from_utf8(body).expect("UTF-8");
+    assert!(text.contains("\ndiminuendo_storage_writable 0\n"), "{text}");
 
     let agents_before = sim.agents.len();
     let (refused, _) = call(
@@ -213,6 +216,11 @@ fn while_storage_cannot_write_readyz_is_503_health_says_why_and_new_work_answers
         text.contains("diminuendo_storage_refusals_total 3"),
         "{text}"
     );
+    assert!(text.contains("\ndiminuendo_storage_writable 1\n"), "{text}");
+    assert!(
+        text.contains("\ndiminuendo_storage_congested 0\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -266,6 +274,12 @@ fn a_congested_queue_refuses_new_work_with_rate_limited_while_running_turns_go_o
     sim.pump();
     // Not a readiness problem: the gateway serves, it only takes no new work.
     assert_eq!(get(&mut sim, "/readyz").0, 200);
+    let (_, body) = get(&mut sim, "/metrics");
+    let text = String::from_utf8(body).expect("UTF-8");
+    assert!(
+        text.contains("\ndiminuendo_storage_congested 1\n"),
+        "{text}"
+    );
     for request in [
         json!({"type": "run_turn", "sessionId": idle, "text": "hello"}),
         json!({"type": "steer", "sessionId": idle, "text": "hello"}),

@@ -213,7 +213,9 @@ impl Services {
         self.update_backlog(gateway, now);
         // Over the pause mark agents wait on their pipes; the writer wakes the loop after every
         // flush, and the next poll reads them again.
-        if self.storage.queued_bytes() >= self.backlog.pause_agents_at {
+        let queued = self.storage.queued_bytes();
+        gateway.record_storage_queue(queued);
+        if queued >= self.backlog.pause_agents_at {
             gateway.record_events_persisted(self.storage.stats().events);
             return;
         }

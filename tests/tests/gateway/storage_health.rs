@@ -148,6 +148,7 @@ fn a_full_disk_turns_readyz_503_with_the_reason_until_it_has_room_and_the_sessio
         let metrics = gateway.metrics();
         assert!(metrics["diminuendo_storage_write_failures_total"] >= 1.0);
         assert!(metrics["diminuendo_storage_refusals_total"] >= 2.0);
+        assert_eq!(metrics["diminuendo_storage_writable"], 0.0);
 
         // Room again: the write probe finds it without any traffic.
         in_namespace(&gateway, "rm \"$1/fill\"", &point);
@@ -157,6 +158,7 @@ fn a_full_disk_turns_readyz_503_with_the_reason_until_it_has_room_and_the_sessio
         let (status, body) = health(&gateway);
         assert_eq!(status, 200, "{body}");
         assert!(body.get("reason").is_none(), "{body}");
+        assert_eq!(gateway.metrics()["diminuendo_storage_writable"], 1.0);
 
         // The session has a new epoch: a resume under the old one reloads.
         let mut reader = Client::dev(&gateway);
