@@ -120,8 +120,10 @@ fn a_full_disk_turns_readyz_503_with_the_reason_until_it_has_room_and_the_sessio
             "dd if=/dev/zero of=\"$1/fill\" bs=65536 2>/dev/null; test -s \"$1/fill\"",
             &point,
         );
-        // A turn whose events cannot be stored: clients still see it live...
-        client.run_turn(&id, "stream 40 2000");
+        // A turn whose events cannot be stored: clients still see it live... (800 KB: more
+        // than SQLite can free on the full disk by removing a WAL file when it closes a handle
+        // after a failure, so some of its events do not fit.)
+        client.run_turn(&id, "stream 400 2000");
         let lost = client.turn_events(&id);
         assert_gap_free(&lost, stored_up_to + 1);
         // ... and the gateway says it cannot write, and why.
@@ -264,5 +266,61 @@ fn a_slow_disk_fills_the_storage_queue_new_work_is_rate_limited_and_the_running_
             },
         );
         assert!(gateway.metrics()["diminuendo_storage_refusals_total"] >= 1.0);
+    }
+}
+
+#[test]
+fn a_write_refused_at_the_queue_limit_gives_the_session_a_new_epoch_never_a_silent_gap() {
+    for binary in binaries() {
+        // A queue so small that what one poll takes from the agent (up to 64 KiB of output)
+        // passes it: agents are paused at 6 KiB while the writer sleeps, then the next poll
+        // brings more than the 2 KiB left.
+        let gateway = Gateway::start(
+            binary,
+            &[
+                "--dev",
+                "--storage-queue-limit",
+                "8192",
+                "--storage-commit-delay-ms",
+                "500",
+            ],
+        );
+        let mut runner = Client::dev(&gateway);
+        let session = runner.create_session("echo");
+        let id = session["id"].as_str().expect("id").to_owned();
+        let epoch = session["epoch"].as_str().expect("epoch").to_owned();
+        runner.join(&id);
+        runner.run_turn(&id, "stream 200 1000");
+        // Clients see every event, in order.
+        let events = runner.turn_events(&id);
+        assert_gap_free(&events, 1);
+        let last_seq = events.len() as u64;
+        let failures = gateway.metrics()["diminuendo_storage_write_failures_total"];
+        assert!(
+            failures >= 1.0,
+            "{binary}: no write was refused ({failures})"
+        );
+
+        // Some were not stored: the epoch changed, so a resume under the old one reloads...
+        let mut reader = Client::dev(&gateway);
+        let joined = reader.call(json!({
+            "type": "join_session", "sessionId": id, "afterSeq": 1, "epoch": epoch
+        }));
+        assert_eq!(joined["recovered"], false, "{binary}: {joined}");
+        assert_ne!(joined["epoch"], epoch.as_str(), "{joined}");
+        assert_eq!(joined["lastSeq"], last_seq);
+        let stored = runner.all_events(&id, 0);
+        assert!(stored.len() < events.len(), "{binary}: the log has the gap");
+        assert!(
+            stored.iter().all(|e| events.contains(e)),
+            "what is stored is what was published"
+        );
+        // ... and the gateway goes on: the queue drains, new work is taken again.
+        wait_until(Duration::from_secs(30), "a turn is accepted again", || {
+            runner.call(json!({"type": "run_turn", "sessionId": id, "text": "after"}))["type"]
+                == "turn_accepted"
+        });
+        let after = runner.turn_events(&id);
+        assert_gap_free(&after, last_seq + 1);
     }
 }
