@@ -152,7 +152,8 @@ fn a_full_disk_turns_readyz_503_with_the_reason_until_it_has_room_and_the_sessio
         assert!(metrics["diminuendo_storage_refusals_total"] >= 2.0);
         assert_eq!(metrics["diminuendo_storage_writable"], 0.0);
 
-        // Room again: the write probe finds it without any traffic.
+        // Room again: the next commit that succeeds (here the turn's last registry row), or
+        // with no traffic at all the writer's 1 s write probe, brings health back.
         in_namespace(&gateway, "rm \"$1/fill\"", &point);
         wait_until(Duration::from_secs(15), "/readyz answers 200 again", || {
             gateway.get("/readyz").status == 200
