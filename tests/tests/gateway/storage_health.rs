@@ -126,10 +126,34 @@ fn a_full_disk_turns_readyz_503_with_the_reason_until_it_has_room_and_the_sessio
         client.run_turn(&id, "stream 400 2000");
         let lost = client.turn_events(&id);
         assert_gap_free(&lost, stored_up_to + 1);
+        // Every write of that turn has been tried (the queue is empty). Whatever SQLite freed
+        // meanwhile (a WAL file removed when a failed handle closed) is filled too, and one more
+        // write is tried: from now on nothing is pending and nothing fits, so the state holds.
+        wait_until(
+            Duration::from_secs(15),
+            "the storage queue is empty",
+            || gateway.metrics()["diminuendo_storage_queue_bytes"] == 0.0,
+        );
+        in_namespace(
+            &gateway,
+            "dd if=/dev/zero of=\"$1/fill2\" bs=4096 2>/dev/null; true",
+            &point,
+        );
+        let renamed =
+            client.call(json!({"type": "rename_session", "sessionId": id, "name": "full"}));
+        assert!(
+            renamed["type"] == "session_updated" || renamed["code"] == "INTERNAL",
+            "{renamed}"
+        );
         // ... and the gateway says it cannot write, and why.
         wait_until(Duration::from_secs(15), "/readyz answers 503", || {
             gateway.get("/readyz").status == 503
         });
+        wait_until(
+            Duration::from_secs(15),
+            "the storage queue is empty",
+            || gateway.metrics()["diminuendo_storage_queue_bytes"] == 0.0,
+        );
         let (status, body) = health(&gateway);
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["status"], "unavailable", "{body}");
@@ -152,9 +176,9 @@ fn a_full_disk_turns_readyz_503_with_the_reason_until_it_has_room_and_the_sessio
         assert!(metrics["diminuendo_storage_refusals_total"] >= 2.0);
         assert_eq!(metrics["diminuendo_storage_writable"], 0.0);
 
-        // Room again: the next commit that succeeds (here the turn's last registry row), or
-        // with no traffic at all the writer's 1 s write probe, brings health back.
-        in_namespace(&gateway, "rm \"$1/fill\"", &point);
+        // Room again. Nothing is left to write, so it is the writer's write probe (every second
+        // while unwritable) that finds it, without any traffic.
+        in_namespace(&gateway, "rm -f \"$1/fill\" \"$1/fill2\"", &point);
         wait_until(Duration::from_secs(15), "/readyz answers 200 again", || {
             gateway.get("/readyz").status == 200
         });
