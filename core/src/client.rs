@@ -582,6 +582,7 @@ impl Gateway {
         }
         let name = fields.optional_string("name")?.unwrap_or("New session");
         check_name(name)?;
+        self.refuse_new_work_for_storage()?;
         let at = self.clock.unix_ms(now) as i64;
         let session_id = crate::rng::format_uuid(self.rng.uuid_v4());
         let record = SessionRecord {

@@ -269,5 +269,6 @@ fn storage_reason(error: &StorageError) -> &'static str {
         StorageError::NewerSchema { .. } => "the registry has a newer schema",
         StorageError::InvalidIdentifier { .. } => "invalid identifier",
         StorageError::Sqlite { .. } | StorageError::Io { .. } => "storage write failed",
+        StorageError::QueueFull { .. } => "the storage queue is full",
     }
 }

@@ -134,6 +134,10 @@ pub struct Gateway {
     dev_identity: Arc<Identity>,
     pub(crate) draining: bool,
     storage_writable: bool,
+    /// Why storage cannot write (`StorageCompletion::Health`), while it cannot.
+    pub(crate) storage_unwritable: Option<String>,
+    /// The storage queue is over its soft limit (`StorageCompletion::Backlog`).
+    pub(crate) storage_congested: bool,
     /// The registry, in memory: the core is its only writer and persists every change.
     pub(crate) sessions: HashMap<SessionId, Session>,
     pub(crate) tenants: HashMap<Arc<str>, Tenant>,
@@ -200,6 +204,8 @@ impl Gateway {
             dev_identity: Arc::new(Identity::dev()),
             draining: false,
             storage_writable: true,
+            storage_unwritable: None,
+            storage_congested: false,
             sessions: HashMap::new(),
             tenants: HashMap::new(),
             agents: HashMap::new(),
@@ -615,7 +621,7 @@ impl Gateway {
                 }
             }
             Route::Health => {
-                let body = serde_json::json!({
+                let mut body = serde_json::json!({
                     "status": if self.is_ready() { "ok" } else if self.draining { "draining" } else { "unavailable" },
                     "uptimeMs": self.clock.uptime_ms(now),
                     "connections": {
@@ -629,6 +635,9 @@ impl Gateway {
                             .count(),
                     },
                 });
+                if let Some(reason) = self.not_ready_reason() {
+                    body["reason"] = serde_json::Value::String(reason);
+                }
                 let status = if self.is_ready() { 200 } else { 503 };
                 Response::new(status).body("application/json", Bytes::from(body.to_string()))
             }
@@ -687,7 +696,11 @@ impl Gateway {
 
     /// The gauges `/metrics` shows, from the current state.
     fn gauges(&self) -> crate::metrics::Gauges {
-        let mut gauges = crate::metrics::Gauges::default();
+        let mut gauges = crate::metrics::Gauges {
+            storage_writable: self.storage_writable && self.storage_unwritable.is_none(),
+            storage_congested: self.storage_congested,
+            ..Default::default()
+        };
         for session in self.sessions.values() {
             *gauges
                 .sessions
@@ -709,7 +722,20 @@ impl Gateway {
     }
 
     fn is_ready(&self) -> bool {
-        !self.draining && self.storage_writable
+        !self.draining && self.storage_writable && self.storage_unwritable.is_none()
+    }
+
+    /// Why the gateway is not ready (`/health`'s `reason`).
+    fn not_ready_reason(&self) -> Option<String> {
+        if self.draining {
+            Some("the gateway is draining".to_owned())
+        } else if let Some(reason) = &self.storage_unwritable {
+            Some(reason.clone())
+        } else if !self.storage_writable {
+            Some("storage: reported that it cannot write".to_owned())
+        } else {
+            None
+        }
     }
 
     fn respond(

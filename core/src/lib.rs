@@ -28,6 +28,7 @@ pub mod session_state;
 pub mod sessions;
 pub mod sim;
 pub mod storage;
+mod storage_health;
 pub mod timers;
 pub mod topic;
 mod turns;

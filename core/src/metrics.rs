@@ -27,6 +27,10 @@ pub struct Metrics {
     /// Joins by replay result: `live` (no afterSeq), `recovered`, `reload`.
     pub replays: BTreeMap<&'static str, u64>,
     pub storage_write_failures: u64,
+    /// New work refused because storage could not write or its queue was congested.
+    pub storage_refusals: u64,
+    /// Bytes in the storage queue (set by the adapter from storage's statistics).
+    pub storage_queue_bytes: u64,
     pub agents_started: u64,
     pub agent_failures: u64,
     pub turns_started: u64,
@@ -41,6 +45,9 @@ pub struct Gauges {
     pub sessions: BTreeMap<&'static str, u64>,
     /// WebSocket connections by state: `unauthenticated`, `authenticated`, `closing`.
     pub websocket_by_state: BTreeMap<&'static str, u64>,
+    /// Storage can write (1) or not (0); its queue is congested (1) or not (0).
+    pub storage_writable: bool,
+    pub storage_congested: bool,
 }
 
 impl Metrics {
@@ -163,7 +170,29 @@ impl Metrics {
         for (status, count) in &gauges.sessions {
             let _ = writeln!(out, "diminuendo_sessions{{status=\"{status}\"}} {count}");
         }
-        let counters: [(&str, &str, u64); 13] = [
+        let storage_gauges = [
+            (
+                "storage_writable",
+                "Whether storage can write (0 while the disk refuses writes).",
+                u64::from(gauges.storage_writable),
+            ),
+            (
+                "storage_congested",
+                "Whether the storage queue is congested (new work is refused).",
+                u64::from(gauges.storage_congested),
+            ),
+            (
+                "storage_queue_bytes",
+                "Bytes waiting in the storage queue.",
+                self.storage_queue_bytes,
+            ),
+        ];
+        for (name, help, value) in storage_gauges {
+            let _ = writeln!(out, "# HELP diminuendo_{name} {help}");
+            let _ = writeln!(out, "# TYPE diminuendo_{name} gauge");
+            let _ = writeln!(out, "diminuendo_{name} {value}");
+        }
+        let counters: [(&str, &str, u64); 14] = [
             (
                 "events_published_total",
                 "Session events published.",
@@ -203,6 +232,11 @@ impl Metrics {
                 "storage_write_failures_total",
                 "Writes storage reported failed.",
                 self.storage_write_failures,
+            ),
+            (
+                "storage_refusals_total",
+                "New work refused because storage could not write or was congested.",
+                self.storage_refusals,
             ),
             (
                 "agents_started_total",

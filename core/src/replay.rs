@@ -304,6 +304,10 @@ impl Gateway {
             StorageCompletion::Committed { token, result } => {
                 self.durable_committed(token, result, now);
             }
+            StorageCompletion::Health { writable, reason } => {
+                self.storage_health_changed(writable, reason, now)
+            }
+            StorageCompletion::Backlog { congested } => self.storage_congested = congested,
             StorageCompletion::Flushed { .. } | StorageCompletion::ShutdownComplete { .. } => {}
         }
     }

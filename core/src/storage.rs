@@ -138,6 +138,9 @@ pub fn is_valid_identifier(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
+/// What a query costs in the storage queue (see [`StorageCommand::queued_bytes`]).
+pub const QUERY_QUEUED_BYTES: u64 = 96;
+
 /// What the core asks storage to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageCommand {
@@ -180,6 +183,50 @@ pub enum StorageCommand {
 }
 
 impl StorageCommand {
+    /// What the command costs in the storage queue, in bytes: its payload and strings plus a
+    /// fixed overhead (an estimate of the memory it holds until it is written or answered).
+    pub fn queued_bytes(&self) -> u64 {
+        const OVERHEAD: usize = QUERY_QUEUED_BYTES as usize;
+        let strings = match self {
+            StorageCommand::UpsertSession { session: s } => {
+                s.id.len()
+                    + s.tenant_id.len()
+                    + s.name.len()
+                    + s.agent_type.len()
+                    + s.created_by.len()
+                    + s.epoch.len()
+            }
+            StorageCommand::DeleteSession {
+                tenant_id,
+                session_id,
+            } => tenant_id.len() + session_id.len(),
+            StorageCommand::AppendEvent { session_id, event } => {
+                session_id.len()
+                    + event.event_type.len()
+                    + event.turn_id.as_ref().map_or(0, String::len)
+                    + event.payload.len()
+            }
+            StorageCommand::UpsertTurn { session_id, turn } => {
+                session_id.len()
+                    + turn.turn_id.len()
+                    + turn.user_text.len()
+                    + turn.final_text.as_ref().map_or(0, String::len)
+                    + turn.usage_json.as_ref().map_or(0, String::len)
+                    + turn.tool_calls_json.as_ref().map_or(0, String::len)
+            }
+            StorageCommand::UpsertMember { member } => {
+                member.tenant_id.len() + member.user_id.len() + member.role.len()
+            }
+            StorageCommand::DeleteMember { tenant_id, user_id } => tenant_id.len() + user_id.len(),
+            // A marker in its database's group: held until that group commits.
+            StorageCommand::CommitNow { .. } => 0,
+            // Never refused, never held long: they cost nothing.
+            StorageCommand::Flush { .. } | StorageCommand::Shutdown { .. } => return 0,
+            StorageCommand::Query { .. } => return QUERY_QUEUED_BYTES,
+        };
+        (OVERHEAD + strings) as u64
+    }
+
     /// True for the writes (everything but flush, shutdown and queries); a
     /// [`StorageCommand::CommitNow`] counts as one: it is ordered with the writes it follows.
     pub fn is_write(&self) -> bool {
@@ -272,6 +319,9 @@ pub enum StorageError {
     Io { database: String, message: String },
     /// The storage threads have stopped (after shutdown, or a thread is gone).
     Closed,
+    /// The storage queue holds `queued` bytes; taking this command would pass its hard limit
+    /// `limit`. Nothing was queued.
+    QueueFull { queued: u64, limit: u64 },
 }
 
 impl fmt::Display for StorageError {
@@ -291,6 +341,10 @@ impl fmt::Display for StorageError {
             StorageError::Sqlite { database, message } => write!(f, "{database}: sqlite: {message}"),
             StorageError::Io { database, message } => write!(f, "{database}: {message}"),
             StorageError::Closed => f.write_str("storage is closed"),
+            StorageError::QueueFull { queued, limit } => write!(
+                f,
+                "the storage queue is full ({queued} bytes queued, limit {limit})"
+            ),
         }
     }
 }
@@ -321,6 +375,18 @@ pub enum StorageCompletion {
         commands: usize,
         error: StorageError,
     },
+    /// Whether storage can write, reported on every change: `writable: false` when a write
+    /// failed because the storage medium refused it (disk full, read-only file system, I/O
+    /// error), with a one-line `reason` naming the cause and the database; `writable: true` once
+    /// a write (or storage's own write probe) succeeds again.
+    Health {
+        writable: bool,
+        reason: Option<String>,
+    },
+    /// Whether the storage queue (bytes submitted and not yet written or answered) is over its
+    /// soft limit, reported on every change by the adapter's services layer: while `congested`,
+    /// the core refuses new work (`create_session`, `run_turn`, `steer`) with `RATE_LIMITED`.
+    Backlog { congested: bool },
 }
 
 /// Where a session resumes after a start: its sequence counter and epoch.

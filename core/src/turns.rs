@@ -36,6 +36,7 @@ impl Gateway {
         if self.refuse_while_draining(id, request_id, now) {
             return Ok(());
         }
+        self.refuse_new_work_for_storage()?;
         let turn_id = crate::rng::format_uuid(self.rng.uuid_v4());
         let next = NextTurn {
             id: turn_id.clone(),

@@ -1,5 +1,6 @@
 //! Configuration and the injectable clock.
 
+use diminuendo_core::storage::DatabaseId;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,10 @@ pub enum UncleanEpochPolicy {
     ActiveSessions,
 }
 
+/// Called by the writer before every commit, with the database: may block (a test's gate or
+/// slow-down) or fail (an injected fault, reported like an I/O error of that commit).
+pub type CommitHook = Arc<dyn Fn(&DatabaseId) -> std::io::Result<()> + Send + Sync>;
+
 /// "Now" for the writer's batching decisions; tests inject a manual clock.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Instant;
@@ -75,7 +80,20 @@ pub struct StorageConfig {
     pub statement_cache: usize,
     pub unclean_epoch_policy: UncleanEpochPolicy,
     pub clock: Arc<dyn Clock>,
+    /// The storage queue's hard limit in bytes (default 64 MiB): commands submitted and not yet
+    /// written or answered (see `StorageCommand::queued_bytes`). `submit` refuses a write or a
+    /// query that would pass it with `StorageError::QueueFull`; flushes and the shutdown are
+    /// never refused.
+    pub queue_limit: u64,
+    /// While storage cannot write, how often the writer probes the data directory with a small
+    /// file write (default 1 s), so that health comes back without waiting for traffic.
+    pub health_probe_interval: Duration,
+    /// For tests: called before every commit (see [`CommitHook`]).
+    pub commit_hook: Option<CommitHook>,
 }
+
+/// `StorageConfig::queue_limit`'s default.
+pub const DEFAULT_QUEUE_LIMIT: u64 = 64 * 1024 * 1024;
 
 impl StorageConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> StorageConfig {
@@ -91,6 +109,9 @@ impl StorageConfig {
             statement_cache: 16,
             unclean_epoch_policy: UncleanEpochPolicy::AllSessions,
             clock: Arc::new(SystemClock),
+            queue_limit: DEFAULT_QUEUE_LIMIT,
+            health_probe_interval: Duration::from_secs(1),
+            commit_hook: None,
         }
     }
 }
@@ -108,6 +129,8 @@ impl std::fmt::Debug for StorageConfig {
             .field("busy_timeout", &self.busy_timeout)
             .field("statement_cache", &self.statement_cache)
             .field("unclean_epoch_policy", &self.unclean_epoch_policy)
+            .field("queue_limit", &self.queue_limit)
+            .field("health_probe_interval", &self.health_probe_interval)
             .finish_non_exhaustive()
     }
 }

@@ -25,8 +25,13 @@ mod writer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_health;
 
-pub use config::{Clock, StorageConfig, Synchronous, SystemClock, UncleanEpochPolicy};
+pub use config::{
+    Clock, CommitHook, StorageConfig, Synchronous, SystemClock, UncleanEpochPolicy,
+    DEFAULT_QUEUE_LIMIT,
+};
 pub use diminuendo_core::storage::{
     DatabaseId, MemberRecord, QueryResult, RecoveryReport, SessionRecord, SessionResume,
     SessionStatus, StorageCommand, StorageCompletion, StorageError, StorageQuery, StoredEvent,
@@ -37,6 +42,7 @@ pub use paths::{registry_path, session_path, validate_id, CLEAN_MARKER, MAX_ID_L
 pub use recovery::fresh_epoch;
 pub use schema::{REGISTRY_MIGRATIONS, SESSION_MIGRATIONS};
 pub use shared::StorageStats;
+pub use writer::write_target;
 
 use crossbeam_channel::{Receiver, Sender};
 use schema::HandleOptions;
@@ -60,6 +66,7 @@ pub struct Storage {
     wake_pending: Arc<AtomicBool>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
+    queue_limit: u64,
 }
 
 impl Storage {
@@ -117,6 +124,8 @@ impl Storage {
             handles: config.writer_handles,
             opts,
             clock: config.clock.clone(),
+            probe_interval: config.health_probe_interval,
+            commit_hook: config.commit_hook.clone(),
         });
         let writer = std::thread::Builder::new()
             .name("storage-writer".into())
@@ -129,6 +138,7 @@ impl Storage {
                 wake_pending,
                 writer: Some(writer),
                 stats,
+                queue_limit: config.queue_limit,
             },
             report,
         ))
@@ -136,9 +146,38 @@ impl Storage {
 
     /// Queues a command; never waits on disk. Refuses identifiers that cannot be path segments
     /// (nothing is queued then) and answers [`StorageError::Closed`] after shutdown.
+    ///
+    /// The queue is bounded in bytes (`StorageConfig::queue_limit`): a write or a query that
+    /// would pass the limit is refused with [`StorageError::QueueFull`] and nothing is queued.
+    /// The caller decides what a refused write means (the core gives the session a new epoch,
+    /// see the adapters' services layer); [`Storage::queued_bytes`] lets it act before that.
     pub fn submit(&self, cmd: StorageCommand) -> Result<(), StorageError> {
         validate(&cmd)?;
-        self.tx.send(cmd).map_err(|_| StorageError::Closed)
+        let cost = cmd.queued_bytes();
+        if cost > 0 {
+            let queued = self.stats.queued_bytes.fetch_add(cost, Ordering::AcqRel);
+            if queued + cost > self.queue_limit {
+                self.stats.release(cost);
+                return Err(StorageError::QueueFull {
+                    queued,
+                    limit: self.queue_limit,
+                });
+            }
+        }
+        self.tx.send(cmd).map_err(|_| {
+            self.stats.release(cost);
+            StorageError::Closed
+        })
+    }
+
+    /// Bytes in the storage queue now: submitted, not yet written or answered.
+    pub fn queued_bytes(&self) -> u64 {
+        self.stats.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// The queue's hard limit (`StorageConfig::queue_limit`).
+    pub fn queue_limit(&self) -> u64 {
+        self.queue_limit
     }
 
     /// One queued completion, if any.

@@ -21,6 +21,8 @@ pub enum ReaderMsg {
     Query {
         token: u64,
         query: StorageQuery,
+        /// What the query costs in the storage queue; released once it is answered.
+        cost: u64,
     },
     /// Close the handle of a database that is being deleted.
     Evict(DatabaseId),
@@ -187,8 +189,9 @@ impl Reader {
     pub fn run(mut self) {
         while let Ok(msg) = self.rx.recv() {
             match msg {
-                ReaderMsg::Query { token, query } => {
+                ReaderMsg::Query { token, query, cost } => {
                     let result = self.answer(&query);
+                    self.stats.release(cost);
                     if let Err(error) = &result {
                         tracing::warn!(%error, "storage query failed");
                     }

@@ -47,6 +47,17 @@ pub struct Stats {
     /// Every committed group's database, in commit order (tests of the flush order).
     #[cfg(test)]
     pub commit_order: std::sync::Mutex<Vec<diminuendo_core::storage::DatabaseId>>,
+    /// Bytes of commands submitted and not yet written (or answered): the storage queue.
+    pub queued_bytes: AtomicU64,
+}
+
+impl Stats {
+    /// Commands worth `bytes` left the queue (written, failed, dropped or answered).
+    pub fn release(&self, bytes: u64) {
+        if bytes > 0 {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
 }
 
 /// A snapshot of the storage counters (for metrics and tests).
@@ -70,6 +81,8 @@ pub struct StorageStats {
     /// Handles closed by LRU eviction.
     pub writer_evictions: u64,
     pub reader_evictions: u64,
+    /// Bytes in the storage queue now (see `StorageConfig::queue_limit`).
+    pub queued_bytes: u64,
 }
 
 impl Stats {
@@ -87,6 +100,7 @@ impl Stats {
             reader_handles: l(&self.reader_handles),
             writer_evictions: l(&self.writer_evictions),
             reader_evictions: l(&self.reader_evictions),
+            queued_bytes: l(&self.queued_bytes),
         }
     }
 }

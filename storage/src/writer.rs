@@ -1,6 +1,6 @@
 //! The writer thread: buffers writes, commits them in batches, routes queries to the reader.
 
-use crate::config::Clock;
+use crate::config::{Clock, CommitHook};
 use crate::lru::Lru;
 use crate::paths::{database_rel, session_path, CLEAN_MARKER};
 use crate::reader::ReaderMsg;
@@ -8,7 +8,7 @@ use crate::schema::{self, DbKind, HandleOptions};
 use crate::shared::{Completer, Stats};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use diminuendo_core::storage::{
-    DatabaseId, StorageCommand, StorageCompletion, StorageError, StorageQuery,
+    DatabaseId, StorageCommand, StorageCompletion, StorageError, StorageQuery, QUERY_QUEUED_BYTES,
 };
 use rusqlite::{params, Connection, ErrorCode};
 use std::collections::HashMap;
@@ -104,6 +104,8 @@ pub struct WriterParts {
     pub handles: usize,
     pub opts: HandleOptions,
     pub clock: Arc<dyn Clock>,
+    pub probe_interval: Duration,
+    pub commit_hook: Option<CommitHook>,
 }
 
 pub struct Writer {
@@ -129,6 +131,12 @@ pub struct Writer {
     /// Per database, a failure of writes that no `CommitNow` followed in their group: the next
     /// `CommitNow` of that database answers it (the writes it follows were not all stored).
     unreported: HashMap<DatabaseId, StorageError>,
+    /// Why the storage medium refuses writes (disk full, read-only, I/O error), while it does.
+    unwritable: Option<String>,
+    /// While unwritable: when to probe the data directory with a small write.
+    probe_at: Option<Instant>,
+    probe_interval: Duration,
+    commit_hook: Option<CommitHook>,
 }
 
 /// What one group's transaction did.
@@ -370,6 +378,10 @@ impl Writer {
             stash: None,
             lost_writes: false,
             unreported: HashMap::new(),
+            unwritable: None,
+            probe_at: None,
+            probe_interval: p.probe_interval,
+            commit_hook: p.commit_hook,
         }
     }
 
@@ -398,7 +410,18 @@ impl Writer {
                 return Some(m);
             }
             let now = self.clock.now();
-            match self.policy.wait(self.first_at, now) {
+            if self.probe_at.is_some_and(|at| now >= at) {
+                self.probe(now);
+            }
+            let flush_wait = self.policy.wait(self.first_at, now);
+            // While unwritable, the probe's deadline bounds the wait too.
+            let probe_wait = self.probe_at.map(|at| at.saturating_duration_since(now));
+            let wait = match (flush_wait, probe_wait) {
+                (Some(f), Some(p)) if !f.is_zero() => Some(f.min(p)),
+                (None, p) => p,
+                (f, _) => f,
+            };
+            match wait {
                 None => return self.rx.recv().ok(),
                 Some(d) if d.is_zero() => self.flush_all(true),
                 Some(d) => match self.rx.recv_timeout(d) {
@@ -430,7 +453,9 @@ impl Writer {
                     // Registries come first in every flush: nothing else has to go with it.
                     DatabaseId::Registry { .. } => self.flush_where(|db| *db == target),
                 }
-                if let Err(e) = self.reader_tx.send(ReaderMsg::Query { token, query }) {
+                let cost = QUERY_QUEUED_BYTES;
+                if let Err(e) = self.reader_tx.send(ReaderMsg::Query { token, query, cost }) {
+                    self.stats.release(cost);
                     if let ReaderMsg::Query { token, .. } = e.0 {
                         self.completer.send(StorageCompletion::QueryResult {
                             token,
@@ -588,7 +613,14 @@ impl Writer {
         self.handles.get_mut(db).ok_or(StorageError::Closed)
     }
 
+    /// Commits one group; its commands leave the storage queue once it is done.
     fn commit(&mut self, db: DatabaseId, cmds: Vec<StorageCommand>) {
+        let cost: u64 = cmds.iter().map(StorageCommand::queued_bytes).sum();
+        self.commit_group_of(db, cmds);
+        self.stats.release(cost);
+    }
+
+    fn commit_group_of(&mut self, db: DatabaseId, cmds: Vec<StorageCommand>) {
         let name = error_database(&db);
         let writes = cmds
             .iter()
@@ -610,28 +642,29 @@ impl Writer {
             }
             return;
         }
+        if let Some(hook) = &self.commit_hook {
+            if let Err(e) = hook(&db) {
+                self.medium_failed(format!("{e}"), &name);
+                self.fail_group(db, &cmds, writes, schema::io_err(&name, e));
+                return;
+            }
+        }
         let started = Instant::now();
         let outcome = match self.connection(&db) {
             Ok(conn) => commit_group(conn, &cmds),
             Err(e) => {
-                let ends_with_marker =
-                    matches!(cmds.last(), Some(StorageCommand::CommitNow { .. }));
-                self.unreported.remove(&db);
-                for cmd in &cmds {
-                    if let StorageCommand::CommitNow { token, .. } = cmd {
-                        self.completer.send(StorageCompletion::Committed {
-                            token: *token,
-                            result: Err(e.clone()),
-                        });
-                    }
+                if let Some(kind) = medium_failure_of(&e) {
+                    self.medium_failed(kind, &name);
                 }
-                if !ends_with_marker {
-                    self.unreported.insert(db.clone(), e.clone());
-                }
-                self.report_failure(db, writes, e);
+                self.fail_group(db, &cmds, writes, e);
                 return;
             }
         };
+        match outcome.error.as_ref().and_then(medium_failure) {
+            Some(kind) if outcome.committed == 0 => self.medium_failed(kind.to_owned(), &name),
+            _ if outcome.committed > 0 || outcome.failed == 0 => self.medium_works(),
+            _ => {}
+        }
         let mut earlier = self.unreported.remove(&db);
         for (token, failure) in &outcome.markers {
             let result = match (failure, earlier.take()) {
@@ -693,6 +726,73 @@ impl Writer {
         }
     }
 
+    /// A group that could not be committed at all: its markers are answered with the failure (or,
+    /// if none ends the group, the failure is owed to the next marker of that database) and the
+    /// writes are reported failed.
+    fn fail_group(
+        &mut self,
+        db: DatabaseId,
+        cmds: &[StorageCommand],
+        writes: usize,
+        e: StorageError,
+    ) {
+        let ends_with_marker = matches!(cmds.last(), Some(StorageCommand::CommitNow { .. }));
+        self.unreported.remove(&db);
+        for cmd in cmds {
+            if let StorageCommand::CommitNow { token, .. } = cmd {
+                self.completer.send(StorageCompletion::Committed {
+                    token: *token,
+                    result: Err(e.clone()),
+                });
+            }
+        }
+        if !ends_with_marker {
+            self.unreported.insert(db.clone(), e.clone());
+        }
+        self.report_failure(db, writes, e);
+    }
+
+    /// The storage medium refused a write: storage is unwritable (reported on a change).
+    fn medium_failed(&mut self, kind: String, database: &str) {
+        let reason = format!("storage: {kind} writing {database}");
+        if self.unwritable.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(%reason, "storage cannot write");
+            self.unwritable = Some(reason.clone());
+            self.completer.send(StorageCompletion::Health {
+                writable: false,
+                reason: Some(reason),
+            });
+        }
+        if self.probe_at.is_none() {
+            self.probe_at =
+                Some(self.clock.now() + self.probe_interval.max(Duration::from_millis(1)));
+        }
+    }
+
+    /// A write succeeded: storage is writable again (reported on a change).
+    fn medium_works(&mut self) {
+        if self.unwritable.take().is_some() {
+            tracing::info!("storage can write again");
+            self.probe_at = None;
+            self.completer.send(StorageCompletion::Health {
+                writable: true,
+                reason: None,
+            });
+        }
+    }
+
+    /// While unwritable: a small write of a file in the data directory, so health comes back
+    /// once the medium takes writes again, without waiting for traffic to try.
+    fn probe(&mut self, now: Instant) {
+        match write_probe(&self.data_dir) {
+            Ok(()) => self.medium_works(),
+            Err(e) => {
+                tracing::debug!(error = %e, "storage write probe failed");
+                self.probe_at = Some(now + self.probe_interval.max(Duration::from_millis(1)));
+            }
+        }
+    }
+
     fn delete_session_dir(&mut self, session_id: &str) {
         let db = DatabaseId::Session {
             session_id: session_id.to_string(),
@@ -704,6 +804,8 @@ impl Writer {
         // Pending writes to a deleted session are dropped with it.
         if let Some(g) = self.groups.remove(&db) {
             self.buffered -= g.cmds.len();
+            self.stats
+                .release(g.cmds.iter().map(StorageCommand::queued_bytes).sum());
         }
         let Ok(path) = session_path(&self.data_dir, session_id) else {
             return;
@@ -753,6 +855,66 @@ pub fn error_database(db: &DatabaseId) -> String {
     match database_rel(db) {
         Ok(p) => p.display().to_string(),
         Err(_) => db.to_string(),
+    }
+}
+
+/// The file [`write_probe`] writes and removes.
+pub const PROBE_FILE: &str = ".write-probe";
+
+/// Writes one page to a file in the data directory, syncs it and removes it.
+fn write_probe(data_dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = data_dir.join(PROBE_FILE);
+    let result = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    })();
+    let removed = std::fs::remove_file(&path);
+    result?;
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// What a failed SQLite call says about the storage medium: `Some` for a full disk, a
+/// read-only file system, an I/O error, a file that cannot be opened; `None` for anything that
+/// concerns one database or one command (corruption, a constraint, a newer schema).
+fn medium_failure(e: &rusqlite::Error) -> Option<&'static str> {
+    let rusqlite::Error::SqliteFailure(f, _) = e else {
+        return None;
+    };
+    Some(match f.code {
+        ErrorCode::DiskFull => "disk full (SQLITE_FULL)",
+        ErrorCode::ReadOnly => "read-only (SQLITE_READONLY)",
+        ErrorCode::SystemIoFailure => "I/O error (SQLITE_IOERR)",
+        ErrorCode::CannotOpen => "cannot open (SQLITE_CANTOPEN)",
+        ErrorCode::PermissionDenied => "permission denied (SQLITE_PERM)",
+        _ => return None,
+    })
+}
+
+/// [`medium_failure`] for an error already converted (opening a handle): a file-system error,
+/// or SQLite's fixed message of one of those codes.
+fn medium_failure_of(e: &StorageError) -> Option<String> {
+    match e {
+        StorageError::Io { message, .. } => Some(message.clone()),
+        StorageError::Sqlite { message, .. } => {
+            let kind = if message.contains("disk is full") {
+                "disk full (SQLITE_FULL)"
+            } else if message.contains("readonly") {
+                "read-only (SQLITE_READONLY)"
+            } else if message.contains("disk I/O error") {
+                "I/O error (SQLITE_IOERR)"
+            } else if message.contains("unable to open") {
+                "cannot open (SQLITE_CANTOPEN)"
+            } else {
+                return None;
+            };
+            Some(kind.to_owned())
+        }
+        _ => None,
     }
 }
 

@@ -224,8 +224,27 @@ impl Gateway {
     /// Starts `binary` like [`Gateway::start`], on the data directory of an earlier gateway (see
     /// [`Gateway::take_data_dir`]): a restart. The new gateway owns the directory from now on.
     pub fn start_in(binary: &str, args: &[&str], data_dir: PathBuf) -> Gateway {
+        Gateway::start_wrapped(&[], binary, args, data_dir)
+    }
+
+    /// Starts `binary` like [`Gateway::start_in`], run by `wrapper` (a command that ends by
+    /// executing its last arguments, the binary and its flags, in the same process: e.g.
+    /// `unshare` with a shell that `exec`s, so the PID is still the gateway's).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        binary: &str,
+        args: &[&str],
+        data_dir: PathBuf,
+    ) -> Gateway {
         let path = binary_path(binary);
-        let mut command = Command::new(&path);
+        let mut command = match wrapper.split_first() {
+            None => Command::new(&path),
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(&path);
+                command
+            }
+        };
         command.arg("--listen").arg("127.0.0.1:0");
         if !args.contains(&"--data-dir") {
             command.arg("--data-dir").arg(data_dir.join("data"));

@@ -30,11 +30,40 @@ pub const AGENT_BYTES_PER_POLL: usize = 64 * 1024;
 /// Reports taken from the host at once, between checks of the byte budget.
 const AGENT_REPORTS_PER_DRAIN: usize = 16;
 
+/// What the services layer does as the storage queue (`Storage::queued_bytes`) fills, in
+/// fractions of its hard limit (`--storage-queue-limit`, where `submit` refuses a write):
+/// - from half of it the core is told the queue is congested and refuses new work
+///   (`create_session`, `run_turn`, `steer`: `RATE_LIMITED`), until it is under a quarter again;
+/// - from three quarters agents' output is no longer read: every agent waits on its own stdout
+///   pipe (the host's channel is bounded) until the writer has caught up, so running turns go on
+///   at the disk's speed instead of growing memory;
+/// - a write refused at the limit (only what one poll already took from the agents can get that
+///   far) is reported to the core as a failed write: the session gets a new epoch, never a
+///   silent gap.
+pub struct BacklogPolicy {
+    pub congested_at: u64,
+    pub clear_below: u64,
+    pub pause_agents_at: u64,
+}
+
+impl BacklogPolicy {
+    pub fn for_limit(limit: u64) -> BacklogPolicy {
+        BacklogPolicy {
+            congested_at: limit / 2,
+            clear_below: limit / 4,
+            pause_agents_at: limit / 4 * 3,
+        }
+    }
+}
+
 pub struct Services {
     storage: Storage,
     agents: AgentHost,
     completions: Vec<StorageCompletion>,
     reports: Vec<AgentReport>,
+    backlog: BacklogPolicy,
+    /// What the core was last told (`StorageCompletion::Backlog`).
+    congested: bool,
 }
 
 impl Services {
@@ -52,6 +81,18 @@ impl Services {
         storage_config.synchronous = settings.storage.synchronous;
         storage_config.flush_interval = settings.storage.flush_interval;
         storage_config.batch_size = settings.storage.batch_size;
+        storage_config.queue_limit = settings.storage.queue_limit;
+        let delay = settings.storage.commit_delay;
+        if !delay.is_zero() {
+            warn!(
+                ?delay,
+                "storage commits are slowed down (--storage-commit-delay-ms)"
+            );
+            storage_config.commit_hook = Some(Arc::new(move |_| {
+                std::thread::sleep(delay);
+                Ok(())
+            }));
+        }
         let (storage, report) = Storage::open(storage_config, wake.clone()).map_err(|error| {
             format!(
                 "cannot open storage in {}: {error}",
@@ -82,6 +123,8 @@ impl Services {
                 agents,
                 completions: Vec::new(),
                 reports: Vec::new(),
+                backlog: BacklogPolicy::for_limit(settings.storage.queue_limit),
+                congested: false,
             },
         ))
     }
@@ -112,6 +155,7 @@ impl Services {
             StorageCommand::CommitNow { token, .. } => Some((*token, true)),
             _ => None,
         };
+        let target = diminuendo_storage::write_target(&command);
         if let Err(error) = self.storage.submit(command) {
             warn!(%error, "storage refused a command");
             // The core waits for every query's and commit's answer: give it the failure.
@@ -130,8 +174,44 @@ impl Services {
                     },
                     now,
                 ),
-                None => {}
+                // A write that is not queued is lost: the core treats it as a failed write (a
+                // session whose log misses it gets a new epoch).
+                None => {
+                    if let Some(database) = target {
+                        gateway.handle_storage(
+                            StorageCompletion::WriteFailed {
+                                database,
+                                commands: 1,
+                                error,
+                            },
+                            now,
+                        );
+                    }
+                }
             }
+        }
+        self.update_backlog(gateway, now);
+    }
+
+    /// Tells the core when the storage queue becomes congested or stops being so.
+    fn update_backlog(&mut self, gateway: &mut Gateway, now: Instant) {
+        let queued = self.storage.queued_bytes();
+        let congested = if self.congested {
+            queued >= self.backlog.clear_below
+        } else {
+            queued >= self.backlog.congested_at
+        };
+        if congested != self.congested {
+            self.congested = congested;
+            if congested {
+                warn!(
+                    queued,
+                    "the storage queue is congested: new work is refused"
+                );
+            } else {
+                info!(queued, "the storage queue has caught up");
+            }
+            gateway.handle_storage(StorageCompletion::Backlog { congested }, now);
         }
     }
 
@@ -142,6 +222,15 @@ impl Services {
         self.storage.drain_completions(&mut self.completions);
         for completion in self.completions.drain(..) {
             gateway.handle_storage(completion, now);
+        }
+        self.update_backlog(gateway, now);
+        // Over the pause mark agents wait on their pipes; the writer wakes the loop after every
+        // flush, and the next poll reads them again.
+        let queued = self.storage.queued_bytes();
+        gateway.record_storage_queue(queued);
+        if queued >= self.backlog.pause_agents_at {
+            gateway.record_events_persisted(self.storage.stats().events);
+            return;
         }
         let (mut reports, mut bytes) = (0, 0);
         while reports < AGENT_REPORTS_PER_POLL && bytes < AGENT_BYTES_PER_POLL {

@@ -169,6 +169,18 @@ pub struct Flags {
     /// ... or once this many writes are buffered, whichever comes first [default: 100]
     #[arg(long, env = "DIMINUENDO_STORAGE_BATCH", value_name = "N")]
     pub storage_batch: Option<usize>,
+
+    /// Bound of the storage queue in bytes (writes and queries not yet done). Over half of it new
+    /// turns and sessions answer RATE_LIMITED; over three quarters agents' output is no longer
+    /// read (they wait on their pipes); a write that would pass it is refused and its session
+    /// gets a new epoch [default: 67108864]
+    #[arg(long, env = "DIMINUENDO_STORAGE_QUEUE_LIMIT", value_name = "BYTES")]
+    pub storage_queue_limit: Option<usize>,
+
+    /// For tests: the storage writer waits this long before every commit, as a slow disk would
+    /// [default: 0]
+    #[arg(long, env = "DIMINUENDO_STORAGE_COMMIT_DELAY_MS", value_name = "MS")]
+    pub storage_commit_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -223,6 +235,7 @@ pub struct FileSettings {
     pub synchronous: Option<SyncMode>,
     pub storage_flush_ms: Option<u64>,
     pub storage_batch: Option<usize>,
+    pub storage_queue_limit: Option<usize>,
 }
 
 /// Storage settings.
@@ -231,6 +244,10 @@ pub struct StorageSettings {
     pub synchronous: Synchronous,
     pub flush_interval: Duration,
     pub batch_size: usize,
+    /// The storage queue's bound in bytes (`--storage-queue-limit`).
+    pub queue_limit: u64,
+    /// For tests: a pause before every commit (`--storage-commit-delay-ms`).
+    pub commit_delay: Duration,
 }
 
 /// Everything an adapter needs to start.
@@ -452,6 +469,12 @@ impl Settings {
                 flags.storage_batch.or(file.storage_batch),
                 100,
             )?,
+            queue_limit: size(
+                "storage_queue_limit",
+                flags.storage_queue_limit.or(file.storage_queue_limit),
+                diminuendo_storage::DEFAULT_QUEUE_LIMIT as usize,
+            )? as u64,
+            commit_delay: Duration::from_millis(flags.storage_commit_delay_ms.unwrap_or(0)),
         };
         let data_dir = flags
             .data_dir
@@ -761,5 +784,35 @@ mod tests {
         })
         .expect_err("bad range");
         assert!(error.contains("trusted-proxies"), "{error}");
+    }
+
+    #[test]
+    fn the_storage_queue_limit_has_a_default_a_file_key_and_a_flag() {
+        let settings = Settings::resolve(Flags::default()).expect("valid");
+        assert_eq!(settings.storage.queue_limit, 64 * 1024 * 1024);
+        assert!(settings.storage.commit_delay.is_zero());
+        let (dir, path) = temp_file("queue", "storage_queue_limit = 1048576\n");
+        let settings = Settings::resolve(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .expect("valid");
+        assert_eq!(settings.storage.queue_limit, 1024 * 1024);
+        let settings = Settings::resolve(Flags {
+            config: Some(path),
+            storage_queue_limit: Some(4096),
+            storage_commit_delay_ms: Some(20),
+            ..Flags::default()
+        })
+        .expect("valid");
+        assert_eq!(settings.storage.queue_limit, 4096);
+        assert_eq!(settings.storage.commit_delay, Duration::from_millis(20));
+        let error = Settings::resolve(Flags {
+            storage_queue_limit: Some(0),
+            ..Flags::default()
+        })
+        .expect_err("zero refused");
+        assert!(error.contains("storage_queue_limit"), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -12,6 +12,7 @@ mod resume;
 mod sessions;
 mod shutdown;
 mod shutdown_under_load;
+mod storage_health;
 mod tenants;
 mod upgrade;
 mod websocket;
