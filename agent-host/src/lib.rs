@@ -74,20 +74,25 @@
 //! The host reaps its children itself (by pid): the adapter must not set SIGCHLD to `SIG_IGN` or
 //! reap with `waitpid(-1)`, or the host could signal a pid that was already reused.
 
+mod poller;
 mod process;
+mod reports;
+mod spawn;
 mod stderr;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use diminuendo_core::{AgentCommand, AgentId, Wake};
 
-use process::{Agent, Push};
+use poller::{Command, Inbox, NewAgent, StdinBudget};
+use process::Process;
+use reports::Reports;
 
 /// Where an agent process runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,60 +167,40 @@ pub enum AgentReport {
     Exited { agent: AgentId, status: Option<i32> },
 }
 
-/// Sends reports into the shared channel and wakes the adapter, coalescing wakes.
-#[derive(Clone)]
-pub(crate) struct Reporter {
-    /// Reports travel in batches: a reader sends every line its buffer holds at once, so a fast
-    /// agent costs one hand-off (and at most one wake-up of a blocked reader) per batch, not per
-    /// line.
-    tx: SyncSender<Vec<AgentReport>>,
-    wake_pending: Arc<AtomicBool>,
-    wake: Arc<dyn Wake>,
-}
-
-impl Reporter {
-    /// Blocks while the channel is full. False when the host is gone.
-    pub(crate) fn send(&self, report: AgentReport) -> bool {
-        self.send_batch(vec![report])
-    }
-
-    /// Blocks while the channel is full. False when the host is gone.
-    pub(crate) fn send_batch(&self, batch: Vec<AgentReport>) -> bool {
-        if self.tx.send(batch).is_err() {
-            return false;
-        }
-        if !self.wake_pending.swap(true, Ordering::SeqCst) {
-            self.wake.wake();
-        }
-        true
-    }
-}
-
 /// How long `Drop` waits for the agents it stops.
 const DROP_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The host's record of one agent (the poller thread has the rest).
+struct Handle {
+    pid: u32,
+    session_id: String,
+    budget: Arc<StdinBudget>,
+}
+
+/// The poller thread, started with the first agent.
+struct PollerThread {
+    inbox: Arc<Inbox>,
+    thread: Option<JoinHandle<()>>,
+}
 
 /// Runs agent processes for the core. See the module documentation.
 pub struct AgentHost {
     config: AgentHostConfig,
-    agents: HashMap<AgentId, Agent>,
-    reporter: Reporter,
-    rx: Receiver<Vec<AgentReport>>,
+    agents: HashMap<AgentId, Handle>,
+    reports: Arc<Reports>,
+    poller: Option<PollerThread>,
     /// Reports of a batch that a drain's budget left for the next drain.
     pending: VecDeque<AgentReport>,
 }
 
 impl AgentHost {
     pub fn new(config: AgentHostConfig, wake: Arc<dyn Wake>) -> AgentHost {
-        let (tx, rx) = mpsc::sync_channel(config.report_capacity.max(1));
+        let reports = Arc::new(Reports::new(config.report_capacity, wake));
         AgentHost {
             config,
             agents: HashMap::new(),
-            reporter: Reporter {
-                tx,
-                wake_pending: Arc::new(AtomicBool::new(false)),
-                wake,
-            },
-            rx,
+            reports,
+            poller: None,
             pending: VecDeque::new(),
         }
     }
@@ -230,26 +215,57 @@ impl AgentHost {
             } => Some(self.spawn(agent, session_id, &agent_type)),
             AgentCommand::Write { agent, line } => {
                 let handle = self.agents.get(&agent)?;
-                match handle.push(line) {
-                    Push::Queued | Push::Dropped => None,
-                    Push::Overflow => {
-                        tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id(),
-                            "stdin backlog over its limit; stopping the agent");
-                        handle.stop(self.config.stop_grace);
-                        Some(AgentReport::Failed {
-                            agent,
-                            reason: "stdin backlog over its limit".to_owned(),
-                        })
-                    }
+                let budget = &handle.budget;
+                if budget.closed.load(Ordering::SeqCst) {
+                    return None;
                 }
+                let pending = budget.pending.load(Ordering::SeqCst);
+                if pending.saturating_add(line.len()) > self.config.max_pending_write_bytes {
+                    tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id,
+                        "stdin backlog over its limit; stopping the agent");
+                    budget.closed.store(true, Ordering::SeqCst);
+                    self.send(Command::Stop(agent, self.config.stop_grace));
+                    return Some(AgentReport::Failed {
+                        agent,
+                        reason: "stdin backlog over its limit".to_owned(),
+                    });
+                }
+                budget.pending.fetch_add(line.len(), Ordering::SeqCst);
+                self.send(Command::Write(agent, line));
+                None
             }
             AgentCommand::Stop { agent } => {
                 if let Some(handle) = self.agents.get(&agent) {
-                    handle.stop(self.config.stop_grace);
+                    handle.budget.closed.store(true, Ordering::SeqCst);
+                    self.send(Command::Stop(agent, self.config.stop_grace));
                 }
                 None
             }
         }
+    }
+
+    fn send(&self, command: Command) {
+        if let Some(poller) = &self.poller {
+            poller.inbox.send(command);
+        }
+    }
+
+    /// Starts the poller thread unless it runs.
+    fn start_poller(&mut self) -> Result<(), String> {
+        if self.poller.is_none() {
+            let settings = poller::Settings {
+                max_line_bytes: self.config.max_line_bytes,
+                stop_grace: self.config.stop_grace,
+                stderr_lines_per_second: self.config.stderr_lines_per_second,
+            };
+            let (inbox, thread) = poller::start(settings, Arc::clone(&self.reports))
+                .map_err(|error| format!("cannot start the agent poller: {error}"))?;
+            self.poller = Some(PollerThread {
+                inbox,
+                thread: Some(thread),
+            });
+        }
+        Ok(())
     }
 
     fn spawn(&mut self, agent: AgentId, session_id: String, agent_type: &str) -> AgentReport {
@@ -266,6 +282,9 @@ impl AgentHost {
         }
         if self.agents.contains_key(&agent) {
             return failed("agent id already in use");
+        }
+        if let Err(reason) = self.start_poller() {
+            return failed(&reason);
         }
         let Some(spec) = self.config.agents.get(agent_type) else {
             return failed("unknown agent type");
@@ -288,29 +307,30 @@ impl AgentHost {
                 dir
             }
         };
-        let settings = process::Settings {
-            max_line_bytes: self.config.max_line_bytes,
-            stop_grace: self.config.stop_grace,
-            stderr_lines_per_second: self.config.stderr_lines_per_second,
-            max_pending_write_bytes: self.config.max_pending_write_bytes,
+        let process = match Process::start(spec, &workspace) {
+            Ok(process) => process,
+            Err(reason) => return failed(&reason),
         };
-        match Agent::spawn(
+        let pid = process.pid.unsigned_abs();
+        let budget = Arc::new(StdinBudget::default());
+        self.send(Command::Add(Box::new(NewAgent {
+            id: agent,
+            session_id: session_id.clone(),
+            process,
+            budget: Arc::clone(&budget),
+        })));
+        let workspace = workspace.to_string_lossy().into_owned();
+        tracing::info!(target: "agent", agent = agent.0, session = %session_id, agent_type,
+            pid, workspace = %workspace, "agent started");
+        self.agents.insert(
             agent,
-            &session_id,
-            spec,
-            &workspace,
-            settings,
-            self.reporter.clone(),
-        ) {
-            Ok(handle) => {
-                let workspace = workspace.to_string_lossy().into_owned();
-                tracing::info!(target: "agent", agent = agent.0, session = %session_id, agent_type,
-                    pid = handle.pid(), workspace = %workspace, "agent started");
-                self.agents.insert(agent, handle);
-                AgentReport::Spawned { agent, workspace }
-            }
-            Err(reason) => failed(&reason),
-        }
+            Handle {
+                pid,
+                session_id,
+                budget,
+            },
+        );
+        AgentReport::Spawned { agent, workspace }
     }
 
     /// Moves at most `budget` waiting reports into `out` without blocking and returns how many.
@@ -322,14 +342,11 @@ impl AgentHost {
             return 0;
         }
         // Clear before looking: a report sent from here on wakes the adapter again.
-        self.reporter.wake_pending.store(false, Ordering::SeqCst);
+        self.reports.wake_pending.store(false, Ordering::SeqCst);
         let mut taken = 0;
         while taken < budget {
-            if self.pending.is_empty() {
-                match self.rx.try_recv() {
-                    Ok(batch) => self.pending.extend(batch),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+            if self.pending.is_empty() && !self.take_batch(None) {
+                break;
             }
             let Some(report) = self.pending.pop_front() else {
                 continue;
@@ -338,18 +355,34 @@ impl AgentHost {
             out.push(report);
             taken += 1;
         }
-        if taken == budget && !self.reporter.wake_pending.swap(true, Ordering::SeqCst) {
-            self.reporter.wake.wake();
+        if taken == budget {
+            self.reports.wake_adapter();
         }
         taken
+    }
+
+    /// Moves one batch into `pending` (waiting until `deadline` if given); false if none came.
+    fn take_batch(&mut self, deadline: Option<Instant>) -> bool {
+        let taken = self.reports.take(deadline);
+        if taken.room {
+            if let Some(poller) = &self.poller {
+                poller.inbox.room();
+            }
+        }
+        match taken.batch {
+            Some(batch) => {
+                self.pending.extend(batch);
+                true
+            }
+            None => false,
+        }
     }
 
     fn forget_if_exited(&mut self, report: &AgentReport) {
         if let AgentReport::Exited { agent, status } = report {
             if let Some(handle) = self.agents.remove(agent) {
-                tracing::info!(target: "agent", agent = agent.0, session = %handle.session_id(),
+                tracing::info!(target: "agent", agent = agent.0, session = %handle.session_id,
                     status = ?status, "agent exited");
-                handle.join();
             }
         }
     }
@@ -361,24 +394,26 @@ impl AgentHost {
 
     /// The process id of a running agent (diagnostics and tests).
     pub fn pid(&self, agent: AgentId) -> Option<u32> {
-        self.agents.get(&agent).map(Agent::pid)
+        self.agents.get(&agent).map(|handle| handle.pid)
     }
 
     /// Stops every agent (stdin closed, SIGTERM, SIGKILL after `min(stop_grace, timeout / 2)`,
     /// and at `timeout / 2` at the latest) and waits, bounded by `timeout`, until every one has
-    /// been reaped and its threads have ended. Reports that arrive meanwhile are discarded.
-    /// True when every agent is gone; otherwise the rest have been sent SIGKILL and their
-    /// threads end on their own once the kernel lets the processes go.
+    /// been reaped and its pipes have closed. Reports that arrive meanwhile are discarded.
+    /// True when every agent is gone; otherwise the rest have been sent SIGKILL and the poller
+    /// reaps them once the kernel lets the processes go.
     pub fn shutdown(&mut self, timeout: Duration) -> bool {
         let start = Instant::now();
         let half = timeout / 2;
         let grace = self.config.stop_grace.min(half);
-        for handle in self.agents.values() {
-            handle.stop(grace);
+        let ids: Vec<AgentId> = self.agents.keys().copied().collect();
+        for &agent in &ids {
+            self.send(Command::Stop(agent, grace));
         }
         self.wait_for_exits(start + half);
-        for handle in self.agents.values() {
-            handle.kill_now();
+        let ids: Vec<AgentId> = self.agents.keys().copied().collect();
+        for agent in ids {
+            self.send(Command::Kill(agent));
         }
         self.wait_for_exits(start + timeout);
         if !self.agents.is_empty() {
@@ -390,17 +425,12 @@ impl AgentHost {
 
     fn wait_for_exits(&mut self, deadline: Instant) {
         while !self.agents.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
             if let Some(report) = self.pending.pop_front() {
                 self.forget_if_exited(&report);
                 continue;
             }
-            match self.rx.recv_timeout(left) {
-                Ok(batch) => self.pending.extend(batch),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+            if Instant::now() >= deadline || !self.take_batch(Some(deadline)) {
+                return;
             }
         }
     }
@@ -410,6 +440,15 @@ impl Drop for AgentHost {
     fn drop(&mut self) {
         if !self.agents.is_empty() {
             self.shutdown(DROP_TIMEOUT);
+        }
+        if let Some(mut poller) = self.poller.take() {
+            // The poller kills what is left, reaps it, and ends once every agent is gone.
+            poller.inbox.send(Command::Quit);
+            if self.agents.is_empty() {
+                if let Some(thread) = poller.thread.take() {
+                    let _ = thread.join();
+                }
+            }
         }
     }
 }
