@@ -1,73 +1,91 @@
 //! The agent process host: runs the agent processes the core asks for (`AgentCommand`) and hands
-//! their output back (`AgentReport`). Runtime-agnostic: it uses std threads and blocking pipes,
-//! and tells the adapter's event loop that reports are waiting through the core's [`Wake`] hook,
-//! so the tokio, smol and mio adapters share it unchanged.
+//! their output back (`AgentReport`). Runtime-agnostic: one std thread of its own (the poller)
+//! drives every agent, and it tells the adapter's event loop that reports are waiting through
+//! the core's [`Wake`] hook, so the tokio, smol and mio adapters share it unchanged.
 //!
 //! # Contract
 //!
 //! * [`AgentHost::execute`] never blocks on an agent. `Spawn` runs synchronously (fork/exec is
 //!   fast) and answers `Spawned` or `SpawnFailed` right away; `Write` queues the line for the
-//!   agent's stdin writer thread (a full backlog fails the agent, answered synchronously as
-//!   `Failed`); `Stop` hands the stop sequence to a stopper thread. Commands for an unknown
-//!   agent (never spawned, or already reported `Exited`) are ignored.
+//!   agent's stdin (a full backlog fails the agent, answered synchronously as `Failed`); `Stop`
+//!   hands the stop sequence to the poller. Commands for an unknown agent (never spawned, or
+//!   already reported `Exited`) are ignored.
 //! * Everything else arrives through [`AgentHost::drain`]: `Line`s in the order the agent wrote
 //!   them, `Failed` when the host gives up on an agent, and `Exited` exactly once per spawned
-//!   agent, after all its lines and after every thread of that agent has ended. After `Exited`
-//!   the agent id is forgotten.
+//!   agent, after all its lines, once the process has been reaped and its stdout and stderr
+//!   have reached end of file. After `Exited` the agent id is forgotten.
 //! * `Line` carries the bytes between two `'\n'`s, without the `'\n'` (a `'\r'` before it is
 //!   kept, blank lines are delivered): the core decides what is valid JSON-RPC. A last line the
 //!   agent did not terminate is delivered at end of file. A line longer than
 //!   `max_line_bytes` is an agent error: `Failed`, then the agent is stopped (its remaining
-//!   output is discarded), then `Exited`.
+//!   output is discarded: its stdout is closed), then `Exited`.
+//!
+//! # One poller thread
+//!
+//! The host starts one thread, the poller, with its first agent, and never another: a gateway
+//! with a thousand agents has the same threads as one with a single agent. Every agent's stdin,
+//! stdout and stderr pipe (the gateway's ends set non-blocking) and a pidfd of the process
+//! (`pidfd_open`, Linux 5.3; without it the agent does not start) are registered on one
+//! edge-triggered `epoll` instance (mio). The host talks to the poller through a command inbox
+//! and a `mio::Waker` (coalesced like the adapter's wake). Per agent the poller keeps a few
+//! hundred bytes: flags, the start of a line whose `'\n'` has not come yet, the stdin lines not
+//! yet written, at most one held batch. It reads into one 64 KiB buffer shared by all agents.
+//!
+//! * **stdout** — each read (at most 64 KiB) is split into lines (slices of one copy of what was
+//!   read), and every line it completes goes to the host as one batch. At most 4 reads per agent
+//!   per turn of the loop, so a fast agent does not starve the others.
+//! * **stderr** — lines go to `tracing` (target `agent`, fields `agent` and `session`), at most
+//!   `stderr_lines_per_second` per second, then one "N lines suppressed" note per second
+//!   window. Lines are cut at 4 KiB for the log.
+//! * **stdin** — queued lines are written with `writev` as far as the pipe takes them; the rest
+//!   waits for the pipe to become writable. A write error (the agent closed stdin or died)
+//!   closes stdin; later lines are dropped.
+//! * **exit** — when the pidfd becomes readable the process has exited but is not reaped (a
+//!   zombie keeps its pid and process-group id reserved): the poller sends SIGKILL to what is
+//!   left of the agent's process group, then reaps the process, closes stdin and, once stdout
+//!   and stderr are at end of file, sends `Exited`.
+//! * **stop** — close stdin, SIGTERM to the process group, SIGKILL when the grace has passed
+//!   (a deadline in the poller, no thread).
+//!
+//! Only the poller signals and reaps, and it never signals an agent it has reaped: a signal can
+//! never reach a recycled pid.
 //!
 //! # Backpressure and wake-ups
 //!
-//! All agents share one bounded report channel (`report_capacity`, default 1024). A reader
-//! thread that finds it full blocks, stops reading its pipe, and the agent blocks writing to
-//! stdout: a fast agent is slowed down instead of growing the gateway's memory. Stdin has a byte
-//! budget per agent (`max_pending_write_bytes`, default 16 MiB); an agent that does not read its
-//! stdin fast enough is failed and stopped rather than buffered without bound.
+//! All agents share one bounded report queue (`report_capacity` batches, default 1024). When it
+//! is full the poller keeps the agent's batch (later reports of that agent join it, in order)
+//! and stops reading that agent's stdout; the agent then blocks writing to its stdout pipe: a
+//! fast agent is slowed down instead of growing the gateway's memory (bounded by the queue plus
+//! one held batch of at most 64 KiB per agent). When a drain has emptied half the queue the
+//! host tells the poller, which hands over the held batches and reads again. Stdin has a byte
+//! budget per agent (`max_pending_write_bytes`, default 16 MiB, counting bytes not yet in the
+//! pipe); an agent that does not read its stdin fast enough is failed and stopped rather than
+//! buffered without bound.
 //!
-//! A sender calls `wake.wake()` only when it flips the shared "wake pending" flag from false to
-//! true; [`AgentHost::drain`] clears the flag before it looks at the channel. So a burst of
+//! The poller calls `wake.wake()` only when it flips the shared "wake pending" flag from false
+//! to true; [`AgentHost::drain`] clears the flag before it looks at the queue. So a burst of
 //! reports costs one wake, and a report sent during or after a drain is never left without a
 //! wake. `drain` takes at most `budget` reports so one chatty agent cannot starve the rest of
 //! the loop turn; when it stops because of the budget it re-arms the wake itself, so the adapter
 //! only ever drains "once per wake" and is woken again if anything is left.
 //!
-//! # Threads (per agent) and their lifetimes
+//! # Shutdown
 //!
-//! * **stdout reader** — reads lines, sends `Line`s. Ends at end of file, on a read error, on a
-//!   too-long line (after sending `Failed` and starting the stop), or when the host is gone.
-//! * **stderr reader** — forwards lines to `tracing` (target `agent`, fields `agent` and
-//!   `session`), at most `stderr_lines_per_second` per second, then one "N lines suppressed"
-//!   note per second window. Lines are cut at 4 KiB for the log. Ends at end of file.
-//! * **stdin writer** — writes queued lines, flushing whenever the queue is empty. Ends when the
-//!   queue is closed (stop, or the process exited) or a write fails (the agent closed stdin or
-//!   died); stdin is closed when it ends.
-//! * **waiter** — waits for the process to exit without reaping it (`waitid(WNOWAIT)`), kills
-//!   whatever is left of the agent's process group, reaps the process, closes the stdin queue,
-//!   joins the three threads above and the stopper, then sends `Exited` and ends. Because the
-//!   zombie is reaped only under the same lock the stopper signals under, a signal never reaches
-//!   a recycled pid.
-//! * **stopper** (only once stopping starts) — closes stdin, sends SIGTERM to the process group,
-//!   waits up to `stop_grace` for the exit, then sends SIGKILL. Ends as soon as the process is
-//!   reaped.
-//!
-//! [`AgentHost::drain`] joins an agent's waiter when it passes on its `Exited`, so after a
-//! drained `Exited` no thread of that agent remains. [`AgentHost::shutdown`] stops every agent,
-//! escalates to SIGKILL at half its timeout, and waits (draining and discarding reports) until
-//! every agent has exited or the timeout passes. `Drop` runs `shutdown` with a short timeout
-//! (250 ms); call `shutdown` first for a longer grace.
+//! [`AgentHost::shutdown`] stops every agent, escalates to SIGKILL at half its timeout, and
+//! waits (draining and discarding reports) until every agent has exited or the timeout passes.
+//! `Drop` runs `shutdown` with a short timeout (250 ms; call `shutdown` first for a longer
+//! grace), then ends the poller: at once when no agent is left, otherwise the poller kills
+//! the rest, keeps reaping them without reporting, and ends when the last one is gone.
 //!
 //! # Processes
 //!
-//! Each agent runs in its own process group (`process_group(0)`), so signals reach the tools it
-//! started too, and when the agent exits the rest of its group is killed (the agent's
-//! subprocesses do not outlive it, and they cannot keep its pipes open). A tool that leaves the
-//! group (`setsid`) escapes this. The environment is the gateway's own plus the spec's `env`.
-//! The working directory is `DATA_DIR/sessions/{sessionId}/workspace` (created if missing; the
-//! session id must pass `storage::is_valid_identifier`) or a fixed directory.
+//! How a process is built (program, arguments, environment, working directory) is the small
+//! function `spawn::command`. Each agent runs in its own process group (`process_group(0)`), so
+//! signals reach the tools it started too, and when the agent exits the rest of its group is
+//! killed (the agent's subprocesses do not outlive it, and they cannot keep its pipes open). A
+//! tool that leaves the group (`setsid`) escapes this. The environment is the gateway's own plus
+//! the spec's `env`. The working directory is `DATA_DIR/sessions/{sessionId}/workspace` (created
+//! if missing; the session id must pass `storage::is_valid_identifier`) or a fixed directory.
 //!
 //! `Exited { status }` carries the exit code, or `None` when the process was ended by a signal.
 //!
@@ -130,7 +148,8 @@ pub struct AgentHostConfig {
     pub stderr_lines_per_second: u32,
     /// Bytes queued for one agent's stdin before the agent is failed. Default 16 MiB.
     pub max_pending_write_bytes: usize,
-    /// Reports the shared channel holds before reader threads block. Default 1024.
+    /// Batches of reports the shared queue holds before the poller holds them back (and stops
+    /// reading the agents' stdout). Default 1024.
     pub report_capacity: usize,
 }
 
