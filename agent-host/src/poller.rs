@@ -406,14 +406,13 @@ impl Poller {
         let key = self.entries.insert(entry);
         self.ids.insert(id, key);
         if let Err(error) = registered {
-            // Without its registrations the agent cannot be driven: end it. Its pipes are read
-            // once (they may hold lines), and the exit is awaited through a blocking reap.
+            // Without its registrations the agent cannot be driven: kill it, reap it (blocking,
+            // but on a process just sent SIGKILL), discard its output, and report `Exited`.
             tracing::error!(target: "agent", agent = id.0, %error,
                 "cannot watch the agent's pipes; killing it");
             let registry = self.poll.registry();
             let entry = &mut self.entries[key];
             signal(entry, Signal::SIGKILL);
-            // A blocking reap, but of a process just sent SIGKILL.
             let status = entry.child.wait().ok().and_then(|status| status.code());
             entry.status = Some(status);
             if let Some(pidfd) = entry.pidfd.take() {
