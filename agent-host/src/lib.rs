@@ -1,93 +1,116 @@
 //! The agent process host: runs the agent processes the core asks for (`AgentCommand`) and hands
-//! their output back (`AgentReport`). Runtime-agnostic: it uses std threads and blocking pipes,
-//! and tells the adapter's event loop that reports are waiting through the core's [`Wake`] hook,
-//! so the tokio, smol and mio adapters share it unchanged.
+//! their output back (`AgentReport`). Runtime-agnostic: one std thread of its own (the poller)
+//! drives every agent, and it tells the adapter's event loop that reports are waiting through
+//! the core's [`Wake`] hook, so the tokio, smol and mio adapters share it unchanged.
 //!
 //! # Contract
 //!
 //! * [`AgentHost::execute`] never blocks on an agent. `Spawn` runs synchronously (fork/exec is
 //!   fast) and answers `Spawned` or `SpawnFailed` right away; `Write` queues the line for the
-//!   agent's stdin writer thread (a full backlog fails the agent, answered synchronously as
-//!   `Failed`); `Stop` hands the stop sequence to a stopper thread. Commands for an unknown
-//!   agent (never spawned, or already reported `Exited`) are ignored.
+//!   agent's stdin (a full backlog fails the agent, answered synchronously as `Failed`); `Stop`
+//!   hands the stop sequence to the poller. Commands for an unknown agent (never spawned, or
+//!   already reported `Exited`) are ignored.
 //! * Everything else arrives through [`AgentHost::drain`]: `Line`s in the order the agent wrote
 //!   them, `Failed` when the host gives up on an agent, and `Exited` exactly once per spawned
-//!   agent, after all its lines and after every thread of that agent has ended. After `Exited`
-//!   the agent id is forgotten.
+//!   agent, after all its lines, once the process has been reaped and its stdout and stderr
+//!   have reached end of file. After `Exited` the agent id is forgotten.
 //! * `Line` carries the bytes between two `'\n'`s, without the `'\n'` (a `'\r'` before it is
 //!   kept, blank lines are delivered): the core decides what is valid JSON-RPC. A last line the
 //!   agent did not terminate is delivered at end of file. A line longer than
 //!   `max_line_bytes` is an agent error: `Failed`, then the agent is stopped (its remaining
-//!   output is discarded), then `Exited`.
+//!   output is discarded: its stdout is closed), then `Exited`.
+//!
+//! # One poller thread
+//!
+//! The host starts one thread, the poller, with its first agent, and never another: a gateway
+//! with a thousand agents has the same threads as one with a single agent. Every agent's stdin,
+//! stdout and stderr pipe (the gateway's ends set non-blocking) and a pidfd of the process
+//! (`pidfd_open`, Linux 5.3; without it the agent does not start) are registered on one
+//! edge-triggered `epoll` instance (mio). The host talks to the poller through a command inbox
+//! and a `mio::Waker` (coalesced like the adapter's wake). Per agent the poller keeps a few
+//! hundred bytes: flags, the start of a line whose `'\n'` has not come yet, the stdin lines not
+//! yet written, at most one held batch. It reads into one 64 KiB buffer shared by all agents.
+//!
+//! * **stdout** — each read (at most 64 KiB) is split into lines (slices of one copy of what was
+//!   read), and every line it completes goes to the host as one batch. At most 4 reads per agent
+//!   per turn of the loop, so a fast agent does not starve the others.
+//! * **stderr** — lines go to `tracing` (target `agent`, fields `agent` and `session`), at most
+//!   `stderr_lines_per_second` per second, then one "N lines suppressed" note per second
+//!   window. Lines are cut at 4 KiB for the log.
+//! * **stdin** — queued lines are written with `writev` as far as the pipe takes them; the rest
+//!   waits for the pipe to become writable. A write error (the agent closed stdin or died)
+//!   closes stdin; later lines are dropped.
+//! * **exit** — when the pidfd becomes readable the process has exited but is not reaped (a
+//!   zombie keeps its pid and process-group id reserved): the poller sends SIGKILL to what is
+//!   left of the agent's process group, then reaps the process, closes stdin and, once stdout
+//!   and stderr are at end of file, sends `Exited`.
+//! * **stop** — close stdin, SIGTERM to the process group, SIGKILL when the grace has passed
+//!   (a deadline in the poller, no thread).
+//!
+//! Only the poller signals and reaps, and it never signals an agent it has reaped: a signal can
+//! never reach a recycled pid.
 //!
 //! # Backpressure and wake-ups
 //!
-//! All agents share one bounded report channel (`report_capacity`, default 1024). A reader
-//! thread that finds it full blocks, stops reading its pipe, and the agent blocks writing to
-//! stdout: a fast agent is slowed down instead of growing the gateway's memory. Stdin has a byte
-//! budget per agent (`max_pending_write_bytes`, default 16 MiB); an agent that does not read its
-//! stdin fast enough is failed and stopped rather than buffered without bound.
+//! All agents share one bounded report queue (`report_capacity` batches, default 1024). When it
+//! is full the poller keeps the agent's batch (later reports of that agent join it, in order)
+//! and stops reading that agent's stdout; the agent then blocks writing to its stdout pipe: a
+//! fast agent is slowed down instead of growing the gateway's memory (bounded by the queue plus
+//! one held batch of at most 64 KiB per agent). When a drain has emptied half the queue the
+//! host tells the poller, which hands over the held batches and reads again. Stdin has a byte
+//! budget per agent (`max_pending_write_bytes`, default 16 MiB, counting bytes not yet in the
+//! pipe); an agent that does not read its stdin fast enough is failed and stopped rather than
+//! buffered without bound.
 //!
-//! A sender calls `wake.wake()` only when it flips the shared "wake pending" flag from false to
-//! true; [`AgentHost::drain`] clears the flag before it looks at the channel. So a burst of
+//! The poller calls `wake.wake()` only when it flips the shared "wake pending" flag from false
+//! to true; [`AgentHost::drain`] clears the flag before it looks at the queue. So a burst of
 //! reports costs one wake, and a report sent during or after a drain is never left without a
 //! wake. `drain` takes at most `budget` reports so one chatty agent cannot starve the rest of
 //! the loop turn; when it stops because of the budget it re-arms the wake itself, so the adapter
 //! only ever drains "once per wake" and is woken again if anything is left.
 //!
-//! # Threads (per agent) and their lifetimes
+//! # Shutdown
 //!
-//! * **stdout reader** — reads lines, sends `Line`s. Ends at end of file, on a read error, on a
-//!   too-long line (after sending `Failed` and starting the stop), or when the host is gone.
-//! * **stderr reader** — forwards lines to `tracing` (target `agent`, fields `agent` and
-//!   `session`), at most `stderr_lines_per_second` per second, then one "N lines suppressed"
-//!   note per second window. Lines are cut at 4 KiB for the log. Ends at end of file.
-//! * **stdin writer** — writes queued lines, flushing whenever the queue is empty. Ends when the
-//!   queue is closed (stop, or the process exited) or a write fails (the agent closed stdin or
-//!   died); stdin is closed when it ends.
-//! * **waiter** — waits for the process to exit without reaping it (`waitid(WNOWAIT)`), kills
-//!   whatever is left of the agent's process group, reaps the process, closes the stdin queue,
-//!   joins the three threads above and the stopper, then sends `Exited` and ends. Because the
-//!   zombie is reaped only under the same lock the stopper signals under, a signal never reaches
-//!   a recycled pid.
-//! * **stopper** (only once stopping starts) — closes stdin, sends SIGTERM to the process group,
-//!   waits up to `stop_grace` for the exit, then sends SIGKILL. Ends as soon as the process is
-//!   reaped.
-//!
-//! [`AgentHost::drain`] joins an agent's waiter when it passes on its `Exited`, so after a
-//! drained `Exited` no thread of that agent remains. [`AgentHost::shutdown`] stops every agent,
-//! escalates to SIGKILL at half its timeout, and waits (draining and discarding reports) until
-//! every agent has exited or the timeout passes. `Drop` runs `shutdown` with a short timeout
-//! (250 ms); call `shutdown` first for a longer grace.
+//! [`AgentHost::shutdown`] stops every agent, escalates to SIGKILL at half its timeout, and
+//! waits (draining and discarding reports) until every agent has exited or the timeout passes.
+//! `Drop` runs `shutdown` with a short timeout (250 ms; call `shutdown` first for a longer
+//! grace), then ends the poller: at once when no agent is left, otherwise the poller kills
+//! the rest, keeps reaping them without reporting, and ends when the last one is gone.
 //!
 //! # Processes
 //!
-//! Each agent runs in its own process group (`process_group(0)`), so signals reach the tools it
-//! started too, and when the agent exits the rest of its group is killed (the agent's
-//! subprocesses do not outlive it, and they cannot keep its pipes open). A tool that leaves the
-//! group (`setsid`) escapes this. The environment is the gateway's own plus the spec's `env`.
-//! The working directory is `DATA_DIR/sessions/{sessionId}/workspace` (created if missing; the
-//! session id must pass `storage::is_valid_identifier`) or a fixed directory.
+//! How a process is built (program, arguments, environment, working directory) is the small
+//! function `spawn::command`. Each agent runs in its own process group (`process_group(0)`), so
+//! signals reach the tools it started too, and when the agent exits the rest of its group is
+//! killed (the agent's subprocesses do not outlive it, and they cannot keep its pipes open). A
+//! tool that leaves the group (`setsid`) escapes this. The environment is the gateway's own plus
+//! the spec's `env`. The working directory is `DATA_DIR/sessions/{sessionId}/workspace` (created
+//! if missing; the session id must pass `storage::is_valid_identifier`) or a fixed directory.
 //!
 //! `Exited { status }` carries the exit code, or `None` when the process was ended by a signal.
 //!
 //! The host reaps its children itself (by pid): the adapter must not set SIGCHLD to `SIG_IGN` or
 //! reap with `waitpid(-1)`, or the host could signal a pid that was already reused.
 
+mod poller;
 mod process;
+mod reports;
+mod spawn;
 mod stderr;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use diminuendo_core::{AgentCommand, AgentId, Wake};
 
-use process::{Agent, Push};
+use poller::{Command, Inbox, NewAgent, StdinBudget};
+use process::Process;
+use reports::Reports;
 
 /// Where an agent process runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -125,7 +148,8 @@ pub struct AgentHostConfig {
     pub stderr_lines_per_second: u32,
     /// Bytes queued for one agent's stdin before the agent is failed. Default 16 MiB.
     pub max_pending_write_bytes: usize,
-    /// Reports the shared channel holds before reader threads block. Default 1024.
+    /// Batches of reports the shared queue holds before the poller holds them back (and stops
+    /// reading the agents' stdout). Default 1024.
     pub report_capacity: usize,
 }
 
@@ -162,60 +186,40 @@ pub enum AgentReport {
     Exited { agent: AgentId, status: Option<i32> },
 }
 
-/// Sends reports into the shared channel and wakes the adapter, coalescing wakes.
-#[derive(Clone)]
-pub(crate) struct Reporter {
-    /// Reports travel in batches: a reader sends every line its buffer holds at once, so a fast
-    /// agent costs one hand-off (and at most one wake-up of a blocked reader) per batch, not per
-    /// line.
-    tx: SyncSender<Vec<AgentReport>>,
-    wake_pending: Arc<AtomicBool>,
-    wake: Arc<dyn Wake>,
-}
-
-impl Reporter {
-    /// Blocks while the channel is full. False when the host is gone.
-    pub(crate) fn send(&self, report: AgentReport) -> bool {
-        self.send_batch(vec![report])
-    }
-
-    /// Blocks while the channel is full. False when the host is gone.
-    pub(crate) fn send_batch(&self, batch: Vec<AgentReport>) -> bool {
-        if self.tx.send(batch).is_err() {
-            return false;
-        }
-        if !self.wake_pending.swap(true, Ordering::SeqCst) {
-            self.wake.wake();
-        }
-        true
-    }
-}
-
 /// How long `Drop` waits for the agents it stops.
 const DROP_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The host's record of one agent (the poller thread has the rest).
+struct Handle {
+    pid: u32,
+    session_id: String,
+    budget: Arc<StdinBudget>,
+}
+
+/// The poller thread, started with the first agent.
+struct PollerThread {
+    inbox: Arc<Inbox>,
+    thread: Option<JoinHandle<()>>,
+}
 
 /// Runs agent processes for the core. See the module documentation.
 pub struct AgentHost {
     config: AgentHostConfig,
-    agents: HashMap<AgentId, Agent>,
-    reporter: Reporter,
-    rx: Receiver<Vec<AgentReport>>,
+    agents: HashMap<AgentId, Handle>,
+    reports: Arc<Reports>,
+    poller: Option<PollerThread>,
     /// Reports of a batch that a drain's budget left for the next drain.
     pending: VecDeque<AgentReport>,
 }
 
 impl AgentHost {
     pub fn new(config: AgentHostConfig, wake: Arc<dyn Wake>) -> AgentHost {
-        let (tx, rx) = mpsc::sync_channel(config.report_capacity.max(1));
+        let reports = Arc::new(Reports::new(config.report_capacity, wake));
         AgentHost {
             config,
             agents: HashMap::new(),
-            reporter: Reporter {
-                tx,
-                wake_pending: Arc::new(AtomicBool::new(false)),
-                wake,
-            },
-            rx,
+            reports,
+            poller: None,
             pending: VecDeque::new(),
         }
     }
@@ -230,26 +234,57 @@ impl AgentHost {
             } => Some(self.spawn(agent, session_id, &agent_type)),
             AgentCommand::Write { agent, line } => {
                 let handle = self.agents.get(&agent)?;
-                match handle.push(line) {
-                    Push::Queued | Push::Dropped => None,
-                    Push::Overflow => {
-                        tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id(),
-                            "stdin backlog over its limit; stopping the agent");
-                        handle.stop(self.config.stop_grace);
-                        Some(AgentReport::Failed {
-                            agent,
-                            reason: "stdin backlog over its limit".to_owned(),
-                        })
-                    }
+                let budget = &handle.budget;
+                if budget.closed.load(Ordering::SeqCst) {
+                    return None;
                 }
+                let pending = budget.pending.load(Ordering::SeqCst);
+                if pending.saturating_add(line.len()) > self.config.max_pending_write_bytes {
+                    tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id,
+                        "stdin backlog over its limit; stopping the agent");
+                    budget.closed.store(true, Ordering::SeqCst);
+                    self.send(Command::Stop(agent, self.config.stop_grace));
+                    return Some(AgentReport::Failed {
+                        agent,
+                        reason: "stdin backlog over its limit".to_owned(),
+                    });
+                }
+                budget.pending.fetch_add(line.len(), Ordering::SeqCst);
+                self.send(Command::Write(agent, line));
+                None
             }
             AgentCommand::Stop { agent } => {
                 if let Some(handle) = self.agents.get(&agent) {
-                    handle.stop(self.config.stop_grace);
+                    handle.budget.closed.store(true, Ordering::SeqCst);
+                    self.send(Command::Stop(agent, self.config.stop_grace));
                 }
                 None
             }
         }
+    }
+
+    fn send(&self, command: Command) {
+        if let Some(poller) = &self.poller {
+            poller.inbox.send(command);
+        }
+    }
+
+    /// Starts the poller thread unless it runs.
+    fn start_poller(&mut self) -> Result<(), String> {
+        if self.poller.is_none() {
+            let settings = poller::Settings {
+                max_line_bytes: self.config.max_line_bytes,
+                stop_grace: self.config.stop_grace,
+                stderr_lines_per_second: self.config.stderr_lines_per_second,
+            };
+            let (inbox, thread) = poller::start(settings, Arc::clone(&self.reports))
+                .map_err(|error| format!("cannot start the agent poller: {error}"))?;
+            self.poller = Some(PollerThread {
+                inbox,
+                thread: Some(thread),
+            });
+        }
+        Ok(())
     }
 
     fn spawn(&mut self, agent: AgentId, session_id: String, agent_type: &str) -> AgentReport {
@@ -266,6 +301,9 @@ impl AgentHost {
         }
         if self.agents.contains_key(&agent) {
             return failed("agent id already in use");
+        }
+        if let Err(reason) = self.start_poller() {
+            return failed(&reason);
         }
         let Some(spec) = self.config.agents.get(agent_type) else {
             return failed("unknown agent type");
@@ -288,29 +326,30 @@ impl AgentHost {
                 dir
             }
         };
-        let settings = process::Settings {
-            max_line_bytes: self.config.max_line_bytes,
-            stop_grace: self.config.stop_grace,
-            stderr_lines_per_second: self.config.stderr_lines_per_second,
-            max_pending_write_bytes: self.config.max_pending_write_bytes,
+        let process = match Process::start(spec, &workspace) {
+            Ok(process) => process,
+            Err(reason) => return failed(&reason),
         };
-        match Agent::spawn(
+        let pid = process.pid.unsigned_abs();
+        let budget = Arc::new(StdinBudget::default());
+        self.send(Command::Add(Box::new(NewAgent {
+            id: agent,
+            session_id: session_id.clone(),
+            process,
+            budget: Arc::clone(&budget),
+        })));
+        let workspace = workspace.to_string_lossy().into_owned();
+        tracing::info!(target: "agent", agent = agent.0, session = %session_id, agent_type,
+            pid, workspace = %workspace, "agent started");
+        self.agents.insert(
             agent,
-            &session_id,
-            spec,
-            &workspace,
-            settings,
-            self.reporter.clone(),
-        ) {
-            Ok(handle) => {
-                let workspace = workspace.to_string_lossy().into_owned();
-                tracing::info!(target: "agent", agent = agent.0, session = %session_id, agent_type,
-                    pid = handle.pid(), workspace = %workspace, "agent started");
-                self.agents.insert(agent, handle);
-                AgentReport::Spawned { agent, workspace }
-            }
-            Err(reason) => failed(&reason),
-        }
+            Handle {
+                pid,
+                session_id,
+                budget,
+            },
+        );
+        AgentReport::Spawned { agent, workspace }
     }
 
     /// Moves at most `budget` waiting reports into `out` without blocking and returns how many.
@@ -322,14 +361,11 @@ impl AgentHost {
             return 0;
         }
         // Clear before looking: a report sent from here on wakes the adapter again.
-        self.reporter.wake_pending.store(false, Ordering::SeqCst);
+        self.reports.wake_pending.store(false, Ordering::SeqCst);
         let mut taken = 0;
         while taken < budget {
-            if self.pending.is_empty() {
-                match self.rx.try_recv() {
-                    Ok(batch) => self.pending.extend(batch),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+            if self.pending.is_empty() && !self.take_batch(None) {
+                break;
             }
             let Some(report) = self.pending.pop_front() else {
                 continue;
@@ -338,18 +374,34 @@ impl AgentHost {
             out.push(report);
             taken += 1;
         }
-        if taken == budget && !self.reporter.wake_pending.swap(true, Ordering::SeqCst) {
-            self.reporter.wake.wake();
+        if taken == budget {
+            self.reports.wake_adapter();
         }
         taken
+    }
+
+    /// Moves one batch into `pending` (waiting until `deadline` if given); false if none came.
+    fn take_batch(&mut self, deadline: Option<Instant>) -> bool {
+        let taken = self.reports.take(deadline);
+        if taken.room {
+            if let Some(poller) = &self.poller {
+                poller.inbox.room();
+            }
+        }
+        match taken.batch {
+            Some(batch) => {
+                self.pending.extend(batch);
+                true
+            }
+            None => false,
+        }
     }
 
     fn forget_if_exited(&mut self, report: &AgentReport) {
         if let AgentReport::Exited { agent, status } = report {
             if let Some(handle) = self.agents.remove(agent) {
-                tracing::info!(target: "agent", agent = agent.0, session = %handle.session_id(),
+                tracing::info!(target: "agent", agent = agent.0, session = %handle.session_id,
                     status = ?status, "agent exited");
-                handle.join();
             }
         }
     }
@@ -361,24 +413,26 @@ impl AgentHost {
 
     /// The process id of a running agent (diagnostics and tests).
     pub fn pid(&self, agent: AgentId) -> Option<u32> {
-        self.agents.get(&agent).map(Agent::pid)
+        self.agents.get(&agent).map(|handle| handle.pid)
     }
 
     /// Stops every agent (stdin closed, SIGTERM, SIGKILL after `min(stop_grace, timeout / 2)`,
     /// and at `timeout / 2` at the latest) and waits, bounded by `timeout`, until every one has
-    /// been reaped and its threads have ended. Reports that arrive meanwhile are discarded.
-    /// True when every agent is gone; otherwise the rest have been sent SIGKILL and their
-    /// threads end on their own once the kernel lets the processes go.
+    /// been reaped and its pipes have closed. Reports that arrive meanwhile are discarded.
+    /// True when every agent is gone; otherwise the rest have been sent SIGKILL and the poller
+    /// reaps them once the kernel lets the processes go.
     pub fn shutdown(&mut self, timeout: Duration) -> bool {
         let start = Instant::now();
         let half = timeout / 2;
         let grace = self.config.stop_grace.min(half);
-        for handle in self.agents.values() {
-            handle.stop(grace);
+        let ids: Vec<AgentId> = self.agents.keys().copied().collect();
+        for &agent in &ids {
+            self.send(Command::Stop(agent, grace));
         }
         self.wait_for_exits(start + half);
-        for handle in self.agents.values() {
-            handle.kill_now();
+        let ids: Vec<AgentId> = self.agents.keys().copied().collect();
+        for agent in ids {
+            self.send(Command::Kill(agent));
         }
         self.wait_for_exits(start + timeout);
         if !self.agents.is_empty() {
@@ -390,17 +444,12 @@ impl AgentHost {
 
     fn wait_for_exits(&mut self, deadline: Instant) {
         while !self.agents.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
             if let Some(report) = self.pending.pop_front() {
                 self.forget_if_exited(&report);
                 continue;
             }
-            match self.rx.recv_timeout(left) {
-                Ok(batch) => self.pending.extend(batch),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+            if Instant::now() >= deadline || !self.take_batch(Some(deadline)) {
+                return;
             }
         }
     }
@@ -410,6 +459,15 @@ impl Drop for AgentHost {
     fn drop(&mut self) {
         if !self.agents.is_empty() {
             self.shutdown(DROP_TIMEOUT);
+        }
+        if let Some(mut poller) = self.poller.take() {
+            // The poller kills what is left, reaps it, and ends once every agent is gone.
+            poller.inbox.send(Command::Quit);
+            if self.agents.is_empty() {
+                if let Some(thread) = poller.thread.take() {
+                    let _ = thread.join();
+                }
+            }
         }
     }
 }

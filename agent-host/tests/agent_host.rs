@@ -382,3 +382,107 @@ fn dropping_the_host_stops_and_reaps_its_agents() {
         assert!(reaped(pid), "pid {pid} not reaped");
     }
 }
+
+#[test]
+fn many_agents_share_a_full_report_channel_without_losing_lines() {
+    // 50 agents, room for two batches: the poller holds at most one batch per agent and stops
+    // reading the others' stdout until the host makes room; every line still arrives in order.
+    let mut h = Harness::new(|config| {
+        config.report_capacity = 2;
+        config.max_processes = 50;
+    });
+    for agent in 1..=50 {
+        assert!(matches!(
+            h.spawn(agent, &format!("s{agent}"), "chatty"),
+            AgentReport::Spawned { .. }
+        ));
+    }
+    let reports = h.collect_until(7, |reports| {
+        (1..=50).all(|agent| exited(reports, agent).is_some())
+    });
+    let expected: Vec<String> = (0..2000).map(|i| format!("line {i}")).collect();
+    for agent in 1..=50 {
+        assert_eq!(lines(&reports, agent), expected, "agent {agent}");
+        assert_eq!(exited(&reports, agent), Some(Some(0)));
+    }
+    assert_eq!(h.host.running(), 0);
+}
+
+/// The kernel function a process sleeps in (`/proc/PID/wchan`).
+fn wchan(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+}
+
+/// True once the process has exited (a zombie, or gone).
+fn has_exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()? == "Z"))
+        .unwrap_or(true)
+}
+
+/// Bytes a process has written (`wchar` of `/proc/PID/io`).
+fn bytes_written(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("wchar: "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn output_nobody_drains_blocks_the_agents_not_the_gateways_memory() {
+    // 20 agents each write 16 MiB of lines and the host never drains: each must end up blocked
+    // writing its stdout for good, having written no more than its share of the queue, one
+    // held batch, one read and its pipe. (Without backpressure they would finish and exit.)
+    const AGENTS: u64 = 20;
+    const OUTPUT: usize = 16 * 1024 * 1024;
+    let mut h = Harness::new(|config| {
+        config.report_capacity = 4;
+        config.max_processes = AGENTS as usize;
+        let file = config.data_dir.join("output.txt");
+        let line = "a line of output that some agent wrote\n";
+        std::fs::write(&file, line.repeat(OUTPUT / line.len())).unwrap();
+        config.agents.insert(
+            "flood".into(),
+            sh(&format!("exec cat '{}'", file.display())),
+        );
+    });
+    let pids: Vec<u32> = (1..=AGENTS)
+        .map(|agent| {
+            h.spawn(agent, &format!("s{agent}"), "flood");
+            h.host.pid(AgentId(agent)).unwrap()
+        })
+        .collect();
+    // Wait until every agent is blocked on its stdout and nothing has been written for a while
+    // (with the queue full, nothing more can be).
+    let deadline = Instant::now() + support::PATIENCE;
+    let (mut total, mut since) = (u64::MAX, Instant::now());
+    loop {
+        for &pid in &pids {
+            assert!(!has_exited(pid), "agent {pid} wrote all its output");
+        }
+        let now_total: u64 = pids.iter().map(|&pid| bytes_written(pid)).sum();
+        let blocked = pids.iter().all(|&pid| wchan(pid).ends_with("pipe_write"));
+        if now_total != total || !blocked {
+            (total, since) = (now_total, Instant::now());
+        } else if since.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agents never settled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The queue (4 batches of at most one 64 KiB read) is shared; each agent adds at most one
+    // held batch and its pipe (at most 1 MiB).
+    let bound = (4 + 1) * 64 * 1024 + 1024 * 1024;
+    for &pid in &pids {
+        let written = bytes_written(pid);
+        assert!(written > 0);
+        assert!(written <= bound, "agent {pid} wrote {written} bytes");
+    }
+    assert!(h.host.shutdown(Duration::from_secs(5)));
+    for pid in pids {
+        assert!(reaped(pid), "pid {pid} not reaped");
+    }
+}

@@ -5,6 +5,7 @@
 //! rate limit) so that it can read the gateway's CPU time and memory from `/proc`; `--addr`
 //! targets a running gateway instead, for the figures that need no pid. See `bench/README.md`.
 
+mod agents;
 mod fanout;
 mod health;
 mod report;
@@ -122,6 +123,18 @@ enum Command {
         target: TargetArgs,
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
+    },
+    /// Many active sessions, one echo agent each: gateway threads, memory per agent, and
+    /// spawn-to-ready time (needs --binary)
+    Agents {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Sessions activated (one agent process each)
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// The gateway's `--max-agents` (at least `count`)
+        #[arg(long, default_value_t = 1000)]
+        max_agents: usize,
     },
     /// Time from spawning the binary to the first 200 on /livez, median of runs
     Startup {
@@ -249,6 +262,17 @@ fn run(command: Command, nofile: (u64, u64)) -> std::io::Result<bool> {
             sequential::idle(gateway, name, connections, nofile)
         })
         .map(|_| true),
+        Command::Agents {
+            target,
+            count,
+            max_agents,
+        } => {
+            let flags = vec!["--max-agents".into(), max_agents.max(count).to_string()];
+            with_target(&target, &flags, |gateway, name| {
+                agents::agents(gateway, name, count)
+            })
+            .map(|_| true)
+        }
         Command::Startup { binary, runs } => sequential::startup(&binary, &name_of(&binary), runs)
             .map(|report| {
                 report.print();
@@ -265,7 +289,7 @@ fn run(command: Command, nofile: (u64, u64)) -> std::io::Result<bool> {
                 ]
             };
             for command in [
-                "health", "connect", "create", "fanout", "persist", "idle", "startup",
+                "health", "connect", "create", "fanout", "persist", "idle", "agents", "startup",
             ] {
                 let mut args = defaults(command);
                 if command == "fanout" {

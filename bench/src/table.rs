@@ -127,6 +127,24 @@ const ROWS: &[Row] = &[
         target: "< 1,536",
     },
     Row {
+        label: "agents: active agents / gateway threads",
+        source: Source::Bench("agents"),
+        keys: &["agents", "threadsAfter"],
+        target: "1,000 / constant",
+    },
+    Row {
+        label: "agents: gateway memory per active agent (KiB)",
+        source: Source::Bench("agents"),
+        keys: &["rssPerAgentKib"],
+        target: "≤ 64",
+    },
+    Row {
+        label: "agents: spawn-to-ready p50 / p99 (µs)",
+        source: Source::Bench("agents"),
+        keys: &["spawnToReadyP50Us", "spawnToReadyP99Us"],
+        target: "",
+    },
+    Row {
         label: "startup to first `/livez` 200, median (ms)",
         source: Source::Bench("startup"),
         keys: &["medianMs"],

@@ -93,3 +93,13 @@ fn persist_idle_and_startup_complete() {
     let startup = bench(&["startup", "--runs", "2"]);
     assert!(startup[0]["medianMs"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn agents_keeps_every_agent_up_and_counts_threads() {
+    let agents = bench(&["agents", "--count", "5"]);
+    let line = &agents[0];
+    assert_eq!(line["agents"], 5, "{line}");
+    assert_eq!(line["agentsAlive"], 5, "{line}");
+    assert!(line["threadsAfter"].as_u64().unwrap() > 0, "{line}");
+    assert!(line["spawnToReadyP50Us"].as_f64().unwrap() > 0.0, "{line}");
+}
