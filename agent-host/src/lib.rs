@@ -74,8 +74,14 @@
 //! The host reaps its children itself (by pid): the adapter must not set SIGCHLD to `SIG_IGN` or
 //! reap with `waitpid(-1)`, or the host could signal a pid that was already reused.
 
+pub mod environment;
+pub mod launch;
 mod process;
+pub mod sandbox;
 mod stderr;
+
+pub use launch::{check_spec, substitute, Placeholders};
+pub use sandbox::{Limits, NetworkPolicy, SandboxMode};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -102,11 +108,22 @@ pub enum WorkspacePolicy {
 /// How to start one agent type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentSpec {
+    /// The program; `{workspace}`, `{session_id}` and `{tenant_id}` are substituted in it and
+    /// in `args` (see [`substitute`]).
     pub command: String,
     pub args: Vec<String>,
-    /// Added to (or overriding) the gateway's own environment.
+    /// Set in the agent's clean environment (see [`environment`]).
     pub env: Vec<(String, String)>,
     pub cwd: WorkspacePolicy,
+    /// Gateway variables passed on (never `DIMINUENDO_*`).
+    pub inherit_env: Vec<String>,
+    pub sandbox: SandboxMode,
+    pub network: NetworkPolicy,
+    /// Read and execute, besides the system and the agent's install directory.
+    pub read_paths: Vec<PathBuf>,
+    /// Read and write, besides the workspace (never in the data directory).
+    pub write_paths: Vec<PathBuf>,
+    pub limits: Limits,
 }
 
 /// The agent host's settings.
@@ -226,8 +243,9 @@ impl AgentHost {
             AgentCommand::Spawn {
                 agent,
                 session_id,
+                tenant_id,
                 agent_type,
-            } => Some(self.spawn(agent, session_id, &agent_type)),
+            } => Some(self.spawn(agent, session_id, &tenant_id, &agent_type)),
             AgentCommand::Write { agent, line } => {
                 let handle = self.agents.get(&agent)?;
                 match handle.push(line) {
@@ -252,7 +270,13 @@ impl AgentHost {
         }
     }
 
-    fn spawn(&mut self, agent: AgentId, session_id: String, agent_type: &str) -> AgentReport {
+    fn spawn(
+        &mut self,
+        agent: AgentId,
+        session_id: String,
+        tenant_id: &str,
+        agent_type: &str,
+    ) -> AgentReport {
         let failed = |reason: &str| {
             tracing::warn!(target: "agent", agent = agent.0, session = %session_id, agent_type,
                 reason, "agent spawn failed");
@@ -263,6 +287,9 @@ impl AgentHost {
         };
         if !diminuendo_core::storage::is_valid_identifier(&session_id) {
             return failed("invalid session id");
+        }
+        if !diminuendo_core::storage::is_valid_identifier(tenant_id) {
+            return failed("invalid tenant id");
         }
         if self.agents.contains_key(&agent) {
             return failed("agent id already in use");
@@ -294,14 +321,18 @@ impl AgentHost {
             stderr_lines_per_second: self.config.stderr_lines_per_second,
             max_pending_write_bytes: self.config.max_pending_write_bytes,
         };
-        match Agent::spawn(
+        let command = match launch::command(&launch::Request {
             agent,
-            &session_id,
+            session_id: &session_id,
+            tenant_id,
             spec,
-            &workspace,
-            settings,
-            self.reporter.clone(),
-        ) {
+            data_dir: &self.config.data_dir,
+            workspace: &workspace,
+        }) {
+            Ok(command) => command,
+            Err(reason) => return failed(&reason),
+        };
+        match Agent::spawn(agent, &session_id, command, settings, self.reporter.clone()) {
             Ok(handle) => {
                 let workspace = workspace.to_string_lossy().into_owned();
                 tracing::info!(target: "agent", agent = agent.0, session = %session_id, agent_type,

@@ -2,8 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::path::Path;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::stderr::StderrLimiter;
-use crate::{AgentReport, AgentSpec, Reporter};
+use crate::{AgentReport, Reporter};
 
 /// Longest stderr line logged; the rest of the line is dropped.
 const MAX_STDERR_LINE: usize = 4096;
@@ -133,24 +132,15 @@ pub(super) struct Agent {
 }
 
 impl Agent {
-    /// Starts the process and its threads. The error is a short reason for `SpawnFailed`.
+    /// Starts the process (`command` comes from `launch::command`) and its threads. The error
+    /// is a short reason for `SpawnFailed`.
     pub(super) fn spawn(
         id: AgentId,
         session_id: &str,
-        spec: &AgentSpec,
-        workspace: &Path,
+        mut command: Command,
         settings: Settings,
         reporter: Reporter,
     ) -> Result<Agent, String> {
-        let mut command = Command::new(&spec.command);
-        command
-            .args(&spec.args)
-            .envs(spec.env.iter().map(|(key, value)| (key, value)))
-            .current_dir(workspace)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command
             .spawn()
             .map_err(|error| format!("cannot start the agent: {error}"))?;

@@ -126,10 +126,12 @@ impl Gateway {
         });
         session.next_turn = Some(next);
         let agent_type = session.record.agent_type.clone();
+        let tenant_id = session.record.tenant_id.clone();
         self.metrics.agents_started += 1;
         self.agent_command(AgentCommand::Spawn {
             agent,
             session_id: session_id.to_string(),
+            tenant_id,
             agent_type,
         });
     }
