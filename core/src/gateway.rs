@@ -549,6 +549,10 @@ impl Gateway {
                             .filter(|s| crate::session_state::is_active(s.record.status))
                             .count(),
                     },
+                    "agents": self.config.agent_types.iter().map(|name| {
+                        let sandbox = self.config.agent_sandbox.get(name).map_or("unknown", String::as_str);
+                        (name.clone(), serde_json::json!({ "sandbox": sandbox }))
+                    }).collect::<serde_json::Map<_, _>>(),
                 });
                 let status = if self.is_ready() { 200 } else { 503 };
                 Response::new(status).body("application/json", Bytes::from(body.to_string()))

@@ -69,6 +69,7 @@ impl Services {
             gateway.set_authenticator(authenticator);
         }
 
+        warn_about_sandboxes(&settings.agents);
         let mut host_config = AgentHostConfig::new(&settings.data_dir);
         host_config.agents = settings.agents.clone();
         host_config.max_processes = settings.max_agents;
@@ -194,5 +195,27 @@ fn log_recovery(report: &RecoveryReport) {
     );
     for error in &report.failed {
         warn!(%error, "a database could not be recovered");
+    }
+}
+
+/// At start: an agent type without a sandbox is worth a warning, and so is a kernel that
+/// cannot confine the agents that ask for Landlock (they will answer AGENT_UNAVAILABLE).
+fn warn_about_sandboxes(
+    agents: &std::collections::BTreeMap<String, diminuendo_agent_host::AgentSpec>,
+) {
+    use diminuendo_agent_host::SandboxMode;
+    let support = diminuendo_agent_host::sandbox::landlock_support();
+    for (name, spec) in agents {
+        match spec.sandbox {
+            SandboxMode::Off => warn!(agent_type = %name,
+                "sandbox = \"off\": agents of this type can read and write everything the gateway can"),
+            SandboxMode::Launcher => {}
+            SandboxMode::Landlock => {
+                if let Err(reason) = &support {
+                    warn!(agent_type = %name, %reason,
+                        "agents of this type will not start: the kernel cannot enforce their sandbox");
+                }
+            }
+        }
     }
 }

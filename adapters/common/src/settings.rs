@@ -13,7 +13,7 @@ use diminuendo_core::CoreConfig;
 use diminuendo_storage::Synchronous;
 use serde::Deserialize;
 
-use diminuendo_agent_host::{AgentSpec, WorkspacePolicy};
+use diminuendo_agent_host::{AgentSpec, Limits, NetworkPolicy, SandboxMode, WorkspacePolicy};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 
@@ -163,6 +163,53 @@ pub struct FileAgent {
     pub env: BTreeMap<String, String>,
     /// `per-session` (default) or a directory every process of this type runs in.
     pub workspace: Option<String>,
+    /// Gateway variables passed on to the agent (never `DIMINUENDO_*`).
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
+    /// `landlock` (default), `off`, or `launcher`.
+    pub sandbox: Option<String>,
+    /// `allow` (default) or `deny`.
+    pub network: Option<String>,
+    /// More read-and-execute paths for a Landlock-confined agent.
+    #[serde(default)]
+    pub read_paths: Vec<PathBuf>,
+    /// More read-and-write paths for a Landlock-confined agent (outside the data directory).
+    #[serde(default)]
+    pub write_paths: Vec<PathBuf>,
+    /// Resource limits; a missing key keeps its default, 0 is unlimited.
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+/// `[agents.NAME.limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub address_space: Option<u64>,
+    pub open_files: Option<u64>,
+    pub processes: Option<u64>,
+    pub file_size: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+    pub workspace_bytes: Option<u64>,
+}
+
+impl FileLimits {
+    fn resolve(&self) -> Limits {
+        let defaults = Limits::default();
+        let pick = |value: Option<u64>, default: Option<u64>| match value {
+            Some(0) => None,
+            Some(value) => Some(value),
+            None => default,
+        };
+        Limits {
+            address_space: pick(self.address_space, defaults.address_space),
+            open_files: pick(self.open_files, defaults.open_files),
+            processes: pick(self.processes, defaults.processes),
+            file_size: pick(self.file_size, defaults.file_size),
+            cpu_seconds: pick(self.cpu_seconds, defaults.cpu_seconds),
+            workspace_bytes: pick(self.workspace_bytes, defaults.workspace_bytes),
+        }
+    }
 }
 
 /// The config file: the same settings, snake_case keys. Unknown keys are refused so that a typo
@@ -328,6 +375,10 @@ impl Settings {
                 defaults.turn_grace,
             )?,
             agent_types: agents.keys().cloned().collect(),
+            agent_sandbox: agents
+                .iter()
+                .map(|(name, spec)| (name.clone(), spec.sandbox.as_str().to_owned()))
+                .collect(),
             ..defaults
         };
 
@@ -411,6 +462,18 @@ fn resolve_agents(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let sandbox = match agent.sandbox.as_deref() {
+            None => SandboxMode::default(),
+            Some(text) => SandboxMode::parse(text).ok_or_else(|| {
+                format!("agent type {name}: sandbox is landlock, off or launcher, got {text:?}")
+            })?,
+        };
+        let network = match agent.network.as_deref() {
+            None => NetworkPolicy::default(),
+            Some(text) => NetworkPolicy::parse(text).ok_or_else(|| {
+                format!("agent type {name}: network is allow or deny, got {text:?}")
+            })?,
+        };
         agents.insert(
             name.clone(),
             AgentSpec {
@@ -418,6 +481,12 @@ fn resolve_agents(
                 args: agent.args.clone(),
                 env,
                 cwd,
+                inherit_env: agent.inherit_env.clone(),
+                sandbox,
+                network,
+                read_paths: agent.read_paths.clone(),
+                write_paths: agent.write_paths.clone(),
+                limits: agent.limits.resolve(),
             },
         );
     }
@@ -439,8 +508,7 @@ fn resolve_agents(
             AgentSpec {
                 command: program,
                 args: words.collect(),
-                env: Vec::new(),
-                cwd: WorkspacePolicy::PerSession,
+                ..AgentSpec::default()
             },
         );
     }
@@ -452,10 +520,12 @@ fn resolve_agents(
             AgentSpec {
                 command: exe.display().to_string(),
                 args: vec![ECHO_AGENT_COMMAND.to_owned()],
-                env: Vec::new(),
-                cwd: WorkspacePolicy::PerSession,
+                ..AgentSpec::default()
             },
         );
+    }
+    for (name, spec) in &agents {
+        diminuendo_agent_host::check_spec(name, spec)?;
     }
     Ok(agents)
 }
