@@ -147,8 +147,12 @@ fn grants(
             request.data_dir.display()
         )
     })?;
-    let exposes_data =
-        |path: &Path| std::fs::canonicalize(path).is_ok_and(|path| data_dir.starts_with(&path));
+    // A grant that holds the data directory, or lies inside it (the workspace is granted on its
+    // own, below).
+    let exposes_data = |path: &Path| {
+        std::fs::canonicalize(path)
+            .is_ok_and(|path| data_dir.starts_with(&path) || path.starts_with(&data_dir))
+    };
     let mut read = Vec::new();
     // The agent's install directory: the executable itself, and the package of any script it
     // is given by absolute path (node_modules root, or the script's directory).
@@ -177,7 +181,7 @@ fn grants(
     for path in &spec.read_paths {
         if exposes_data(path) {
             return Err(format!(
-                "read_paths entry {} contains the data directory",
+                "read_paths entry {} overlaps the data directory",
                 path.display()
             ));
         }
@@ -185,8 +189,7 @@ fn grants(
     }
     let mut write = vec![request.workspace.to_path_buf()];
     for path in &spec.write_paths {
-        let inside_data = std::fs::canonicalize(path).is_ok_and(|path| path.starts_with(&data_dir));
-        if exposes_data(path) || inside_data {
+        if exposes_data(path) {
             return Err(format!(
                 "write_paths entry {} overlaps the data directory",
                 path.display()

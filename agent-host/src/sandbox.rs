@@ -241,7 +241,10 @@ impl Confinement {
     /// Builds everything in the parent. The error is a short reason for `SpawnFailed`.
     pub(crate) fn prepare(plan: &Plan<'_>) -> Result<Confinement, String> {
         let landlock = match plan.mode {
-            SandboxMode::Landlock => Some(landlock_ruleset(plan.read_paths, plan.write_paths)?),
+            SandboxMode::Landlock => {
+                landlock_support()?;
+                Some(landlock_ruleset(plan.read_paths, plan.write_paths)?)
+            }
             SandboxMode::Off | SandboxMode::Launcher => None,
         };
         let seccomp = match plan.network {
