@@ -137,6 +137,7 @@ def probe(text):
 
 def main():
     session = "hostile-1"
+    linger = False
     for raw in sys.stdin:
         try:
             message = json.loads(raw)
@@ -157,7 +158,14 @@ def main():
         elif method == "session/prompt":
             prompt = message.get("params", {}).get("prompt", [])
             text = " ".join(part.get("text", "") for part in prompt if isinstance(part, dict))
-            report = probe(text) if text.startswith("probe") else "say `probe ...`"
+            if text.startswith("probe"):
+                report = probe(text)
+            elif text.startswith("linger"):
+                # Outlive the end of stdin: only the parent-death signal ends this agent then.
+                linger = True
+                report = f"lingering as {os.getpid()}"
+            else:
+                report = "say `probe ...` or `linger`"
             send({"jsonrpc": "2.0", "method": "session/update", "params": {
                 "sessionId": session,
                 "update": {"sessionUpdate": "agent_message_chunk",
@@ -167,6 +175,9 @@ def main():
         else:
             send({"jsonrpc": "2.0", "id": request_id,
                   "error": {"code": -32601, "message": "Method not found"}})
+    if linger:
+        import time
+        time.sleep(120)
 
 
 if __name__ == "__main__":

@@ -250,3 +250,56 @@ args = ["--ro-bind", "/usr", "/usr", "--ro-bind-try", "/lib", "/lib", "--ro-bind
         assert_eq!(health["agents"]["boxed"]["sandbox"], "launcher", "{health}");
     }
 }
+
+/// The parent-death signal: a gateway killed with SIGKILL (no shutdown code runs) takes its
+/// agents with it, even one that ignores the end of its stdin.
+#[test]
+fn no_agent_outlives_a_killed_gateway() {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let config = write_config(scratch.path());
+    let config_text = config.display().to_string();
+    for binary in binaries() {
+        let mut gateway = Gateway::start(binary, &["--dev", "--config", &config_text]);
+        let mut client = Client::dev(&gateway);
+        let id = client.create_session("hostile")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        client.join(&id);
+        client.run_turn(&id, "linger");
+        let report = delta_text(&client.turn_events(&id));
+        let pid: i32 = report
+            .strip_prefix("lingering as ")
+            .and_then(|pid| pid.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{binary}: {report}"));
+        let started = start_time(pid).expect("the agent is running");
+        gateway.signal(libc::SIGKILL);
+        gateway
+            .wait_exit(std::time::Duration::from_secs(10))
+            .expect("the gateway exits on SIGKILL");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // Gone, or a zombie waiting for its new parent: either way no longer running.
+        while start_time(pid) == Some(started) && !is_zombie(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{binary}: agent {pid} outlived the gateway"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat (after the parenthesised command), telling a pid from its reuse.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|end| stat[end + 2..].chars().next())
+            == Some('Z')
+    })
+}
