@@ -77,6 +77,7 @@
 pub mod environment;
 pub mod launch;
 mod process;
+pub mod quota;
 pub mod sandbox;
 mod stderr;
 
@@ -219,6 +220,8 @@ pub struct AgentHost {
     rx: Receiver<Vec<AgentReport>>,
     /// Reports of a batch that a drain's budget left for the next drain.
     pending: VecDeque<AgentReport>,
+    /// The agents' workspace quotas.
+    quotas: quota::Quotas,
 }
 
 impl AgentHost {
@@ -234,6 +237,7 @@ impl AgentHost {
             },
             rx,
             pending: VecDeque::new(),
+            quotas: quota::Quotas::default(),
         }
     }
 
@@ -248,6 +252,12 @@ impl AgentHost {
             } => Some(self.spawn(agent, session_id, &tenant_id, &agent_type)),
             AgentCommand::Write { agent, line } => {
                 let handle = self.agents.get(&agent)?;
+                if let Some(reason) = self.quotas.before_write(agent, &line) {
+                    tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id(),
+                        %reason, "stopping the agent");
+                    handle.stop(self.config.stop_grace);
+                    return Some(AgentReport::Failed { agent, reason });
+                }
                 match handle.push(line) {
                     Push::Queued | Push::Dropped => None,
                     Push::Overflow => {
@@ -334,6 +344,8 @@ impl AgentHost {
         };
         match Agent::spawn(agent, &session_id, command, settings, self.reporter.clone()) {
             Ok(handle) => {
+                self.quotas
+                    .watch(agent, &workspace, spec.limits.workspace_bytes);
                 let workspace = workspace.to_string_lossy().into_owned();
                 tracing::info!(target: "agent", agent = agent.0, session = %session_id, agent_type,
                     pid = handle.pid(), workspace = %workspace, "agent started");
@@ -366,6 +378,7 @@ impl AgentHost {
                 continue;
             };
             self.forget_if_exited(&report);
+            self.check_quota(&report);
             out.push(report);
             taken += 1;
         }
@@ -375,8 +388,29 @@ impl AgentHost {
         taken
     }
 
+    /// During a turn (the agent writes output), the workspace quota is checked every few
+    /// seconds; over it, the agent is stopped and `Failed` is the next report.
+    fn check_quota(&mut self, report: &AgentReport) {
+        let AgentReport::Line { agent, .. } = report else {
+            return;
+        };
+        let Some(reason) = self.quotas.on_output(*agent, Instant::now()) else {
+            return;
+        };
+        if let Some(handle) = self.agents.get(agent) {
+            tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id(),
+                %reason, "stopping the agent");
+            handle.stop(self.config.stop_grace);
+        }
+        self.pending.push_front(AgentReport::Failed {
+            agent: *agent,
+            reason,
+        });
+    }
+
     fn forget_if_exited(&mut self, report: &AgentReport) {
         if let AgentReport::Exited { agent, status } = report {
+            self.quotas.forget(*agent);
             if let Some(handle) = self.agents.remove(agent) {
                 tracing::info!(target: "agent", agent = agent.0, session = %handle.session_id(),
                     status = ?status, "agent exited");

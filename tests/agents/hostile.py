@@ -160,6 +160,12 @@ def main():
             text = " ".join(part.get("text", "") for part in prompt if isinstance(part, dict))
             if text.startswith("probe"):
                 report = probe(text)
+            elif text.startswith("fill"):
+                # Grow the workspace past its quota: `fill BYTES`.
+                size = int(text.split()[1])
+                with open("filler.bin", "wb") as f:
+                    f.write(b"\x01" * size)
+                report = f"wrote {size} bytes"
             elif text.startswith("linger"):
                 # Outlive the end of stdin: only the parent-death signal ends this agent then.
                 linger = True

@@ -177,7 +177,10 @@ fn apply_report(gateway: &mut Gateway, report: AgentReport, now: Instant) {
         }
         AgentReport::Line { agent, line } => gateway.handle_agent_line(agent, &line, now),
         // The host stops the process; its exit report follows.
-        AgentReport::Failed { agent, reason } => warn!(agent = agent.0, %reason, "agent failed"),
+        AgentReport::Failed { agent, reason } => {
+            warn!(agent = agent.0, %reason, "agent failed");
+            gateway.handle_agent_failed(agent, &reason, now);
+        }
         AgentReport::Exited { agent, status } => {
             info!(agent = agent.0, ?status, "agent exited");
             gateway.handle_agent_exited(agent, now);

@@ -303,3 +303,45 @@ fn is_zombie(pid: i32) -> bool {
             == Some('Z')
     })
 }
+
+/// The workspace quota: a turn that leaves the workspace over it is followed by a `turn_error`
+/// naming the quota (checked before the next prompt), and the agent is stopped.
+#[test]
+fn a_workspace_over_its_quota_ends_the_next_turn_with_an_error() {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let config = scratch.path().join("quota.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agents.filler]\ncommand = \"/usr/bin/python3\"\nargs = [{:?}]\nlimits = {{ workspace_bytes = 1048576 }}\n",
+            hostile_script().display().to_string()
+        ),
+    )
+    .expect("write the config");
+    let config_text = config.display().to_string();
+    for binary in binaries() {
+        let gateway = Gateway::start(binary, &["--dev", "--config", &config_text]);
+        let mut client = Client::dev(&gateway);
+        let id = client.create_session("filler")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        client.join(&id);
+        client.run_turn(&id, "fill 3000000");
+        let first = client.turn_events(&id);
+        assert!(
+            first.iter().any(|e| parse(e)["type"] == "turn_complete"),
+            "{binary}: {first:?}"
+        );
+        client.run_turn(&id, "fill 1");
+        let second = client.turn_events(&id);
+        let error = second
+            .iter()
+            .map(|e| parse(e))
+            .find(|e| e["type"] == "turn_error")
+            .unwrap_or_else(|| panic!("{binary}: no turn_error in {second:?}"));
+        assert_eq!(error["code"], "AGENT_UNAVAILABLE", "{error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("over its quota"), "{binary}: {message}");
+    }
+}
