@@ -65,7 +65,10 @@
 //! Each agent runs in its own process group (`process_group(0)`), so signals reach the tools it
 //! started too, and when the agent exits the rest of its group is killed (the agent's
 //! subprocesses do not outlive it, and they cannot keep its pipes open). A tool that leaves the
-//! group (`setsid`) escapes this. The environment is the gateway's own plus the spec's `env`.
+//! group (`setsid`) escapes this. The environment is built from nothing ([`environment`]), and the
+//! child confines itself before `exec` ([`sandbox`]: Landlock, no capabilities, limits, the network
+//! filter, a parent-death signal); [`launch`] builds the `Command`, [`quota`] checks the workspace
+//! size before each prompt and every few seconds of output.
 //! The working directory is `DATA_DIR/sessions/{sessionId}/workspace` (created if missing; the
 //! session id must pass `storage::is_valid_identifier`) or a fixed directory.
 //!

@@ -1,7 +1,7 @@
 //! The confinement of one agent process, applied in the child between `fork` and `exec`.
 //!
 //! Everything that allocates, opens paths or compiles filters is done in the parent
-//! ([`Confinement::prepare`]); the child ([`Confinement::apply`]) only makes system calls with
+//! (`Confinement::prepare`); the child (`Confinement::apply`) only makes system calls with
 //! what was prepared (`prctl`, `setrlimit`, `open`/`write` of a prepared path, `capset`,
 //! `landlock_restrict_self`, `seccomp`), since the gateway is multi-threaded and only
 //! async-signal-safe work is allowed after `fork`.
