@@ -105,7 +105,7 @@ pub(crate) fn command(request: &Request<'_>) -> Result<Command, String> {
         SandboxMode::Landlock => grants(request, &program, &args, &env)?,
         SandboxMode::Off | SandboxMode::Launcher => (Vec::new(), Vec::new()),
     };
-    let cgroup_name = format!("agent-{}", request.agent.0);
+    let cgroup_name = sandbox::cgroup_name(request.agent);
     let mut confinement = Confinement::prepare(&Plan {
         mode: spec.sandbox,
         network: spec.network,

@@ -414,6 +414,7 @@ impl AgentHost {
     fn forget_if_exited(&mut self, report: &AgentReport) {
         if let AgentReport::Exited { agent, status } = report {
             self.quotas.forget(*agent);
+            sandbox::release_cgroup(&sandbox::cgroup_name(*agent));
             if let Some(handle) = self.agents.remove(agent) {
                 tracing::info!(target: "agent", agent = agent.0, session = %handle.session_id(),
                     status = ?status, "agent exited");
@@ -453,6 +454,7 @@ impl AgentHost {
             tracing::warn!(target: "agent", left = self.agents.len(),
                 "agent processes still running at the end of the shutdown");
         }
+        sandbox::sweep_cgroups();
         self.agents.is_empty()
     }
 
@@ -479,5 +481,6 @@ impl Drop for AgentHost {
         if !self.agents.is_empty() {
             self.shutdown(DROP_TIMEOUT);
         }
+        sandbox::sweep_cgroups();
     }
 }

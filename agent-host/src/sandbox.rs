@@ -142,7 +142,8 @@ pub(crate) struct Plan<'a> {
     pub read_paths: &'a [PathBuf],
     /// Read and write: the workspace first, then the operator's `write_paths`.
     pub write_paths: &'a [PathBuf],
-    /// A name for the agent's cgroup (unique among the gateway's live agents).
+    /// A name for the agent's cgroup, unique among the gateway's live agents
+    /// ([`cgroup_name`]).
     pub cgroup_name: &'a str,
 }
 
@@ -498,38 +499,37 @@ fn network_filter() -> Result<&'static BpfProgram, String> {
         .map_err(Clone::clone)
 }
 
-/// Where the gateway can make one `pids` cgroup per agent, if anywhere: the `pids` controller's
-/// directory of the gateway's own cgroup (cgroup v1, or v2 when `pids` is enabled for its
-/// children), writable by the gateway.
-fn pids_base() -> Option<&'static Path> {
-    static BASE: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BASE.get_or_init(|| {
+/// The gateway's own `pids` cgroup, parent of its agents' (`diminuendo-<pid>` under the `pids`
+/// directory of the gateway's cgroup: cgroup v1, or v2 when `pids` is enabled for its
+/// children), created at the first spawn; `None` when the gateway cannot create one. Empty
+/// cgroups left by gateways that are gone are removed first.
+fn gateway_cgroup() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
         let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let pid = std::process::id();
-        let try_base = |base: PathBuf| -> Option<PathBuf> {
-            let probe = base.join(format!("diminuendo-probe-{pid}"));
-            std::fs::create_dir(&probe).ok()?;
-            let usable = probe.join("pids.max").exists() && probe.join("cgroup.procs").exists();
-            let _ = std::fs::remove_dir(&probe);
-            usable.then_some(base)
-        };
         for line in own.lines() {
             let mut fields = line.splitn(3, ':');
-            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let (Some(_), Some(controllers), Some(path)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
             let relative = path.trim_start_matches('/');
-            if controllers.split(',').any(|c| c == "pids") {
-                if let Some(base) = try_base(Path::new("/sys/fs/cgroup/pids").join(relative)) {
-                    return Some(base);
-                }
+            let base = if controllers.split(',').any(|c| c == "pids") {
+                Path::new("/sys/fs/cgroup/pids").join(relative)
             } else if controllers.is_empty() {
                 let v2 = Path::new("/sys/fs/cgroup").join(relative);
                 let enabled = std::fs::read_to_string(v2.join("cgroup.subtree_control"))
                     .is_ok_and(|text| text.split_whitespace().any(|c| c == "pids"));
-                if enabled {
-                    if let Some(base) = try_base(v2) {
-                        return Some(base);
-                    }
+                if !enabled {
+                    continue;
                 }
+                v2
+            } else {
+                continue;
+            };
+            if let Some(dir) = make_gateway_cgroup(&base) {
+                return Some(dir);
             }
         }
         None
@@ -537,16 +537,70 @@ fn pids_base() -> Option<&'static Path> {
     .as_deref()
 }
 
-/// The agents' cgroups that may still need removing (a cgroup can be removed only once its
-/// processes are gone; each new spawn sweeps the list).
+fn make_gateway_cgroup(base: &Path) -> Option<PathBuf> {
+    remove_stale_cgroups(base);
+    let dir = base.join(format!("diminuendo-{}", std::process::id()));
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(_) => return None,
+    }
+    // On cgroup v2 the agents' cgroups need `pids` enabled here (the file is v2's only).
+    let control = dir.join("cgroup.subtree_control");
+    let enabled = !control.exists() || std::fs::write(&control, "+pids").is_ok();
+    let probe = dir.join("probe");
+    let usable = enabled
+        && std::fs::create_dir(&probe).is_ok()
+        && probe.join("pids.max").exists()
+        && probe.join("cgroup.procs").exists();
+    let _ = std::fs::remove_dir(&probe);
+    if usable {
+        Some(dir)
+    } else {
+        let _ = std::fs::remove_dir(&dir);
+        None
+    }
+}
+
+/// Removes the cgroups of gateways that no longer run (`diminuendo-<pid>…` whose pid is gone),
+/// and the agents' cgroups inside them; a cgroup that still holds a process stays.
+fn remove_stale_cgroups(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten().take(10_000) {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("diminuendo-")) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        let alive = pid.parse::<u32>().map_or(true, |pid| {
+            pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if alive {
+            continue;
+        }
+        if let Ok(agents) = std::fs::read_dir(entry.path()) {
+            for agent in agents.flatten() {
+                if agent.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(agent.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(entry.path());
+    }
+}
+
+/// The agents' cgroups whose removal failed (a descendant was still inside); each spawn and
+/// each shutdown tries again.
 static CGROUPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Creates the agent's own `pids` cgroup with `pids.max = max` and returns its `cgroup.procs`,
 /// or `None` when the gateway cannot (the limit then falls back to `RLIMIT_NPROC`).
 fn pids_cgroup(name: &str, max: u64) -> Option<CString> {
-    let base = pids_base()?;
+    let parent = gateway_cgroup()?;
     sweep_cgroups();
-    let dir = base.join(format!("diminuendo-{}-{name}", std::process::id()));
+    let dir = parent.join(name);
     if let Err(error) = std::fs::create_dir(&dir) {
         if error.kind() != io::ErrorKind::AlreadyExists {
             return None;
@@ -556,16 +610,34 @@ fn pids_cgroup(name: &str, max: u64) -> Option<CString> {
         let _ = std::fs::remove_dir(&dir);
         return None;
     }
-    let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
-    CGROUPS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(dir);
-    Some(procs)
+    CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()
 }
 
-/// Removes the agents' cgroups that have no process left.
-pub(crate) fn sweep_cgroups() {
+/// Removes an agent's cgroup once its process has been reaped (`name` as given to
+/// [`Plan::cgroup_name`]); one that still holds a descendant is retried at later spawns and at
+/// shutdown.
+pub(crate) fn release_cgroup(name: &str) {
+    let Some(parent) = gateway_cgroup() else {
+        return;
+    };
+    let dir = parent.join(name);
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(_) => CGROUPS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(dir),
+    }
+}
+
+/// The cgroup name of an agent.
+pub(crate) fn cgroup_name(agent: diminuendo_core::AgentId) -> String {
+    format!("agent-{}", agent.0)
+}
+
+/// Retries the removal of the agents' cgroups that still held a process.
+pub fn sweep_cgroups() {
     let mut cgroups = CGROUPS.lock().unwrap_or_else(PoisonError::into_inner);
     cgroups.retain(|dir| match std::fs::remove_dir(dir) {
         Ok(()) => false,
