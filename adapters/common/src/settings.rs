@@ -606,6 +606,72 @@ mod tests {
     }
 
     #[test]
+    fn agent_sandbox_settings() {
+        let (dir, path) = temp_file(
+            "sandbox",
+            "[agents.boxed]\ncommand = \"bwrap\"\nsandbox = \"launcher\"\ninherit_env = [\"KUBECONFIG\"]\n\n\
+             [agents.tight]\ncommand = \"node\"\nnetwork = \"deny\"\nread_paths = [\"/srv/tools\"]\n\
+             write_paths = [\"/srv/cache\"]\nlimits = { processes = 32, cpu_seconds = 0 }\n\n\
+             [agents.open]\ncommand = \"x\"\nsandbox = \"off\"\n",
+        );
+        let settings = Settings::resolve(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .expect("valid");
+        let boxed = &settings.agents["boxed"];
+        assert_eq!(boxed.sandbox, SandboxMode::Launcher);
+        assert_eq!(boxed.inherit_env, ["KUBECONFIG"]);
+        let tight = &settings.agents["tight"];
+        assert_eq!(tight.sandbox, SandboxMode::Landlock);
+        assert_eq!(tight.network, NetworkPolicy::Deny);
+        assert_eq!(tight.read_paths, [PathBuf::from("/srv/tools")]);
+        assert_eq!(tight.write_paths, [PathBuf::from("/srv/cache")]);
+        assert_eq!(tight.limits.processes, Some(32));
+        assert_eq!(tight.limits.cpu_seconds, None, "0 is unlimited");
+        assert_eq!(tight.limits.open_files, Limits::default().open_files);
+        assert_eq!(settings.agents["echo"].sandbox, SandboxMode::Landlock);
+        assert_eq!(settings.core.agent_sandbox["open"], "off");
+        assert_eq!(settings.core.agent_sandbox["boxed"], "launcher");
+        assert_eq!(settings.core.agent_sandbox["echo"], "landlock");
+        std::fs::remove_dir_all(&dir).ok();
+
+        for (name, body, expected) in [
+            (
+                "bad-mode",
+                "sandbox = \"docker\"",
+                "landlock, off or launcher",
+            ),
+            ("bad-net", "network = \"some\"", "allow or deny"),
+            (
+                "secret",
+                "inherit_env = [\"DIMINUENDO_JWT_SECRET\"]",
+                "DIMINUENDO_",
+            ),
+            (
+                "secret-env",
+                "env = { DIMINUENDO_X = \"1\" }",
+                "DIMINUENDO_",
+            ),
+            (
+                "launcher-net",
+                "sandbox = \"launcher\"\nnetwork = \"deny\"",
+                "launcher",
+            ),
+            ("limit-key", "limits = { memory = 1 }", "memory"),
+        ] {
+            let (dir, path) = temp_file(name, &format!("[agents.a]\ncommand = \"x\"\n{body}\n"));
+            let error = Settings::resolve(Flags {
+                config: Some(path),
+                ..Flags::default()
+            })
+            .expect_err(name);
+            assert!(error.contains(expected), "{name}: {error}");
+            std::fs::remove_dir_all(&dir).ok();
+        }
+    }
+
+    #[test]
     fn agent_types_from_the_file_and_flags_with_the_bundled_echo() {
         let (dir, path) = temp_file(
             "agents",

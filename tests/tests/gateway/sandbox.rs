@@ -227,6 +227,10 @@ args = ["--ro-bind", "/usr", "/usr", "--ro-bind-try", "/lib", "/lib", "--ro-bind
         "--ro-bind", {exe:?}, "/agent", "--bind", "{{workspace}}", "/work", "--chdir", "/work",
         "--setenv", "SESSION", "{{session_id}}", "--setenv", "TENANT", "{{tenant_id}}",
         "--unshare-all", "--die-with-parent", "--", "/agent", "echo-agent"]
+
+[agents.open]
+command = "/bin/cat"
+sandbox = "off"
 "#,
             exe = exe.display().to_string()
         );
@@ -248,6 +252,20 @@ args = ["--ro-bind", "/usr", "/usr", "--ro-bind-try", "/lib", "/lib", "--ro-bind
         );
         let health = health(&gateway);
         assert_eq!(health["agents"]["boxed"]["sandbox"], "launcher", "{health}");
+        assert_eq!(health["agents"]["open"]["sandbox"], "off", "{health}");
+        // An agent type without a sandbox is announced at start.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !gateway
+            .log()
+            .contains("agents of this type can read and write everything")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{binary}: no warning about sandbox = \"off\":\n{}",
+                gateway.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
 
