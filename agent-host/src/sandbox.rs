@@ -106,8 +106,8 @@ pub struct Limits {
     /// `RLIMIT_NOFILE`, open file descriptors per process.
     pub open_files: Option<u64>,
     /// Processes and threads of the agent and its descendants together: the `pids.max` of its
-    /// own cgroup when the gateway can create one, else `RLIMIT_NPROC` (which counts every
-    /// process of the user id, see the README).
+    /// own cgroup when the gateway can create one, else `RLIMIT_NPROC` set to the tasks running
+    /// at the spawn plus this (`RLIMIT_NPROC` counts every task of the user id; see the README).
     pub processes: Option<u64>,
     /// `RLIMIT_FSIZE`, the largest file the agent may write, in bytes.
     pub file_size: Option<u64>,
@@ -223,14 +223,14 @@ const PROC_READ: &[&str] = &[
     "/sys/fs/cgroup",
 ];
 
-/// Device files an agent may read and write.
+/// Device files an agent may read and write (not `/dev/tty`: that would be the gateway's
+/// terminal; agents talk over pipes). No ioctl on them (`IoctlDev` is not granted).
 const DEV_READ_WRITE: &[&str] = &[
     "/dev/null",
     "/dev/zero",
     "/dev/full",
     "/dev/random",
     "/dev/urandom",
-    "/dev/tty",
 ];
 
 /// The Landlock ABI whose file-system rights the ruleset handles (truncate, refer and ioctl on
@@ -269,7 +269,14 @@ impl Confinement {
         }
         if cgroup_procs.is_none() {
             if let Some(value) = limits.processes {
-                rlimits.push((libc::RLIMIT_NPROC, value as libc::rlim_t));
+                // RLIMIT_NPROC counts every task of the user id, the gateway's and its other
+                // agents' included: a bare `value` could stop an agent from starting a single
+                // thread. Bound the growth instead: the tasks running now, plus `value`.
+                let now = tasks_running().unwrap_or(0);
+                rlimits.push((
+                    libc::RLIMIT_NPROC,
+                    now.saturating_add(value) as libc::rlim_t,
+                ));
             }
         }
         if let Some(value) = limits.cpu_seconds {
@@ -345,6 +352,14 @@ impl Confinement {
 
 fn fully_enforced(status: &RestrictionStatus) -> bool {
     status.ruleset == RulesetStatus::FullyEnforced && status.no_new_privs
+}
+
+/// Tasks (processes and threads) running on the machine, from `/proc/loadavg`: an upper bound
+/// of those of any one user id.
+fn tasks_running() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let field = text.split_whitespace().nth(3)?;
+    field.split_once('/')?.1.parse().ok()
 }
 
 /// Drops every capability for good: the bounding set (so an exec as root gains none back), the
