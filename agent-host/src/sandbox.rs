@@ -23,6 +23,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
@@ -160,6 +161,9 @@ pub(crate) struct Confinement {
     rlimits: Vec<(Resource, libc::rlim_t)>,
     drop_capabilities: bool,
     landlock: Option<RulesetCreated>,
+    /// A second descriptor of the same ruleset, to add the agent's own `/proc/<pid>` in the
+    /// child (its pid is known only there).
+    landlock_fd: Option<std::os::fd::OwnedFd>,
     seccomp: Option<&'static BpfProgram>,
 }
 
@@ -208,7 +212,7 @@ const ETC_READ: &[&str] = &[
 
 /// Kernel information files an agent may read. `/proc` itself is not granted: the gateway's
 /// `/proc/<pid>` (its command line, environment, open files) stays out of reach, and so does
-/// every other process's.
+/// every other process's but the agent's own (`allow_own_proc`).
 const PROC_READ: &[&str] = &[
     "/proc/cpuinfo",
     "/proc/meminfo",
@@ -287,6 +291,10 @@ impl Confinement {
             cgroup_procs,
             rlimits,
             drop_capabilities: plan.mode == SandboxMode::Landlock,
+            landlock_fd: landlock
+                .as_ref()
+                .and_then(|ruleset| ruleset.try_clone().ok())
+                .and_then(Option::<std::os::fd::OwnedFd>::from),
             landlock,
             seccomp,
         })
@@ -334,6 +342,10 @@ impl Confinement {
                 drop_capabilities()?;
             }
         }
+        if let Some(fd) = &self.landlock_fd {
+            // SAFETY: getpid, open, landlock_add_rule and close on a stack buffer.
+            unsafe { allow_own_proc(fd.as_raw_fd())? };
+        }
         if let Some(ruleset) = self.landlock.take() {
             let status = ruleset
                 .restrict_self()
@@ -352,6 +364,62 @@ impl Confinement {
 
 fn fully_enforced(status: &RestrictionStatus) -> bool {
     status.ruleset == RulesetStatus::FullyEnforced && status.no_new_privs
+}
+
+/// Grants the calling process read access to its own `/proc/<pid>` (so `/proc/self` works for
+/// the agent itself, not for its children, nor for any other process).
+///
+/// # Safety
+/// Only system calls on a stack buffer; callable between fork and exec.
+unsafe fn allow_own_proc(ruleset: libc::c_int) -> io::Result<()> {
+    #[repr(C, packed)]
+    struct PathBeneathAttr {
+        allowed_access: u64,
+        parent_fd: i32,
+    }
+    const RULE_PATH_BENEATH: libc::c_int = 1;
+    const READ_FILE: u64 = 1 << 2;
+    const READ_DIR: u64 = 1 << 3;
+    let mut path = [0u8; 32];
+    let prefix = b"/proc/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 12];
+    let mut pid = libc::getpid() as u32;
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (pid % 10) as u8;
+        count += 1;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    for i in 0..count {
+        path[prefix.len() + i] = digits[count - 1 - i];
+    }
+    let fd = libc::open(
+        path.as_ptr().cast(),
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+    );
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let attr = PathBeneathAttr {
+        allowed_access: READ_FILE | READ_DIR,
+        parent_fd: fd,
+    };
+    let added = libc::syscall(
+        libc::SYS_landlock_add_rule,
+        ruleset,
+        RULE_PATH_BENEATH,
+        &attr as *const PathBeneathAttr,
+        0u32,
+    );
+    libc::close(fd);
+    if added != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Tasks (processes and threads) running on the machine, from `/proc/loadavg`: an upper bound

@@ -102,6 +102,8 @@ def probe(text):
         attempt("env_not_inherited", env_not_inherited),
         attempt("proc_parent_environ", lambda: read(f"/proc/{parent}/environ")),
         attempt("proc_parent_cmdline", lambda: read(f"/proc/{parent}/cmdline")),
+        attempt("proc_init_cmdline", lambda: read("/proc/1/cmdline")),
+        attempt("proc_self_root_data", lambda: read(f"/proc/self/root{DATA}/sessions/{other_session}/session.db")),
         attempt("list_sessions", lambda: ",".join(os.listdir("../.."))),
         attempt("list_data_dir", lambda: ",".join(os.listdir(DATA))),
         attempt("other_session_db", lambda: read(f"{DATA}/sessions/{other_session}/session.db")),
@@ -125,6 +127,11 @@ def probe(text):
         lines.append("control_workspace: ok (wrote in the workspace and TMPDIR)")
     except OSError as error:
         lines.append(f"control_workspace: FAILED ({error})")
+    try:
+        read("/proc/self/status")
+        lines.append("control_proc_self: ok (read /proc/self/status)")
+    except OSError as error:
+        lines.append(f"control_proc_self: FAILED ({error})")
     try:
         a, b = socket.socketpair(socket.AF_UNIX)
         a.close()

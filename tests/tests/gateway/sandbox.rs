@@ -45,6 +45,8 @@ const ATTEMPTS: &[&str] = &[
     "env_not_inherited",
     "proc_parent_environ",
     "proc_parent_cmdline",
+    "proc_init_cmdline",
+    "proc_self_root_data",
     "list_sessions",
     "list_data_dir",
     "other_session_db",
@@ -62,6 +64,7 @@ const ATTEMPTS: &[&str] = &[
 const CONTROLS: &[&str] = &[
     "control_inherited",
     "control_workspace",
+    "control_proc_self",
     "control_unix_socket",
 ];
 
