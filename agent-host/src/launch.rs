@@ -58,6 +58,8 @@ pub fn substitute(template: &str, values: &Placeholders<'_>) -> String {
 
 /// One agent to start.
 pub(crate) struct Request<'a> {
+    /// The host's number ([`sandbox::next_host_id`]).
+    pub host_id: u64,
     pub agent: AgentId,
     pub session_id: &'a str,
     pub tenant_id: &'a str,
@@ -105,7 +107,7 @@ pub(crate) fn command(request: &Request<'_>) -> Result<Command, String> {
         SandboxMode::Landlock => grants(request, &program, &args, &env)?,
         SandboxMode::Off | SandboxMode::Launcher => (Vec::new(), Vec::new()),
     };
-    let cgroup_name = sandbox::cgroup_name(request.agent);
+    let cgroup_name = sandbox::cgroup_name(request.host_id, request.agent);
     let mut confinement = Confinement::prepare(&Plan {
         mode: spec.sandbox,
         network: spec.network,

@@ -225,6 +225,8 @@ pub struct AgentHost {
     pending: VecDeque<AgentReport>,
     /// The agents' workspace quotas.
     quotas: quota::Quotas,
+    /// This host's number among the process's hosts (names its agents' cgroups).
+    host_id: u64,
 }
 
 impl AgentHost {
@@ -241,6 +243,7 @@ impl AgentHost {
             rx,
             pending: VecDeque::new(),
             quotas: quota::Quotas::default(),
+            host_id: sandbox::next_host_id(),
         }
     }
 
@@ -335,6 +338,7 @@ impl AgentHost {
             max_pending_write_bytes: self.config.max_pending_write_bytes,
         };
         let command = match launch::command(&launch::Request {
+            host_id: self.host_id,
             agent,
             session_id: &session_id,
             tenant_id,
@@ -414,7 +418,7 @@ impl AgentHost {
     fn forget_if_exited(&mut self, report: &AgentReport) {
         if let AgentReport::Exited { agent, status } = report {
             self.quotas.forget(*agent);
-            sandbox::release_cgroup(&sandbox::cgroup_name(*agent));
+            sandbox::release_cgroup(&sandbox::cgroup_name(self.host_id, *agent));
             if let Some(handle) = self.agents.remove(agent) {
                 tracing::info!(target: "agent", agent = agent.0, session = %handle.session_id(),
                     status = ?status, "agent exited");

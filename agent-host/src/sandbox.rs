@@ -714,9 +714,16 @@ pub(crate) fn release_cgroup(name: &str) {
     }
 }
 
-/// The cgroup name of an agent.
-pub(crate) fn cgroup_name(agent: diminuendo_core::AgentId) -> String {
-    format!("agent-{}", agent.0)
+/// The cgroup name of an agent of the host numbered `host` ([`next_host_id`]).
+pub(crate) fn cgroup_name(host: u64, agent: diminuendo_core::AgentId) -> String {
+    format!("agent-{host}-{}", agent.0)
+}
+
+/// A number for each agent host of the process (several hosts, as in tests, number their
+/// agents alike; their cgroups must not collide).
+pub(crate) fn next_host_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Retries the removal of the agents' cgroups that still held a process.

@@ -54,7 +54,8 @@ fn sandbox_off_reads_what_the_gateway_reads() {
         spec.sandbox = SandboxMode::Off;
         config.agents.insert("reader".into(), spec);
     });
-    assert!(spawned(&h.spawn(1, "s1", "reader")));
+    let report = h.spawn(1, "s1", "reader");
+    assert!(spawned(&report), "{report:?}");
     let reports = h.until_exit(1);
     assert_eq!(lines(&reports, 1), ["gateway secret"]);
 }
@@ -73,7 +74,8 @@ fn the_environment_is_clean() {
             },
         );
     });
-    assert!(spawned(&h.spawn(1, "s1", "env")));
+    let report = h.spawn(1, "s1", "env");
+    assert!(spawned(&report), "{report:?}");
     let reports = h.until_exit(1);
     let workspace = h.data_dir.path().join("sessions/s1/workspace");
     let mut names = Vec::new();
@@ -110,7 +112,8 @@ fn placeholders_are_substituted_as_whole_arguments() {
         ]);
         config.agents.insert("args".into(), spec);
     });
-    assert!(spawned(&h.spawn(1, "s1", "args")));
+    let report = h.spawn(1, "s1", "args");
+    assert!(spawned(&report), "{report:?}");
     let reports = h.until_exit(1);
     let workspace = h.data_dir.path().join("sessions/s1/workspace");
     assert_eq!(
@@ -170,7 +173,8 @@ fn resource_limits_are_set() {
         };
         config.agents.insert("limits".into(), spec);
     });
-    assert!(spawned(&h.spawn(1, "s1", "limits")));
+    let report = h.spawn(1, "s1", "limits");
+    assert!(spawned(&report), "{report:?}");
     h.collect_until(usize::MAX, |reports| !lines(reports, 1).is_empty());
     let pid = h.host.pid(AgentId(1)).unwrap();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
