@@ -171,8 +171,10 @@ fn grants(
             continue;
         }
         let root = package_root(path);
-        if exposes_data(&root) {
-            // Never widen a grant over the data directory: the file alone.
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        if exposes_data(&root) || too_broad(&root, home.as_deref()) {
+            // Never widen a grant over the data directory or a sensitive directory: the file
+            // alone (a directory argument gets nothing).
             if path.is_file() && !exposes_data(path) {
                 read.push(path.to_path_buf());
             }
@@ -230,6 +232,21 @@ fn package_root(path: &Path) -> PathBuf {
         path.parent()
             .map_or_else(|| path.to_path_buf(), Path::to_path_buf)
     }
+}
+
+/// A directory too broad to grant because an argument names something in it: the root or a
+/// top-level directory, system state (`/etc`, `/proc`, `/sys`, `/dev`, `/run`, `/var`), a home
+/// directory or the gateway's `HOME` (or an ancestor of it), shared temporary directories.
+fn too_broad(dir: &Path, home: Option<&Path>) -> bool {
+    let depth = dir.components().count();
+    let sensitive = [
+        "/etc", "/proc", "/sys", "/dev", "/run", "/var", "/tmp", "/root",
+    ]
+    .iter()
+    .any(|prefix| dir.starts_with(prefix));
+    let a_home = dir.parent() == Some(Path::new("/home"));
+    let gateway_home = home.is_some_and(|home| home.starts_with(dir));
+    depth <= 2 || sensitive || a_home || gateway_home
 }
 
 /// Checks an agent type's settings once, at start: the reason it cannot run as configured.
@@ -308,6 +325,30 @@ mod tests {
             package_root(Path::new("/srv/agent/node_modules/@x/sdk/dist/agent.js")),
             Path::new("/srv/agent")
         );
+    }
+
+    #[test]
+    fn argument_grants_stay_narrow() {
+        let home = Some(Path::new("/home/op"));
+        for broad in [
+            "/",
+            "/opt",
+            "/etc/agent",
+            "/home/op",
+            "/home",
+            "/tmp/x",
+            "/root/a",
+        ] {
+            assert!(too_broad(Path::new(broad), home), "{broad}");
+        }
+        for narrow in [
+            "/opt/agent",
+            "/srv/agents/claude",
+            "/home/op/agents/x",
+            "/usr/lib/node",
+        ] {
+            assert!(!too_broad(Path::new(narrow), home), "{narrow}");
+        }
     }
 
     #[test]
