@@ -79,24 +79,32 @@
 //!
 //! # Processes
 //!
-//! How a process is built (program, arguments, environment, working directory) is the small
-//! function `spawn::command`. Each agent runs in its own process group (`process_group(0)`), so
-//! signals reach the tools it started too, and when the agent exits the rest of its group is
-//! killed (the agent's subprocesses do not outlive it, and they cannot keep its pipes open). A
-//! tool that leaves the group (`setsid`) escapes this. The environment is the gateway's own plus
-//! the spec's `env`. The working directory is `DATA_DIR/sessions/{sessionId}/workspace` (created
-//! if missing; the session id must pass `storage::is_valid_identifier`) or a fixed directory.
+//! Each agent runs in its own process group (`process_group(0)`), so signals reach the tools it
+//! started too, and when the agent exits the rest of its group is killed (the agent's
+//! subprocesses do not outlive it, and they cannot keep its pipes open). A tool that leaves the
+//! group (`setsid`) escapes this. The environment is built from nothing ([`environment`]), and the
+//! child confines itself before `exec` ([`sandbox`]: Landlock, no capabilities, limits, the network
+//! filter, a parent-death signal); [`launch`] builds the `Command`, [`quota`] checks the workspace
+//! size before each prompt and every few seconds of output.
+//! The working directory is `DATA_DIR/sessions/{sessionId}/workspace` (created if missing; the
+//! session id must pass `storage::is_valid_identifier`) or a fixed directory.
 //!
 //! `Exited { status }` carries the exit code, or `None` when the process was ended by a signal.
 //!
 //! The host reaps its children itself (by pid): the adapter must not set SIGCHLD to `SIG_IGN` or
 //! reap with `waitpid(-1)`, or the host could signal a pid that was already reused.
 
+pub mod environment;
+pub mod launch;
 mod poller;
 mod process;
+pub mod quota;
 mod reports;
-mod spawn;
+pub mod sandbox;
 mod stderr;
+
+pub use launch::{check_spec, substitute, Placeholders};
+pub use sandbox::{Limits, NetworkPolicy, SandboxMode};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -125,11 +133,22 @@ pub enum WorkspacePolicy {
 /// How to start one agent type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentSpec {
+    /// The program; `{workspace}`, `{session_id}` and `{tenant_id}` are substituted in it and
+    /// in `args` (see [`substitute`]).
     pub command: String,
     pub args: Vec<String>,
-    /// Added to (or overriding) the gateway's own environment.
+    /// Set in the agent's clean environment (see [`environment`]).
     pub env: Vec<(String, String)>,
     pub cwd: WorkspacePolicy,
+    /// Gateway variables passed on (never `DIMINUENDO_*`).
+    pub inherit_env: Vec<String>,
+    pub sandbox: SandboxMode,
+    pub network: NetworkPolicy,
+    /// Read and execute, besides the system and the agent's install directory.
+    pub read_paths: Vec<PathBuf>,
+    /// Read and write, besides the workspace (never in the data directory).
+    pub write_paths: Vec<PathBuf>,
+    pub limits: Limits,
 }
 
 /// The agent host's settings.
@@ -210,6 +229,10 @@ pub struct AgentHost {
     poller: Option<PollerThread>,
     /// Reports of a batch that a drain's budget left for the next drain.
     pending: VecDeque<AgentReport>,
+    /// The agents' workspace quotas.
+    quotas: quota::Quotas,
+    /// This host's number among the process's hosts (names its agents' cgroups).
+    host_id: u64,
 }
 
 impl AgentHost {
@@ -221,6 +244,8 @@ impl AgentHost {
             reports,
             poller: None,
             pending: VecDeque::new(),
+            quotas: quota::Quotas::default(),
+            host_id: sandbox::next_host_id(),
         }
     }
 
@@ -230,10 +255,18 @@ impl AgentHost {
             AgentCommand::Spawn {
                 agent,
                 session_id,
+                tenant_id,
                 agent_type,
-            } => Some(self.spawn(agent, session_id, &agent_type)),
+            } => Some(self.spawn(agent, session_id, &tenant_id, &agent_type)),
             AgentCommand::Write { agent, line } => {
                 let handle = self.agents.get(&agent)?;
+                if let Some(reason) = self.quotas.before_write(agent, &line) {
+                    tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id,
+                        %reason, "stopping the agent");
+                    handle.budget.closed.store(true, Ordering::SeqCst);
+                    self.send(Command::Stop(agent, self.config.stop_grace));
+                    return Some(AgentReport::Failed { agent, reason });
+                }
                 let budget = &handle.budget;
                 if budget.closed.load(Ordering::SeqCst) {
                     return None;
@@ -287,7 +320,13 @@ impl AgentHost {
         Ok(())
     }
 
-    fn spawn(&mut self, agent: AgentId, session_id: String, agent_type: &str) -> AgentReport {
+    fn spawn(
+        &mut self,
+        agent: AgentId,
+        session_id: String,
+        tenant_id: &str,
+        agent_type: &str,
+    ) -> AgentReport {
         let failed = |reason: &str| {
             tracing::warn!(target: "agent", agent = agent.0, session = %session_id, agent_type,
                 reason, "agent spawn failed");
@@ -298,6 +337,9 @@ impl AgentHost {
         };
         if !diminuendo_core::storage::is_valid_identifier(&session_id) {
             return failed("invalid session id");
+        }
+        if !diminuendo_core::storage::is_valid_identifier(tenant_id) {
+            return failed("invalid tenant id");
         }
         if self.agents.contains_key(&agent) {
             return failed("agent id already in use");
@@ -326,10 +368,24 @@ impl AgentHost {
                 dir
             }
         };
-        let process = match Process::start(spec, &workspace) {
+        let command = match launch::command(&launch::Request {
+            host_id: self.host_id,
+            agent,
+            session_id: &session_id,
+            tenant_id,
+            spec,
+            data_dir: &self.config.data_dir,
+            workspace: &workspace,
+        }) {
+            Ok(command) => command,
+            Err(reason) => return failed(&reason),
+        };
+        let process = match Process::start(command) {
             Ok(process) => process,
             Err(reason) => return failed(&reason),
         };
+        self.quotas
+            .watch(agent, &workspace, spec.limits.workspace_bytes);
         let pid = process.pid.unsigned_abs();
         let budget = Arc::new(StdinBudget::default());
         self.send(Command::Add(Box::new(NewAgent {
@@ -371,6 +427,7 @@ impl AgentHost {
                 continue;
             };
             self.forget_if_exited(&report);
+            self.check_quota(&report);
             out.push(report);
             taken += 1;
         }
@@ -397,8 +454,31 @@ impl AgentHost {
         }
     }
 
+    /// During a turn (the agent writes output), the workspace quota is checked every few
+    /// seconds; over it, the agent is stopped and `Failed` is the next report.
+    fn check_quota(&mut self, report: &AgentReport) {
+        let AgentReport::Line { agent, .. } = report else {
+            return;
+        };
+        let Some(reason) = self.quotas.on_output(*agent, Instant::now()) else {
+            return;
+        };
+        if let Some(handle) = self.agents.get(agent) {
+            tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id,
+                %reason, "stopping the agent");
+            handle.budget.closed.store(true, Ordering::SeqCst);
+            self.send(Command::Stop(*agent, self.config.stop_grace));
+        }
+        self.pending.push_front(AgentReport::Failed {
+            agent: *agent,
+            reason,
+        });
+    }
+
     fn forget_if_exited(&mut self, report: &AgentReport) {
         if let AgentReport::Exited { agent, status } = report {
+            self.quotas.forget(*agent);
+            sandbox::release_cgroup(&sandbox::cgroup_name(self.host_id, *agent));
             if let Some(handle) = self.agents.remove(agent) {
                 tracing::info!(target: "agent", agent = agent.0, session = %handle.session_id,
                     status = ?status, "agent exited");
@@ -439,6 +519,7 @@ impl AgentHost {
             tracing::warn!(target: "agent", left = self.agents.len(),
                 "agent processes still running at the end of the shutdown");
         }
+        sandbox::sweep_cgroups();
         self.agents.is_empty()
     }
 
@@ -469,5 +550,6 @@ impl Drop for AgentHost {
                 }
             }
         }
+        sandbox::sweep_cgroups();
     }
 }

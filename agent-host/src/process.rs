@@ -1,12 +1,9 @@
-//! Starting one agent process: spawn it (see `spawn.rs` for what it starts with), make the
-//! gateway's ends of its pipes non-blocking, and open a pidfd that tells the poller when it
-//! exits.
+//! Starting one agent process: spawn the `Command` that `launch::command` built (the clean
+//! environment and the sandbox), make the gateway's ends of its pipes non-blocking, and open a
+//! pidfd that tells the poller when it exits.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout};
-
-use crate::{spawn, AgentSpec};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 /// A started agent process, its pipes (non-blocking) and its pidfd. Nothing reaps it yet.
 pub(crate) struct Process {
@@ -22,8 +19,8 @@ pub(crate) struct Process {
 impl Process {
     /// Starts the agent. The error is a short reason for `SpawnFailed`; a process that was
     /// started but cannot be driven is killed and reaped before it is returned.
-    pub(crate) fn start(spec: &AgentSpec, workspace: &Path) -> Result<Process, String> {
-        let mut child = spawn::command(spec, workspace)
+    pub(crate) fn start(mut command: Command) -> Result<Process, String> {
+        let mut child = command
             .spawn()
             .map_err(|error| format!("cannot start the agent: {error}"))?;
         let (Some(stdin), Some(stdout), Some(stderr)) =

@@ -438,16 +438,18 @@ fn output_nobody_drains_blocks_the_agents_not_the_gateways_memory() {
     // held batch, one read and its pipe. (Without backpressure they would finish and exit.)
     const AGENTS: u64 = 20;
     const OUTPUT: usize = 16 * 1024 * 1024;
+    // The agents read their output from outside the data directory (the sandbox never grants a
+    // path inside it), through `read_paths`.
+    let source = tempfile::tempdir().unwrap();
+    let file = source.path().join("output.txt");
+    let line = "a line of output that some agent wrote\n";
+    std::fs::write(&file, line.repeat(OUTPUT / line.len())).unwrap();
     let mut h = Harness::new(|config| {
         config.report_capacity = 4;
         config.max_processes = AGENTS as usize;
-        let file = config.data_dir.join("output.txt");
-        let line = "a line of output that some agent wrote\n";
-        std::fs::write(&file, line.repeat(OUTPUT / line.len())).unwrap();
-        config.agents.insert(
-            "flood".into(),
-            sh(&format!("exec cat '{}'", file.display())),
-        );
+        let mut flood = sh(&format!("exec cat '{}'", file.display()));
+        flood.read_paths.push(file.clone());
+        config.agents.insert("flood".into(), flood);
     });
     let pids: Vec<u32> = (1..=AGENTS)
         .map(|agent| {

@@ -15,6 +15,8 @@ pub enum AgentCommand {
     Spawn {
         agent: AgentId,
         session_id: String,
+        /// The session's tenant (an agent command may name it as `{tenant_id}`).
+        tenant_id: String,
         agent_type: String,
     },
     /// Write one line (ending with `'\n'`) to the agent's stdin.

@@ -64,6 +64,9 @@ pub struct CoreConfig {
     pub coalesce_bytes: usize,
     /// The agent types `create_session` accepts (their command lines live with the agent host).
     pub agent_types: Vec<String>,
+    /// The sandbox mode of each agent type (`landlock`, `off`, `launcher`), reported by
+    /// `/health`; a type missing here is reported as `unknown`.
+    pub agent_sandbox: std::collections::BTreeMap<String, String>,
     /// The ACP client's settings (timeouts, capabilities).
     pub acp: crate::acp::AcpConfig,
 }
@@ -99,6 +102,7 @@ impl Default for CoreConfig {
             coalesce_interval: Duration::from_millis(10),
             coalesce_bytes: 4096,
             agent_types: vec!["echo".to_owned()],
+            agent_sandbox: [("echo".to_owned(), "landlock".to_owned())].into(),
             acp: crate::acp::AcpConfig::default(),
         }
     }

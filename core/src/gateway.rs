@@ -634,6 +634,10 @@ impl Gateway {
                             .filter(|s| crate::session_state::is_active(s.record.status))
                             .count(),
                     },
+                    "agents": self.config.agent_types.iter().map(|name| {
+                        let sandbox = self.config.agent_sandbox.get(name).map_or("unknown", String::as_str);
+                        (name.clone(), serde_json::json!({ "sandbox": sandbox }))
+                    }).collect::<serde_json::Map<_, _>>(),
                 });
                 if let Some(reason) = self.not_ready_reason() {
                     body["reason"] = serde_json::Value::String(reason);

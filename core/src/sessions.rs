@@ -64,6 +64,9 @@ pub(crate) struct AgentLink {
     pub(crate) acp: AcpClient,
     /// The host reported the process started.
     pub(crate) spawned: bool,
+    /// Why the host gave up on the process (`handle_agent_failed`), told in the turn's error
+    /// once it exits.
+    pub(crate) failure: Option<String>,
 }
 
 pub(crate) struct Turn {

@@ -124,13 +124,16 @@ impl Gateway {
             id: agent,
             acp,
             spawned: false,
+            failure: None,
         });
         session.next_turn = Some(next);
         let agent_type = session.record.agent_type.clone();
+        let tenant_id = session.record.tenant_id.clone();
         self.metrics.agents_started += 1;
         self.agent_command(AgentCommand::Spawn {
             agent,
             session_id: session_id.to_string(),
+            tenant_id,
             agent_type,
         });
     }
@@ -395,6 +398,24 @@ impl Gateway {
     }
 
     /// The agent process exited (or the host gave up on it).
+    /// The agent host gave up on the process (a line over the limit, a stdin backlog, the
+    /// workspace over its quota) and is stopping it; `handle_agent_exited` follows, and the
+    /// turn it ends fails with this reason.
+    pub fn handle_agent_failed(&mut self, agent: AgentId, reason: &str, now: Instant) {
+        self.last_input = now;
+        let Some(session_id) = self.agents.get(&agent) else {
+            return;
+        };
+        if let Some(link) = self
+            .sessions
+            .get_mut(session_id)
+            .and_then(|s| s.agent.as_mut())
+            .filter(|link| link.id == agent)
+        {
+            link.failure.get_or_insert_with(|| reason.to_owned());
+        }
+    }
+
     pub fn handle_agent_exited(&mut self, agent: AgentId, now: Instant) {
         self.last_input = now;
         self.agent_gone(agent, now);
@@ -416,6 +437,23 @@ impl Gateway {
             self.transition(&session_id, SessionStatus::Inactive, now);
             return;
         }
+        // The host gave up on the process for a reason: the turn's error says it (before the
+        // ACP client's generic "exited mid-turn").
+        let failure = session.agent.as_mut().and_then(|link| link.failure.take());
+        if let Some(reason) = failure {
+            if session_state::is_active(session.record.status) {
+                self.fail_turn(
+                    &session_id,
+                    ErrorCode::AgentUnavailable,
+                    &format!("the agent was stopped: {reason}"),
+                    true,
+                    now,
+                );
+            }
+        }
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
         if let Some(link) = session.agent.as_mut() {
             link.acp.handle_exit(now);
         }

@@ -444,6 +444,7 @@ fn health_is_a_small_json_object() {
             "uptimeMs": 1500,
             "connections": {"http": 1, "websocket": 1},
             "sessions": {"total": 0, "active": 0},
+            "agents": {"echo": {"sandbox": "landlock"}},
         })
     );
     assert!(!sim.is_closed(ws));

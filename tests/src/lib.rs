@@ -224,7 +224,7 @@ impl Gateway {
     /// Starts `binary` like [`Gateway::start`], on the data directory of an earlier gateway (see
     /// [`Gateway::take_data_dir`]): a restart. The new gateway owns the directory from now on.
     pub fn start_in(binary: &str, args: &[&str], data_dir: PathBuf) -> Gateway {
-        Gateway::start_wrapped(&[], binary, args, data_dir)
+        Gateway::launch(&[], binary, args, data_dir, &[])
     }
 
     /// Starts `binary` like [`Gateway::start_in`], run by `wrapper` (a command that ends by
@@ -235,6 +235,28 @@ impl Gateway {
         binary: &str,
         args: &[&str],
         data_dir: PathBuf,
+    ) -> Gateway {
+        Gateway::launch(wrapper, binary, args, data_dir, &[])
+    }
+
+    /// [`Gateway::start`] with these variables added to the gateway's environment (after the
+    /// test's own `DIMINUENDO_*` are removed).
+    pub fn start_with_env(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let data_dir = std::env::temp_dir().join(format!(
+            "diminuendo-itest-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&data_dir).expect("create the data directory");
+        Gateway::launch(&[], binary, args, data_dir, env)
+    }
+
+    fn launch(
+        wrapper: &[&str],
+        binary: &str,
+        args: &[&str],
+        data_dir: PathBuf,
+        env: &[(&str, &str)],
     ) -> Gateway {
         let path = binary_path(binary);
         let mut command = match wrapper.split_first() {
@@ -256,6 +278,7 @@ impl Gateway {
                 command.env_remove(key);
             }
         }
+        command.envs(env.iter().copied());
         let mut child = command
             .current_dir(&data_dir)
             .stdin(Stdio::null())
@@ -338,6 +361,12 @@ impl Gateway {
 
     /// Hands the data directory over to a successor started with [`Gateway::start_in`]: this
     /// gateway will not delete it. Stop this one first (the databases are single-writer).
+    /// The directory the gateway was started in (its data directory is `data` inside, unless
+    /// the test passed `--data-dir`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     pub fn take_data_dir(&mut self) -> PathBuf {
         self.owns_data_dir = false;
         self.data_dir.clone()

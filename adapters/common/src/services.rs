@@ -112,6 +112,7 @@ impl Services {
             gateway.set_authenticator(authenticator);
         }
 
+        warn_about_sandboxes(&settings.agents);
         let mut host_config = AgentHostConfig::new(&settings.data_dir);
         host_config.agents = settings.agents.clone();
         host_config.max_processes = settings.max_agents;
@@ -276,7 +277,10 @@ fn apply_report(gateway: &mut Gateway, report: AgentReport, now: Instant) {
         }
         AgentReport::Line { agent, line } => gateway.handle_agent_line(agent, &line, now),
         // The host stops the process; its exit report follows.
-        AgentReport::Failed { agent, reason } => warn!(agent = agent.0, %reason, "agent failed"),
+        AgentReport::Failed { agent, reason } => {
+            warn!(agent = agent.0, %reason, "agent failed");
+            gateway.handle_agent_failed(agent, &reason, now);
+        }
         AgentReport::Exited { agent, status } => {
             info!(agent = agent.0, ?status, "agent exited");
             gateway.handle_agent_exited(agent, now);
@@ -296,5 +300,27 @@ fn log_recovery(report: &RecoveryReport) {
     );
     for error in &report.failed {
         warn!(%error, "a database could not be recovered");
+    }
+}
+
+/// At start: an agent type without a sandbox is worth a warning, and so is a kernel that
+/// cannot confine the agents that ask for Landlock (they will answer AGENT_UNAVAILABLE).
+fn warn_about_sandboxes(
+    agents: &std::collections::BTreeMap<String, diminuendo_agent_host::AgentSpec>,
+) {
+    use diminuendo_agent_host::SandboxMode;
+    let support = diminuendo_agent_host::sandbox::landlock_support();
+    for (name, spec) in agents {
+        match spec.sandbox {
+            SandboxMode::Off => warn!(agent_type = %name,
+                "sandbox = \"off\": agents of this type can read and write everything the gateway can"),
+            SandboxMode::Launcher => {}
+            SandboxMode::Landlock => {
+                if let Err(reason) = &support {
+                    warn!(agent_type = %name, %reason,
+                        "agents of this type will not start: the kernel cannot enforce their sandbox");
+                }
+            }
+        }
     }
 }

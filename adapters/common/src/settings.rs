@@ -13,7 +13,7 @@ use diminuendo_core::CoreConfig;
 use diminuendo_storage::Synchronous;
 use serde::Deserialize;
 
-use diminuendo_agent_host::{AgentSpec, WorkspacePolicy};
+use diminuendo_agent_host::{AgentSpec, Limits, NetworkPolicy, SandboxMode, WorkspacePolicy};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 
@@ -201,6 +201,53 @@ pub struct FileAgent {
     pub env: BTreeMap<String, String>,
     /// `per-session` (default) or a directory every process of this type runs in.
     pub workspace: Option<String>,
+    /// Gateway variables passed on to the agent (never `DIMINUENDO_*`).
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
+    /// `landlock` (default), `off`, or `launcher`.
+    pub sandbox: Option<String>,
+    /// `allow` (default) or `deny`.
+    pub network: Option<String>,
+    /// More read-and-execute paths for a Landlock-confined agent.
+    #[serde(default)]
+    pub read_paths: Vec<PathBuf>,
+    /// More read-and-write paths for a Landlock-confined agent (outside the data directory).
+    #[serde(default)]
+    pub write_paths: Vec<PathBuf>,
+    /// Resource limits; a missing key keeps its default, 0 is unlimited.
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+/// `[agents.NAME.limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub address_space: Option<u64>,
+    pub open_files: Option<u64>,
+    pub processes: Option<u64>,
+    pub file_size: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+    pub workspace_bytes: Option<u64>,
+}
+
+impl FileLimits {
+    fn resolve(&self) -> Limits {
+        let defaults = Limits::default();
+        let pick = |value: Option<u64>, default: Option<u64>| match value {
+            Some(0) => None,
+            Some(value) => Some(value),
+            None => default,
+        };
+        Limits {
+            address_space: pick(self.address_space, defaults.address_space),
+            open_files: pick(self.open_files, defaults.open_files),
+            processes: pick(self.processes, defaults.processes),
+            file_size: pick(self.file_size, defaults.file_size),
+            cpu_seconds: pick(self.cpu_seconds, defaults.cpu_seconds),
+            workspace_bytes: pick(self.workspace_bytes, defaults.workspace_bytes),
+        }
+    }
 }
 
 /// The config file: the same settings, snake_case keys. Unknown keys are refused so that a typo
@@ -402,6 +449,10 @@ impl Settings {
                 defaults.turn_grace,
             )?,
             agent_types: agents.keys().cloned().collect(),
+            agent_sandbox: agents
+                .iter()
+                .map(|(name, spec)| (name.clone(), spec.sandbox.as_str().to_owned()))
+                .collect(),
             ..defaults
         };
 
@@ -511,6 +562,18 @@ fn resolve_agents(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let sandbox = match agent.sandbox.as_deref() {
+            None => SandboxMode::default(),
+            Some(text) => SandboxMode::parse(text).ok_or_else(|| {
+                format!("agent type {name}: sandbox is landlock, off or launcher, got {text:?}")
+            })?,
+        };
+        let network = match agent.network.as_deref() {
+            None => NetworkPolicy::default(),
+            Some(text) => NetworkPolicy::parse(text).ok_or_else(|| {
+                format!("agent type {name}: network is allow or deny, got {text:?}")
+            })?,
+        };
         agents.insert(
             name.clone(),
             AgentSpec {
@@ -518,6 +581,12 @@ fn resolve_agents(
                 args: agent.args.clone(),
                 env,
                 cwd,
+                inherit_env: agent.inherit_env.clone(),
+                sandbox,
+                network,
+                read_paths: agent.read_paths.clone(),
+                write_paths: agent.write_paths.clone(),
+                limits: agent.limits.resolve(),
             },
         );
     }
@@ -539,8 +608,7 @@ fn resolve_agents(
             AgentSpec {
                 command: program,
                 args: words.collect(),
-                env: Vec::new(),
-                cwd: WorkspacePolicy::PerSession,
+                ..AgentSpec::default()
             },
         );
     }
@@ -552,10 +620,12 @@ fn resolve_agents(
             AgentSpec {
                 command: exe.display().to_string(),
                 args: vec![ECHO_AGENT_COMMAND.to_owned()],
-                env: Vec::new(),
-                cwd: WorkspacePolicy::PerSession,
+                ..AgentSpec::default()
             },
         );
+    }
+    for (name, spec) in &agents {
+        diminuendo_agent_host::check_spec(name, spec)?;
     }
     Ok(agents)
 }
@@ -650,6 +720,72 @@ mod tests {
         .expect_err("zero refused");
         assert!(error.contains("max_message_size"));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn agent_sandbox_settings() {
+        let (dir, path) = temp_file(
+            "sandbox",
+            "[agents.boxed]\ncommand = \"bwrap\"\nsandbox = \"launcher\"\ninherit_env = [\"KUBECONFIG\"]\n\n\
+             [agents.tight]\ncommand = \"node\"\nnetwork = \"deny\"\nread_paths = [\"/srv/tools\"]\n\
+             write_paths = [\"/srv/cache\"]\nlimits = { processes = 32, cpu_seconds = 0 }\n\n\
+             [agents.open]\ncommand = \"x\"\nsandbox = \"off\"\n",
+        );
+        let settings = Settings::resolve(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .expect("valid");
+        let boxed = &settings.agents["boxed"];
+        assert_eq!(boxed.sandbox, SandboxMode::Launcher);
+        assert_eq!(boxed.inherit_env, ["KUBECONFIG"]);
+        let tight = &settings.agents["tight"];
+        assert_eq!(tight.sandbox, SandboxMode::Landlock);
+        assert_eq!(tight.network, NetworkPolicy::Deny);
+        assert_eq!(tight.read_paths, [PathBuf::from("/srv/tools")]);
+        assert_eq!(tight.write_paths, [PathBuf::from("/srv/cache")]);
+        assert_eq!(tight.limits.processes, Some(32));
+        assert_eq!(tight.limits.cpu_seconds, None, "0 is unlimited");
+        assert_eq!(tight.limits.open_files, Limits::default().open_files);
+        assert_eq!(settings.agents["echo"].sandbox, SandboxMode::Landlock);
+        assert_eq!(settings.core.agent_sandbox["open"], "off");
+        assert_eq!(settings.core.agent_sandbox["boxed"], "launcher");
+        assert_eq!(settings.core.agent_sandbox["echo"], "landlock");
+        std::fs::remove_dir_all(&dir).ok();
+
+        for (name, body, expected) in [
+            (
+                "bad-mode",
+                "sandbox = \"docker\"",
+                "landlock, off or launcher",
+            ),
+            ("bad-net", "network = \"some\"", "allow or deny"),
+            (
+                "secret",
+                "inherit_env = [\"DIMINUENDO_JWT_SECRET\"]",
+                "DIMINUENDO_",
+            ),
+            (
+                "secret-env",
+                "env = { DIMINUENDO_X = \"1\" }",
+                "DIMINUENDO_",
+            ),
+            (
+                "launcher-net",
+                "sandbox = \"launcher\"\nnetwork = \"deny\"",
+                "launcher",
+            ),
+            ("limit-key", "limits = { memory = 1 }", "memory"),
+        ] {
+            let (dir, path) = temp_file(name, &format!("[agents.a]\ncommand = \"x\"\n{body}\n"));
+            let error = Settings::resolve(Flags {
+                config: Some(path),
+                ..Flags::default()
+            })
+            .expect_err(name);
+            assert!(error.contains(expected), "{name}: {error}");
+            std::fs::remove_dir_all(&dir).ok();
+        }
     }
 
     #[test]

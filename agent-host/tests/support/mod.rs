@@ -50,6 +50,7 @@ pub fn sh(script: &str) -> AgentSpec {
         args: vec!["-c".to_owned(), script.to_owned()],
         env: Vec::new(),
         cwd: WorkspacePolicy::PerSession,
+        ..AgentSpec::default()
     }
 }
 
@@ -118,6 +119,7 @@ impl Harness {
             .execute(AgentCommand::Spawn {
                 agent: AgentId(agent),
                 session_id: session.to_owned(),
+                tenant_id: "tenant".to_owned(),
                 agent_type: agent_type.to_owned(),
             })
             .expect("spawn always answers")

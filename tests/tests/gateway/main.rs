@@ -9,6 +9,7 @@ mod limits;
 mod metrics;
 mod real_agent;
 mod resume;
+mod sandbox;
 mod sessions;
 mod shutdown;
 mod shutdown_under_load;
