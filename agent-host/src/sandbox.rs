@@ -13,13 +13,15 @@
 //!    the adapter's event-loop thread and lives as long as the gateway).
 //! 2. Joins its own `pids` cgroup (when the gateway can create one), whose `pids.max` is the
 //!    agent type's `processes` limit.
-//! 3. Sets the resource limits (`RLIMIT_AS`, `RLIMIT_NOFILE`, `RLIMIT_FSIZE`, `RLIMIT_CPU`, and
-//!    `RLIMIT_NPROC` when no cgroup holds the process count).
-//! 4. In `landlock` mode: drops every capability (bounding, ambient, effective, permitted,
+//! 3. In `landlock` mode: drops every capability (bounding, ambient, effective, permitted,
 //!    inheritable), so an agent of a gateway run as root execs without any; then restricts
 //!    itself with the prepared Landlock ruleset (which sets `no_new_privs`) and refuses to go on
 //!    unless the kernel reports the ruleset fully enforced.
-//! 5. With `network = "deny"`: installs the seccomp filter.
+//! 4. With `network = "deny"`: installs the seccomp filter.
+//! 5. Sets the resource limits (`RLIMIT_AS`, `RLIMIT_NOFILE`, `RLIMIT_FSIZE`, `RLIMIT_CPU`, and
+//!    `RLIMIT_NPROC` when no cgroup holds the process count), last: until `exec` the child holds
+//!    the gateway's descriptors, numbered above an agent's `RLIMIT_NOFILE` once the gateway has
+//!    many agents, so nothing may open a descriptor after it.
 
 use std::ffi::CString;
 use std::io;
@@ -325,19 +327,6 @@ impl Confinement {
                     return Err(io::Error::last_os_error());
                 }
             }
-            for &(resource, value) in &self.rlimits {
-                let limit = libc::rlimit {
-                    rlim_cur: value,
-                    rlim_max: if resource == libc::RLIMIT_CPU {
-                        value.saturating_add(5)
-                    } else {
-                        value
-                    },
-                };
-                if libc::setrlimit(resource, &limit) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
             if self.drop_capabilities {
                 drop_capabilities()?;
             }
@@ -357,6 +346,24 @@ impl Confinement {
         if let Some(filter) = self.seccomp {
             seccompiler::apply_filter(filter)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+        }
+        // The limits come last: `RLIMIT_NOFILE` bounds the number of the next descriptor, and
+        // the child of a gateway with many agents holds descriptors above the agent's limit
+        // until `exec` closes them, so every `open` above (the cgroup, the `/proc/<pid>` rule)
+        // must happen first. Lowering a limit needs no capability.
+        for &(resource, value) in &self.rlimits {
+            let limit = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: if resource == libc::RLIMIT_CPU {
+                    value.saturating_add(5)
+                } else {
+                    value
+                },
+            };
+            // SAFETY: setrlimit is async-signal-safe; `limit` lives on this stack.
+            if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         Ok(())
     }

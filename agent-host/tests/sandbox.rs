@@ -198,6 +198,31 @@ fn resource_limits_are_set() {
     h.until_exit(1);
 }
 
+/// A gateway with many agents holds descriptors numbered above an agent's `open_files` limit;
+/// the child holds them too until `exec`, so nothing in the sandbox may open a descriptor after
+/// the limit is set (found with 156 agents of a gateway: every later spawn failed with EMFILE).
+#[test]
+fn agents_start_while_the_gateway_holds_descriptors_above_their_limit() {
+    let mut h = Harness::new(|config| {
+        let mut spec = sh("echo ready");
+        spec.limits = Limits {
+            open_files: Some(64),
+            ..Limits::default()
+        };
+        config.agents.insert("small".into(), spec);
+    });
+    // Fill the descriptor numbers up to above the limit, as the gateway's sockets, pipes and
+    // SQLite handles do.
+    let held: Vec<std::fs::File> = (0..80)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let report = h.spawn(1, "s1", "small");
+    assert!(spawned(&report), "{report:?}");
+    let reports = h.until_exit(1);
+    assert_eq!(lines(&reports, 1), ["ready"]);
+    drop(held);
+}
+
 /// A configured path that does not exist is a spawn failure, not a silently smaller (or larger)
 /// sandbox; a write path in the data directory is refused.
 #[test]
