@@ -14,13 +14,47 @@ pub fn thread_count(pid: i32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.count())
 }
 
+/// Sessions of each agent type in the sandbox comparison.
+pub const SANDBOX_COMPARISON: usize = 100;
+
+/// The agent type of the comparison that runs without the sandbox.
+const UNCONFINED: &str = "echo-unconfined";
+
+/// A config file defining [`UNCONFINED`]: the bundled echo agent (`<binary> echo-agent`, as the
+/// built-in `echo` type runs it) with `sandbox = "off"`. Removed when dropped.
+pub fn unconfined_config(binary: &std::path::Path) -> io::Result<tempfile::NamedTempFile> {
+    use std::io::Write as _;
+    let binary = std::fs::canonicalize(binary)?;
+    let mut file = tempfile::Builder::new()
+        .prefix("diminuendo-bench-")
+        .suffix(".toml")
+        .tempfile()?;
+    let command = toml_string(&binary.to_string_lossy());
+    writeln!(
+        file,
+        "[agents.{UNCONFINED}]\ncommand = {command}\nargs = [\"echo-agent\"]\nsandbox = \"off\""
+    )?;
+    file.flush()?;
+    Ok(file)
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    serde_json::Value::String(text.to_owned()).to_string()
+}
+
 /// Creates an echo-agent session on `ws` and returns its id.
 pub fn create_session(ws: &mut BlockingWs, tag: &str) -> io::Result<String> {
+    create_session_of(ws, tag, "echo")
+}
+
+/// Creates a session of `agent_type` on `ws` and returns its id.
+fn create_session_of(ws: &mut BlockingWs, tag: &str, agent_type: &str) -> io::Result<String> {
     let id = format!("{tag}-c");
     let created = ws.request(
         &id,
         &format!(
-            r#"{{"type":"create_session","requestId":"{id}","agentType":"echo","name":"bench"}}"#
+            r#"{{"type":"create_session","requestId":"{id}","agentType":"{agent_type}","name":"bench"}}"#
         ),
     )?;
     created["session"]["id"]
@@ -76,8 +110,15 @@ pub fn spawn_to_ready(ws: &mut BlockingWs, session: &str, tag: &str) -> io::Resu
 /// `agents`: `count` sessions activated one after the other on one connection (each keeps its
 /// agent until idle deactivation, minutes later); then the gateway's threads, its resident
 /// memory minus the memory before the first session, per active agent, and the spawn-to-ready
-/// times.
-pub fn agents(target: &Target, binary: &str, count: usize) -> io::Result<Report> {
+/// times. With `compare_sandbox` (the gateway has the [`UNCONFINED`] type), then
+/// [`SANDBOX_COMPARISON`] more sessions of each of `echo` (Landlock, the default) and the same
+/// agent with `sandbox = "off"`, alternating, for spawn-to-ready with and without the sandbox.
+pub fn agents(
+    target: &Target,
+    binary: &str,
+    count: usize,
+    compare_sandbox: bool,
+) -> io::Result<Report> {
     let pid = target
         .pid()
         .ok_or_else(|| io::Error::other("agents reads /proc of the gateway: give --binary"))?;
@@ -147,6 +188,38 @@ pub fn agents(target: &Target, binary: &str, count: usize) -> io::Result<Report>
         "KiB",
     );
     report.latency("spawnToReady", "spawn-to-ready", &summary, false);
+    if compare_sandbox {
+        let (mut confined, mut unconfined) = (Vec::new(), Vec::new());
+        for index in 0..SANDBOX_COMPARISON {
+            // Alternating, so both see the same machine and the same number of live agents.
+            for (agent_type, samples) in [("echo", &mut confined), (UNCONFINED, &mut unconfined)] {
+                let tag = format!("s{index}-{agent_type}");
+                let session = create_session_of(&mut ws, &tag, agent_type)?;
+                let elapsed = spawn_to_ready(&mut ws, &session, &tag)?;
+                samples.push(elapsed.as_nanos() as u64);
+            }
+        }
+        let confined = Summary::of(&mut confined);
+        let unconfined = Summary::of(&mut unconfined);
+        report.latency(
+            "spawnToReadySandboxed",
+            "spawn-to-ready, Landlock sandbox (alternating)",
+            &confined,
+            false,
+        );
+        report.latency(
+            "spawnToReadyUnconfined",
+            "spawn-to-ready, sandbox = \"off\" (alternating)",
+            &unconfined,
+            false,
+        );
+        report.figure(
+            "sandboxCostP50Us",
+            "the sandbox's cost, p50 difference",
+            crate::report::round3((confined.p50 - unconfined.p50) / 1e3),
+            "µs",
+        );
+    }
     report.figure(
         "activationMs",
         "all activations, sequential",

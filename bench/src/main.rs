@@ -267,9 +267,23 @@ fn run(command: Command, nofile: (u64, u64)) -> std::io::Result<bool> {
             count,
             max_agents,
         } => {
-            let flags = vec!["--max-agents".into(), max_agents.max(count).to_string()];
+            // A second agent type, the same echo agent with `sandbox = "off"`, for the
+            // spawn-to-ready comparison (only when the bench starts the gateway itself).
+            let config = match &target.binary {
+                Some(binary) => Some(agents::unconfined_config(binary)?),
+                None => None,
+            };
+            let mut flags = vec![
+                "--max-agents".into(),
+                (max_agents.max(count) + 2 * agents::SANDBOX_COMPARISON).to_string(),
+            ];
+            if let Some(config) = &config {
+                flags.push("--config".into());
+                flags.push(config.path().to_string_lossy().into_owned());
+            }
+            let compare = config.is_some();
             with_target(&target, &flags, |gateway, name| {
-                agents::agents(gateway, name, count)
+                agents::agents(gateway, name, count, compare)
             })
             .map(|_| true)
         }
