@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use diminuendo_core::AgentId;
 
+use crate::cgroup;
 use crate::environment;
 use crate::sandbox::{self, Confinement, Plan, SandboxMode};
 use crate::AgentSpec;
@@ -58,7 +59,7 @@ pub fn substitute(template: &str, values: &Placeholders<'_>) -> String {
 
 /// One agent to start.
 pub(crate) struct Request<'a> {
-    /// The host's number ([`sandbox::next_host_id`]).
+    /// The host's number ([`cgroup::next_host_id`]).
     pub host_id: u64,
     pub agent: AgentId,
     pub session_id: &'a str,
@@ -107,7 +108,7 @@ pub(crate) fn command(request: &Request<'_>) -> Result<Command, String> {
         SandboxMode::Landlock => grants(request, &program, &args, &env)?,
         SandboxMode::Off | SandboxMode::Launcher => (Vec::new(), Vec::new()),
     };
-    let cgroup_name = sandbox::cgroup_name(request.host_id, request.agent);
+    let cgroup_name = cgroup::cgroup_name(request.host_id, request.agent);
     let mut confinement = Confinement::prepare(&Plan {
         mode: spec.sandbox,
         network: spec.network,

@@ -94,6 +94,7 @@
 //! The host reaps its children itself (by pid): the adapter must not set SIGCHLD to `SIG_IGN` or
 //! reap with `waitpid(-1)`, or the host could signal a pid that was already reused.
 
+mod cgroup;
 pub mod environment;
 pub mod launch;
 mod poller;
@@ -245,7 +246,7 @@ impl AgentHost {
             poller: None,
             pending: VecDeque::new(),
             quotas: quota::Quotas::default(),
-            host_id: sandbox::next_host_id(),
+            host_id: cgroup::next_host_id(),
         }
     }
 
@@ -478,7 +479,7 @@ impl AgentHost {
     fn forget_if_exited(&mut self, report: &AgentReport) {
         if let AgentReport::Exited { agent, status } = report {
             self.quotas.forget(*agent);
-            sandbox::release_cgroup(&sandbox::cgroup_name(self.host_id, *agent));
+            cgroup::release_cgroup(&cgroup::cgroup_name(self.host_id, *agent));
             if let Some(handle) = self.agents.remove(agent) {
                 tracing::info!(target: "agent", agent = agent.0, session = %handle.session_id,
                     status = ?status, "agent exited");
@@ -519,7 +520,7 @@ impl AgentHost {
             tracing::warn!(target: "agent", left = self.agents.len(),
                 "agent processes still running at the end of the shutdown");
         }
-        sandbox::sweep_cgroups();
+        cgroup::sweep_cgroups();
         self.agents.is_empty()
     }
 
@@ -550,6 +551,6 @@ impl Drop for AgentHost {
                 }
             }
         }
-        sandbox::sweep_cgroups();
+        cgroup::sweep_cgroups();
     }
 }

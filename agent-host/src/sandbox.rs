@@ -11,8 +11,8 @@
 //! 1. `PR_SET_PDEATHSIG(SIGKILL)`, then checks that its parent is still the gateway (so no agent
 //!    outlives a killed gateway; the signal follows the *thread* that spawned the agent, which is
 //!    the adapter's event-loop thread and lives as long as the gateway).
-//! 2. Joins its own `pids` cgroup (when the gateway can create one), whose `pids.max` is the
-//!    agent type's `processes` limit.
+//! 2. Joins its own `pids` cgroup (when the gateway can create one; `cgroup.rs`), whose
+//!    `pids.max` is the agent type's `processes` limit.
 //! 3. In `landlock` mode: drops every capability (bounding, ambient, effective, permitted,
 //!    inheritable), so an agent of a gateway run as root execs without any; then restricts
 //!    itself with the prepared Landlock ruleset (which sets `no_new_privs`) and refuses to go on
@@ -26,9 +26,8 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 
 use landlock::{
     path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd,
@@ -39,6 +38,8 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule,
 };
+
+use crate::cgroup;
 
 /// How an agent type is confined.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,7 +147,7 @@ pub(crate) struct Plan<'a> {
     /// Read and write: the workspace first, then the operator's `write_paths`.
     pub write_paths: &'a [PathBuf],
     /// A name for the agent's cgroup, unique among the gateway's live agents
-    /// ([`cgroup_name`]).
+    /// ([`cgroup::cgroup_name`]).
     pub cgroup_name: &'a str,
 }
 
@@ -259,7 +260,7 @@ impl Confinement {
             NetworkPolicy::Deny => Some(network_filter()?),
         };
         let cgroup_procs = match plan.limits.processes {
-            Some(max) => pids_cgroup(plan.cgroup_name, max),
+            Some(max) => cgroup::pids_cgroup(plan.cgroup_name, max),
             None => None,
         };
         let mut rlimits = Vec::with_capacity(5);
@@ -278,7 +279,7 @@ impl Confinement {
                 // RLIMIT_NPROC counts every task of the user id, the gateway's and its other
                 // agents' included: a bare `value` could stop an agent from starting a single
                 // thread. Bound the growth instead: the tasks running now, plus `value`.
-                let now = tasks_running().unwrap_or(0);
+                let now = cgroup::tasks_running().unwrap_or(0);
                 rlimits.push((
                     libc::RLIMIT_NPROC,
                     now.saturating_add(value) as libc::rlim_t,
@@ -427,14 +428,6 @@ unsafe fn allow_own_proc(ruleset: libc::c_int) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Tasks (processes and threads) running on the machine, from `/proc/loadavg`: an upper bound
-/// of those of any one user id.
-fn tasks_running() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let field = text.split_whitespace().nth(3)?;
-    field.split_once('/')?.1.parse().ok()
 }
 
 /// Drops every capability for good: the bounding set (so an exec as root gains none back), the
@@ -587,159 +580,6 @@ fn network_filter() -> Result<&'static BpfProgram, String> {
         })
         .as_ref()
         .map_err(Clone::clone)
-}
-
-/// The gateway's own `pids` cgroup, parent of its agents' (`diminuendo-<pid>` under the `pids`
-/// directory of the gateway's cgroup: cgroup v1, or v2 when `pids` is enabled for its
-/// children), created at the first spawn; `None` when the gateway cannot create one. Empty
-/// cgroups left by gateways that are gone are removed first.
-fn gateway_cgroup() -> Option<&'static Path> {
-    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        for line in own.lines() {
-            let mut fields = line.splitn(3, ':');
-            let (Some(_), Some(controllers), Some(path)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            let relative = path.trim_start_matches('/');
-            let base = if controllers.split(',').any(|c| c == "pids") {
-                Path::new("/sys/fs/cgroup/pids").join(relative)
-            } else if controllers.is_empty() {
-                let v2 = Path::new("/sys/fs/cgroup").join(relative);
-                let enabled = std::fs::read_to_string(v2.join("cgroup.subtree_control"))
-                    .is_ok_and(|text| text.split_whitespace().any(|c| c == "pids"));
-                if !enabled {
-                    continue;
-                }
-                v2
-            } else {
-                continue;
-            };
-            if let Some(dir) = make_gateway_cgroup(&base) {
-                return Some(dir);
-            }
-        }
-        None
-    })
-    .as_deref()
-}
-
-fn make_gateway_cgroup(base: &Path) -> Option<PathBuf> {
-    remove_stale_cgroups(base);
-    let dir = base.join(format!("diminuendo-{}", std::process::id()));
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(_) => return None,
-    }
-    // On cgroup v2 the agents' cgroups need `pids` enabled here (the file is v2's only).
-    let control = dir.join("cgroup.subtree_control");
-    let enabled = !control.exists() || std::fs::write(&control, "+pids").is_ok();
-    let probe = dir.join("probe");
-    let usable = enabled
-        && std::fs::create_dir(&probe).is_ok()
-        && probe.join("pids.max").exists()
-        && probe.join("cgroup.procs").exists();
-    let _ = std::fs::remove_dir(&probe);
-    if usable {
-        Some(dir)
-    } else {
-        let _ = std::fs::remove_dir(&dir);
-        None
-    }
-}
-
-/// Removes the cgroups of gateways that no longer run (`diminuendo-<pid>…` whose pid is gone),
-/// and the agents' cgroups inside them; a cgroup that still holds a process stays.
-fn remove_stale_cgroups(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    for entry in entries.flatten().take(10_000) {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("diminuendo-")) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or_default();
-        let alive = pid.parse::<u32>().map_or(true, |pid| {
-            pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
-        });
-        if alive {
-            continue;
-        }
-        if let Ok(agents) = std::fs::read_dir(entry.path()) {
-            for agent in agents.flatten() {
-                if agent.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = std::fs::remove_dir(agent.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(entry.path());
-    }
-}
-
-/// The agents' cgroups whose removal failed (a descendant was still inside); each spawn and
-/// each shutdown tries again.
-static CGROUPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// Creates the agent's own `pids` cgroup with `pids.max = max` and returns its `cgroup.procs`,
-/// or `None` when the gateway cannot (the limit then falls back to `RLIMIT_NPROC`).
-fn pids_cgroup(name: &str, max: u64) -> Option<CString> {
-    let parent = gateway_cgroup()?;
-    sweep_cgroups();
-    let dir = parent.join(name);
-    if let Err(error) = std::fs::create_dir(&dir) {
-        if error.kind() != io::ErrorKind::AlreadyExists {
-            return None;
-        }
-    }
-    if std::fs::write(dir.join("pids.max"), max.to_string()).is_err() {
-        let _ = std::fs::remove_dir(&dir);
-        return None;
-    }
-    CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()
-}
-
-/// Removes an agent's cgroup once its process has been reaped (`name` as given to
-/// [`Plan::cgroup_name`]); one that still holds a descendant is retried at later spawns and at
-/// shutdown.
-pub(crate) fn release_cgroup(name: &str) {
-    let Some(parent) = gateway_cgroup() else {
-        return;
-    };
-    let dir = parent.join(name);
-    match std::fs::remove_dir(&dir) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(_) => CGROUPS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(dir),
-    }
-}
-
-/// The cgroup name of an agent of the host numbered `host` ([`next_host_id`]).
-pub(crate) fn cgroup_name(host: u64, agent: diminuendo_core::AgentId) -> String {
-    format!("agent-{host}-{}", agent.0)
-}
-
-/// A number for each agent host of the process (several hosts, as in tests, number their
-/// agents alike; their cgroups must not collide).
-pub(crate) fn next_host_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Retries the removal of the agents' cgroups that still held a process.
-pub fn sweep_cgroups() {
-    let mut cgroups = CGROUPS.lock().unwrap_or_else(PoisonError::into_inner);
-    cgroups.retain(|dir| match std::fs::remove_dir(dir) {
-        Ok(()) => false,
-        Err(error) => error.kind() != io::ErrorKind::NotFound,
-    });
 }
 
 /// The Landlock ABI version the running kernel supports (0 when it has none or disabled it).
