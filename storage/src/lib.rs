@@ -126,6 +126,7 @@ impl Storage {
             clock: config.clock.clone(),
             probe_interval: config.health_probe_interval,
             commit_hook: config.commit_hook.clone(),
+            durable_spin: config.durable_spin,
         });
         let writer = std::thread::Builder::new()
             .name("storage-writer".into())

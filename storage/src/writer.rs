@@ -106,6 +106,7 @@ pub struct WriterParts {
     pub clock: Arc<dyn Clock>,
     pub probe_interval: Duration,
     pub commit_hook: Option<CommitHook>,
+    pub durable_spin: Duration,
 }
 
 pub struct Writer {
@@ -137,6 +138,10 @@ pub struct Writer {
     probe_at: Option<Instant>,
     probe_interval: Duration,
     commit_hook: Option<CommitHook>,
+    /// See `StorageConfig::durable_spin`.
+    durable_spin: Duration,
+    /// After a `CommitNow`: until when to poll for the next command instead of sleeping.
+    spin_until: Option<Instant>,
 }
 
 /// What one group's transaction did.
@@ -382,6 +387,8 @@ impl Writer {
             probe_at: None,
             probe_interval: p.probe_interval,
             commit_hook: p.commit_hook,
+            durable_spin: p.durable_spin,
+            spin_until: None,
         }
     }
 
@@ -421,6 +428,9 @@ impl Writer {
                 (None, p) => p,
                 (f, _) => f,
             };
+            if let Some(m) = self.spin(wait) {
+                return m;
+            }
             match wait {
                 None => return self.rx.recv().ok(),
                 Some(d) if d.is_zero() => self.flush_all(true),
@@ -431,6 +441,26 @@ impl Writer {
                 },
             }
         }
+    }
+
+    /// Right after a `CommitNow`, polls the queue (at most until the spin deadline, and never past
+    /// `wait`) rather than sleeping: registry changes come in bursts, and waking a sleeping
+    /// thread costs tens of microseconds on a virtual machine, which a durable reply would pay
+    /// twice. `Some(next)` is the command (or the end of the queue) that came meanwhile.
+    fn spin(&mut self, wait: Option<Duration>) -> Option<Option<StorageCommand>> {
+        let until = self.spin_until.take()?;
+        let until = match wait {
+            Some(wait) => until.min(Instant::now() + wait),
+            None => until,
+        };
+        while Instant::now() < until {
+            match self.rx.try_recv() {
+                Ok(m) => return Some(Some(m)),
+                Err(crossbeam_channel::TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return Some(None),
+            }
+        }
+        None
     }
 
     /// Handles one command; returns the shutdown token when it is `Shutdown`.
@@ -477,6 +507,9 @@ impl Writer {
                     self.flush_all(false);
                 } else if let Some(target) = commit_now {
                     self.group_commit(target);
+                    if !self.durable_spin.is_zero() {
+                        self.spin_until = Some(Instant::now() + self.durable_spin);
+                    }
                 } else if self.buffered >= self.policy.batch_size.max(1) {
                     self.flush_all(true);
                 }
