@@ -540,42 +540,39 @@ impl Writer {
     /// Flushes every group; with `drain`, first takes the writes already queued (up to
     /// `max_batch` buffered), so batches grow under load.
     fn flush_all(&mut self, drain: bool) {
-        if drain && self.stash.is_none() {
-            while self.buffered < self.max_batch {
-                match self.rx.try_recv() {
-                    // A delete is handled on its own (see `handle`).
-                    Ok(m) if m.is_write() && !matches!(m, StorageCommand::DeleteSession { .. }) => {
-                        self.push(m)
-                    }
-                    Ok(m) => {
-                        self.stash = Some(m);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
+        if drain {
+            self.take_queued_writes();
         }
         self.flush_where(|_| true);
+    }
+
+    /// Buffers the writes already queued (up to `max_batch` buffered), so that a flush about to
+    /// happen takes them too; stops at the first command that is not such a write (it is
+    /// stashed and handled next).
+    fn take_queued_writes(&mut self) {
+        if self.stash.is_some() {
+            return;
+        }
+        while self.buffered < self.max_batch {
+            match self.rx.try_recv() {
+                // A delete is handled on its own (see `handle`).
+                Ok(m) if m.is_write() && !matches!(m, StorageCommand::DeleteSession { .. }) => {
+                    self.push(m)
+                }
+                Ok(m) => {
+                    self.stash = Some(m);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
     }
 
     /// Group commit for a `CommitNow`: takes every write already queued (so every create that
     /// arrived while the previous commit ran joins this one, up to `max_batch`), then commits
     /// the registries (and `target`, were it a session log) at once; session logs keep batching.
     fn group_commit(&mut self, target: DatabaseId) {
-        if self.stash.is_none() {
-            while self.buffered < self.max_batch {
-                match self.rx.try_recv() {
-                    Ok(m) if m.is_write() && !matches!(m, StorageCommand::DeleteSession { .. }) => {
-                        self.push(m)
-                    }
-                    Ok(m) => {
-                        self.stash = Some(m);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
+        self.take_queued_writes();
         self.flush_where(|db| matches!(db, DatabaseId::Registry { .. }) || *db == target);
     }
 
