@@ -236,18 +236,21 @@ fn package_root(path: &Path) -> PathBuf {
 }
 
 /// A directory too broad to grant because an argument names something in it: the root or a
-/// top-level directory, system state (`/etc`, `/proc`, `/sys`, `/dev`, `/run`, `/var`), a home
-/// directory or the gateway's `HOME` (or an ancestor of it), shared temporary directories.
+/// top-level directory, system state (`/etc`, `/proc`, `/sys`, `/dev`, `/run`, `/var`, and
+/// anything below them), a home directory or the gateway's `HOME` (or an ancestor of it), and
+/// the shared `/tmp` and `/root` or a directory directly in them (a package installed deeper,
+/// such as a checkout's `/tmp/ci/app/node_modules`, is its own directory and may be granted).
 fn too_broad(dir: &Path, home: Option<&Path>) -> bool {
     let depth = dir.components().count();
-    let sensitive = [
-        "/etc", "/proc", "/sys", "/dev", "/run", "/var", "/tmp", "/root",
-    ]
-    .iter()
-    .any(|prefix| dir.starts_with(prefix));
+    let system = ["/etc", "/proc", "/sys", "/dev", "/run", "/var"]
+        .iter()
+        .any(|prefix| dir.starts_with(prefix));
+    let shared = ["/tmp", "/root"].iter().any(|prefix| {
+        dir.starts_with(prefix) && depth <= Path::new(prefix).components().count() + 1
+    });
     let a_home = dir.parent() == Some(Path::new("/home"));
     let gateway_home = home.is_some_and(|home| home.starts_with(dir));
-    depth <= 2 || sensitive || a_home || gateway_home
+    depth <= 2 || system || shared || a_home || gateway_home
 }
 
 /// Checks an agent type's settings once, at start: the reason it cannot run as configured.
@@ -345,6 +348,8 @@ mod tests {
         for narrow in [
             "/opt/agent",
             "/srv/agents/claude",
+            "/tmp/ci/main/target/acp-agent",
+            "/root/work/agent",
             "/home/op/agents/x",
             "/usr/lib/node",
         ] {
