@@ -469,7 +469,12 @@ impl AgentHost {
         for verdict in self.quotas.finished() {
             match verdict {
                 quota::Verdict::Release(agent, lines) => {
-                    for line in lines {
+                    let open = self
+                        .agents
+                        .get(&agent)
+                        .is_some_and(|handle| !handle.budget.closed.load(Ordering::SeqCst));
+                    // A stopped agent's stdin is closed: its held lines are dropped.
+                    for line in lines.into_iter().filter(|_| open) {
                         self.send(Command::Write(agent, line));
                     }
                 }

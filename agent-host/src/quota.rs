@@ -16,6 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -72,12 +73,15 @@ pub(crate) enum Verdict {
 /// The scanner thread, started with the first scan.
 struct Scanner {
     requests: Option<Sender<Request>>,
+    /// The host is gone: scans still queued are skipped.
+    quit: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Scanner {
     fn drop(&mut self) {
-        // Closing the channel ends the thread after the scan it is running (bounded).
+        // Ends the thread after the scan it is running (bounded by `MAX_ENTRIES`).
+        self.quit.store(true, Ordering::SeqCst);
         self.requests = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -233,10 +237,15 @@ fn start_scanner(
     reports: Arc<Reports>,
 ) -> std::io::Result<Scanner> {
     let (requests, inbox) = channel::<Request>();
+    let quit = Arc::new(AtomicBool::new(false));
+    let quitting = Arc::clone(&quit);
     let thread = std::thread::Builder::new()
         .name("agent-quota".to_owned())
         .spawn(move || {
             for request in inbox {
+                if quitting.load(Ordering::SeqCst) {
+                    return;
+                }
                 let over = over_quota(&request.workspace, request.limit);
                 lock(&finished).push(Scanned {
                     agent: request.agent,
@@ -248,6 +257,7 @@ fn start_scanner(
         })?;
     Ok(Scanner {
         requests: Some(requests),
+        quit,
         thread: Some(thread),
     })
 }
