@@ -7,7 +7,9 @@
 //!
 //! * [`AgentHost::execute`] never blocks on an agent. `Spawn` runs synchronously (fork/exec is
 //!   fast) and answers `Spawned` or `SpawnFailed` right away; `Write` queues the line for the
-//!   agent's stdin (a full backlog fails the agent, answered synchronously as `Failed`); `Stop`
+//!   agent's stdin (a full backlog fails the agent, answered synchronously as `Failed`; a prompt,
+//!   and the lines after it, wait on the host for the scan of the agent's workspace quota,
+//!   whose verdict comes through `drain`: see [`quota`]); `Stop`
 //!   hands the stop sequence to the poller. Commands for an unknown agent (never spawned, or
 //!   already reported `Exited`) are ignored.
 //! * Everything else arrives through [`AgentHost::drain`]: `Line`s in the order the agent wrote
@@ -22,8 +24,9 @@
 //!
 //! # One poller thread
 //!
-//! The host starts one thread, the poller, with its first agent, and never another: a gateway
-//! with a thousand agents has the same threads as one with a single agent. Every agent's stdin,
+//! The host starts one thread, the poller, with its first agent, and one more, the quota
+//! scanner ([`quota`]), with the first workspace scan, and never another: a gateway with a
+//! thousand agents has the same threads as one with a single agent. Every agent's stdin,
 //! stdout and stderr pipe (the gateway's ends set non-blocking) and a pidfd of the process
 //! (`pidfd_open`, Linux 5.3; without it the agent does not start) are registered on one
 //! edge-triggered `epoll` instance (mio). The host talks to the poller through a command inbox
@@ -85,7 +88,7 @@
 //! group (`setsid`) escapes this. The environment is built from nothing ([`environment`]), and the
 //! child confines itself before `exec` ([`sandbox`]: Landlock, no capabilities, limits, the network
 //! filter, a parent-death signal); [`launch`] builds the `Command`, [`quota`] checks the workspace
-//! size before each prompt and every few seconds of output.
+//! size before each prompt and every few seconds of output, on a thread of its own.
 //! The working directory is `DATA_DIR/sessions/{sessionId}/workspace` (created if missing; the
 //! session id must pass `storage::is_valid_identifier`) or a fixed directory.
 //!
@@ -242,10 +245,10 @@ impl AgentHost {
         AgentHost {
             config,
             agents: HashMap::new(),
-            reports,
+            reports: Arc::clone(&reports),
             poller: None,
             pending: VecDeque::new(),
-            quotas: quota::Quotas::default(),
+            quotas: quota::Quotas::new(Arc::clone(&reports)),
             host_id: cgroup::next_host_id(),
         }
     }
@@ -261,13 +264,6 @@ impl AgentHost {
             } => Some(self.spawn(agent, session_id, &tenant_id, &agent_type)),
             AgentCommand::Write { agent, line } => {
                 let handle = self.agents.get(&agent)?;
-                if let Some(reason) = self.quotas.before_write(agent, &line) {
-                    tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id,
-                        %reason, "stopping the agent");
-                    handle.budget.closed.store(true, Ordering::SeqCst);
-                    self.send(Command::Stop(agent, self.config.stop_grace));
-                    return Some(AgentReport::Failed { agent, reason });
-                }
                 let budget = &handle.budget;
                 if budget.closed.load(Ordering::SeqCst) {
                     return None;
@@ -284,7 +280,10 @@ impl AgentHost {
                     });
                 }
                 budget.pending.fetch_add(line.len(), Ordering::SeqCst);
-                self.send(Command::Write(agent, line));
+                // A prompt waits for its workspace scan (see [`quota`]); so do the lines after it.
+                if let Some(line) = self.quotas.before_write(agent, line) {
+                    self.send(Command::Write(agent, line));
+                }
                 None
             }
             AgentCommand::Stop { agent } => {
@@ -419,6 +418,7 @@ impl AgentHost {
         }
         // Clear before looking: a report sent from here on wakes the adapter again.
         self.reports.wake_pending.store(false, Ordering::SeqCst);
+        self.quota_verdicts();
         let mut taken = 0;
         while taken < budget {
             if self.pending.is_empty() && !self.take_batch(None) {
@@ -455,25 +455,41 @@ impl AgentHost {
         }
     }
 
-    /// During a turn (the agent writes output), the workspace quota is checked every few
-    /// seconds; over it, the agent is stopped and `Failed` is the next report.
+    /// During a turn (the agent writes output), a scan of the workspace is requested every few
+    /// seconds; its verdict comes back through [`Self::quota_verdicts`].
     fn check_quota(&mut self, report: &AgentReport) {
-        let AgentReport::Line { agent, .. } = report else {
-            return;
-        };
-        let Some(reason) = self.quotas.on_output(*agent, Instant::now()) else {
-            return;
-        };
-        if let Some(handle) = self.agents.get(agent) {
-            tracing::warn!(target: "agent", agent = agent.0, session = %handle.session_id,
-                %reason, "stopping the agent");
-            handle.budget.closed.store(true, Ordering::SeqCst);
-            self.send(Command::Stop(*agent, self.config.stop_grace));
+        if let AgentReport::Line { agent, .. } = report {
+            self.quotas.on_output(*agent, Instant::now());
         }
-        self.pending.push_front(AgentReport::Failed {
-            agent: *agent,
-            reason,
-        });
+    }
+
+    /// Acts on the finished workspace scans: held lines go to the agent, or (over the quota) the
+    /// agent is stopped and `Failed` is the next report.
+    fn quota_verdicts(&mut self) {
+        for verdict in self.quotas.finished() {
+            match verdict {
+                quota::Verdict::Release(agent, lines) => {
+                    let open = self
+                        .agents
+                        .get(&agent)
+                        .is_some_and(|handle| !handle.budget.closed.load(Ordering::SeqCst));
+                    // A stopped agent's stdin is closed: its held lines are dropped.
+                    for line in lines.into_iter().filter(|_| open) {
+                        self.send(Command::Write(agent, line));
+                    }
+                }
+                quota::Verdict::Over(agent, reason) => {
+                    if let Some(handle) = self.agents.get(&agent) {
+                        tracing::warn!(target: "agent", agent = agent.0,
+                            session = %handle.session_id, %reason, "stopping the agent");
+                        handle.budget.closed.store(true, Ordering::SeqCst);
+                        self.send(Command::Stop(agent, self.config.stop_grace));
+                    }
+                    self.pending
+                        .push_front(AgentReport::Failed { agent, reason });
+                }
+            }
+        }
     }
 
     fn forget_if_exited(&mut self, report: &AgentReport) {

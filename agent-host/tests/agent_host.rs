@@ -488,3 +488,57 @@ fn output_nobody_drains_blocks_the_agents_not_the_gateways_memory() {
         assert!(reaped(pid), "pid {pid} not reaped");
     }
 }
+
+/// The workspace quota is checked off the caller's thread: a prompt to an agent whose workspace
+/// is over its quota is accepted by `execute` (which does not scan) and held back from the agent;
+/// the verdict, `Failed`, comes through `drain`. Within the quota the prompt, and the line queued
+/// after it, reach the agent once scanned, in order.
+#[test]
+fn the_workspace_quota_is_scanned_off_the_callers_thread_and_holds_the_prompt() {
+    let mut h = Harness::new(|config| {
+        if let Some(echo) = config.agents.get_mut("echo") {
+            echo.limits.workspace_bytes = Some(64 * 1024);
+        }
+    });
+    let prompt = r#"{"jsonrpc":"2.0","id":1,"method":"session/prompt","params":{}}"#;
+
+    assert!(matches!(
+        h.spawn(1, "over", "echo"),
+        AgentReport::Spawned { .. }
+    ));
+    let workspace = h.data_dir.path().join("sessions/over/workspace");
+    std::fs::write(workspace.join("big"), vec![1u8; 128 * 1024]).unwrap();
+    assert_eq!(write(&mut h, 1, prompt), None, "execute does not scan");
+    assert_eq!(write(&mut h, 1, "after"), None);
+    let reports = h.until_exit(1);
+    assert!(
+        lines(&reports, 1).is_empty(),
+        "the prompt never reached the agent: {reports:?}"
+    );
+    let failed = reports
+        .iter()
+        .position(|r| {
+            matches!(r, AgentReport::Failed { agent, reason }
+                if *agent == AgentId(1) && reason.contains("over its quota"))
+        })
+        .unwrap_or_else(|| panic!("no Failed: {reports:?}"));
+    let exit = reports
+        .iter()
+        .position(|r| matches!(r, AgentReport::Exited { .. }))
+        .unwrap();
+    assert!(failed < exit);
+
+    assert!(matches!(
+        h.spawn(2, "within", "echo"),
+        AgentReport::Spawned { .. }
+    ));
+    assert_eq!(write(&mut h, 2, prompt), None);
+    assert_eq!(write(&mut h, 2, "after"), None);
+    let reports = h.collect_until(usize::MAX, |reports| lines(reports, 2).len() == 2);
+    assert_eq!(lines(&reports, 2), [prompt, "after"]);
+    assert!(!reports
+        .iter()
+        .any(|r| matches!(r, AgentReport::Failed { .. })));
+    stop(&mut h, 2);
+    h.until_exit(2);
+}

@@ -1,4 +1,5 @@
-//! One poller thread drives every agent: the host's thread count does not grow with its agents.
+//! One poller thread drives every agent and one scanner thread checks their workspace quotas:
+//! the host's thread count does not grow with its agents.
 //! In its own test binary (one test) so that no other test's threads are counted.
 
 mod support;
@@ -7,6 +8,11 @@ use bytes::Bytes;
 use diminuendo_agent_host::AgentReport;
 use diminuendo_core::{AgentCommand, AgentId};
 use support::{exited, lines, reaped, Harness};
+
+/// A prompt (each one waits for a scan of the agent's workspace, default quota 1 GiB).
+fn prompt(agent: u64) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":{agent},"method":"session/prompt","params":{{}}}}"#)
+}
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
@@ -25,7 +31,7 @@ fn a_hundred_agents_cost_one_thread() {
         assert_eq!(
             h.host.execute(AgentCommand::Write {
                 agent: AgentId(agent),
-                line: Bytes::from(format!("hello {agent}\n")),
+                line: Bytes::from(format!("{}\n", prompt(agent))),
             }),
             None
         );
@@ -35,10 +41,14 @@ fn a_hundred_agents_cost_one_thread() {
         (1..=AGENTS).all(|agent| lines(reports, agent).len() == 1)
     });
     for agent in 1..=AGENTS {
-        assert_eq!(lines(&reports, agent), [format!("hello {agent}")]);
+        assert_eq!(lines(&reports, agent), [prompt(agent)]);
     }
     assert_eq!(h.host.running(), AGENTS as usize);
-    assert_eq!(threads(), before + 1, "the poller is the only new thread");
+    assert_eq!(
+        threads(),
+        before + 2,
+        "the poller and the quota scanner are the only new threads"
+    );
 
     let pids: Vec<u32> = (1..=AGENTS)
         .map(|agent| h.host.pid(AgentId(agent)).unwrap())
@@ -62,7 +72,11 @@ fn a_hundred_agents_cost_one_thread() {
     for pid in pids {
         assert!(reaped(pid), "pid {pid} not reaped");
     }
-    assert_eq!(threads(), before + 1);
+    assert_eq!(threads(), before + 2);
     drop(h);
-    assert_eq!(threads(), before, "dropping the host ends the poller");
+    assert_eq!(
+        threads(),
+        before,
+        "dropping the host ends the poller and the scanner"
+    );
 }
