@@ -80,6 +80,22 @@ fn send(client: &mut Client, message: &Value) -> bool {
     client.ws.send(Message::text(message.to_string())).is_ok()
 }
 
+/// Sends `message` with `requestId` and returns the reply; `None` when the connection ends
+/// first (the kill may come at any moment, a request in flight included).
+fn request(client: &mut Client, message: Value, request_id: &str) -> Option<Value> {
+    let mut message = message;
+    message["requestId"] = json!(request_id);
+    if !send(client, &message) {
+        return None;
+    }
+    loop {
+        let value = parse(&read_text(client)?);
+        if value["requestId"] == request_id {
+            return Some(value);
+        }
+    }
+}
+
 /// Notes an event a client received on a joined session.
 fn note_event(seen: &Shared, value: &Value) {
     let (Some(session), Some(seq)) = (value["sessionId"].as_str(), value["seq"].as_u64()) else {
@@ -134,12 +150,24 @@ fn creator(mut client: Client, seen: Shared, stop: Arc<AtomicBool>) {
 
 /// One session streaming turn after turn; joined by its runner.
 fn runner(mut client: Client, index: usize, seen: Shared, ids: Arc<Mutex<Vec<String>>>) {
-    let created = client.call(json!({"type": "create_session", "agentType": "echo"}));
-    let Some(id) = created["session"]["id"].as_str().map(str::to_owned) else {
+    let Some(created) = request(
+        &mut client,
+        json!({"type": "create_session", "agentType": "echo"}),
+        "create",
+    ) else {
         return;
     };
+    let Some(id) = created["session"]["id"].as_str().map(str::to_owned) else {
+        panic!("create_session refused: {created}");
+    };
     lock(&seen).acknowledged.insert(id.clone());
-    let joined = client.call(json!({"type": "join_session", "sessionId": id}));
+    let Some(joined) = request(
+        &mut client,
+        json!({"type": "join_session", "sessionId": id}),
+        "join",
+    ) else {
+        return;
+    };
     let epoch = joined["epoch"].as_str().unwrap_or_default().to_owned();
     lock(&seen).joined.insert(id.clone(), (epoch, 0));
     if let Ok(mut ids) = ids.lock() {
