@@ -673,9 +673,14 @@ fn read_file(path: &Path) -> Result<FileSettings, String> {
 mod tests {
     use super::*;
 
+    /// A file in a directory of its own (tests run in parallel and each removes its directory).
     fn temp_file(name: &str, text: &str) -> (PathBuf, PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("diminuendo-settings-{name}-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "diminuendo-settings-{name}-{}-{unique}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("gateway.toml");
         std::fs::write(&path, text).expect("write");
