@@ -1,10 +1,7 @@
-//! The identifiers and commands the core uses to drive agent processes. The core emits
+//! The commands the core uses to drive agent processes. The core emits
 //! `AgentCommand`s; an adapter's agent host carries them out and feeds the agent's output back.
 
-/// One agent process, numbered by the core (never reused within a gateway's lifetime), so output
-/// of a process that is already stopped can never be taken for its successor's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AgentId(pub u64);
+use crate::ids::AgentId;
 
 /// What the core asks the agent host to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

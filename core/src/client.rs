@@ -9,12 +9,13 @@ use serde_json::{Map, Value};
 
 use crate::durable::{DurableAction, Previous};
 use crate::gateway::ClientState;
+use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::{self, Envelope, EnvelopeError, ErrorCode, Identity, ServerMessage};
 use crate::session_state::SessionStatus;
-use crate::sessions::{FrameWriter, PendingQuery, Session, SessionId};
+use crate::sessions::{FrameWriter, PendingQuery, Session};
 use crate::storage::{self, MemberRecord, SessionRecord, StorageCommand};
 use crate::ws::close_code;
-use crate::{ConnectionId, Gateway};
+use crate::Gateway;
 
 /// What a role may do (PROTOCOL section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,10 +25,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::ErrorCode;
-use crate::sessions::{FrameWriter, PendingQuery, Session, SessionId, SessionMeta};
+use crate::sessions::{FrameWriter, PendingQuery, Session, SessionMeta};
 use crate::storage::{DatabaseId, SessionRecord, SessionStatus, StorageCommand, StorageError};
-use crate::{ConnectionId, Gateway};
+use crate::Gateway;
 
 /// A registry change waiting for its commit.
 pub(crate) struct PendingDurable {

@@ -10,26 +10,23 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-pub use crate::agent_types::{AgentCommand, AgentId};
+pub use crate::agent_types::AgentCommand;
 use crate::clock::Clock;
 use crate::config::CoreConfig;
 use crate::http::request::Method;
 use crate::http::{parse_head, HeadError, HeadParse, RequestHead, Response, Route};
 use crate::id_hash::IdHashBuilder;
+pub use crate::ids::{AgentId, ConnectionId};
+use crate::ids::{SessionId, TimerKey};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::protocol::{self, ErrorCode, Identity, ServerMessage};
 use crate::rate_limit::SlidingWindow;
 use crate::rng::{format_uuid, Entropy, Random, Rng};
-use crate::sessions::{PendingQuery, Session, SessionId, Tenant};
+use crate::sessions::{PendingQuery, Session, Tenant};
 use crate::storage::StorageCommand;
 use crate::timers::Timers;
 use crate::ws::{self, close_code, Decoder, DecoderConfig, Message};
-
-/// A connection, named by the adapter. Unique among open connections; may be reused after the
-/// connection it named is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub u64);
 
 /// An output that is not bytes for a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,15 +39,6 @@ pub enum Event {
     Storage(StorageCommand),
     /// Start, write to, or stop an agent process (see `AgentCommand`).
     Agent(AgentCommand),
-}
-
-/// Whose deadline a timer entry is.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum TimerKey {
-    Connection(ConnectionId),
-    Session(SessionId),
-    /// The gateway itself: the shutdown grace period, the limiter sweep.
-    Gateway,
 }
 
 pub(crate) struct Connection {

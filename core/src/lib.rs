@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 mod id_hash;
+pub mod ids;
 pub mod metrics;
 pub mod net;
 pub mod outbound;
@@ -34,9 +35,10 @@ pub mod topic;
 mod turns;
 pub mod ws;
 
-pub use agent_types::{AgentCommand, AgentId};
+pub use agent_types::AgentCommand;
 pub use config::CoreConfig;
-pub use gateway::{ConnectionId, Event, Gateway};
+pub use gateway::{Event, Gateway};
+pub use ids::{AgentId, ConnectionId, SessionId};
 
 /// A runtime-agnostic wake-up hook: threads outside the event loop (the storage writer and
 /// reader, agent process readers) call it after queueing a completion, and each adapter implements

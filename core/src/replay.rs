@@ -9,13 +9,14 @@
 use std::time::Instant;
 
 use crate::client::{Fields, Handled, Refusal};
+use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::{ErrorCode, Identity};
-use crate::sessions::{FrameWriter, PendingQuery, PendingReplay, SessionId};
+use crate::sessions::{FrameWriter, PendingQuery, PendingReplay};
 use crate::storage::{
     QueryResult, StorageCommand, StorageCompletion, StorageError, StorageQuery, StoredEvent,
     TurnRecord,
 };
-use crate::{ConnectionId, Gateway};
+use crate::Gateway;
 
 /// Most events `get_events` returns at once (PROTOCOL section 5).
 pub const MAX_EVENTS_PER_READ: u64 = 1000;

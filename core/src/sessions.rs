@@ -9,15 +9,14 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::acp::AcpClient;
-use crate::gateway::{AgentCommand, AgentId, TimerKey};
+use crate::ids::{AgentId, SessionId, TimerKey};
 use crate::protocol::ErrorCode;
 use crate::session_state::{self, SessionStatus};
 use crate::storage::{SessionRecord, StorageCommand, StoredEvent, TurnRecord};
 use crate::topic::Topic;
 use crate::ws::encoder::{header_len, put_header, OpCode};
+use crate::AgentCommand;
 use crate::{ConnectionId, Event, Gateway};
-
-pub(crate) type SessionId = Arc<str>;
 
 /// How often stale entries of the failure limiter and the token cache are dropped.
 pub(crate) const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);

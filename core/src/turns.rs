@@ -12,11 +12,13 @@ use serde_json::Value;
 
 use crate::acp::{AcpClient, AcpError, AgentEvent};
 use crate::client::{Fields, Handled, Refusal};
-use crate::gateway::{AgentCommand, AgentId};
+use crate::ids::AgentId;
+use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::{ErrorCode, Identity};
 use crate::session_state::{self, SessionStatus};
-use crate::sessions::{AgentLink, NextTurn, SessionId, Turn};
-use crate::{ConnectionId, Gateway};
+use crate::sessions::{AgentLink, NextTurn, Turn};
+use crate::AgentCommand;
+use crate::Gateway;
 
 /// `turn_complete.finalText` is cut at this many bytes (PROTOCOL section 5).
 pub const FINAL_TEXT_LIMIT: usize = 64 * 1024;

@@ -1,11 +1,11 @@
 //! The gateway protocol's messages (PROTOCOL sections 3 and 4): the client envelope and the
 //! server messages, each encoded straight into a WebSocket text frame.
 
-use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::ws::encoder::{header_len, put_header, OpCode};
+mod frame;
+pub use frame::{encode_frame, encode_frame_with_payload};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST_ID_LEN: usize = 64;
@@ -95,28 +95,6 @@ pub enum ServerMessage<'a> {
     },
 }
 
-/// Serializes `message` as JSON directly behind room for the frame header, then writes the header
-/// in front: one allocation, no copy of the payload.
-pub fn encode_frame<T: Serialize>(message: &T) -> Bytes {
-    const ROOM: usize = 10;
-    let mut buffer = BytesMut::with_capacity(128);
-    buffer.put_bytes(0, ROOM);
-    let mut writer = buffer.writer();
-    if serde_json::to_writer(&mut writer, message).is_err() {
-        // Serializing these types cannot fail (no maps with non-string keys, no I/O); an empty
-        // object keeps the stream well-formed should that ever change.
-        return crate::ws::encoder::text_frame("{}");
-    }
-    let mut buffer = writer.into_inner();
-    let payload_len = buffer.len() - ROOM;
-    let header = header_len(payload_len);
-    let mut head = BytesMut::with_capacity(header);
-    put_header(&mut head, OpCode::Text, payload_len);
-    buffer[ROOM - header..ROOM].copy_from_slice(&head);
-    let _ = buffer.split_to(ROOM - header);
-    buffer.freeze()
-}
-
 /// A client message's envelope, checked per PROTOCOL section 3.
 #[derive(Debug)]
 pub struct Envelope {
@@ -190,6 +168,7 @@ pub const SESSION_MESSAGE_TYPES: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::encoder::header_len;
 
     #[test]
     fn frames_are_well_formed_text_frames() {
