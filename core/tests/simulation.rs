@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use diminuendo_core::auth::testing::{claims, sign_hs256};
 use diminuendo_core::auth::{AuthConfig, Authenticator};
-use diminuendo_core::session_state::{SessionStatus, TRANSITIONS};
+use diminuendo_core::session::state::{SessionStatus, TRANSITIONS};
 use diminuendo_core::sim::{self, client, AgentMode, Sim};
 use diminuendo_core::{AgentId, ConnectionId, CoreConfig};
 use proptest::prelude::*;

@@ -137,12 +137,12 @@ fn close_interrupted_turn(
         )?;
         if !ended {
             let next = last_seq + 1;
-            let payload_out = diminuendo_core::sessions::turn_error_payload(
+            let payload_out = diminuendo_core::session::turn_error_payload(
                 session_id,
                 next,
                 now,
                 &turn_id,
-                diminuendo_core::sessions::INTERRUPTED,
+                diminuendo_core::session::INTERRUPTED,
                 INTERRUPTED_MESSAGE,
             );
             tx.execute(

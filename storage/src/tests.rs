@@ -996,7 +996,7 @@ fn recovery_closes_a_turn_a_crash_cut_off() {
     assert_eq!((last.seq, last.event_type.as_str()), (3, "turn_error"));
     assert_eq!(last.turn_id.as_deref(), Some("t1"));
     // Byte for byte what the core would have published.
-    let expected = diminuendo_core::sessions::turn_error_payload(
+    let expected = diminuendo_core::session::turn_error_payload(
         "s",
         3,
         last.ts_ms,

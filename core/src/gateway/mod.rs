@@ -2,6 +2,10 @@
 //! its deadlines. Inputs are the `handle_*` methods; outputs are drained after every input with
 //! `poll_event`, `poll_transmit` (+ `outbound`/`handle_sent`) and `poll_timeout`.
 
+pub mod durable;
+pub mod requests;
+pub mod storage_health;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
@@ -13,17 +17,17 @@ use bytes::Bytes;
 pub use crate::agent_types::AgentCommand;
 use crate::clock::Clock;
 use crate::config::CoreConfig;
+use crate::connection::outbound::Outbound;
+use crate::connection::rate_limit::SlidingWindow;
 use crate::http::request::Method;
 use crate::http::{parse_head, HeadError, HeadParse, RequestHead, Response, Route};
 use crate::id_hash::IdHashBuilder;
 pub use crate::ids::{AgentId, ConnectionId};
 use crate::ids::{SessionId, TimerKey};
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
 use crate::protocol::{self, ErrorCode, Identity, ServerMessage};
-use crate::rate_limit::SlidingWindow;
 use crate::rng::{format_uuid, Entropy, Random, Rng};
-use crate::sessions::{PendingQuery, Session, Tenant};
+use crate::session::{PendingQuery, Session, Tenant};
 use crate::storage::StorageCommand;
 use crate::timers::Timers;
 use crate::ws::{self, close_code, Decoder, DecoderConfig, Message};
@@ -133,11 +137,11 @@ pub struct Gateway {
     pub(crate) next_agent: u64,
     pub(crate) pending_queries: HashMap<u64, PendingQuery>,
     /// Registry changes whose reply waits for their commit (see `durable`).
-    pub(crate) pending_durable: HashMap<u64, crate::durable::PendingDurable>,
+    pub(crate) pending_durable: HashMap<u64, crate::gateway::durable::PendingDurable>,
     pub(crate) next_token: u64,
     /// Members already written to their tenant's registry by this process.
     pub(crate) known_members: HashSet<(Arc<str>, String)>,
-    pub(crate) shutdown: crate::sessions::ShutdownPhase,
+    pub(crate) shutdown: crate::session::ShutdownPhase,
     pub(crate) auth: Option<crate::auth::Authenticator>,
     pub(crate) auth_failures: crate::auth::FailureLimiter,
     /// The `now` of the latest input.
@@ -202,7 +206,7 @@ impl Gateway {
             pending_durable: HashMap::new(),
             next_token: 0,
             known_members: HashSet::new(),
-            shutdown: crate::sessions::ShutdownPhase::Running,
+            shutdown: crate::session::ShutdownPhase::Running,
             auth_failures: crate::auth::FailureLimiter::new(
                 config.auth_failures_per_minute,
                 std::time::Duration::from_secs(60),
@@ -619,7 +623,7 @@ impl Gateway {
                     "sessions": {
                         "total": self.sessions.len(),
                         "active": self.sessions.values()
-                            .filter(|s| crate::session_state::is_active(s.record.status))
+                            .filter(|s| crate::session::state::is_active(s.record.status))
                             .count(),
                     },
                     "agents": self.config.agent_types.iter().map(|name| {

@@ -1,6 +1,10 @@
 //! Sessions: the in-memory registry (write-through to storage), event publishing with `seq`, the
 //! state transitions, tenant notifications, session deadlines and the shutdown phases.
 
+pub mod replay;
+pub mod state;
+pub mod turns;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::acp::AcpClient;
 use crate::ids::{AgentId, SessionId, TimerKey};
 use crate::protocol::ErrorCode;
-use crate::session_state::{self, SessionStatus};
+use crate::session::state::{self as session_state, SessionStatus};
 use crate::storage::{SessionRecord, StorageCommand, StoredEvent, TurnRecord};
 use crate::topic::Topic;
 use crate::ws::encoder::{header_len, put_header, OpCode};

@@ -8,10 +8,10 @@
 
 use std::time::Instant;
 
-use crate::client::{Fields, Handled, Refusal};
+use crate::gateway::requests::{Fields, Handled, Refusal};
 use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::{ErrorCode, Identity};
-use crate::sessions::{FrameWriter, PendingQuery, PendingReplay};
+use crate::session::{FrameWriter, PendingQuery, PendingReplay};
 use crate::storage::{
     QueryResult, StorageCommand, StorageCompletion, StorageError, StorageQuery, StoredEvent,
     TurnRecord,
@@ -469,7 +469,7 @@ impl Gateway {
             writer.field("requestId", request_id);
         }
         writer
-            .field("session", &crate::sessions::SessionMeta::from(&meta))
+            .field("session", &crate::session::SessionMeta::from(&meta))
             .field("epoch", &meta.epoch)
             .field("lastSeq", &last_seq)
             .field("recovered", &recovered)

@@ -11,12 +11,12 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::acp::{AcpClient, AcpError, AgentEvent};
-use crate::client::{Fields, Handled, Refusal};
+use crate::gateway::requests::{Fields, Handled, Refusal};
 use crate::ids::AgentId;
 use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::{ErrorCode, Identity};
-use crate::session_state::{self, SessionStatus};
-use crate::sessions::{AgentLink, NextTurn, Turn};
+use crate::session::state::{self as session_state, SessionStatus};
+use crate::session::{AgentLink, NextTurn, Turn};
 use crate::AgentCommand;
 use crate::Gateway;
 
@@ -627,7 +627,7 @@ impl Gateway {
             turn.final_text.push_str(text);
         } else {
             turn.final_text
-                .push_str(crate::client::truncate(text, room));
+                .push_str(crate::gateway::requests::truncate(text, room));
             turn.final_text_truncated = true;
         }
     }

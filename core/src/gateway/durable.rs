@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::ErrorCode;
-use crate::sessions::{FrameWriter, PendingQuery, Session, SessionMeta};
+use crate::session::{FrameWriter, PendingQuery, Session, SessionMeta};
 use crate::storage::{DatabaseId, SessionRecord, SessionStatus, StorageCommand, StorageError};
 use crate::Gateway;
 

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::durable::{DurableAction, Previous};
+use crate::gateway::durable::{DurableAction, Previous};
 use crate::gateway::ClientState;
 use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::{self, Envelope, EnvelopeError, ErrorCode, Identity, ServerMessage};
-use crate::session_state::SessionStatus;
-use crate::sessions::{FrameWriter, PendingQuery, Session};
+use crate::session::state::SessionStatus;
+use crate::session::{FrameWriter, PendingQuery, Session};
 use crate::storage::{self, MemberRecord, SessionRecord, StorageCommand};
 use crate::ws::close_code;
 use crate::Gateway;
