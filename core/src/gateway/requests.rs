@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::gateway::durable::{DurableAction, Previous};
 use crate::gateway::ClientState;
 use crate::ids::{ConnectionId, SessionId};
+use crate::protocol::refusal::{Handled, Refusal};
 use crate::protocol::{self, Envelope, EnvelopeError, ErrorCode, Identity, ServerMessage};
 use crate::session::state::SessionStatus;
 use crate::session::{FrameWriter, PendingQuery, Session};
@@ -39,35 +40,6 @@ pub fn role_allows(role: &str, permission: Permission) -> bool {
 
 /// Longest session name accepted.
 pub const MAX_SESSION_NAME: usize = 200;
-
-/// A refused request: the error to answer with.
-pub(crate) struct Refusal {
-    pub(crate) code: ErrorCode,
-    pub(crate) message: String,
-    /// For the `*_RATE_LIMITED` codes: when to try again.
-    pub(crate) retry_after: Option<std::time::Duration>,
-}
-
-impl Refusal {
-    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Refusal {
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// No such session in the caller's tenant (also for another tenant's session).
-    pub(crate) fn session_not_found() -> Self {
-        Refusal::new(ErrorCode::SessionNotFound, "no such session")
-    }
-
-    fn invalid(message: impl Into<String>) -> Self {
-        Refusal::new(ErrorCode::InvalidMessage, message)
-    }
-}
-
-pub(crate) type Handled = Result<(), Refusal>;
 
 /// Typed access to a message's fields; a missing or mistyped field is `INVALID_MESSAGE`.
 pub(crate) struct Fields<'a>(pub(crate) &'a Map<String, Value>);

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::gateway::requests::Refusal;
+use crate::protocol::refusal::Refusal;
 use crate::protocol::ErrorCode;
 use crate::Gateway;
 

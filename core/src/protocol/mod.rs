@@ -5,6 +5,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 mod frame;
+pub mod refusal;
+pub mod request;
 pub use frame::{encode_frame, encode_frame_with_payload};
 
 pub const PROTOCOL_VERSION: u32 = 1;

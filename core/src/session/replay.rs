@@ -8,8 +8,9 @@
 
 use std::time::Instant;
 
-use crate::gateway::requests::{Fields, Handled, Refusal};
+use crate::gateway::requests::Fields;
 use crate::ids::{ConnectionId, SessionId};
+use crate::protocol::refusal::{Handled, Refusal};
 use crate::protocol::{ErrorCode, Identity};
 use crate::session::{FrameWriter, PendingQuery, PendingReplay};
 use crate::storage::{

@@ -11,9 +11,10 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::acp::{AcpClient, AcpError, AgentEvent};
-use crate::gateway::requests::{Fields, Handled, Refusal};
+use crate::gateway::requests::Fields;
 use crate::ids::AgentId;
 use crate::ids::{ConnectionId, SessionId};
+use crate::protocol::refusal::{Handled, Refusal};
 use crate::protocol::{ErrorCode, Identity};
 use crate::session::state::{self as session_state, SessionStatus};
 use crate::session::{AgentLink, NextTurn, Turn};
