@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+/// Everything the core is configured with; `Default` gives the documented defaults (PROTOCOL and
+/// docs/PROTOCOL.md), dev mode off.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     /// Dev mode: no authentication (every connection is the dev identity), any origin.
@@ -42,6 +44,7 @@ pub struct CoreConfig {
     /// Messages a connection may send per `rate_limit_window` (every message but `ping`
     /// counts, refused ones too); 0 disables the limit.
     pub rate_limit_messages: u32,
+    /// The sliding window of `rate_limit_messages`. Default 10 s.
     pub rate_limit_window: Duration,
     /// Failed authentications an IP may make per minute.
     pub auth_failures_per_minute: u32,
@@ -60,7 +63,9 @@ pub struct CoreConfig {
     pub agent_stop_timeout: Duration,
     /// Coalesce text and thinking deltas (flush at `coalesce_interval` or `coalesce_bytes`).
     pub coalesce_deltas: bool,
+    /// Coalesced deltas are published at most this long after the first one. Default 10 ms.
     pub coalesce_interval: Duration,
+    /// Coalesced deltas are published once their text reaches this many bytes. Default 4096.
     pub coalesce_bytes: usize,
     /// The agent types `create_session` accepts (their command lines live with the agent host).
     pub agent_types: Vec<String>,

@@ -5,36 +5,56 @@ use std::fmt::Write;
 
 use crate::http::Route;
 
+/// The gateway's counters, and the two values the adapter sets from storage's statistics. Counts
+/// start at 0 when the gateway starts; `render` turns them into the `/metrics` page
+/// (docs/PROTOCOL.md, "Metrics").
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// TCP connections accepted (`diminuendo_connections_accepted_total`), refused ones included.
     pub connections_accepted: u64,
+    /// Connections open now that speak HTTP (not upgraded); a gauge.
     pub http_connections_open: u64,
+    /// Connections open now that were upgraded to WebSocket (`/ws` and `/echo`); a gauge.
     pub websocket_connections_open: u64,
     /// Requests by (route label, status).
     pub http_requests: BTreeMap<(&'static str, u16), u64>,
+    /// WebSocket messages received, data and control.
     pub websocket_messages_received: u64,
+    /// WebSocket messages queued to clients, data and control.
     pub websocket_messages_sent: u64,
     /// WebSocket closes the server initiated, by close code.
     pub websocket_closes: BTreeMap<u16, u64>,
+    /// Session events published (each counted once, however many connections receive it).
     pub events_published: u64,
     /// Events storage reports committed (set by the adapter from storage's statistics).
     pub events_persisted: u64,
+    /// Messages refused with `RATE_LIMITED` by the per-connection message limit.
     pub rate_limited: u64,
+    /// Connections closed with 4101 (rate limited too often).
     pub rate_limit_closes: u64,
+    /// Connections closed with 4100 (slow consumer).
     pub slow_consumer_closes: u64,
+    /// Authentications that failed (bad token, or a tenant id that is not a valid identifier).
     pub auth_failures: u64,
+    /// Sessions created (counted once the registry row is committed).
     pub sessions_created: u64,
     /// Joins by replay result: `live` (no afterSeq), `recovered`, `reload`.
     pub replays: BTreeMap<&'static str, u64>,
+    /// Writes storage reported failed (the `commands` of every `WriteFailed`).
     pub storage_write_failures: u64,
     /// New work refused because storage could not write or its queue was congested.
     pub storage_refusals: u64,
     /// Bytes in the storage queue (set by the adapter from storage's statistics).
     pub storage_queue_bytes: u64,
+    /// Agent processes the core asked the agent host to start.
     pub agents_started: u64,
+    /// Agents that failed to start or broke the protocol.
     pub agent_failures: u64,
+    /// Turns started (`turn_started` published).
     pub turns_started: u64,
+    /// Turns that ended with `turn_complete`.
     pub turns_completed: u64,
+    /// Turns that ended with `turn_error`.
     pub turns_failed: u64,
 }
 
@@ -43,27 +63,33 @@ pub struct Metrics {
 pub struct Gauges {
     /// Sessions by status.
     pub sessions: BTreeMap<&'static str, u64>,
-    /// WebSocket connections by state: `unauthenticated`, `authenticated`, `closing`.
+    /// WebSocket connections by state: `unauthenticated`, `authenticated`, `closing`, `echo`.
     pub websocket_by_state: BTreeMap<&'static str, u64>,
-    /// Storage can write (1) or not (0); its queue is congested (1) or not (0).
+    /// Storage can write (shown as 1) or not (0).
     pub storage_writable: bool,
+    /// The storage queue is congested and new work is refused (1) or not (0).
     pub storage_congested: bool,
 }
 
 impl Metrics {
+    /// Counts one HTTP answer (upgrades as `101`); `None` (an unknown path) counts as `other`.
     pub fn count_request(&mut self, route: Option<Route>, status: u16) {
         let label = route.map_or("other", Route::label);
         *self.http_requests.entry((label, status)).or_default() += 1;
     }
 
+    /// Counts one WebSocket close the server initiated, by its close code.
     pub fn count_close(&mut self, code: u16) {
         *self.websocket_closes.entry(code).or_default() += 1;
     }
 
+    /// Counts one join by its replay result: `live`, `recovered` or `reload`.
     pub fn count_replay(&mut self, result: &'static str) {
         *self.replays.entry(result).or_default() += 1;
     }
 
+    /// The `/metrics` body in Prometheus text format 0.0.4: these counters, `gauges`, the build
+    /// version and the uptime (`uptime_ms`, shown in seconds).
     pub fn render(&self, uptime_ms: u64, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(2048);
         // Writing to a String cannot fail; the results are ignored for that reason.

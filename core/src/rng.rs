@@ -22,10 +22,12 @@ impl std::fmt::Debug for Random {
 }
 
 impl Random {
+    /// Draws from `source` (the OS CSPRNG in a gateway, a seeded [`Rng`] in simulation).
     pub fn new(source: Box<dyn Entropy>) -> Self {
         Random { source }
     }
 
+    /// 64 random bits (an epoch is one such draw in hex).
     pub fn next_u64(&mut self) -> u64 {
         let mut bytes = [0u8; 8];
         self.source.fill(&mut bytes);
@@ -56,10 +58,12 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator whose whole output is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         Rng { state: seed }
     }
 
+    /// The next value of the sequence.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

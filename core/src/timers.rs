@@ -8,6 +8,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
+/// A min-heap of `(deadline, key)` entries; an entry whose deadline no longer matches its
+/// owner's remembered one is stale (see the module documentation).
 #[derive(Debug)]
 pub struct Timers<K: Ord> {
     heap: BinaryHeap<Reverse<(Instant, K)>>,
@@ -23,6 +25,8 @@ impl<K: Ord> Default for Timers<K> {
 
 impl<K: Ord> Timers<K> {
     /// Schedules `key` at `deadline` unless it is already scheduled no later than that.
+    /// `scheduled` is the owner's remembered deadline: it is set to `deadline` when an entry is
+    /// pushed, and the owner clears it when its entry fires.
     pub fn schedule(&mut self, key: K, scheduled: &mut Option<Instant>, deadline: Instant) {
         if scheduled.is_some_and(|at| at <= deadline) {
             return;
@@ -44,10 +48,12 @@ impl<K: Ord> Timers<K> {
         }
     }
 
+    /// Entries in the heap, stale ones included.
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
+    /// Whether the heap holds no entry at all.
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

@@ -3,6 +3,8 @@
 
 use crate::ConnectionId;
 
+/// The connections subscribed to one topic (`session:{id}` or `tenant:{id}:sessions`), in the
+/// order they subscribed; each at most once.
 #[derive(Debug, Default)]
 pub struct Topic {
     subscribers: Vec<ConnectionId>,
@@ -18,24 +20,29 @@ impl Topic {
         true
     }
 
+    /// Removes `id`; returns false when it was not subscribed.
     pub fn unsubscribe(&mut self, id: ConnectionId) -> bool {
         let before = self.subscribers.len();
         self.subscribers.retain(|subscriber| *subscriber != id);
         before != self.subscribers.len()
     }
 
+    /// Whether `id` is subscribed.
     pub fn contains(&self, id: ConnectionId) -> bool {
         self.subscribers.contains(&id)
     }
 
+    /// The subscribers, in the order they subscribed (the order a publish reaches them).
     pub fn subscribers(&self) -> &[ConnectionId] {
         &self.subscribers
     }
 
+    /// How many connections are subscribed.
     pub fn len(&self) -> usize {
         self.subscribers.len()
     }
 
+    /// Whether no connection is subscribed.
     pub fn is_empty(&self) -> bool {
         self.subscribers.is_empty()
     }

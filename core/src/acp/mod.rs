@@ -67,6 +67,7 @@ const MAX_AGENT_MESSAGE: usize = 1024;
 /// none); bounded so an agent cannot grow it without end.
 const MAX_REMEMBERED_TOOL_CALLS: usize = 1024;
 
+/// The ACP client's settings (`CoreConfig::acp`), the same for every session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpConfig {
     /// How long `initialize`, and then `session/new`, may each take. Default 30 s.
@@ -98,8 +99,11 @@ impl Default for AcpConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionOption {
+    /// The agent's id for the option; a client's `answer_question` names it.
     pub option_id: String,
+    /// The option's label, to show the user.
     pub name: String,
+    /// ACP's option kind (`allow_once`, `allow_always`, `reject_once`, `reject_always`).
     pub kind: String,
 }
 
@@ -112,28 +116,50 @@ pub enum AgentEvent {
     /// `tool_call`, `tool_call_update`, `plan`, `usage`, or `agent_update` for anything else) and
     /// `fields` its extra fields, without `turnId`/`sessionId`/`seq`/`ts`.
     Update {
+        /// The gateway event type the update maps to.
         kind: &'static str,
+        /// The event's extra fields, in the order they are published.
         fields: Map<String, Value>,
     },
     /// The agent asks a question (`session/request_permission`); answer with `answer_permission`.
     PermissionRequested {
+        /// The gateway's id for the question: `q1`, `q2`, ... per client (so per agent process).
         question_id: String,
+        /// The `toolCall.toolCallId` the permission is for.
         tool_call_id: String,
+        /// The tool call's title: the request's own, else the one its `tool_call` update gave,
+        /// else empty.
         title: String,
+        /// The choices offered, in the agent's order.
         options: Vec<PermissionOption>,
     },
     /// A pending question was answered `cancelled` by the client itself (by `cancel`, or because
     /// the turn ended while it was pending).
-    PermissionCancelled { question_id: String },
+    PermissionCancelled {
+        /// The question that was cancelled.
+        question_id: String,
+    },
     /// The `session/prompt` response.
-    TurnComplete { stop_reason: String },
+    TurnComplete {
+        /// The agent's `stopReason` (`end_turn`, `cancelled`, `max_tokens`, ...), passed through.
+        stop_reason: String,
+    },
     /// A JSON-RPC error response to `session/prompt` (`code` is `AGENT_ERROR`).
-    TurnError { code: String, message: String },
+    TurnError {
+        /// Always [`AGENT_ERROR`].
+        code: String,
+        /// The agent's error message (with its `data` detail), cut to 1 KiB.
+        message: String,
+    },
     /// The agent broke the protocol, failed the handshake, timed out or exited while something
     /// was pending. The client is unusable from now on.
-    Failed { message: String },
+    Failed {
+        /// What went wrong, for the `turn_error` message and the log.
+        message: String,
+    },
 }
 
+/// Why a call from the session layer was refused; the client's state is unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcpError {
     /// The handshake has not finished, or the client has failed or the agent exited.
@@ -274,6 +300,7 @@ struct RpcError<'a> {
 }
 
 impl AcpClient {
+    /// A client that has sent nothing yet; [`AcpClient::start`] begins the handshake.
     pub fn new(config: AcpConfig) -> Self {
         AcpClient {
             config,
@@ -496,6 +523,7 @@ impl AcpClient {
         self.writes.pop_front()
     }
 
+    /// The next event for the session layer, in the order they happened.
     pub fn poll_event(&mut self) -> Option<AgentEvent> {
         self.events.pop_front()
     }

@@ -101,12 +101,21 @@ pub enum AuthError {
     UnknownKeyId,
     /// An RS256/ES256 token without `kid` while the JWKS holds several keys.
     MissingKeyId,
+    /// The signature does not verify with the chosen key.
     InvalidSignature,
+    /// `exp` is past (with the configured leeway).
     Expired,
+    /// `nbf` is still ahead (with the configured leeway).
     NotYetValid,
+    /// `iss` differs from the configured issuer.
     InvalidIssuer,
+    /// `aud` does not name the configured audience.
     InvalidAudience,
+    /// A required claim is absent, `null` or an empty string: `exp`, `sub`, `tenant_id`, and
+    /// `iss`/`aud` when configured. Carries the claim's name.
     MissingClaim(&'static str),
+    /// A claim has the wrong type or value (`exp`/`nbf` not a number, `role` not one of
+    /// [`ROLES`], ...). Carries the claim's name, never its value.
     InvalidClaim(&'static str),
 }
 

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 /// The default budget: 10 failures a minute per address (PROTOCOL section 4).
 pub const DEFAULT_MAX_FAILURES: u32 = 10;
+/// The default sliding window over which failures are counted: one minute.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+/// The default bound on addresses tracked at once (about 25 MB at the default budget).
 pub const DEFAULT_MAX_TRACKED: usize = 100_000;
 /// Fresh verifications per second for an address over its failure budget.
 pub const DEFAULT_VERIFICATIONS_PER_SECOND: u32 = 10;

@@ -5,54 +5,80 @@ use crate::http::route::Route;
 /// Most headers a request may carry; more is answered 431 like an oversized head.
 const MAX_HEADERS: usize = 64;
 
+/// The request methods the routes tell apart; every route takes `GET` and `HEAD` only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// `GET`.
     Get,
+    /// `HEAD`: answered like `GET`, without the body.
     Head,
+    /// Any other method: a known path answers `405` with `Allow: GET, HEAD`.
     Other,
 }
 
 /// The parts of a request head the gateway acts on.
 #[derive(Debug, Clone, Default)]
 pub struct RequestHead {
+    /// The request method; `None` only in a default head (read it with [`RequestHead::method`]).
     pub method: Option<Method>,
+    /// The route of the path (query and fragment ignored); `None` for an unknown path (`404`).
     pub route: Option<Route>,
     /// HTTP/1.1 (true) or HTTP/1.0 (false).
     pub http11: bool,
     /// `Connection: close` (or HTTP/1.0 without `keep-alive`).
     pub wants_close: bool,
+    /// `Connection` lists the `upgrade` token (required for a WebSocket upgrade).
     pub connection_upgrade: bool,
     /// An `Upgrade` header was present.
     pub has_upgrade: bool,
+    /// `Upgrade` lists the `websocket` token.
     pub upgrade_websocket: bool,
+    /// `Sec-WebSocket-Key`, trimmed (checked with `ws::handshake::is_valid_client_key`).
     pub websocket_key: Option<Vec<u8>>,
+    /// `Sec-WebSocket-Version`, trimmed; anything but `13` is answered `426`.
     pub websocket_version: Option<Vec<u8>>,
+    /// The subprotocols offered in `Sec-WebSocket-Protocol` headers, in order (`diminuendo.v1`,
+    /// `bearer.<JWT>`).
     pub websocket_protocols: Vec<String>,
+    /// `Origin`, checked against the allowed origins; `None` when absent (not a browser).
     pub origin: Option<String>,
+    /// `Authorization`, trimmed (a `Bearer` token authenticates the upgrade).
     pub authorization: Option<String>,
-    /// `X-Forwarded-For` and `Forwarded` values, in order (read only from a trusted proxy).
+    /// `X-Forwarded-For` values, in order (read only when the peer is a trusted proxy).
     pub x_forwarded_for: Vec<String>,
+    /// `Forwarded` values, in order (read only when the peer is a trusted proxy and there is no
+    /// `X-Forwarded-For`).
     pub forwarded: Vec<String>,
     /// Declared body length; `None` when absent.
     pub content_length: Option<u64>,
+    /// A `Content-Length` that is not a number, or two that disagree: answered `400`.
     pub content_length_invalid: bool,
+    /// A `Transfer-Encoding` header was present (no route takes a body: `413`).
     pub transfer_encoding: bool,
 }
 
 impl RequestHead {
+    /// The request method, [`Method::Other`] when unset.
     pub fn method(&self) -> Method {
         self.method.unwrap_or(Method::Other)
     }
 }
 
+/// The outcome of [`parse_head`] on bytes that are not (yet) an error.
 #[derive(Debug)]
 pub enum HeadParse {
     /// A whole head of `len` bytes.
-    Complete { head: Box<RequestHead>, len: usize },
+    Complete {
+        /// The parsed head.
+        head: Box<RequestHead>,
+        /// Bytes the head took at the front of the buffer, its blank line included.
+        len: usize,
+    },
     /// More bytes are needed.
     Partial,
 }
 
+/// Why a request head was refused; the connection is closed after the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadError {
     /// Not HTTP/1.x: answered 400.
@@ -61,7 +87,8 @@ pub enum HeadError {
     TooLarge,
 }
 
-/// Parses one request head from the front of `buffer`.
+/// Parses one request head from the front of `buffer`; a head (complete or not) longer than
+/// `max_head` bytes, or with more than 64 headers, is [`HeadError::TooLarge`].
 pub fn parse_head(buffer: &[u8], max_head: usize) -> Result<HeadParse, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);

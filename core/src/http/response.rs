@@ -3,6 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// An HTTP/1.1 response being built; [`Response::encode`] gives its bytes.
 pub struct Response {
     status: u16,
     headers: Vec<(&'static str, String)>,
@@ -12,6 +13,7 @@ pub struct Response {
 }
 
 impl Response {
+    /// A response with `status`, no extra header and an empty `text/plain` body.
     pub fn new(status: u16) -> Self {
         Response {
             status,
@@ -28,12 +30,15 @@ impl Response {
         Response::new(status).body("text/plain; charset=utf-8", Bytes::from(body))
     }
 
+    /// Sets the body and its `Content-Type`.
     pub fn body(mut self, content_type: &'static str, body: Bytes) -> Self {
         self.content_type = content_type;
         self.body = body;
         self
     }
 
+    /// Adds a header, written after the standard ones in the order added (`Allow`,
+    /// `Retry-After`, `Upgrade`, the `Sec-WebSocket-*` of a `101`, ...).
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
@@ -45,10 +50,12 @@ impl Response {
         self
     }
 
+    /// The status code.
     pub fn status(&self) -> u16 {
         self.status
     }
 
+    /// Whether the connection ends after this response (see [`Response::close`]).
     pub fn closes(&self) -> bool {
         self.close
     }
@@ -86,6 +93,7 @@ impl Response {
     }
 }
 
+/// The reason phrase of the status codes the gateway sends; `Unknown` for any other.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",

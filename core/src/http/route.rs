@@ -1,16 +1,25 @@
 //! The gateway's routes.
 
+/// A path the gateway serves (docs/PROTOCOL.md, "HTTP"); each takes `GET` and `HEAD` only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Route {
+    /// `/ws`: the WebSocket upgrade to the gateway protocol.
     WebSocket,
+    /// `/echo`: a WebSocket upgrade to the echo endpoint for the conformance suite (`404` unless
+    /// enabled with `--conformance-echo`).
     Echo,
+    /// `/livez`: `200` while the process runs; checks no dependency.
     Livez,
+    /// `/readyz`: `200` when storage can write and the gateway is not draining, else `503`.
     Readyz,
+    /// `/health`: `/readyz`'s status with a small JSON body (uptime, counts, agent types).
     Health,
+    /// `/metrics`: the Prometheus text exposition.
     Metrics,
 }
 
 impl Route {
+    /// Every route.
     pub const ALL: [Route; 6] = [
         Route::WebSocket,
         Route::Echo,
@@ -20,6 +29,8 @@ impl Route {
         Route::Metrics,
     ];
 
+    /// The route of a request path (without its query), matched exactly; `None` for any other
+    /// path.
     pub fn from_path(path: &str) -> Option<Route> {
         Some(match path {
             "/ws" => Route::WebSocket,

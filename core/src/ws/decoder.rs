@@ -19,6 +19,7 @@
 use super::close_code;
 use super::utf8::Utf8Validator;
 
+/// The limits a decoder applies; passed to every [`Decoder::decode`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderConfig {
     /// Largest message (the sum of its fragments' payloads); more closes with 1009, detected on the
@@ -35,11 +36,15 @@ pub enum Message<'a> {
     Text(&'a str),
     /// A whole binary message (only when `accept_binary`).
     Binary(&'a [u8]),
+    /// A ping, with its payload (at most 125 bytes) to echo in the pong.
     Ping(&'a [u8]),
+    /// A pong, with its payload.
     Pong(&'a [u8]),
     /// A close frame whose code (if any) is valid and whose reason is valid UTF-8.
     Close {
+        /// The close code; `None` for an empty close payload.
         code: Option<u16>,
+        /// The reason text, empty when none was given.
         reason: &'a str,
     },
 }
@@ -47,11 +52,14 @@ pub enum Message<'a> {
 /// Why the connection must be failed: the close code to send and a short reason for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WsError {
+    /// The close code to send (1002, 1003, 1007 or 1009).
     pub code: u16,
+    /// What was wrong, for the log and the close frame's reason.
     pub reason: &'static str,
 }
 
 impl WsError {
+    /// A protocol error (close code 1002) with `reason`.
     pub const fn protocol(reason: &'static str) -> Self {
         WsError {
             code: close_code::PROTOCOL_ERROR,
@@ -133,6 +141,7 @@ struct Event {
     source: Source,
 }
 
+/// The incremental decoder of one connection's client frames (see the module documentation).
 #[derive(Debug, Default)]
 pub struct Decoder {
     /// Unmasked payload of a message (or control frame) split across calls; empty and unallocated
@@ -158,10 +167,14 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// A decoder at the start of a stream, holding no heap memory.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Consumes bytes from the front of `input` (unmasking them in place) and returns how many,
+    /// with at most one event: a message, or the error that fails the connection. Call it again
+    /// with the rest until `input` is empty.
     pub fn decode<'a>(
         &'a mut self,
         config: &DecoderConfig,

@@ -5,15 +5,22 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// The frame opcodes of RFC 6455 section 5.2 that the gateway knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpCode {
+    /// 0x0: a later fragment of a message.
     Continuation = 0x0,
+    /// 0x1: a text message (UTF-8).
     Text = 0x1,
+    /// 0x2: a binary message.
     Binary = 0x2,
+    /// 0x8: close, with an optional code and reason.
     Close = 0x8,
+    /// 0x9: ping.
     Ping = 0x9,
+    /// 0xA: pong, answering a ping with its payload.
     Pong = 0xA,
 }
 
 impl OpCode {
+    /// The opcode of a frame header's low nibble; `None` for the reserved ones.
     pub fn from_u8(byte: u8) -> Option<OpCode> {
         Some(match byte {
             0x0 => OpCode::Continuation,
@@ -26,6 +33,7 @@ impl OpCode {
         })
     }
 
+    /// Close, ping and pong (opcodes 0x8 and up): never fragmented, at most 125 bytes of payload.
     pub fn is_control(self) -> bool {
         (self as u8) & 0x8 != 0
     }
@@ -64,14 +72,17 @@ pub fn encode_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// One text frame carrying `text`.
 pub fn text_frame(text: &str) -> Bytes {
     encode_frame(OpCode::Text, text.as_bytes())
 }
 
+/// One ping frame; `payload` must be at most 125 bytes (not checked).
 pub fn ping_frame(payload: &[u8]) -> Bytes {
     encode_frame(OpCode::Ping, payload)
 }
 
+/// One pong frame; `payload` (the ping's) must be at most 125 bytes (not checked).
 pub fn pong_frame(payload: &[u8]) -> Bytes {
     encode_frame(OpCode::Pong, payload)
 }

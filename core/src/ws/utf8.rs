@@ -51,6 +51,7 @@ fn valid_second(lead: u8, byte: u8) -> bool {
 }
 
 impl Utf8Validator {
+    /// A validator between code points, as at the start of a message.
     pub const fn new() -> Self {
         Utf8Validator {
             partial: [0; 3],
