@@ -1,6 +1,6 @@
 //! Close codes the gateway sends or accepts (RFC 6455 section 7.4 and PROTOCOL section 2).
 
-/// 1000, normal closure: the client's close, echoed.
+/// 1000, normal closure (the gateway never starts one; it echoes a client's close with its code).
 pub const NORMAL: u16 = 1000;
 /// 1001, going away: the gateway shuts down (after `server_shutdown`).
 pub const GOING_AWAY: u16 = 1001;
