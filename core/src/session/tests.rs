@@ -1,0 +1,1 @@
+//! Unit tests that drive one Session alone.
