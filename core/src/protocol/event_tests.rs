@@ -341,7 +341,7 @@ fn tenant_notifications_and_replies_are_byte_identical() {
         encode_frame_with_payload(&TenantNotification::SessionDeleted { session_id: "s-1" }),
         "session_deleted",
     );
-    let events = vec![
+    let events = [
         StoredEvent {
             seq: 1,
             event_type: "x".into(),
@@ -490,7 +490,7 @@ fn tenant_notifications_and_replies_are_byte_identical() {
             }),
             "answered",
         );
-        let turns = vec![
+        let turns = [
             TurnRecord {
                 turn_id: "t-1".into(),
                 user_id: Some("u-1".into()),
