@@ -616,3 +616,29 @@ impl FrameWriter {
         (frame, payload)
     }
 }
+
+#[test]
+fn the_events_and_replies_have_a_json_schema() {
+    let event = serde_json::to_value(schemars::schema_for!(SessionEvent<'static>))
+        .unwrap_or_default()
+        .to_string();
+    for name in [
+        "sessionId",
+        "turnId",
+        "toolCallId",
+        "finalTextTruncated",
+        "options",
+    ] {
+        assert!(event.contains(name), "{name} in {event}");
+    }
+    let replies = serde_json::to_value(schemars::schema_for!(SessionReply<'static>))
+        .unwrap_or_default()
+        .to_string();
+    for name in ["session_joined", "turn_accepted", "hasMore", "lastSeq"] {
+        assert!(replies.contains(name), "{name}");
+    }
+    let notifications = serde_json::to_value(schemars::schema_for!(TenantNotification<'static>))
+        .unwrap_or_default()
+        .to_string();
+    assert!(notifications.contains("session_deleted"));
+}

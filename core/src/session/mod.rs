@@ -11,9 +11,11 @@
 //!
 //! - `publish.rs`: `seq`, publishing, coalescing, the state transitions, deadlines;
 //! - `replay.rs`: subscribers and replay slots (live frames held for a join until its replay);
-//! - `turns.rs`: turns and the ACP client link;
+//! - `turns.rs`: turns;
+//! - `agent.rs`: the agent process's reports, through the ACP client;
 //! - `state.rs`: the transition table.
 
+mod agent;
 pub mod publish;
 pub mod replay;
 pub mod state;
