@@ -1,6 +1,6 @@
 //! The gateway protocol on `/ws` (PROTOCOL sections 3 to 5): the envelope, authentication, the
-//! per-connection rate limit, roles, and the registry requests. Joins and replays are in
-//! `replay.rs`; turns in `turns.rs`.
+//! per-connection rate limit, roles, and the registry requests. Joins and reads are in
+//! `queries.rs`, turns in `sessions.rs` (and the `session` machine).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
