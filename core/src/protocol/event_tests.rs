@@ -642,3 +642,29 @@ fn the_events_and_replies_have_a_json_schema() {
         .to_string();
     assert!(notifications.contains("session_deleted"));
 }
+
+#[test]
+fn storage_recovery_builds_the_turn_error_a_session_publishes() {
+    let recovered = crate::session::turn_error_payload(
+        "s-1",
+        7,
+        1_700_000_000_123,
+        "t-1",
+        "AGENT_UNAVAILABLE",
+        "the agent process exited",
+    );
+    let published = event(
+        Some("t-1"),
+        EventBody::TurnError(TurnError {
+            code: "AGENT_UNAVAILABLE",
+            message: "the agent process exited",
+        }),
+    );
+    assert_eq!(recovered, published.1);
+    let golden = include_str!("golden/events.txt");
+    let line = golden.lines().find(|line| line.starts_with("turn_error\t"));
+    assert_eq!(
+        line.map(|line| line.trim_start_matches("turn_error\t")),
+        std::str::from_utf8(&recovered).ok()
+    );
+}

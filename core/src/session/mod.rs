@@ -5,9 +5,10 @@
 //! coalescer and its deadlines. Every input takes a [`SessionContext`] (the configuration, `now`
 //! and the wall-clock time of `now`, whether the gateway drains) and pushes what it wants done
 //! elsewhere as [`SessionOutput`]s, in order; the gateway routes them (frames to the session's
-//! subscribers or one connection, storage and agent commands, tenant notifications). The
-//! session never sees another session, a connection or the gateway: it does not import
-//! `gateway/`.
+//! subscribers or one connection, storage and agent commands, tenant notifications). After each
+//! input the gateway asks [`Session::poll_timeout`] for the session's next deadline and feeds it
+//! back as `handle_timeout` (the quinn-proto shape). The session never sees another session, a
+//! connection or the gateway: it does not import `gateway/`.
 //!
 //! - `publish.rs`: `seq`, publishing, coalescing, the state transitions, deadlines;
 //! - `replay.rs`: subscribers and replay slots (live frames held for a join until its replay);
