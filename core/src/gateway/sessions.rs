@@ -1,9 +1,9 @@
 //! The gateway's session side: the session and tenant tables, the agents' routing, and the
-//! routing of what a [`Session`] outputs (frames to its subscribers or one connection, storage
+//! routing of what a `Session` outputs (frames to its subscribers or one connection, storage
 //! and agent commands, tenant notifications, its deadline). Also the turn requests
 //! (`run_turn`, `steer`, `stop_turn`, `answer_question`), checked here and handed to the session.
 //!
-//! A session is driven through [`Gateway::drive`]: the session gets a [`SessionContext`] and a
+//! A session is driven through `Gateway::drive`: the session gets a `SessionContext` and a
 //! list to push its outputs into, and the gateway routes them, in order, once it returns (so a
 //! send that closes a connection, which leaves every session it joined, never finds a session
 //! in the middle of an input).

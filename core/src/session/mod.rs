@@ -2,11 +2,11 @@
 //!
 //! A `Session` holds its registry row, its subscribers and the joins still waiting for their
 //! replay, its agent process's ACP client, the running turn and the next one, the delta
-//! coalescer and its deadlines. Every input takes a [`SessionContext`] (the configuration, `now`
+//! coalescer and its deadlines. Every input takes a `SessionContext` (the configuration, `now`
 //! and the wall-clock time of `now`, whether the gateway drains) and pushes what it wants done
-//! elsewhere as [`SessionOutput`]s, in order; the gateway routes them (frames to the session's
+//! elsewhere as `SessionOutput`s, in order; the gateway routes them (frames to the session's
 //! subscribers or one connection, storage and agent commands, tenant notifications). After each
-//! input the gateway asks [`Session::poll_timeout`] for the session's next deadline and feeds it
+//! input the gateway asks `Session::poll_timeout` for the session's next deadline and feeds it
 //! back as `handle_timeout` (the quinn-proto shape). The session never sees another session, a
 //! connection or the gateway: it does not import `gateway/`.
 //!
