@@ -25,9 +25,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::gateway::queries::PendingQuery;
 use crate::ids::{ConnectionId, SessionId};
-use crate::protocol::ErrorCode;
-use crate::session::{FrameWriter, PendingQuery, Session, SessionMeta};
+use crate::protocol::event::TenantNotification;
+use crate::protocol::session_reply::{SessionMeta, SessionReply};
+use crate::protocol::{encode_frame, ErrorCode};
 use crate::storage::{DatabaseId, SessionRecord, SessionStatus, StorageCommand, StorageError};
 use crate::Gateway;
 
@@ -119,17 +121,10 @@ impl Gateway {
         let request_id = request_id.as_deref();
         match (action, result) {
             (DurableAction::Create(record), Ok(())) => {
-                let session_id: SessionId = Arc::from(record.id.as_str());
-                let tenant: Arc<str> = Arc::from(record.tenant_id.as_str());
-                self.tenants
-                    .entry(tenant)
-                    .or_default()
-                    .sessions
-                    .push(session_id.clone());
-                self.sessions
-                    .insert(session_id.clone(), Session::new(record));
+                let session_id = self.insert_session(record);
                 self.metrics.sessions_created += 1;
-                self.announce_to(requester, request_id, &session_id, "session_created", now);
+                let requester = requester.map(|connection| (connection, request_id));
+                self.announce_session(requester, &session_id, true, now);
             }
             (DurableAction::Create(record), Err(error)) => {
                 // The row may have been stored after all (the error may concern a write before
@@ -149,31 +144,25 @@ impl Gateway {
             (DurableAction::Update { record, .. }, Ok(())) => {
                 let session_id: SessionId = Arc::from(record.id.as_str());
                 if self.sessions.contains_key(&session_id) {
-                    self.announce_to(requester, request_id, &session_id, "session_updated", now);
+                    let requester = requester.map(|connection| (connection, request_id));
+                    self.announce_session(requester, &session_id, false, now);
                 } else if let Some(connection) = requester {
                     // Deleted meanwhile: the change was stored all the same; the reply says so
                     // with the session as the change left it.
-                    let mut writer = FrameWriter::new("session_updated");
-                    if let Some(request_id) = request_id {
-                        writer.field("requestId", request_id);
-                    }
-                    writer.field("session", &SessionMeta::from(&record));
-                    let (frame, _) = writer.finish();
+                    let frame = encode_frame(&SessionReply::SessionUpdated {
+                        request_id,
+                        session: SessionMeta::from(&record),
+                    });
                     self.send(connection, frame, now);
                 }
             }
             (DurableAction::Update { record, previous }, Err(error)) => {
                 if let Some(session) = self.sessions.get_mut(record.id.as_str()) {
                     match previous {
-                        Previous::Name(name) if session.record.name == record.name => {
-                            session.record.name = name;
+                        Previous::Name(name) => session.undo_rename(&record.name, name),
+                        Previous::Archived(archived) => {
+                            session.undo_archive(record.archived, archived)
                         }
-                        Previous::Archived(archived)
-                            if session.record.archived == record.archived =>
-                        {
-                            session.record.archived = archived;
-                        }
-                        _ => {}
                     }
                 }
                 if let Some(connection) = requester {
@@ -186,19 +175,15 @@ impl Gateway {
             }
             (DurableAction::Delete { record, orphaned }, Ok(())) => {
                 let tenant_id = record.tenant_id.clone();
-                let mut writer = FrameWriter::new("session_deleted");
-                writer.field("sessionId", record.id.as_str());
-                let (frame, _) = writer.finish();
+                let frame = encode_frame(&TenantNotification::SessionDeleted {
+                    session_id: &record.id,
+                });
                 if let Some(connection) = requester {
-                    self.reply(
-                        connection,
-                        "session_deleted",
+                    let reply = encode_frame(&SessionReply::SessionDeleted {
                         request_id,
-                        |w| {
-                            w.field("sessionId", record.id.as_str());
-                        },
-                        now,
-                    );
+                        session_id: &record.id,
+                    });
+                    self.send(connection, reply, now);
                 }
                 self.broadcast_tenant(&tenant_id, frame, now);
                 for query in orphaned {
@@ -219,13 +204,7 @@ impl Gateway {
             ) => {
                 // Still on disk: put it back, so memory and disk agree. Its agent is stopped.
                 record.status = SessionStatus::Inactive;
-                let session_id: SessionId = Arc::from(record.id.as_str());
-                let tenant: Arc<str> = Arc::from(record.tenant_id.as_str());
-                let tenant = self.tenants.entry(tenant).or_default();
-                if !tenant.sessions.contains(&session_id) {
-                    tenant.sessions.push(session_id.clone());
-                }
-                self.sessions.insert(session_id, Session::new(record));
+                self.insert_session(record);
                 if let Some(connection) = requester {
                     let message = format!(
                         "the deletion could not be stored; the session still exists ({})",
@@ -242,23 +221,6 @@ impl Gateway {
                     );
                 }
             }
-        }
-    }
-
-    /// `announce_session` when the requester is still there, else the tenant broadcast alone.
-    fn announce_to(
-        &mut self,
-        requester: Option<ConnectionId>,
-        request_id: Option<&str>,
-        session_id: &SessionId,
-        kind: &str,
-        now: Instant,
-    ) {
-        match requester {
-            Some(connection) => {
-                self.announce_session(connection, request_id, session_id, kind, now)
-            }
-            None => self.notify_tenant_session(session_id, kind, now),
         }
     }
 }

@@ -3,7 +3,10 @@
 //! `poll_event`, `poll_transmit` (+ `outbound`/`handle_sent`) and `poll_timeout`.
 
 pub mod durable;
+pub mod queries;
 pub mod requests;
+pub mod sessions;
+pub mod shutdown;
 pub mod storage_health;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -19,6 +22,8 @@ use crate::clock::Clock;
 use crate::config::CoreConfig;
 use crate::connection::outbound::Outbound;
 use crate::connection::rate_limit::SlidingWindow;
+use crate::gateway::queries::PendingQuery;
+use crate::gateway::sessions::Tenant;
 use crate::http::request::Method;
 use crate::http::{parse_head, HeadError, HeadParse, RequestHead, Response, Route};
 use crate::id_hash::IdHashBuilder;
@@ -27,7 +32,7 @@ use crate::ids::{SessionId, TimerKey};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ErrorCode, Identity, ServerMessage};
 use crate::rng::{format_uuid, Entropy, Random, Rng};
-use crate::session::{PendingQuery, Session, Tenant};
+use crate::session::{Session, SessionOutput};
 use crate::storage::StorageCommand;
 use crate::timers::Timers;
 use crate::ws::{self, close_code, Decoder, DecoderConfig, Message};
@@ -141,7 +146,9 @@ pub struct Gateway {
     pub(crate) next_token: u64,
     /// Members already written to their tenant's registry by this process.
     pub(crate) known_members: HashSet<(Arc<str>, String)>,
-    pub(crate) shutdown: crate::session::ShutdownPhase,
+    pub(crate) shutdown: crate::gateway::shutdown::ShutdownPhase,
+    /// Reused for every session input's outputs, so driving a session allocates no list.
+    pub(crate) session_outputs: Vec<SessionOutput>,
     pub(crate) auth: Option<crate::auth::Authenticator>,
     pub(crate) auth_failures: crate::auth::FailureLimiter,
     /// The `now` of the latest input.
@@ -206,7 +213,8 @@ impl Gateway {
             pending_durable: HashMap::new(),
             next_token: 0,
             known_members: HashSet::new(),
-            shutdown: crate::session::ShutdownPhase::Running,
+            shutdown: crate::gateway::shutdown::ShutdownPhase::Running,
+            session_outputs: Vec::new(),
             auth_failures: crate::auth::FailureLimiter::new(
                 config.auth_failures_per_minute,
                 std::time::Duration::from_secs(60),
@@ -358,17 +366,7 @@ impl Gateway {
                     self.connection_timers(id, now);
                     self.reschedule(id);
                 }
-                TimerKey::Session(session_id) => {
-                    let Some(session) = self.sessions.get_mut(&session_id) else {
-                        continue;
-                    };
-                    if session.scheduled != Some(at) {
-                        continue;
-                    }
-                    session.scheduled = None;
-                    self.session_timers(&session_id, now);
-                    self.reschedule_session(&session_id, now);
-                }
+                TimerKey::Session(session_id) => self.session_timer(&session_id, at, now),
                 TimerKey::Gateway => {
                     if self.gateway_scheduled != Some(at) {
                         continue;
@@ -623,7 +621,7 @@ impl Gateway {
                     "sessions": {
                         "total": self.sessions.len(),
                         "active": self.sessions.values()
-                            .filter(|s| crate::session::state::is_active(s.record.status))
+                            .filter(|s| crate::session::state::is_active(s.status()))
                             .count(),
                     },
                     "agents": self.config.agent_types.iter().map(|name| {
@@ -700,7 +698,7 @@ impl Gateway {
         for session in self.sessions.values() {
             *gauges
                 .sessions
-                .entry(session.record.status.as_str())
+                .entry(session.status().as_str())
                 .or_default() += 1;
         }
         for connection in self.connections.values() {

@@ -1,6 +1,6 @@
 //! The gateway protocol on `/ws` (PROTOCOL sections 3 to 5): the envelope, authentication, the
-//! per-connection rate limit, roles, and the registry requests. Joins and replays are in
-//! `replay.rs`; turns in `turns.rs`.
+//! per-connection rate limit, roles, and the registry requests. Joins and reads are in
+//! `queries.rs`, turns in `sessions.rs` (and the `session` machine).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,9 +11,13 @@ use crate::gateway::durable::{DurableAction, Previous};
 use crate::gateway::ClientState;
 use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::refusal::{Handled, Refusal};
+use crate::protocol::request::{
+    AnswerQuestion, GetEvents, GetHistory, JoinSession, RequestContext, RunTurn, SessionRef,
+};
+use crate::protocol::session_reply::SessionReply;
 use crate::protocol::{self, Envelope, EnvelopeError, ErrorCode, Identity, ServerMessage};
 use crate::session::state::SessionStatus;
-use crate::session::{FrameWriter, PendingQuery, Session};
+use crate::session::Session;
 use crate::storage::{self, MemberRecord, SessionRecord, StorageCommand};
 use crate::ws::close_code;
 use crate::Gateway;
@@ -228,14 +232,77 @@ impl Gateway {
                 now,
             ),
             "delete_session" => self.delete_session(id, identity, fields, request_id, now),
-            "join_session" => self.join_session(id, identity, fields, request_id, now),
-            "leave_session" => self.leave_session(id, identity, fields, request_id, now),
-            "get_events" => self.get_events(id, identity, fields, request_id, now),
-            "get_history" => self.get_history(id, identity, fields, request_id, now),
-            "run_turn" => self.run_turn(id, identity, fields, request_id, false, now),
-            "steer" => self.run_turn(id, identity, fields, request_id, true, now),
-            "stop_turn" => self.stop_turn(id, identity, fields, request_id, now),
-            _ => self.answer_question(id, identity, fields, request_id, now),
+            _ => self.session_request(id, kind, identity, fields, request_id, now),
+        }
+    }
+
+    /// The session requests, their fields checked in the order they always were (the session
+    /// first, so a request for an unknown session is `SESSION_NOT_FOUND` whatever else it
+    /// lacks), then handed to the typed entry points.
+    fn session_request(
+        &mut self,
+        id: ConnectionId,
+        kind: &str,
+        identity: &Arc<Identity>,
+        fields: &Fields<'_>,
+        request_id: Option<&str>,
+        now: Instant,
+    ) -> Handled {
+        let session_id = self.session_field(identity, fields)?.to_string();
+        let ctx = RequestContext {
+            connection: id,
+            identity: identity.clone(),
+            request_id: request_id.map(str::to_owned),
+        };
+        let string = |name: &str| fields.string(name).map(str::to_owned);
+        let optional_string =
+            |name: &str| Ok::<_, Refusal>(fields.optional_string(name)?.map(str::to_owned));
+        match kind {
+            "join_session" => {
+                let request = JoinSession {
+                    session_id,
+                    after_seq: fields.optional_u64("afterSeq")?,
+                    epoch: optional_string("epoch")?,
+                };
+                self.join_session(&ctx, &request, now)
+            }
+            "leave_session" => self.leave_session(&ctx, &SessionRef { session_id }, now),
+            "get_events" => {
+                let after_seq = fields
+                    .optional_u64("afterSeq")?
+                    .ok_or_else(|| Refusal::invalid("afterSeq must be a non-negative integer"))?;
+                let request = GetEvents {
+                    session_id,
+                    after_seq,
+                    limit: fields.optional_u64("limit")?,
+                };
+                self.get_events(&ctx, &request, now)
+            }
+            "get_history" => {
+                let request = GetHistory {
+                    session_id,
+                    before_turn: optional_string("beforeTurn")?,
+                    limit: fields.optional_u64("limit")?,
+                };
+                self.get_history(&ctx, &request, now)
+            }
+            "run_turn" | "steer" => {
+                let request = RunTurn {
+                    session_id,
+                    text: string("text")?,
+                };
+                self.run_turn(&ctx, &request, kind == "steer", now)
+            }
+            "stop_turn" => self.stop_turn(&ctx, &SessionRef { session_id }, now),
+            _ => {
+                let request = AnswerQuestion {
+                    session_id,
+                    question_id: string("questionId")?,
+                    option_id: optional_string("optionId")?,
+                    cancelled: fields.optional_bool("cancelled")?,
+                };
+                self.answer_question(&ctx, &request, now)
+            }
         }
     }
 
@@ -264,24 +331,6 @@ impl Gateway {
         let session_id = fields.string("sessionId")?;
         self.find_session(&identity.tenant_id, session_id)
             .ok_or_else(Refusal::session_not_found)
-    }
-
-    /// Sends `{type, requestId?, ...}` to one connection.
-    pub(crate) fn reply(
-        &mut self,
-        id: ConnectionId,
-        kind: &str,
-        request_id: Option<&str>,
-        build: impl FnOnce(&mut FrameWriter),
-        now: Instant,
-    ) {
-        let mut writer = FrameWriter::new(kind);
-        if let Some(request_id) = request_id {
-            writer.field("requestId", request_id);
-        }
-        build(&mut writer);
-        let (frame, _) = writer.finish();
-        self.send(id, frame, now);
     }
 
     // ------------------------------------------------------------ authentication
@@ -451,49 +500,8 @@ impl Gateway {
             .retain(|_, pending| pending.connection() != id);
         self.forget_durable_requester(id);
         for session in self.sessions.values_mut() {
-            if let Some(next) = session.next_turn.as_mut() {
-                if next
-                    .reply_to
-                    .as_ref()
-                    .is_some_and(|(connection, _)| *connection == id)
-                {
-                    next.reply_to = None;
-                }
-            }
+            session.forget_requester(id);
         }
-    }
-
-    /// Takes the connection out of the session's topic. A join of it still waiting for its
-    /// replay is abandoned: its storage query is forgotten and its request returned, to be
-    /// answered by the caller (nobody, when the connection is gone).
-    pub(crate) fn unsubscribe(
-        &mut self,
-        session_id: &SessionId,
-        id: ConnectionId,
-        now: Instant,
-    ) -> Option<PendingQuery> {
-        let session = self.sessions.get_mut(session_id)?;
-        session.topic.unsubscribe(id);
-        let token = session
-            .replaying
-            .iter()
-            .position(|p| p.connection == id)
-            .map(|index| session.replaying.remove(index).token);
-        self.reschedule_session(session_id, now);
-        token.and_then(|token| self.pending_queries.remove(&token))
-    }
-
-    /// Answers a request that will not get its result with an error instead, so every request
-    /// with a `requestId` still gets exactly one reply.
-    pub(crate) fn abandon(
-        &mut self,
-        pending: PendingQuery,
-        code: ErrorCode,
-        message: &str,
-        now: Instant,
-    ) {
-        let (connection, request_id) = pending.requester();
-        self.send_error(connection, code, message, request_id, now);
     }
 
     // ------------------------------------------------------------ the registry
@@ -515,17 +523,15 @@ impl Gateway {
                     .sessions
                     .iter()
                     .filter_map(|session_id| self.sessions.get(session_id))
-                    .filter(|session| include_archived || !session.record.archived)
+                    .filter(|session| include_archived || !session.record().archived)
                     .map(Session::meta)
                     .collect()
             })
             .unwrap_or_default();
-        let mut writer = FrameWriter::new("session_list");
-        if let Some(request_id) = request_id {
-            writer.field("requestId", request_id);
-        }
-        writer.field("sessions", &list);
-        let (frame, _) = writer.finish();
+        let frame = protocol::encode_frame(&SessionReply::SessionList {
+            request_id,
+            sessions: list,
+        });
         self.send(id, frame, now);
         Ok(())
     }
@@ -613,16 +619,15 @@ impl Gateway {
             return Err(Refusal::session_not_found());
         };
         let previous = match (update, name) {
-            (Update::Rename, Some(name)) => {
-                Previous::Name(std::mem::replace(&mut session.record.name, name))
-            }
+            (Update::Rename, Some(name)) => Previous::Name(session.rename(name, at)),
             (Update::Archive(archived), _) => {
-                Previous::Archived(std::mem::replace(&mut session.record.archived, archived))
+                Previous::Archived(session.set_archived(archived, at))
             }
-            (Update::Rename, None) => Previous::Name(session.record.name.clone()),
+            (Update::Rename, None) => {
+                Previous::Name(session.rename(session.record().name.clone(), at))
+            }
         };
-        session.record.updated_at_ms = at;
-        let record = session.record.clone();
+        let record = session.record().clone();
         self.persist_session(&session_id);
         // `session_updated` goes out once the change is committed (see `durable`).
         self.await_commit(
@@ -646,17 +651,12 @@ impl Gateway {
         let Some(session) = self.sessions.remove(&session_id) else {
             return Err(Refusal::session_not_found());
         };
-        if let Some(agent) = &session.agent {
-            self.agents.remove(&agent.id);
-            self.agent_command(crate::gateway::AgentCommand::Stop { agent: agent.id });
+        if let Some(agent) = session.agent_id() {
+            self.agents.remove(&agent);
+            self.agent_command(crate::gateway::AgentCommand::Stop { agent });
         }
-        for subscriber in session
-            .topic
-            .subscribers()
-            .iter()
-            .chain(session.replaying.iter().map(|pending| &pending.connection))
-        {
-            if let Some(client) = self.client_state_mut(*subscriber) {
+        for subscriber in session.watchers() {
+            if let Some(client) = self.client_state_mut(subscriber) {
                 client.joined.retain(|joined| *joined != session_id);
             }
         }
@@ -685,7 +685,7 @@ impl Gateway {
             id,
             request_id,
             DurableAction::Delete {
-                record: session.record,
+                record: session.into_record(),
                 orphaned,
             },
         );

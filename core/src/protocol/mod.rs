@@ -4,9 +4,11 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub mod event;
 mod frame;
 pub mod refusal;
 pub mod request;
+pub mod session_reply;
 pub use frame::{encode_frame, encode_frame_with_payload};
 
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,285 @@
+//! Session events and tenant notifications (PROTOCOL sections 5 and 6) as typed values.
+//!
+//! A session event is `{type, sessionId, seq, ts, turnId?, ...its own fields}`: the common header
+//! first, in that order (clients and the benchmark's scanner rely on it), then the fields of its
+//! [`EventBody`] (`text` last in deltas). It is encoded once by
+//! [`encode_frame_with_payload`](crate::protocol::encode_frame_with_payload): the frame goes to the
+//! session's subscribers, the payload (a slice of it) to storage.
+//!
+//! What the agent provides as opaque JSON (tool inputs, plans, usage, unknown updates) stays a
+//! [`serde_json::Value`]. The field order of the agent updates is the alphabetical order their
+//! keys had when they were built as a JSON map, kept byte for byte.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::protocol::session_reply::SessionMeta;
+
+/// One session event: its header and its body.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionEvent<'a> {
+    /// The event type (`session_state`, `text_delta`, ...): the body's [`EventBody::kind`].
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub session_id: &'a str,
+    /// Per-session sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub ts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<&'a str>,
+    #[serde(flatten)]
+    pub body: EventBody<'a>,
+}
+
+impl<'a> SessionEvent<'a> {
+    pub fn new(
+        session_id: &'a str,
+        seq: u64,
+        ts: i64,
+        turn_id: Option<&'a str>,
+        body: EventBody<'a>,
+    ) -> Self {
+        SessionEvent {
+            kind: body.kind(),
+            session_id,
+            seq,
+            ts,
+            turn_id,
+            body,
+        }
+    }
+}
+
+/// The fields of each event type, after the header.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EventBody<'a> {
+    SessionState(SessionState),
+    TurnStarted(TurnStarted<'a>),
+    TextDelta(Delta<'a>),
+    ThinkingDelta(Delta<'a>),
+    ToolCall(ToolCall<'a>),
+    ToolCallUpdate(ToolCallUpdate<'a>),
+    Plan(Plan<'a>),
+    Usage(Usage<'a>),
+    AgentUpdate(AgentUpdate<'a>),
+    PermissionRequested(PermissionRequested<'a>),
+    PermissionResolved(PermissionResolved<'a>),
+    TurnComplete(TurnComplete<'a>),
+    TurnError(TurnError<'a>),
+}
+
+impl EventBody<'_> {
+    /// The wire `type` of the event.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::SessionState(_) => "session_state",
+            EventBody::TurnStarted(_) => "turn_started",
+            EventBody::TextDelta(_) => "text_delta",
+            EventBody::ThinkingDelta(_) => "thinking_delta",
+            EventBody::ToolCall(_) => "tool_call",
+            EventBody::ToolCallUpdate(_) => "tool_call_update",
+            EventBody::Plan(_) => "plan",
+            EventBody::Usage(_) => "usage",
+            EventBody::AgentUpdate(_) => "agent_update",
+            EventBody::PermissionRequested(_) => "permission_requested",
+            EventBody::PermissionResolved(_) => "permission_resolved",
+            EventBody::TurnComplete(_) => "turn_complete",
+            EventBody::TurnError(_) => "turn_error",
+        }
+    }
+
+    /// Text and thinking deltas may be coalesced; every other event flushes them first.
+    pub fn is_delta(&self) -> bool {
+        matches!(self, EventBody::TextDelta(_) | EventBody::ThinkingDelta(_))
+    }
+}
+
+/// `session_state`: the session moved from `previous` to `status`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SessionState {
+    pub status: &'static str,
+    pub previous: &'static str,
+}
+
+/// `turn_started`: the prompt and who sent it.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnStarted<'a> {
+    pub text: &'a str,
+    pub user_id: &'a str,
+}
+
+/// `text_delta` and `thinking_delta`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Delta<'a> {
+    pub text: &'a str,
+}
+
+/// `tool_call` (ACP `ToolCall`; `rawInput` becomes `input`).
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCall<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<&'a Value>,
+    pub kind: &'a str,
+    pub status: &'a str,
+    pub title: &'a str,
+    pub tool_call_id: &'a str,
+}
+
+/// `tool_call_update` (ACP `ToolCallUpdate`).
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCallUpdate<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'a str>,
+    pub tool_call_id: &'a str,
+}
+
+/// `plan`: the agent's plan entries, as the agent gave them.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Plan<'a> {
+    pub entries: &'a Value,
+}
+
+/// `usage` (ACP `usage_update`): tokens in context, the context window, the cumulative cost.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Usage<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<&'a Value>,
+    pub size: &'a Value,
+    pub used: &'a Value,
+}
+
+/// `agent_update`: an ACP update the gateway has no event for, kept whole.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AgentUpdate<'a> {
+    pub update: &'a Value,
+}
+
+/// `permission_requested`: the agent asks a question.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionRequested<'a> {
+    pub question_id: &'a str,
+    pub tool_call_id: &'a str,
+    pub title: &'a str,
+    pub options: Vec<QuestionOption<'a>>,
+}
+
+/// One option of a question (keys in alphabetical order, as on the wire).
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuestionOption<'a> {
+    pub kind: &'a str,
+    pub name: &'a str,
+    pub option_id: &'a str,
+}
+
+/// `permission_resolved`: answered with an option (by `userId`), or cancelled.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionResolved<'a> {
+    pub question_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub option_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<&'a str>,
+}
+
+/// `turn_complete`: how the turn ended and its text (cut at 64 KiB, then flagged).
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnComplete<'a> {
+    pub stop_reason: &'a str,
+    pub final_text: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub final_text_truncated: bool,
+}
+
+/// `turn_error`: the turn failed (`code` is an error code of PROTOCOL section 3, or
+/// `INTERRUPTED` for a turn a crash cut off).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TurnError<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+static NULL: Value = Value::Null;
+
+/// The body of an agent update as the ACP mapping produced it (`kind` and its fields; see
+/// `acp::mapping`). A known kind missing a field it needs is published as `agent_update` of
+/// its fields, which the mapping never produces.
+pub fn agent_update_body<'a>(kind: &str, fields: &'a Map<String, Value>) -> EventBody<'a> {
+    let text = |key: &str| fields.get(key).and_then(Value::as_str);
+    let typed = match kind {
+        "text_delta" => text("text").map(|text| EventBody::TextDelta(Delta { text })),
+        "thinking_delta" => text("text").map(|text| EventBody::ThinkingDelta(Delta { text })),
+        "tool_call" => match (
+            text("kind"),
+            text("status"),
+            text("title"),
+            text("toolCallId"),
+        ) {
+            (Some(kind), Some(status), Some(title), Some(tool_call_id)) => {
+                Some(EventBody::ToolCall(ToolCall {
+                    input: fields.get("input"),
+                    kind,
+                    status,
+                    title,
+                    tool_call_id,
+                }))
+            }
+            _ => None,
+        },
+        "tool_call_update" => text("toolCallId").map(|tool_call_id| {
+            EventBody::ToolCallUpdate(ToolCallUpdate {
+                content: fields.get("content"),
+                status: text("status"),
+                tool_call_id,
+            })
+        }),
+        "plan" => fields
+            .get("entries")
+            .map(|entries| EventBody::Plan(Plan { entries })),
+        "usage" => match (fields.get("size"), fields.get("used")) {
+            (Some(size), Some(used)) => Some(EventBody::Usage(Usage {
+                cost: fields.get("cost"),
+                size,
+                used,
+            })),
+            _ => None,
+        },
+        _ => None,
+    };
+    typed.unwrap_or_else(|| {
+        EventBody::AgentUpdate(AgentUpdate {
+            update: fields.get("update").unwrap_or(&NULL),
+        })
+    })
+}
+
+/// What every connection of a tenant is told about its sessions (PROTOCOL section 7).
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum TenantNotification<'a> {
+    SessionCreated { session: SessionMeta<'a> },
+    SessionUpdated { session: SessionMeta<'a> },
+    SessionDeleted { session_id: &'a str },
+}
+
+#[cfg(test)]
+#[path = "event_tests.rs"]
+mod tests;

@@ -1,0 +1,242 @@
+//! The session's agent process, through its ACP client: what the agent host reports (started,
+//! could not start, a line, gave up, exited) and what the client makes of the agent's lines
+//! (events published, lines written back, the turn completed or failed).
+
+use serde_json::Value;
+
+use crate::acp::AgentEvent;
+use crate::ids::AgentId;
+use crate::protocol::event::{
+    agent_update_body, EventBody, PermissionRequested, PermissionResolved, QuestionOption,
+};
+use crate::protocol::ErrorCode;
+use crate::session::state::{self, SessionStatus};
+use crate::session::{error_frame, Counter, Session, SessionContext, SessionOutput};
+use crate::AgentCommand;
+
+impl Session {
+    /// The agent process started; `workspace` is its working directory.
+    pub(crate) fn agent_spawned(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        agent: AgentId,
+        workspace: &str,
+        out: &mut Vec<SessionOutput>,
+    ) {
+        let Some(link) = self.agent.as_mut().filter(|link| link.id == agent) else {
+            return;
+        };
+        link.acp.start(workspace, ctx.now);
+        let reply_to = self
+            .next_turn
+            .as_mut()
+            .and_then(|next| next.reply_to.take().map(|to| (to, next.id.clone())));
+        if let Some((to, turn_id)) = reply_to {
+            self.turn_accepted(Some(to), &turn_id, out);
+        }
+        self.drain_agent(ctx, out);
+    }
+
+    /// The agent process could not be started (the gateway no longer routes its reports here).
+    pub(crate) fn agent_spawn_failed(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        agent: AgentId,
+        reason: &str,
+        out: &mut Vec<SessionOutput>,
+    ) {
+        if self.agent.as_ref().is_some_and(|link| link.id == agent) {
+            self.agent = None;
+        }
+        let next = self.next_turn.take();
+        out.push(SessionOutput::Count(Counter::AgentFailure));
+        if let Some((to, request_id)) = next.and_then(|next| next.reply_to) {
+            let message = format!("the agent could not be started: {reason}");
+            let frame = error_frame(ErrorCode::AgentUnavailable, &message, request_id.as_deref());
+            out.push(SessionOutput::Reply { to, frame });
+        }
+        self.transition(ctx, SessionStatus::Error, out);
+    }
+
+    /// One line from the agent's stdout (without its newline).
+    pub(crate) fn agent_line(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        agent: AgentId,
+        line: &[u8],
+        out: &mut Vec<SessionOutput>,
+    ) {
+        let Some(link) = self.agent.as_mut().filter(|l| l.id == agent) else {
+            return;
+        };
+        link.acp.handle_line(line, ctx.now);
+        self.drain_agent(ctx, out);
+    }
+
+    /// The agent host gave up on the process (a line over the limit, a stdin backlog, the
+    /// workspace over its quota) and is stopping it; its exit follows, and the turn it ends
+    /// fails with this reason.
+    pub(crate) fn agent_failed(&mut self, agent: AgentId, reason: &str) {
+        if let Some(link) = self.agent.as_mut().filter(|link| link.id == agent) {
+            link.failure.get_or_insert_with(|| reason.to_owned());
+        }
+    }
+
+    /// The agent process exited, or is considered gone (the gateway no longer routes its
+    /// reports here).
+    pub(crate) fn agent_gone(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        agent: AgentId,
+        out: &mut Vec<SessionOutput>,
+    ) {
+        if self.agent.as_ref().is_none_or(|link| link.id != agent) {
+            return;
+        }
+        self.stop_deadline = None;
+        if self.record.status == SessionStatus::Deactivating {
+            self.agent = None;
+            self.transition(ctx, SessionStatus::Inactive, out);
+            return;
+        }
+        // The host gave up on the process for a reason: the turn's error says it (before the
+        // ACP client's generic "exited mid-turn").
+        if let Some(reason) = self.agent.as_mut().and_then(|link| link.failure.take()) {
+            if state::is_active(self.record.status) {
+                let message = format!("the agent was stopped: {reason}");
+                self.fail_turn(ctx, ErrorCode::AgentUnavailable, &message, true, out);
+            }
+        }
+        if let Some(link) = self.agent.as_mut() {
+            link.acp.handle_exit(ctx.now);
+        }
+        self.drain_agent(ctx, out);
+        self.agent = None;
+        if state::is_active(self.record.status) {
+            let message = "the agent process exited";
+            self.fail_turn(ctx, ErrorCode::AgentUnavailable, message, true, out);
+        }
+    }
+
+    /// The shutdown's grace period is over: the running turn is cancelled and ends
+    /// `SHUTTING_DOWN`.
+    pub(crate) fn end_for_shutdown(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        out: &mut Vec<SessionOutput>,
+    ) {
+        if let Some(agent) = self.agent.as_mut() {
+            agent.acp.cancel(ctx.now);
+        }
+        self.drain_agent(ctx, out);
+        let message = "the gateway is shutting down";
+        self.fail_turn(ctx, ErrorCode::ShuttingDown, message, false, out);
+    }
+
+    /// Hands the ACP client's output on: lines to the agent, events to the session.
+    pub(super) fn drain_agent(&mut self, ctx: &SessionContext<'_>, out: &mut Vec<SessionOutput>) {
+        while let Some(link) = self.agent.as_mut() {
+            let agent = link.id;
+            if let Some(line) = link.acp.poll_write() {
+                out.push(SessionOutput::Agent(AgentCommand::Write { agent, line }));
+                continue;
+            }
+            let Some(event) = link.acp.poll_event() else {
+                break;
+            };
+            self.agent_event(ctx, agent, event, out);
+        }
+        self.update_idle(ctx.now);
+    }
+
+    fn agent_event(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        agent: AgentId,
+        event: AgentEvent,
+        out: &mut Vec<SessionOutput>,
+    ) {
+        let turn_id = self.turn.as_ref().map(|t| t.id.clone());
+        match event {
+            AgentEvent::Ready => {
+                if self.transition(ctx, SessionStatus::Ready, out) {
+                    if let Some(next) = self.next_turn.take() {
+                        self.start_turn(ctx, next, out);
+                    }
+                }
+            }
+            AgentEvent::Update { kind, fields } => {
+                let text = fields.get("text").and_then(Value::as_str);
+                match (kind, text, turn_id.as_deref()) {
+                    ("text_delta", Some(text), Some(turn_id)) => {
+                        self.record_final_text(text);
+                        self.publish_delta(ctx, false, turn_id, text, out);
+                    }
+                    ("thinking_delta", Some(text), Some(turn_id)) => {
+                        self.publish_delta(ctx, true, turn_id, text, out);
+                    }
+                    _ => {
+                        if let Some(turn) = self.turn.as_mut() {
+                            match kind {
+                                "tool_call" => turn.tool_calls.push(Value::Object(fields.clone())),
+                                "usage" => turn.usage = Some(Value::Object(fields.clone())),
+                                _ => {}
+                            }
+                        }
+                        let body = agent_update_body(kind, &fields);
+                        self.publish(ctx, turn_id.as_deref(), body, out);
+                    }
+                }
+            }
+            AgentEvent::PermissionRequested {
+                question_id,
+                tool_call_id,
+                title,
+                options,
+            } => {
+                let body = EventBody::PermissionRequested(PermissionRequested {
+                    question_id: &question_id,
+                    tool_call_id: &tool_call_id,
+                    title: &title,
+                    options: options
+                        .iter()
+                        .map(|o| QuestionOption {
+                            kind: &o.kind,
+                            name: &o.name,
+                            option_id: &o.option_id,
+                        })
+                        .collect(),
+                });
+                self.publish(ctx, turn_id.as_deref(), body, out);
+                if self.record.status == SessionStatus::Running {
+                    self.transition(ctx, SessionStatus::Waiting, out);
+                }
+            }
+            AgentEvent::PermissionCancelled { question_id } => {
+                let body = EventBody::PermissionResolved(PermissionResolved {
+                    question_id: &question_id,
+                    option_id: None,
+                    cancelled: Some(true),
+                    user_id: None,
+                });
+                self.publish(ctx, turn_id.as_deref(), body, out);
+                self.resume_running(ctx, out);
+            }
+            AgentEvent::TurnComplete { stop_reason } => self.complete_turn(ctx, &stop_reason, out),
+            AgentEvent::TurnError { message, .. } => {
+                self.fail_turn(ctx, ErrorCode::AgentUnavailable, &message, false, out);
+            }
+            AgentEvent::Failed { message } => {
+                out.push(SessionOutput::Count(Counter::AgentFailure));
+                self.fail_turn(ctx, ErrorCode::AgentUnavailable, &message, true, out);
+                // The process broke the protocol: stop it; the next run_turn starts a fresh one.
+                if let Some(link) = self.agent.take() {
+                    link.stop(out);
+                } else {
+                    out.push(SessionOutput::AgentUnlinked(agent));
+                    out.push(SessionOutput::Agent(AgentCommand::Stop { agent }));
+                }
+            }
+        }
+    }
+}
