@@ -148,9 +148,7 @@ impl Gateway {
 
     fn remember_join(&mut self, id: ConnectionId, session_id: &SessionId) {
         if let Some(client) = self.client_state_mut(id) {
-            if !client.joined.contains(session_id) {
-                client.joined.push(session_id.clone());
-            }
+            client.join(session_id);
         }
     }
 
@@ -188,7 +186,7 @@ impl Gateway {
             );
         }
         if let Some(client) = self.client_state_mut(id) {
-            client.joined.retain(|joined| *joined != session_id);
+            client.leave(&session_id);
         }
         self.reply(
             id,
@@ -279,7 +277,6 @@ impl Gateway {
 
     /// A completion from storage.
     pub fn handle_storage(&mut self, completion: StorageCompletion, now: Instant) {
-        self.last_input = now;
         match completion {
             StorageCompletion::QueryResult { token, result } => {
                 if let Some(pending) = self.pending_queries.remove(&token) {
