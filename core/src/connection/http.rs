@@ -199,8 +199,6 @@ impl Connection {
             close_sent: false,
             endpoint,
         });
-        env.metrics.http_connections_open -= 1;
-        env.metrics.websocket_connections_open += 1;
         if route != Route::WebSocket {
             return Some(Upgraded::Echo);
         }

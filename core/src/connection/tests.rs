@@ -25,14 +25,9 @@ impl Harness {
     fn new(config: CoreConfig) -> Self {
         let start = Instant::now();
         let peer = "192.0.2.7:40000".parse().expect("an address");
-        // The gateway counts an accepted connection as open HTTP.
-        let metrics = Metrics {
-            http_connections_open: 1,
-            ..Metrics::default()
-        };
         Harness {
             config,
-            metrics,
+            metrics: Metrics::default(),
             out: Vec::new(),
             connection: Connection::new(peer, false, start),
             start,
@@ -267,7 +262,6 @@ fn an_upgrade_greets_and_hands_text_messages_to_the_gateway() {
     let (upgraded, written) = h.upgrade("", now);
     assert_eq!(upgraded, Upgraded::Client { token: None });
     assert!(h.connection.is_websocket());
-    assert_eq!(h.metrics.websocket_connections_open, 1);
     assert_eq!(status_line(&written), "HTTP/1.1 101 Switching Protocols");
     let end = written
         .windows(4)

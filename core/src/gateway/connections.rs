@@ -121,7 +121,12 @@ impl Gateway {
         let upgraded = self.with_connection(id, now, |connection, env| {
             connection.upgrade(route, head, client_id, unix_ms, now, env)
         });
-        if let Some(Some(Upgraded::Client { token })) = upgraded {
+        let Some(Some(upgraded)) = upgraded else {
+            return;
+        };
+        self.metrics.http_connections_open -= 1;
+        self.metrics.websocket_connections_open += 1;
+        if let Upgraded::Client { token } = upgraded {
             if self.config.dev_mode {
                 let identity = self.dev_identity.clone();
                 self.complete_authentication(id, identity, None, now);
