@@ -7,11 +7,11 @@
 //! moved). A connection never sees another connection, a session or the gateway: the settings,
 //! the counters and the shared authentication state are borrowed for one input (`Env`).
 
-pub mod auth;
-pub mod http;
+mod auth;
+mod http;
 pub mod outbound;
 pub mod rate_limit;
-pub mod websocket;
+mod websocket;
 
 #[cfg(test)]
 mod tests;
@@ -31,7 +31,9 @@ use crate::protocol::{self, Identity, ServerMessage};
 use crate::timers::Timers;
 use crate::ws::{self, close_code};
 
+pub(crate) use self::auth::Verifier;
 use self::http::HttpState;
+pub(crate) use self::http::Upgraded;
 use self::outbound::Outbound;
 pub(crate) use self::websocket::ClientState;
 use self::websocket::{Endpoint, WebSocketState};

@@ -9,9 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::connection::auth::Verifier;
-use crate::connection::http::Upgraded;
-use crate::connection::{ClientState, Connection, Env, Output};
+use crate::connection::{ClientState, Connection, Env, Output, Upgraded, Verifier};
 use crate::http::request::Method;
 use crate::http::{RequestHead, Response, Route};
 use crate::ids::ConnectionId;
