@@ -371,7 +371,7 @@ impl Sim {
 
     /// The client closes its side.
     pub fn disconnect(&mut self, id: ConnectionId) {
-        self.gateway.handle_closed(id);
+        self.gateway.handle_closed(id, self.now);
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.closed = true;
         }
@@ -403,7 +403,7 @@ impl Sim {
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.blocked = false;
         }
-        self.gateway.handle_writable(id);
+        self.gateway.handle_writable(id, self.now);
         self.pump();
     }
 
@@ -507,10 +507,10 @@ impl Sim {
                 if written < waiting && peer.write_limit.is_some() {
                     peer.blocked = true;
                 }
-                self.gateway.handle_sent(id, written);
+                self.gateway.handle_sent(id, written, self.now);
                 if written < waiting && !peer.blocked {
                     // More than 64 slices waited: go round again.
-                    self.gateway.handle_writable(id);
+                    self.gateway.handle_writable(id, self.now);
                 }
             }
             if !progressed {

@@ -1275,7 +1275,11 @@ proptest! {
 // ---------------------------------------------------------------- the adapter contract
 
 /// Writes everything waiting for `id` and returns it, as an adapter with a fast socket would.
-fn write_all(gateway: &mut diminuendo_core::Gateway, id: ConnectionId) -> Vec<u8> {
+fn write_all(
+    gateway: &mut diminuendo_core::Gateway,
+    id: ConnectionId,
+    now: std::time::Instant,
+) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(ready) = gateway.poll_transmit() {
         assert_eq!(ready, id);
@@ -1285,7 +1289,7 @@ fn write_all(gateway: &mut diminuendo_core::Gateway, id: ConnectionId) -> Vec<u8
         for slice in &slices[..filled] {
             out.extend_from_slice(slice);
         }
-        gateway.handle_sent(id, out.len() - before);
+        gateway.handle_sent(id, out.len() - before, now);
     }
     out
 }
@@ -1303,7 +1307,7 @@ fn close_connection_is_emitted_only_after_the_close_frame_is_written() {
     while let Some(event) = gateway.poll_event() {
         assert!(matches!(event, Event::Storage(_)), "{event:?}");
     }
-    let greeting = write_all(&mut gateway, id);
+    let greeting = write_all(&mut gateway, id, start);
     let (response, len) = client::parse_response(&greeting).expect("101");
     assert_eq!(response.status, 101);
     assert_eq!(parse_frames(&greeting[len..]).len(), 3);
@@ -1316,7 +1320,7 @@ fn close_connection_is_emitted_only_after_the_close_frame_is_written() {
         "the close frame is not written yet"
     );
     assert_eq!(gateway.connection_count(), 1);
-    let reply = write_all(&mut gateway, id);
+    let reply = write_all(&mut gateway, id, start);
     assert_eq!(parse_frames(&reply)[0].close_code(), Some(1000));
     assert_eq!(gateway.poll_event(), Some(Event::CloseConnection(id)));
     assert_eq!(gateway.poll_event(), None);
@@ -1324,7 +1328,7 @@ fn close_connection_is_emitted_only_after_the_close_frame_is_written() {
     assert_eq!(gateway.outbound_len(id), 0);
     // The core has forgotten the connection: late input and a late handle_closed are harmless.
     gateway.handle_data(id, &mut client::close(1000), start);
-    gateway.handle_closed(id);
+    gateway.handle_closed(id, start);
     assert_eq!(gateway.poll_transmit(), None);
     assert_eq!(gateway.poll_event(), None);
 }

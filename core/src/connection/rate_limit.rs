@@ -4,6 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::protocol::{ErrorCode, ServerMessage};
+use crate::ws::close_code;
+
+use super::{Connection, Env};
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SlidingWindow {
     /// Start of the current fixed window, in milliseconds after `origin` (the connection's start).
@@ -59,6 +64,48 @@ impl SlidingWindow {
         }
         self.current = self.current.saturating_add(1);
         Ok(())
+    }
+}
+
+impl Connection {
+    /// Counts a `/ws` client's message against its budget. Over it: `RATE_LIMITED`, and a close
+    /// with 4101 when the client keeps going. Returns false when the message must be dropped.
+    pub(crate) fn count_message(
+        &mut self,
+        request_id: Option<&str>,
+        now: Instant,
+        env: &mut Env<'_>,
+    ) -> bool {
+        let limit = env.config.rate_limit_messages;
+        let window = env.config.rate_limit_window;
+        let Some(client) = self.client_mut() else {
+            return false;
+        };
+        match client.rate.hit(client.opened_at, now, limit, window) {
+            Ok(()) => true,
+            Err(retry_after) => {
+                let refused = client.rate.refused;
+                env.metrics.rate_limited += 1;
+                if u32::from(refused) > limit.max(1) {
+                    env.metrics.rate_limit_closes += 1;
+                    self.close_websocket(
+                        close_code::RATE_LIMITED,
+                        "rate limited too often",
+                        now,
+                        env,
+                    );
+                    return false;
+                }
+                let error = ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    message: "too many messages; slow down",
+                    request_id,
+                    retry_after_ms: Some(retry_after.as_millis() as u64),
+                };
+                self.send_message(&error, now, env);
+                false
+            }
+        }
     }
 }
 

@@ -155,9 +155,7 @@ impl Gateway {
             }
         }
         if let Some(client) = self.client_state_mut(id) {
-            if !client.joined.contains(&session_id) {
-                client.joined.push(session_id.clone());
-            }
+            client.join(&session_id);
         }
         self.reschedule_session(&session_id, now);
         Ok(())
@@ -180,7 +178,7 @@ impl Gateway {
             );
         }
         if let Some(client) = self.client_state_mut(id) {
-            client.joined.retain(|joined| *joined != session_id);
+            client.leave(&session_id);
         }
         let frame = encode_frame(&SessionReply::SessionLeft {
             request_id: ctx.request_id.as_deref(),
@@ -282,7 +280,6 @@ impl Gateway {
 
     /// A completion from storage.
     pub fn handle_storage(&mut self, completion: StorageCompletion, now: Instant) {
-        self.last_input = now;
         match completion {
             StorageCompletion::QueryResult { token, result } => {
                 if let Some(pending) = self.pending_queries.remove(&token) {

@@ -3,12 +3,12 @@
 //! `queries.rs`, turns in `sessions.rs` (and the `session` machine).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Map, Value};
 
+use crate::connection::Departed;
 use crate::gateway::durable::{DurableAction, Previous};
-use crate::gateway::ClientState;
 use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::refusal::{Handled, Refusal};
 use crate::protocol::request::{
@@ -18,8 +18,7 @@ use crate::protocol::session_reply::SessionReply;
 use crate::protocol::{self, Envelope, EnvelopeError, ErrorCode, Identity, ServerMessage};
 use crate::session::state::SessionStatus;
 use crate::session::Session;
-use crate::storage::{self, MemberRecord, SessionRecord, StorageCommand};
-use crate::ws::close_code;
+use crate::storage::{SessionRecord, StorageCommand};
 use crate::Gateway;
 
 /// What a role may do (PROTOCOL section 5).
@@ -136,7 +135,7 @@ impl Gateway {
         }
         let identity = self
             .client_state(id)
-            .and_then(|client| client.identity.clone());
+            .and_then(|client| client.identity().cloned());
         let result = match (kind.as_str(), identity) {
             ("authenticate", _) => self.authenticate_message(id, &Fields(&fields), request_id, now),
             (_, None) => Err(Refusal::new(
@@ -149,41 +148,6 @@ impl Gateway {
         };
         if let Err(refusal) = result {
             self.send_refusal(id, &refusal, request_id, now);
-        }
-    }
-
-    /// Counts a message against the connection's budget. Over it: `RATE_LIMITED`, and a close
-    /// with 4101 when the client keeps going. Returns false when the message must be dropped.
-    fn count_message(&mut self, id: ConnectionId, request_id: Option<&str>, now: Instant) -> bool {
-        let limit = self.config.rate_limit_messages;
-        let window = self.config.rate_limit_window;
-        let Some(client) = self.client_state_mut(id) else {
-            return false;
-        };
-        match client.rate.hit(client.opened_at, now, limit, window) {
-            Ok(()) => true,
-            Err(retry_after) => {
-                let refused = client.rate.refused;
-                self.metrics.rate_limited += 1;
-                if u32::from(refused) > limit.max(1) {
-                    self.metrics.rate_limit_closes += 1;
-                    self.close_websocket(
-                        id,
-                        close_code::RATE_LIMITED,
-                        "rate limited too often",
-                        now,
-                    );
-                    return false;
-                }
-                let error = ServerMessage::Error {
-                    code: ErrorCode::RateLimited,
-                    message: "too many messages; slow down",
-                    request_id,
-                    retry_after_ms: Some(retry_after.as_millis() as u64),
-                };
-                self.send_message(id, &error, now);
-                false
-            }
         }
     }
 
@@ -335,156 +299,8 @@ impl Gateway {
 
     // ------------------------------------------------------------ authentication
 
-    fn authenticate_message(
-        &mut self,
-        id: ConnectionId,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
-        now: Instant,
-    ) -> Handled {
-        if let Some(identity) = self
-            .client_state(id)
-            .and_then(|client| client.identity.clone())
-        {
-            let reply = ServerMessage::Authenticated {
-                identity: &identity,
-                request_id,
-            };
-            self.send_message(id, &reply, now);
-            return Ok(());
-        }
-        let token = fields.string("token")?;
-        let identity = self.verify_token(id, token, now)?;
-        self.complete_authentication(id, identity, request_id, now);
-        Ok(())
-    }
-
-    /// A token from the upgrade request: on failure the client is told and closed with 4001
-    /// ("get a new token"); when it was only not verified yet (`AUTH_RATE_LIMITED`: its address
-    /// is over its failure budget and used its verification slot), with 4101 ("reconnect with
-    /// backoff"), since the token may well be valid.
-    pub(crate) fn authenticate_upgrade_token(
-        &mut self,
-        id: ConnectionId,
-        token: &str,
-        now: Instant,
-    ) {
-        match self.verify_token(id, token, now) {
-            Ok(identity) => self.complete_authentication(id, identity, None, now),
-            Err(refusal) => {
-                self.send_refusal(id, &refusal, None, now);
-                let (code, reason) = if refusal.code == ErrorCode::AuthRateLimited {
-                    (close_code::RATE_LIMITED, "try again shortly")
-                } else {
-                    (close_code::AUTH_FAILED, "authentication failed")
-                };
-                self.close_websocket(id, code, reason, now);
-            }
-        }
-    }
-
-    /// Verifies a token. A token in the verified-token cache is accepted before any limit (it
-    /// costs one hash). A fresh one is verified at once while the client's address is within its
-    /// failure budget; over it, at the limiter's verification rate (`AUTH_RATE_LIMITED` with a
-    /// `retryAfterMs` of at most one interval otherwise), so others' failures behind the same
-    /// address slow a valid token down but never lock it out.
-    fn verify_token(
-        &mut self,
-        id: ConnectionId,
-        token: &str,
-        now: Instant,
-    ) -> Result<Arc<Identity>, Refusal> {
-        self.arm_sweep(now);
-        let ip = self.client_state(id).map(|client| client.client_ip);
-        let unix_ms = self.clock.unix_ms(now);
-        let cached = self
-            .auth
-            .as_mut()
-            .and_then(|auth| auth.cached(token, unix_ms));
-        let verified = match (cached, self.auth.as_mut()) {
-            (Some(identity), _) => Ok(identity),
-            (None, Some(auth)) => {
-                if let Some(ip) = ip {
-                    if let Err(retry_after) = self.auth_failures.admit_verification(ip, now) {
-                        return Err(Refusal {
-                            retry_after: Some(retry_after.max(Duration::from_millis(1))),
-                            ..Refusal::new(
-                                ErrorCode::AuthRateLimited,
-                                "too many failed authentications from this address; try again \
-                                 shortly",
-                            )
-                        });
-                    }
-                }
-                auth.verify_fresh(token, unix_ms)
-                    .map_err(|error| error.to_string())
-            }
-            (None, None) => Err("token verification is not configured on this gateway".to_owned()),
-        };
-        let checked = verified.and_then(|identity| {
-            if storage::is_valid_identifier(&identity.tenant_id) {
-                Ok(identity)
-            } else {
-                Err("the token's tenant_id is not a valid identifier".to_owned())
-            }
-        });
-        match checked {
-            Ok(identity) => Ok(identity),
-            Err(message) => {
-                if let Some(ip) = ip {
-                    self.auth_failures.record_failure(ip, now);
-                }
-                self.metrics.auth_failures += 1;
-                Err(Refusal::new(ErrorCode::AuthFailed, message))
-            }
-        }
-    }
-
-    /// The connection is `identity` from now on: it joins its tenant's topic and is answered
-    /// `authenticated`.
-    pub(crate) fn complete_authentication(
-        &mut self,
-        id: ConnectionId,
-        identity: Arc<Identity>,
-        request_id: Option<&str>,
-        now: Instant,
-    ) {
-        let Some(client) = self.client_state_mut(id) else {
-            return;
-        };
-        client.identity = Some(identity.clone());
-        client.auth_deadline = None;
-        let tenant: Arc<str> = Arc::from(identity.tenant_id.as_str());
-        self.tenants
-            .entry(tenant.clone())
-            .or_default()
-            .topic
-            .subscribe(id);
-        if self
-            .known_members
-            .insert((tenant, identity.user_id.clone()))
-        {
-            let at = self.clock.unix_ms(now) as i64;
-            self.storage(StorageCommand::UpsertMember {
-                member: MemberRecord {
-                    tenant_id: identity.tenant_id.clone(),
-                    user_id: identity.user_id.clone(),
-                    role: identity.role.clone(),
-                    created_at_ms: at,
-                    updated_at_ms: at,
-                },
-            });
-        }
-        let reply = ServerMessage::Authenticated {
-            identity: &identity,
-            request_id,
-        };
-        self.send_message(id, &reply, now);
-        self.reschedule(id);
-    }
-
     /// A `/ws` connection is gone: it leaves its tenant topic and every session it joined.
-    pub(crate) fn client_gone(&mut self, id: ConnectionId, client: ClientState, now: Instant) {
+    pub(crate) fn client_gone(&mut self, id: ConnectionId, client: Departed, now: Instant) {
         if let Some(identity) = &client.identity {
             if let Some(tenant) = self.tenants.get_mut(identity.tenant_id.as_str()) {
                 tenant.topic.unsubscribe(id);
@@ -657,7 +473,7 @@ impl Gateway {
         }
         for subscriber in session.watchers() {
             if let Some(client) = self.client_state_mut(subscriber) {
-                client.joined.retain(|joined| *joined != session_id);
+                client.leave(&session_id);
             }
         }
         if let Some(tenant) = self.tenants.get_mut(identity.tenant_id.as_str()) {

@@ -335,7 +335,6 @@ impl Gateway {
 
     /// The agent process of `agent` started; `workspace` is its working directory.
     pub fn handle_agent_spawned(&mut self, agent: AgentId, workspace: &str, now: Instant) {
-        self.last_input = now;
         if let Some(session_id) = self.agent_session(agent) {
             self.drive(&session_id, now, |session, ctx, out| {
                 session.agent_spawned(ctx, agent, workspace, out)
@@ -345,7 +344,6 @@ impl Gateway {
 
     /// The agent process of `agent` could not be started (unknown command, too many processes).
     pub fn handle_agent_spawn_failed(&mut self, agent: AgentId, reason: &str, now: Instant) {
-        self.last_input = now;
         if let Some(session_id) = self.agents.remove(&agent) {
             self.drive(&session_id, now, |session, ctx, out| {
                 session.agent_spawn_failed(ctx, agent, reason, out)
@@ -355,7 +353,6 @@ impl Gateway {
 
     /// One line from the agent's stdout (without its newline).
     pub fn handle_agent_line(&mut self, agent: AgentId, line: &[u8], now: Instant) {
-        self.last_input = now;
         if let Some(session_id) = self.agent_session(agent) {
             self.drive(&session_id, now, |session, ctx, out| {
                 session.agent_line(ctx, agent, line, out)
@@ -366,8 +363,7 @@ impl Gateway {
     /// The agent host gave up on the process (a line over the limit, a stdin backlog, the
     /// workspace over its quota) and is stopping it; `handle_agent_exited` follows, and the
     /// turn it ends fails with this reason.
-    pub fn handle_agent_failed(&mut self, agent: AgentId, reason: &str, now: Instant) {
-        self.last_input = now;
+    pub fn handle_agent_failed(&mut self, agent: AgentId, reason: &str, _now: Instant) {
         let Some(session_id) = self.agents.get(&agent) else {
             return;
         };
@@ -378,7 +374,6 @@ impl Gateway {
 
     /// The agent process exited (or the host gave up on it).
     pub fn handle_agent_exited(&mut self, agent: AgentId, now: Instant) {
-        self.last_input = now;
         if let Some(session_id) = self.agents.remove(&agent) {
             self.drive(&session_id, now, |session, ctx, out| {
                 session.agent_gone(ctx, agent, out)
