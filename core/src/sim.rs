@@ -231,9 +231,12 @@ impl SimStore {
 }
 
 impl Sim {
-    pub fn new(config: CoreConfig, seed: u64) -> Self {
-        // The anchor instant is arbitrary; only differences from it are ever observed.
-        let now = Instant::now();
+    /// A simulation whose virtual clock starts at `start` (any instant: only differences from it
+    /// are ever observed, and the clock only moves through `advance`). The core never reads a
+    /// clock, and neither does the simulation: the caller reads one once (`Instant::now()`) and
+    /// passes it here.
+    pub fn new(config: CoreConfig, seed: u64, start: Instant) -> Self {
+        let now = start;
         Sim {
             gateway: Gateway::new(config.clone(), seed, now, SIM_START_UNIX_MS),
             now,
@@ -371,7 +374,7 @@ impl Sim {
 
     /// The client closes its side.
     pub fn disconnect(&mut self, id: ConnectionId) {
-        self.gateway.handle_closed(id);
+        self.gateway.handle_closed(id, self.now);
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.closed = true;
         }
@@ -403,7 +406,7 @@ impl Sim {
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.blocked = false;
         }
-        self.gateway.handle_writable(id);
+        self.gateway.handle_writable(id, self.now);
         self.pump();
     }
 
@@ -507,10 +510,10 @@ impl Sim {
                 if written < waiting && peer.write_limit.is_some() {
                     peer.blocked = true;
                 }
-                self.gateway.handle_sent(id, written);
+                self.gateway.handle_sent(id, written, self.now);
                 if written < waiting && !peer.blocked {
                     // More than 64 slices waited: go round again.
-                    self.gateway.handle_writable(id);
+                    self.gateway.handle_writable(id, self.now);
                 }
             }
             if !progressed {

@@ -144,8 +144,6 @@ pub struct Gateway {
     pub(crate) shutdown: crate::session::ShutdownPhase,
     pub(crate) auth: Option<crate::auth::Authenticator>,
     pub(crate) auth_failures: crate::auth::FailureLimiter,
-    /// The `now` of the latest input.
-    pub(crate) last_input: Instant,
     /// Reused for every fan-out, so publishing allocates no subscriber list.
     pub(crate) fanout_scratch: Vec<ConnectionId>,
     /// When the failure limiter and the token cache are next swept (while they hold entries).
@@ -215,7 +213,6 @@ impl Gateway {
             .with_verification_rate(config.auth_verifications_per_second),
             config,
             auth: None,
-            last_input: now,
             next_sweep: None,
             fanout_scratch: Vec::new(),
             per_ip: HashMap::new(),
@@ -241,10 +238,9 @@ impl Gateway {
     pub fn handle_accept(&mut self, id: ConnectionId, peer: SocketAddr, now: Instant) {
         self.metrics.connections_accepted += 1;
         self.metrics.http_connections_open += 1;
-        self.last_input = now;
         if let Some(previous) = self.connections.remove(&id) {
             // The adapter reused a live id: forget the old connection rather than mix the two.
-            self.count_gone(id, previous);
+            self.count_gone(id, previous, now);
         }
         let key = crate::net::limit_key(peer.ip());
         let admitted = self.connections.len() - self.refused_open;
@@ -277,7 +273,7 @@ impl Gateway {
         // 503, each with `Connection: close`.
         self.connections.insert(id, connection);
         if refused && self.refused_open > MAX_REFUSED_OPEN {
-            self.close_now(id);
+            self.close_now(id, now);
             return;
         }
         self.reschedule(id);
@@ -299,7 +295,6 @@ impl Gateway {
     /// Bytes arrived on a connection. The core may modify `data` (it unmasks WebSocket payloads in
     /// place) and keeps nothing that refers to it.
     pub fn handle_data(&mut self, id: ConnectionId, data: &mut [u8], now: Instant) {
-        self.last_input = now;
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
@@ -314,15 +309,15 @@ impl Gateway {
     }
 
     /// The peer closed the connection, or it failed. The core forgets it.
-    pub fn handle_closed(&mut self, id: ConnectionId) {
+    pub fn handle_closed(&mut self, id: ConnectionId, now: Instant) {
         if let Some(connection) = self.connections.remove(&id) {
-            self.count_gone(id, connection);
+            self.count_gone(id, connection, now);
         }
     }
 
     /// The socket can take bytes again after a write returned short: yields the connection from
     /// `poll_transmit` again if it has bytes waiting.
-    pub fn handle_writable(&mut self, id: ConnectionId) {
+    pub fn handle_writable(&mut self, id: ConnectionId, _now: Instant) {
         if let Some(connection) = self.connections.get_mut(&id) {
             if !connection.outbound.is_empty() && !connection.transmit_queued {
                 connection.transmit_queued = true;
@@ -332,19 +327,18 @@ impl Gateway {
     }
 
     /// `written` bytes from the front of `outbound(id)` reached the socket.
-    pub fn handle_sent(&mut self, id: ConnectionId, written: usize) {
+    pub fn handle_sent(&mut self, id: ConnectionId, written: usize, now: Instant) {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
         connection.outbound.consume(written);
         if connection.outbound.is_empty() && connection.close_after_flush {
-            self.close_now(id);
+            self.close_now(id, now);
         }
     }
 
     /// Deadlines up to `now` have passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.last_input = now;
         while let Some((at, key)) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Connection(id) => {
@@ -404,7 +398,7 @@ impl Gateway {
                 State::Http(http) => {
                     if http.head_started.is_none() {
                         if connection.outbound.is_empty() {
-                            self.close_now(id);
+                            self.close_now(id, now);
                         } else {
                             self.finish(id, now);
                         }
@@ -1077,7 +1071,7 @@ impl Gateway {
         };
         connection.close_after_flush = true;
         if connection.outbound.is_empty() {
-            self.close_now(id);
+            self.close_now(id, now);
             return;
         }
         let deadline = now + self.config.close_timeout;
@@ -1089,15 +1083,15 @@ impl Gateway {
         self.reschedule(id);
     }
 
-    pub(crate) fn close_now(&mut self, id: ConnectionId) {
+    pub(crate) fn close_now(&mut self, id: ConnectionId, now: Instant) {
         if let Some(connection) = self.connections.remove(&id) {
-            self.count_gone(id, connection);
+            self.count_gone(id, connection, now);
             self.events.push_back(Event::CloseConnection(id));
         }
     }
 
     /// A connection is gone: its counters, its topics, its joins.
-    fn count_gone(&mut self, id: ConnectionId, connection: Connection) {
+    fn count_gone(&mut self, id: ConnectionId, connection: Connection, now: Instant) {
         if connection.refused {
             self.refused_open -= 1;
         } else {
@@ -1114,7 +1108,7 @@ impl Gateway {
             State::WebSocket(websocket) => {
                 self.metrics.websocket_connections_open -= 1;
                 if let Endpoint::Client(client) = websocket.endpoint {
-                    self.client_gone(id, *client, self.clock_now_hint());
+                    self.client_gone(id, *client, now);
                 }
             }
         }
@@ -1180,18 +1174,12 @@ impl Gateway {
         }
     }
 
-    /// The `now` of the latest input: for work done while forgetting a connection, whose callers
-    /// do not all have a time at hand.
-    fn clock_now_hint(&self) -> Instant {
-        self.last_input
-    }
-
     fn connection_timers(&mut self, id: ConnectionId, now: Instant) {
         let Some(connection) = self.connections.get(&id) else {
             return;
         };
         if connection.close_deadline.is_some_and(|at| at <= now) {
-            self.close_now(id);
+            self.close_now(id, now);
             return;
         }
         if connection.close_after_flush {
@@ -1202,7 +1190,7 @@ impl Gateway {
                 Some(started) if started + self.config.request_head_timeout <= now => {
                     self.respond(id, None, Response::plain(408).close(), false, now);
                 }
-                None if http.idle_since + self.idle_timeout(http) <= now => self.close_now(id),
+                None if http.idle_since + self.idle_timeout(http) <= now => self.close_now(id, now),
                 _ => {}
             },
             State::WebSocket(websocket) => {

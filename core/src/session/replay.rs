@@ -279,7 +279,6 @@ impl Gateway {
 
     /// A completion from storage.
     pub fn handle_storage(&mut self, completion: StorageCompletion, now: Instant) {
-        self.last_input = now;
         match completion {
             StorageCompletion::QueryResult { token, result } => {
                 if let Some(pending) = self.pending_queries.remove(&token) {

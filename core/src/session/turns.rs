@@ -327,7 +327,6 @@ impl Gateway {
 
     /// The agent process of `agent` started; `workspace` is its working directory.
     pub fn handle_agent_spawned(&mut self, agent: AgentId, workspace: &str, now: Instant) {
-        self.last_input = now;
         let Some(session_id) = self.agents.get(&agent).cloned() else {
             return;
         };
@@ -357,7 +356,6 @@ impl Gateway {
 
     /// The agent process of `agent` could not be started (unknown command, too many processes).
     pub fn handle_agent_spawn_failed(&mut self, agent: AgentId, reason: &str, now: Instant) {
-        self.last_input = now;
         let Some(session_id) = self.agents.remove(&agent) else {
             return;
         };
@@ -384,7 +382,6 @@ impl Gateway {
 
     /// One line from the agent's stdout (without its newline).
     pub fn handle_agent_line(&mut self, agent: AgentId, line: &[u8], now: Instant) {
-        self.last_input = now;
         let Some(session_id) = self.agents.get(&agent).cloned() else {
             return;
         };
@@ -404,8 +401,7 @@ impl Gateway {
     /// The agent host gave up on the process (a line over the limit, a stdin backlog, the
     /// workspace over its quota) and is stopping it; `handle_agent_exited` follows, and the
     /// turn it ends fails with this reason.
-    pub fn handle_agent_failed(&mut self, agent: AgentId, reason: &str, now: Instant) {
-        self.last_input = now;
+    pub fn handle_agent_failed(&mut self, agent: AgentId, reason: &str, _now: Instant) {
         let Some(session_id) = self.agents.get(&agent) else {
             return;
         };
@@ -420,7 +416,6 @@ impl Gateway {
     }
 
     pub fn handle_agent_exited(&mut self, agent: AgentId, now: Instant) {
-        self.last_input = now;
         self.agent_gone(agent, now);
     }
 
