@@ -8,6 +8,11 @@
 //! - after every input (`accept`, `read`, `timeout`, `poll_services`, `begin_drain`), call
 //!   `dispatch`, then (now or once per loop turn) `flush`, and re-arm the timer at
 //!   `poll_timeout`;
+//! - no gateway input is ever called while its outputs are drained: `dispatch` and `flush` queue
+//!   what the services and the sockets give back (synchronous agent reports, refused storage
+//!   commands, what each socket took) and feed it to the core once their drain is over, then
+//!   drain again, a bounded number of times (past the bound the services' wake-up hook brings
+//!   the loop back);
 //! - when a connection that `Sockets::blocked` named becomes writable, call `writable`, then
 //!   `flush`;
 //! - on the first SIGTERM/SIGINT `begin_drain`; stop at `is_drained`, `drain_limit` or a second
@@ -24,7 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::services::Services;
 use crate::settings::Settings;
-use crate::write::{flush_connection, Flushed};
+use crate::write::{self, Flushed, Written};
 use crate::{clock_anchor, logging, OsEntropy};
 
 /// Bytes read from a socket at once, into one buffer shared by every connection.
@@ -36,6 +41,10 @@ pub const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Pending connections the kernel queues for `accept`.
 const LISTEN_BACKLOG: i32 = 1024;
+/// Drains of the core's outputs one `dispatch` or `flush` runs, with the inputs they queued fed
+/// in between; past it the services' wake-up hook brings the loop back for the rest, so a chain
+/// of inputs that keeps producing more never holds the loop.
+pub const DRAIN_ROUNDS: usize = 16;
 
 /// The adapter's table of sockets, as the driver's write path and the core's closes need it.
 pub trait Sockets {
@@ -81,6 +90,8 @@ pub struct Driver {
     services: Services,
     scratch: Vec<u8>,
     drain_limit: Duration,
+    /// What each write of the current flush pass did, reported to the core after the pass.
+    written: Vec<(ConnectionId, Written)>,
 }
 
 impl Driver {
@@ -97,6 +108,7 @@ impl Driver {
             drain_limit: settings.core.turn_grace
                 + settings.core.close_timeout
                 + Duration::from_secs(2),
+            written: Vec::new(),
         })
     }
 
@@ -136,13 +148,13 @@ impl Driver {
                 }
             }
         }
-        self.gateway.handle_closed(id);
+        self.gateway.handle_closed(id, Instant::now());
         Read::Gone
     }
 
     /// The peer went away or the socket failed outside a read (e.g. a readiness error).
     pub fn lost(&mut self, id: ConnectionId) {
-        self.gateway.handle_closed(id);
+        self.gateway.handle_closed(id, Instant::now());
     }
 
     /// Deadlines up to now have passed.
@@ -162,42 +174,81 @@ impl Driver {
 
     /// A socket `Sockets::blocked` named can take bytes again.
     pub fn writable(&mut self, id: ConnectionId) {
-        self.gateway.handle_writable(id);
+        self.gateway.handle_writable(id, Instant::now());
     }
 
     /// Carries out every event the core emitted: storage and agent commands go to the services,
-    /// closes to `sockets`.
+    /// closes to `sockets`. What the services give back at once is fed to the core after the
+    /// drain, and what that emits is drained in turn (at most `DRAIN_ROUNDS` times).
     pub fn dispatch(&mut self, sockets: &mut impl Sockets) {
+        for _ in 0..DRAIN_ROUNDS {
+            self.drain_events(sockets);
+            if !self.services.has_queued() {
+                return;
+            }
+            self.services.feed_queued(&mut self.gateway, Instant::now());
+        }
+        self.drain_events(sockets);
+        if self.services.has_queued() {
+            self.services.wake_again();
+        }
+    }
+
+    /// One drain of the core's events; no gateway input is called meanwhile.
+    fn drain_events(&mut self, sockets: &mut impl Sockets) {
         while let Some(event) = self.gateway.poll_event() {
-            if let Some(id) = self
-                .services
-                .dispatch(&mut self.gateway, event, Instant::now())
-            {
+            if let Some(id) = self.services.dispatch(event) {
                 sockets.close(id);
             }
         }
     }
 
-    /// Writes what the core queued, one vectored write per connection it names.
+    /// Writes what the core queued, one vectored write per connection it names; once the pass is
+    /// over, tells the core what each socket took, dispatches what that emits (a finished write
+    /// may complete a close) and writes again what is queued again (at most `DRAIN_ROUNDS`
+    /// passes).
     pub fn flush(&mut self, sockets: &mut impl Sockets) {
+        for _ in 0..DRAIN_ROUNDS {
+            if !self.write_pass(sockets) {
+                return;
+            }
+        }
+        // Work left (a connection queued again): come back on the loop's next turn.
+        self.services.wake_again();
+    }
+
+    /// One flush pass: every connection `poll_transmit` names is written once, then the core is
+    /// told. `false`: nothing was written.
+    fn write_pass(&mut self, sockets: &mut impl Sockets) -> bool {
+        let mut written = std::mem::take(&mut self.written);
         while let Some(id) = self.gateway.poll_transmit() {
             let mut skipped = false;
-            let flushed = flush_connection(&mut self.gateway, id, |slices| {
+            let wrote = write::write_connection(&self.gateway, id, |slices| {
                 sockets.write(id, slices).unwrap_or_else(|| {
                     skipped = true;
                     Err(io::ErrorKind::WouldBlock.into())
                 })
             });
-            match flushed {
-                // No socket, or one already waiting for writability: its bytes stay queued.
-                _ if skipped => continue,
+            // No socket, or one already waiting for writability: its bytes stay queued.
+            if let (Some(wrote), false) = (wrote, skipped) {
+                written.push((id, wrote));
+            }
+        }
+        let wrote_any = !written.is_empty();
+        let now = Instant::now();
+        for (id, wrote) in written.drain(..) {
+            match wrote.flushed {
                 Flushed::All => {}
                 Flushed::Blocked => sockets.blocked(id),
                 Flushed::Failed => sockets.lost(id),
             }
-            // A finished write may complete a close.
+            write::report(&mut self.gateway, id, wrote, now);
+        }
+        self.written = written;
+        if wrote_any {
             self.dispatch(sockets);
         }
+        wrote_any
     }
 
     /// The first SIGTERM/SIGINT: start the graceful stop.
