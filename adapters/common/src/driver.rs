@@ -343,3 +343,175 @@ pub fn startup_failed(message: &str) -> ExitCode {
     error!(%message, "cannot start");
     ExitCode::from(1)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The driver's loop: what the services answer at once goes into the core within the same
+    //! `dispatch` (no wake-up needed), and what a socket took is reported after the flush pass.
+    use super::*;
+    use crate::settings::Flags;
+    use diminuendo_core::sim::client;
+    use diminuendo_core::storage::{SessionRecord, SessionStatus};
+    use serde_json::{json, Value};
+
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    const CLIENT: ConnectionId = ConnectionId(3);
+
+    /// One socket that takes at most `limit` bytes a write while not blocked.
+    #[derive(Default)]
+    struct FakeSockets {
+        received: Vec<u8>,
+        limit: Option<usize>,
+        blocked: bool,
+        closed: bool,
+    }
+
+    impl Sockets for FakeSockets {
+        fn write(&mut self, id: ConnectionId, slices: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+            assert_eq!(id, CLIENT);
+            if self.blocked || self.closed {
+                return None;
+            }
+            let mut budget = self.limit.unwrap_or(usize::MAX);
+            let mut taken = 0;
+            for slice in slices {
+                let take = slice.len().min(budget);
+                self.received.extend_from_slice(&slice[..take]);
+                taken += take;
+                budget -= take;
+            }
+            Some(Ok(taken))
+        }
+
+        fn blocked(&mut self, _: ConnectionId) {
+            self.blocked = true;
+        }
+
+        fn close(&mut self, _: ConnectionId) {
+            self.closed = true;
+        }
+
+        fn lost(&mut self, _: ConnectionId) {
+            self.closed = true;
+        }
+    }
+
+    impl FakeSockets {
+        /// The messages of every whole frame received after the 101, taken.
+        fn messages(&mut self) -> Vec<Value> {
+            let mut offset = 0;
+            if let Some((response, len)) = client::parse_response(&self.received) {
+                assert_eq!(response.status, 101);
+                offset = len;
+            }
+            let mut messages = Vec::new();
+            while let Some((frame, len)) = client::parse_frame(&self.received[offset..]) {
+                messages.push(serde_json::from_slice(&frame.payload).expect("JSON"));
+                offset += len;
+            }
+            self.received.drain(..offset);
+            messages
+        }
+    }
+
+    fn send(driver: &mut Driver, sockets: &mut FakeSockets, bytes: &[u8]) {
+        let mut pending = Some(bytes.to_vec());
+        let read = driver.read(CLIENT, |buf| match pending.take() {
+            Some(bytes) => {
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        });
+        assert_eq!(read, Read::Data);
+        driver.dispatch(sockets);
+        driver.flush(sockets);
+    }
+
+    fn start(dir: &tempfile::TempDir) -> (Driver, FakeSockets) {
+        let settings = Settings::resolve(Flags {
+            dev: Some(true),
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Flags::default()
+        })
+        .expect("valid settings");
+        let mut driver = Driver::start(&settings, Arc::new(NoWake)).expect("the driver starts");
+        driver.gateway_mut().restore_sessions(vec![SessionRecord {
+            id: "session-1".to_owned(),
+            tenant_id: "dev".to_owned(),
+            name: "New session".to_owned(),
+            agent_type: "no-such-agent".to_owned(),
+            status: SessionStatus::Inactive,
+            archived: false,
+            created_by: "dev-user-001".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            last_seq: 0,
+            epoch: "0123456789abcdef".to_owned(),
+        }]);
+        let mut sockets = FakeSockets::default();
+        driver.accept(
+            CLIENT,
+            "127.0.0.1:5000".parse().expect("an address"),
+            Instant::now(),
+        );
+        send(&mut driver, &mut sockets, &client::upgrade("/ws"));
+        assert!(!sockets.messages().is_empty(), "a greeting");
+        (driver, sockets)
+    }
+
+    #[test]
+    fn a_synchronous_report_is_answered_within_the_same_dispatch_and_flush() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut driver, mut sockets) = start(&dir);
+        let turn =
+            json!({"type": "run_turn", "sessionId": "session-1", "text": "hi", "requestId": "t1"});
+        // No `poll_services`, no wake-up: the spawn's failure is fed back by `dispatch` itself.
+        send(&mut driver, &mut sockets, &client::text(&turn.to_string()));
+        let messages = sockets.messages();
+        let reply = messages
+            .iter()
+            .find(|message| message["requestId"] == "t1")
+            .unwrap_or_else(|| panic!("no reply to run_turn in {messages:?}"));
+        assert_eq!(reply["code"], "AGENT_UNAVAILABLE", "{messages:?}");
+        assert!(!driver.services.has_queued());
+    }
+
+    #[test]
+    fn what_a_socket_took_is_reported_after_the_pass() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut driver, mut sockets) = start(&dir);
+        sockets.limit = Some(5);
+        let request = json!({"type": "list_sessions", "requestId": "l1"});
+        send(
+            &mut driver,
+            &mut sockets,
+            &client::text(&request.to_string()),
+        );
+        // The list is answered from memory: one short write, reported, and the socket blocked.
+        assert_eq!(sockets.received.len(), 5);
+        assert!(sockets.blocked);
+        let waiting = driver.gateway().outbound_len(CLIENT);
+        assert!(waiting > 0);
+        let mut rounds = 0;
+        while driver.gateway().outbound_len(CLIENT) > 0 {
+            rounds += 1;
+            assert!(rounds < 10_000, "the writes make no progress");
+            sockets.blocked = false;
+            driver.writable(CLIENT);
+            driver.flush(&mut sockets);
+        }
+        assert_eq!(sockets.received.len(), 5 + waiting);
+        let messages = sockets.messages();
+        assert!(
+            messages.iter().any(|message| message["requestId"] == "l1"),
+            "{messages:?}"
+        );
+        assert!(!sockets.closed);
+    }
+}
