@@ -1,7 +1,7 @@
 //! The bodies of the fuzz targets (`fuzz/`), kept in the core so that the regression test that
 //! replays each target's corpus on the stable toolchain runs the very same code.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sim::{client, Sim};
 use crate::ws::{Decoder, DecoderConfig};
@@ -43,8 +43,9 @@ pub fn http_request(data: &[u8]) {
 }
 
 /// A whole connection fed arbitrary bytes: first as HTTP, then (after a valid upgrade) as
-/// WebSocket frames, in reads of sizes drawn from the input, with the clock moving on.
-pub fn connection(data: &[u8]) {
+/// WebSocket frames, in reads of sizes drawn from the input, with the clock moving on from
+/// `start` (the caller's `Instant::now()`: the core reads no clock).
+pub fn connection(data: &[u8], start: Instant) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
@@ -53,7 +54,7 @@ pub fn connection(data: &[u8]) {
         conformance_echo: true,
         ..CoreConfig::default()
     };
-    let mut sim = Sim::new(config, u64::from(mode));
+    let mut sim = Sim::new(config, u64::from(mode), start);
     let id = sim.connect();
     if mode & 2 != 0 {
         let path = if mode & 4 != 0 { "/echo" } else { "/ws" };

@@ -5,6 +5,11 @@
 //! commands. It never reads a clock, sleeps, spawns, or touches a socket or a file; time is always
 //! a parameter and randomness comes from the caller (an `rng::Entropy`: the OS CSPRNG in a
 //! gateway, a seed in the in-memory driver). See `DESIGN.md`.
+//!
+//! Cargo features: `sim` builds the deterministic in-memory driver (`sim`) that tests, examples
+//! and simulations drive the gateway with; `fuzzing` (implies `sim`) the fuzz targets' bodies.
+
+#![forbid(unsafe_code)]
 
 pub mod acp;
 mod agent_types;
@@ -12,6 +17,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod connection;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gateway;
 pub mod http;
@@ -22,6 +28,7 @@ pub mod net;
 pub mod protocol;
 pub mod rng;
 pub mod session;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod storage;
 pub mod timers;

@@ -47,6 +47,20 @@ pub struct Sim {
     config: CoreConfig,
     seed: u64,
     started: Instant,
+    /// What the simulated agents answered while the core's events were drained, fed after the
+    /// drain (as an adapter's services do: no input is called while outputs are drained).
+    agent_inputs: VecDeque<AgentInput>,
+    /// What each write of a flush pass took, reported to the core after the pass.
+    written: Vec<(ConnectionId, usize, bool)>,
+}
+
+/// A simulated agent's report, held until the drain that produced it is over.
+#[derive(Debug)]
+enum AgentInput {
+    Spawned(AgentId, String),
+    SpawnFailed(AgentId),
+    Line(AgentId, String),
+    Exited(AgentId),
 }
 
 /// How simulated agents behave.
@@ -231,9 +245,12 @@ impl SimStore {
 }
 
 impl Sim {
-    pub fn new(config: CoreConfig, seed: u64) -> Self {
-        // The anchor instant is arbitrary; only differences from it are ever observed.
-        let now = Instant::now();
+    /// A simulation whose virtual clock starts at `start` (any instant: only differences from it
+    /// are ever observed, and the clock only moves through `advance`). The core never reads a
+    /// clock, and neither does the simulation: the caller reads one once (`Instant::now()`) and
+    /// passes it here.
+    pub fn new(config: CoreConfig, seed: u64, start: Instant) -> Self {
+        let now = start;
         Sim {
             gateway: Gateway::new(config.clone(), seed, now, SIM_START_UNIX_MS),
             now,
@@ -247,6 +264,8 @@ impl Sim {
             config,
             seed,
             started: now,
+            agent_inputs: VecDeque::new(),
+            written: Vec::new(),
         }
     }
 
@@ -259,6 +278,8 @@ impl Sim {
             peer.closed = true;
         }
         self.agents.clear();
+        self.agent_inputs.clear();
+        self.written.clear();
         self.seed += 1;
         let records = self.store.recover(clean, self.seed * 1000);
         let unix_ms = SIM_START_UNIX_MS + self.now.duration_since(self.started).as_millis() as u64;
@@ -456,7 +477,9 @@ impl Sim {
     }
 
     /// Drains every output of the core: closes connections and writes queued bytes, honouring
-    /// each peer's write limit.
+    /// each peer's write limit. As an adapter must, it calls no input while it drains outputs:
+    /// the simulated agents' answers, the storage completions and what each write took are fed
+    /// after the drain, and the drain runs again until nothing moves.
     pub fn pump(&mut self) {
         loop {
             let mut progressed = false;
@@ -474,12 +497,6 @@ impl Sim {
                         }
                     }
                     Event::Agent(command) => self.agent_command(command),
-                }
-            }
-            if !self.hold_storage {
-                while let Some(completion) = self.completions.pop_front() {
-                    progressed = true;
-                    self.gateway.handle_storage(completion, self.now);
                 }
             }
             while let Some(id) = self.gateway.poll_transmit() {
@@ -507,10 +524,39 @@ impl Sim {
                 if written < waiting && peer.write_limit.is_some() {
                     peer.blocked = true;
                 }
+                // More than 64 slices waited: go round again.
+                let again = written < waiting && !peer.blocked;
+                self.written.push((id, written, again));
+            }
+            // The drain is over: the inputs it gave rise to, in order.
+            for (id, written, again) in std::mem::take(&mut self.written) {
                 self.gateway.handle_sent(id, written, self.now);
-                if written < waiting && !peer.blocked {
-                    // More than 64 slices waited: go round again.
+                if again {
                     self.gateway.handle_writable(id, self.now);
+                }
+            }
+            while let Some(input) = self.agent_inputs.pop_front() {
+                progressed = true;
+                match input {
+                    AgentInput::Spawned(agent, workspace) => self
+                        .gateway
+                        .handle_agent_spawned(agent, &workspace, self.now),
+                    AgentInput::SpawnFailed(agent) => self.gateway.handle_agent_spawn_failed(
+                        agent,
+                        "simulated spawn failure",
+                        self.now,
+                    ),
+                    AgentInput::Line(agent, line) => {
+                        self.gateway
+                            .handle_agent_line(agent, line.as_bytes(), self.now)
+                    }
+                    AgentInput::Exited(agent) => self.gateway.handle_agent_exited(agent, self.now),
+                }
+            }
+            if !self.hold_storage {
+                while let Some(completion) = self.completions.pop_front() {
+                    progressed = true;
+                    self.gateway.handle_storage(completion, self.now);
                 }
             }
             if !progressed {
@@ -527,11 +573,7 @@ impl Sim {
                 agent, session_id, ..
             } => {
                 if self.agent_mode == AgentMode::FailToStart {
-                    self.gateway.handle_agent_spawn_failed(
-                        agent,
-                        "simulated spawn failure",
-                        self.now,
-                    );
+                    self.agent_inputs.push_back(AgentInput::SpawnFailed(agent));
                     return;
                 }
                 let workspace = format!("/sim/sessions/{session_id}/workspace");
@@ -543,8 +585,8 @@ impl Sim {
                         alive: true,
                     },
                 );
-                self.gateway
-                    .handle_agent_spawned(agent, &workspace, self.now);
+                self.agent_inputs
+                    .push_back(AgentInput::Spawned(agent, workspace));
             }
             AgentCommand::Write { agent, line } => {
                 let Some(sim_agent) = self.agents.get_mut(&agent) else {
@@ -556,9 +598,8 @@ impl Sim {
                 sim_agent.written.push(message.clone());
                 if self.agent_mode == AgentMode::Echo && sim_agent.alive {
                     for reply in echo_agent_replies(&message) {
-                        let text = reply.to_string();
-                        self.gateway
-                            .handle_agent_line(agent, text.as_bytes(), self.now);
+                        self.agent_inputs
+                            .push_back(AgentInput::Line(agent, reply.to_string()));
                     }
                 }
             }
@@ -566,7 +607,7 @@ impl Sim {
                 if let Some(sim_agent) = self.agents.get_mut(&agent) {
                     if sim_agent.alive {
                         sim_agent.alive = false;
-                        self.gateway.handle_agent_exited(agent, self.now);
+                        self.agent_inputs.push_back(AgentInput::Exited(agent));
                     }
                 }
             }

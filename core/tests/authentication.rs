@@ -8,6 +8,7 @@ use diminuendo_core::auth::{testing, AuthConfig, Authenticator};
 use diminuendo_core::sim::{client, Sim, SIM_START_UNIX_MS};
 use diminuendo_core::{ConnectionId, CoreConfig};
 use serde_json::{json, Value};
+use std::time::Instant;
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
@@ -18,6 +19,7 @@ fn sim() -> Sim {
             ..prod()
         },
         3,
+        Instant::now(),
     );
     let auth = Authenticator::new(AuthConfig {
         hs256_secret: Some(SECRET.into()),
@@ -161,6 +163,7 @@ fn behind_a_trusted_proxy_the_forwarded_client_address_is_limited() {
             ..prod()
         },
         3,
+        Instant::now(),
     );
     let auth = Authenticator::new(AuthConfig {
         hs256_secret: Some(SECRET.into()),

@@ -8,6 +8,7 @@ use diminuendo_core::rng::Entropy;
 use diminuendo_core::sim::{client, Sim, SIM_START_UNIX_MS};
 use diminuendo_core::Gateway;
 use serde_json::{json, Value};
+use std::time::Instant;
 
 /// A source that hands out a fixed byte and counts what was drawn.
 struct Fixed {
@@ -33,7 +34,7 @@ fn reply(sim: &mut Sim, id: diminuendo_core::ConnectionId, message: Value) -> Va
 
 #[test]
 fn client_and_session_ids_and_epochs_come_from_the_callers_entropy() {
-    let mut sim = Sim::new(dev(), 1);
+    let mut sim = Sim::new(dev(), 1, Instant::now());
     let drawn = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let source = Fixed {
         byte: 0xab,

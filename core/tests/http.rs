@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use diminuendo_core::sim::{client, Sim, SIM_START_UNIX_MS};
@@ -10,7 +10,7 @@ use diminuendo_core::CoreConfig;
 use proptest::prelude::*;
 
 fn sim() -> Sim {
-    Sim::new(dev(), 7)
+    Sim::new(dev(), 7, Instant::now())
 }
 
 /// The headers every response carries.
@@ -313,7 +313,7 @@ fn keep_alive_timeout_closes_an_idle_connection() {
         keep_alive_timeout: Duration::from_secs(60),
         ..dev()
     };
-    let mut sim = Sim::new(config, 1);
+    let mut sim = Sim::new(config, 1, Instant::now());
     // Changed on purpose (issue 11, item 9): a connection that never sends a byte is closed at
     // the request-head timeout (10 s), not held for the keep-alive minute.
     let id = sim.connect();
@@ -597,7 +597,7 @@ fn reads() -> impl Strategy<Value = Vec<usize>> {
 
 /// Everything the server wrote for `stream` sent in the given reads, and whether it closed.
 fn run(stream: &[u8], sizes: &[usize], write_limits: Option<&[usize]>) -> (Vec<u8>, bool) {
-    let mut sim = Sim::new(dev(), 3);
+    let mut sim = Sim::new(dev(), 3, Instant::now());
     let id = sim.connect();
     let mut rest = stream;
     let mut index = 0;
@@ -669,7 +669,7 @@ fn the_clock_does_not_move_by_itself() {
     let id = sim.connect();
     sim.send(id, &client::get("/health"));
     let first = sim.take_received(id);
-    let mut other = Sim::new(dev(), 7);
+    let mut other = Sim::new(dev(), 7, Instant::now());
     let other_id = other.connect();
     other.send(other_id, &client::get("/health"));
     assert_eq!(first, other.take_received(other_id));
@@ -697,7 +697,7 @@ fn plain_http_connections_count_toward_max_connections() {
         max_connections: 2,
         ..dev()
     };
-    let mut sim = Sim::new(config, 1);
+    let mut sim = Sim::new(config, 1, Instant::now());
     let first = sim.connect();
     let _second = sim.connect();
     let third = sim.connect();
@@ -719,7 +719,7 @@ fn connections_per_ip_are_limited_by_tcp_peer() {
         max_connections_per_ip: 2,
         ..dev()
     };
-    let mut sim = Sim::new(config, 1);
+    let mut sim = Sim::new(config, 1, Instant::now());
     let a = sim.connect_from(peer("198.51.100.1:1"));
     let _b = sim.connect_from(peer("198.51.100.1:2"));
     // Beyond the limit: 503 for an upgrade and for a plain request alike, then closed.
@@ -761,7 +761,7 @@ fn refused_connections_waiting_for_their_503_are_bounded() {
         max_connections: 1,
         ..dev()
     };
-    let mut sim = Sim::new(config, 1);
+    let mut sim = Sim::new(config, 1, Instant::now());
     let _admitted = sim.connect();
     let waiting: Vec<_> = (0..diminuendo_core::gateway::MAX_REFUSED_OPEN)
         .map(|_| sim.connect())

@@ -1,6 +1,6 @@
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use diminuendo_core::sim::{client, Sim, SIM_START_UNIX_MS};
@@ -10,7 +10,7 @@ use serde_json::json;
 /// PROTOCOL section 8: "/readyz turns 503" on shutdown.
 #[test]
 fn readyz_answers_503_while_draining() {
-    let mut sim = Sim::new(dev(), 1);
+    let mut sim = Sim::new(dev(), 1, Instant::now());
     let _ws = open_ws(&mut sim); // a client still draining keeps the process up
     sim.gateway.begin_shutdown(sim.now());
     sim.pump();
@@ -26,7 +26,7 @@ fn readyz_answers_503_while_draining() {
 /// PROTOCOL section 8: "new upgrades get 503" on shutdown.
 #[test]
 fn upgrades_get_503_while_draining() {
-    let mut sim = Sim::new(dev(), 1);
+    let mut sim = Sim::new(dev(), 1, Instant::now());
     let _ws = open_ws(&mut sim);
     sim.gateway.begin_shutdown(sim.now());
     sim.pump();
@@ -42,7 +42,7 @@ fn upgrades_get_503_while_draining() {
 /// PROTOCOL section 3: requestId is "a string, at most 64 chars".
 #[test]
 fn a_request_id_of_64_non_ascii_chars_is_accepted() {
-    let mut sim = Sim::new(dev(), 1);
+    let mut sim = Sim::new(dev(), 1, Instant::now());
     let id = open_ws(&mut sim);
     let request_id = "é".repeat(64);
     sim.send(
@@ -63,7 +63,7 @@ fn pipelined_requests_from_a_client_that_never_reads_are_bounded() {
         ..dev()
     };
     let limit = config.outbound_queue_limit;
-    let mut sim = Sim::new(config, 1);
+    let mut sim = Sim::new(config, 1, Instant::now());
     let id = sim.connect();
     sim.set_write_limit(id, Some(0));
     let batch: Vec<u8> = (0..100).flat_map(|_| client::get("/metrics")).collect();
@@ -83,7 +83,7 @@ fn pipelined_requests_from_a_client_that_never_reads_are_bounded() {
 /// PROTOCOL section 4: "a connection that sent no frame for 2.5 intervals is closed with 4103".
 #[test]
 fn bytes_that_never_complete_a_frame_do_not_keep_a_connection_alive() {
-    let mut sim = Sim::new(dev(), 1);
+    let mut sim = Sim::new(dev(), 1, Instant::now());
     let id = open_ws(&mut sim);
     let frame = masked(OP_TEXT, true, &[b' '; 100]);
     for byte in frame.iter().take(20) {

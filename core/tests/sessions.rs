@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use diminuendo_core::sim::{client, AgentMode, Sim};
@@ -80,7 +80,7 @@ fn kinds(messages: &[Value]) -> Vec<String> {
 
 #[test]
 fn the_registry_lifecycle_with_tenant_notifications() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let alice = open_ws(&mut sim);
     let bob = open_ws(&mut sim);
     let session_id = create(&mut sim, alice);
@@ -137,7 +137,7 @@ fn the_registry_lifecycle_with_tenant_notifications() {
 
 #[test]
 fn bad_requests_get_clear_errors() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let id = open_ws(&mut sim);
     let reply = call(
         &mut sim,
@@ -176,7 +176,7 @@ fn bad_requests_get_clear_errors() {
 
 #[test]
 fn a_turn_publishes_its_events_in_order_with_gap_free_seq() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
     let joined = call(
@@ -246,7 +246,7 @@ fn a_turn_publishes_its_events_in_order_with_gap_free_seq() {
 
 #[test]
 fn resume_replays_exactly_what_was_missed_or_says_reload() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
     call(
@@ -290,7 +290,7 @@ fn resume_replays_exactly_what_was_missed_or_says_reload() {
     }
     let mut small = config();
     small.replay_limit = 2;
-    let mut sim2 = Sim::new(small, 1);
+    let mut sim2 = Sim::new(small, 1, Instant::now());
     let id2 = open_ws(&mut sim2);
     let session2 = create(&mut sim2, id2);
     call(
@@ -311,7 +311,7 @@ fn resume_replays_exactly_what_was_missed_or_says_reload() {
 
 #[test]
 fn live_events_published_during_a_replay_follow_it_without_gap_or_duplicate() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let writer = open_ws(&mut sim);
     let session_id = create(&mut sim, writer);
     call(
@@ -355,7 +355,7 @@ fn live_events_published_during_a_replay_follow_it_without_gap_or_duplicate() {
 
 #[test]
 fn get_events_reads_everything_published_with_limits() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
     call(
@@ -398,7 +398,7 @@ fn get_events_reads_everything_published_with_limits() {
 
 #[test]
 fn coalesced_deltas_concatenate_to_the_agent_text() {
-    let mut sim = Sim::new(dev(), 1);
+    let mut sim = Sim::new(dev(), 1, Instant::now());
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
     call(
@@ -437,7 +437,7 @@ fn coalesced_deltas_concatenate_to_the_agent_text() {
 
 #[test]
 fn stop_turn_cancels_and_the_turn_completes_cancelled() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     sim.agent_mode = AgentMode::Manual;
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
@@ -494,7 +494,7 @@ fn handshake(sim: &mut Sim, agent: diminuendo_core::AgentId) {
 
 #[test]
 fn the_first_answer_resolves_a_permission_and_every_client_sees_it() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     sim.agent_mode = AgentMode::Manual;
     let (a, b) = (open_ws(&mut sim), open_ws(&mut sim));
     let session_id = create(&mut sim, a);
@@ -568,7 +568,7 @@ fn the_first_answer_resolves_a_permission_and_every_client_sees_it() {
 
 #[test]
 fn an_agent_that_dies_mid_turn_errors_the_session_and_the_next_turn_restarts_it() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     sim.agent_mode = AgentMode::Manual;
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
@@ -606,7 +606,7 @@ fn an_agent_that_dies_mid_turn_errors_the_session_and_the_next_turn_restarts_it(
 
 #[test]
 fn invalid_agent_output_fails_the_turn_without_hurting_other_sessions() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     sim.agent_mode = AgentMode::Manual;
     let id = open_ws(&mut sim);
     let broken = create(&mut sim, id);
@@ -634,7 +634,7 @@ fn invalid_agent_output_fails_the_turn_without_hurting_other_sessions() {
 
 #[test]
 fn an_agent_that_cannot_start_answers_agent_unavailable() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     sim.agent_mode = AgentMode::FailToStart;
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
@@ -649,7 +649,7 @@ fn an_agent_that_cannot_start_answers_agent_unavailable() {
 
 #[test]
 fn one_turn_at_a_time() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     sim.agent_mode = AgentMode::Manual;
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
@@ -668,7 +668,7 @@ fn one_turn_at_a_time() {
 
 #[test]
 fn steer_cancels_the_running_turn_then_prompts_with_its_text() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     sim.agent_mode = AgentMode::Manual;
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
@@ -720,6 +720,7 @@ fn rate_limit_then_close_4101() {
             ..config()
         },
         1,
+        Instant::now(),
     );
     let id = open_ws(&mut sim);
     for _ in 0..5 {
@@ -758,6 +759,7 @@ fn a_slow_subscriber_is_closed_4100_and_the_others_get_everything() {
             ..config()
         },
         1,
+        Instant::now(),
     );
     sim.agent_mode = AgentMode::Manual;
     let fast = open_ws(&mut sim);
@@ -803,7 +805,7 @@ fn a_slow_subscriber_is_closed_4100_and_the_others_get_everything() {
 
 #[test]
 fn restarts_deactivate_sessions_and_an_unclean_one_changes_the_epoch() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
     call(
@@ -852,7 +854,7 @@ fn restarts_deactivate_sessions_and_an_unclean_one_changes_the_epoch() {
 
 #[test]
 fn shutdown_gives_running_turns_a_grace_period_then_closes_everyone() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     sim.agent_mode = AgentMode::Manual;
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
@@ -900,7 +902,7 @@ fn shutdown_gives_running_turns_a_grace_period_then_closes_everyone() {
 
 #[test]
 fn an_idle_session_is_deactivated() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
     call(
@@ -921,6 +923,7 @@ fn a_replay_too_big_for_the_outbound_budget_reloads_instead_of_closing_a_fast_re
             ..config()
         },
         1,
+        Instant::now(),
     );
     let writer = open_ws(&mut sim);
     let session_id = create(&mut sim, writer);
@@ -974,7 +977,7 @@ fn a_replay_too_big_for_the_outbound_budget_reloads_instead_of_closing_a_fast_re
 
 #[test]
 fn registry_replies_wait_for_the_commit() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let alice = open_ws(&mut sim);
     let bob = open_ws(&mut sim);
     sim.hold_storage = true;
@@ -1038,7 +1041,7 @@ fn registry_replies_wait_for_the_commit() {
 
 #[test]
 fn a_failed_commit_answers_internal_and_memory_matches_the_disk() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let alice = open_ws(&mut sim);
     let bob = open_ws(&mut sim);
     let kept = create(&mut sim, alice);
@@ -1089,7 +1092,7 @@ fn a_failed_commit_answers_internal_and_memory_matches_the_disk() {
 
 #[test]
 fn a_durable_reply_never_reaches_a_recycled_connection_id() {
-    let mut sim = Sim::new(config(), 1);
+    let mut sim = Sim::new(config(), 1, Instant::now());
     let alice = open_ws(&mut sim);
     let bob = open_ws(&mut sim);
     sim.hold_storage = true;

@@ -30,7 +30,7 @@
 //! results, which the storage crate's single reader thread answers in submission order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diminuendo_core::auth::testing::{claims, sign_hs256};
 use diminuendo_core::auth::{AuthConfig, Authenticator};
@@ -342,7 +342,7 @@ fn authenticator() -> Authenticator {
 
 impl Model {
     fn new(setup: Setup) -> Self {
-        let mut sim = Sim::new(config(&setup), 7);
+        let mut sim = Sim::new(config(&setup), 7, Instant::now());
         sim.gateway.set_authenticator(authenticator());
         if setup.manual {
             sim.agent_mode = AgentMode::Manual;

@@ -11,6 +11,7 @@ use diminuendo_core::sim::{client, AgentMode, Sim};
 use diminuendo_core::storage::{DatabaseId, StorageCompletion, StorageError};
 use diminuendo_core::{ConnectionId, CoreConfig};
 use serde_json::{json, Value};
+use std::time::Instant;
 
 fn config() -> CoreConfig {
     CoreConfig {
@@ -64,7 +65,7 @@ fn unwritable(reason: &str) -> StorageCompletion {
 
 #[test]
 fn a_failed_write_to_a_session_log_gives_it_a_new_epoch_and_an_old_resume_reloads() {
-    let mut sim = Sim::new(config(), 7);
+    let mut sim = Sim::new(config(), 7, Instant::now());
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
     let (accepted, _) = call(
@@ -128,7 +129,7 @@ fn a_failed_write_to_a_session_log_gives_it_a_new_epoch_and_an_old_resume_reload
 
 #[test]
 fn while_storage_cannot_write_readyz_is_503_health_says_why_and_new_work_answers_internal() {
-    let mut sim = Sim::new(config(), 7);
+    let mut sim = Sim::new(config(), 7, Instant::now());
     let id = open_ws(&mut sim);
     let session_id = create(&mut sim, id);
     assert_eq!(get(&mut sim, "/readyz").0, 200);
@@ -225,7 +226,7 @@ fn while_storage_cannot_write_readyz_is_503_health_says_why_and_new_work_answers
 
 #[test]
 fn draining_is_the_reason_health_gives_while_draining() {
-    let mut sim = Sim::new(config(), 7);
+    let mut sim = Sim::new(config(), 7, Instant::now());
     sim.gateway.begin_shutdown(sim.now());
     sim.pump();
     let (status, body) = get(&mut sim, "/health");
@@ -245,7 +246,7 @@ fn chunk(sim: &mut Sim, agent: diminuendo_core::AgentId, text: &str) {
 
 #[test]
 fn a_congested_queue_refuses_new_work_with_rate_limited_while_running_turns_go_on() {
-    let mut sim = Sim::new(config(), 7);
+    let mut sim = Sim::new(config(), 7, Instant::now());
     sim.agent_mode = AgentMode::Manual;
     let id = open_ws(&mut sim);
     let busy = create(&mut sim, id);

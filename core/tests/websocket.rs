@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use diminuendo_core::sim::{client, Sim, SIM_START_UNIX_MS};
@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 fn refused(config: CoreConfig, bytes: &[u8]) -> (Sim, ConnectionId, HttpResponse) {
-    let mut sim = Sim::new(config, 11);
+    let mut sim = Sim::new(config, 11, Instant::now());
     let (id, response) = one_response(&mut sim, bytes);
     (sim, id, response)
 }
@@ -33,7 +33,7 @@ fn ws_without_upgrade_gets_426_with_upgrade_header() {
         ),
         request("HEAD", "/ws", ""),
     ] {
-        let mut sim = Sim::new(dev(), 11);
+        let mut sim = Sim::new(dev(), 11, Instant::now());
         let id = sim.connect();
         sim.send(id, &bytes);
         let head_only = bytes.starts_with(b"HEAD");
@@ -119,7 +119,7 @@ fn upgrades_over_max_connections_get_503() {
         max_connections: 2,
         ..dev()
     };
-    let mut sim = Sim::new(config, 1);
+    let mut sim = Sim::new(config, 1, Instant::now());
     let first = open_ws(&mut sim);
     let _second = open_ws(&mut sim);
     let (third, response) = one_response(&mut sim, &client::upgrade("/ws"));
@@ -137,7 +137,7 @@ fn upgrades_over_max_connections_get_503() {
 
 #[test]
 fn the_101_carries_the_accept_key_and_no_length() {
-    let mut sim = Sim::new(dev(), 1);
+    let mut sim = Sim::new(dev(), 1, Instant::now());
     let (_, response) = one_response(&mut sim, &client::upgrade("/ws"));
     assert_eq!(response.status, 101);
     assert_eq!(
@@ -169,7 +169,7 @@ fn the_diminuendo_subprotocol_is_selected_when_offered() {
         ("Sec-WebSocket-Protocol: other\r\n", None),
         ("Sec-WebSocket-Extensions: permessage-deflate\r\n", None),
     ] {
-        let mut sim = Sim::new(dev(), 1);
+        let mut sim = Sim::new(dev(), 1, Instant::now());
         let (_, response) = one_response(&mut sim, &upgrade_with("/ws", offer));
         assert_eq!(response.status, 101);
         assert_eq!(
@@ -183,7 +183,7 @@ fn the_diminuendo_subprotocol_is_selected_when_offered() {
 
 #[test]
 fn frames_in_the_same_read_as_the_upgrade_are_processed() {
-    let mut sim = Sim::new(dev(), 1);
+    let mut sim = Sim::new(dev(), 1, Instant::now());
     let id = sim.connect();
     let mut bytes = client::upgrade("/ws");
     bytes.extend(text_json(
@@ -221,7 +221,7 @@ fn frames_in_the_same_read_as_the_upgrade_are_processed() {
 
 #[test]
 fn dev_mode_greets_with_welcome_connected_authenticated() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     sim.advance(Duration::from_millis(1234));
     let id = open(&mut sim, "/ws");
     let frames = sim.take_frames(id);
@@ -278,14 +278,14 @@ fn the_heartbeat_interval_is_announced_from_the_config() {
         heartbeat_interval: Duration::from_millis(1500),
         ..dev()
     };
-    let mut sim = Sim::new(config, 1);
+    let mut sim = Sim::new(config, 1, Instant::now());
     let id = open(&mut sim, "/ws");
     assert_eq!(sim.take_messages(id)[1]["heartbeatIntervalMs"], 1500);
 }
 
 #[test]
 fn without_dev_mode_authentication_is_required() {
-    let mut sim = Sim::new(prod(), 5);
+    let mut sim = Sim::new(prod(), 5, Instant::now());
     let id = open(&mut sim, "/ws");
     let messages = sim.take_messages(id);
     assert_eq!(messages.len(), 2, "no authenticated: {messages:?}");
@@ -327,7 +327,7 @@ fn without_dev_mode_authentication_is_required() {
 
 #[test]
 fn an_unauthenticated_connection_is_closed_with_4001_after_the_auth_timeout() {
-    let mut sim = Sim::new(prod(), 5);
+    let mut sim = Sim::new(prod(), 5, Instant::now());
     let timeout = sim.gateway.config().auth_timeout;
     assert_eq!(timeout, Duration::from_secs(10));
     let id = open(&mut sim, "/ws");
@@ -361,7 +361,7 @@ fn single_reply(sim: &mut Sim, id: ConnectionId, text: &str) -> Value {
 
 #[test]
 fn envelope_errors() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     let long = "r".repeat(65);
     for (text, code, request_id) in [
@@ -411,7 +411,7 @@ fn envelope_errors() {
 
 #[test]
 fn optional_fields_may_be_null_and_unknown_fields_are_ignored() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     let at_limit = "x".repeat(64);
     for (text, request_id) in [
@@ -439,7 +439,7 @@ fn optional_fields_may_be_null_and_unknown_fields_are_ignored() {
 
 #[test]
 fn ping_is_answered_with_a_pong_of_the_same_payload() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     for payload in [&b""[..], b"hello", &[0xff; 125]] {
         sim.send(id, &masked(OP_PING, true, payload));
@@ -464,7 +464,7 @@ fn ping_is_answered_with_a_pong_of_the_same_payload() {
 #[test]
 fn a_client_close_is_echoed_and_the_connection_closes() {
     for (code, reason) in [(1000u16, ""), (1001, "bye"), (4000, "app")] {
-        let mut sim = Sim::new(dev(), 5);
+        let mut sim = Sim::new(dev(), 5, Instant::now());
         let id = open_ws(&mut sim);
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(reason.as_bytes());
@@ -480,7 +480,7 @@ fn a_client_close_is_echoed_and_the_connection_closes() {
 
 #[test]
 fn a_close_without_payload_gets_an_empty_close() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     sim.send(id, &masked(OP_CLOSE, true, b""));
     let frames = parse_frames(&sim.take_received(id));
@@ -492,7 +492,7 @@ fn a_close_without_payload_gets_an_empty_close() {
 
 #[test]
 fn frames_after_a_close_are_ignored() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     sim.set_write_limit(id, Some(0));
     let mut bytes = client::close(1000);
@@ -511,7 +511,7 @@ fn frames_after_a_close_are_ignored() {
 
 /// Sends `bytes` and expects exactly one close frame with `code`, after which the server closes.
 fn fails_with(config: CoreConfig, path: &str, bytes: &[u8], code: u16) {
-    let mut sim = Sim::new(config, 5);
+    let mut sim = Sim::new(config, 5, Instant::now());
     let id = open(&mut sim, path);
     sim.take_received(id);
     sim.send(id, bytes);
@@ -569,7 +569,7 @@ fn a_message_over_the_limit_closes_with_1009_at_its_header() {
     fails_with(small.clone(), "/ws", &bytes, 1009);
 
     // Exactly at the limit is fine.
-    let mut sim = Sim::new(small, 5);
+    let mut sim = Sim::new(small, 5, Instant::now());
     let id = open_ws(&mut sim);
     let text = format!(
         "{{\"type\":\"ping\",\"pad\":\"{}\"}}",
@@ -608,7 +608,7 @@ fn invalid_close_codes_close_with_1002() {
 
 #[test]
 fn input_after_a_failure_is_ignored() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     sim.set_write_limit(id, Some(0));
     let mut bytes = masked(OP_BINARY, true, b"x");
@@ -627,7 +627,7 @@ fn input_after_a_failure_is_ignored() {
 
 #[test]
 fn echo_exists_only_for_the_conformance_suite() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let (_, response) = one_response(&mut sim, &client::upgrade("/echo"));
     assert_eq!(response.status, 404);
 
@@ -635,7 +635,7 @@ fn echo_exists_only_for_the_conformance_suite() {
         conformance_echo: true,
         ..prod()
     };
-    let mut sim = Sim::new(config, 5);
+    let mut sim = Sim::new(config, 5, Instant::now());
     let id = sim.connect();
     sim.send(
         id,
@@ -687,7 +687,7 @@ fn heartbeat_and_ping(frames: &[Frame], at_ms: u64) {
 
 #[test]
 fn a_silent_server_sends_heartbeat_then_ping() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     sim.advance(Duration::from_millis(29_999));
     assert!(sim.take_received(id).is_empty());
@@ -710,7 +710,7 @@ fn a_silent_server_sends_heartbeat_then_ping() {
 
 #[test]
 fn a_client_silent_for_two_and_a_half_intervals_is_closed_with_4103() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     sim.advance(Duration::from_millis(74_999));
     let frames = sim.take_frames(id);
@@ -731,7 +731,7 @@ fn a_client_silent_for_two_and_a_half_intervals_is_closed_with_4103() {
 
 #[test]
 fn a_client_that_answers_pings_stays_connected() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     let mut heartbeats = 0;
     for _ in 0..60 {
@@ -750,7 +750,7 @@ fn a_client_that_answers_pings_stays_connected() {
 
 #[test]
 fn any_client_frame_shows_it_is_alive() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     sim.advance(Duration::from_secs(70));
     sim.send(id, &masked(OP_PING, true, b""));
@@ -772,7 +772,7 @@ fn graceful_shutdown() {
         conformance_echo: true,
         ..dev()
     };
-    let mut sim = Sim::new(config, 99);
+    let mut sim = Sim::new(config, 99, Instant::now());
     let polite = open_ws(&mut sim);
     let silent = open_ws(&mut sim);
     let echo = open(&mut sim, "/echo");
@@ -837,7 +837,7 @@ fn graceful_shutdown() {
 fn shutdown_jitter_is_spread() {
     let mut values = std::collections::BTreeSet::new();
     for seed in 0..20 {
-        let mut sim = Sim::new(dev(), seed);
+        let mut sim = Sim::new(dev(), seed, Instant::now());
         let id = open_ws(&mut sim);
         sim.gateway.begin_shutdown(sim.now());
         sim.pump();
@@ -867,7 +867,7 @@ fn pings(count: usize) -> Vec<u8> {
 
 #[test]
 fn a_slow_consumer_is_closed_with_4100_after_its_partly_written_frame() {
-    let mut sim = Sim::new(slow_config(), 5);
+    let mut sim = Sim::new(slow_config(), 5, Instant::now());
     let id = open_ws(&mut sim);
     // The socket takes one byte of the first pong, then blocks and is never unblocked.
     sim.set_write_limit(id, Some(1));
@@ -901,7 +901,7 @@ fn a_slow_consumer_is_closed_with_4100_after_its_partly_written_frame() {
 
 #[test]
 fn a_slow_consumer_whose_socket_took_nothing_gets_only_the_close() {
-    let mut sim = Sim::new(slow_config(), 5);
+    let mut sim = Sim::new(slow_config(), 5, Instant::now());
     let id = open_ws(&mut sim);
     sim.set_write_limit(id, Some(0));
     let mut queued = 0;
@@ -929,7 +929,7 @@ fn a_slow_consumer_whose_socket_took_nothing_gets_only_the_close() {
 
 #[test]
 fn a_slow_consumer_that_never_reads_is_closed_after_the_close_timeout() {
-    let mut sim = Sim::new(slow_config(), 5);
+    let mut sim = Sim::new(slow_config(), 5, Instant::now());
     let id = open_ws(&mut sim);
     sim.set_write_limit(id, Some(1));
     sim.send(id, &pings(40));
@@ -945,7 +945,7 @@ fn a_slow_consumer_that_never_reads_is_closed_after_the_close_timeout() {
 fn the_slow_consumer_limit_applies_to_the_upgrade_response_too() {
     // A client that blocks right after sending the upgrade: the 101 is finished first, whatever
     // was queued after it is discarded.
-    let mut sim = Sim::new(slow_config(), 5);
+    let mut sim = Sim::new(slow_config(), 5, Instant::now());
     let id = sim.connect();
     sim.set_write_limit(id, Some(1));
     sim.send(id, &client::upgrade("/ws"));
@@ -962,7 +962,7 @@ fn the_slow_consumer_limit_applies_to_the_upgrade_response_too() {
 
 #[test]
 fn a_queue_at_the_limit_is_not_a_slow_consumer() {
-    let mut sim = Sim::new(slow_config(), 5);
+    let mut sim = Sim::new(slow_config(), 5, Instant::now());
     let id = open_ws(&mut sim);
     sim.set_write_limit(id, Some(0));
     // 32 pongs of 127 bytes: 4064 bytes, under 4096.
@@ -978,7 +978,7 @@ fn a_queue_at_the_limit_is_not_a_slow_consumer() {
 
 #[test]
 fn one_byte_writes_deliver_every_byte_in_order() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = sim.connect();
     sim.set_write_limit(id, Some(1));
     sim.send(id, &client::upgrade("/ws"));
@@ -1013,7 +1013,7 @@ fn one_byte_writes_deliver_every_byte_in_order() {
 
 #[test]
 fn an_idle_connection_holds_no_outbound_queue() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     assert_eq!(sim.gateway.outbound_len(id), 0);
     sim.set_write_limit(id, Some(3));
@@ -1040,7 +1040,7 @@ fn an_idle_connection_holds_no_outbound_queue() {
 
 #[test]
 fn poll_timeout_is_in_the_future_after_every_advance() {
-    let mut sim = Sim::new(prod(), 5);
+    let mut sim = Sim::new(prod(), 5, Instant::now());
     let ws = open(&mut sim, "/ws");
     let _dev_like = sim.connect();
     let partial = sim.connect();
@@ -1068,7 +1068,7 @@ fn poll_timeout_is_in_the_future_after_every_advance() {
 
 #[test]
 fn advancing_past_many_deadlines_fires_each_at_its_time_in_order() {
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let early = open_ws(&mut sim);
     sim.advance(Duration::from_secs(10));
     let late = open_ws(&mut sim);
@@ -1097,7 +1097,7 @@ fn advancing_past_many_deadlines_fires_each_at_its_time_in_order() {
 #[test]
 fn a_coarse_tick_directly_on_the_gateway_fires_what_is_due() {
     // An adapter whose timer fires late calls handle_timeout once with a later `now`.
-    let mut sim = Sim::new(dev(), 5);
+    let mut sim = Sim::new(dev(), 5, Instant::now());
     let id = open_ws(&mut sim);
     // The earliest entry may be the stale request-head deadline of the connection's HTTP life
     // (10 s); it only wakes the caller early.
@@ -1242,14 +1242,14 @@ proptest! {
         let expected: Vec<Reply> = due.iter().map(|(_, reply)| reply.clone()).collect();
 
         // All in one read.
-        let mut sim = Sim::new(dev(), 5);
+        let mut sim = Sim::new(dev(), 5, Instant::now());
         let id = open_ws(&mut sim);
         sim.send(id, &stream);
         let whole = sim.take_received(id);
         prop_assert_eq!(replies(&parse_frames(&whole)), expected.clone());
 
         // In arbitrary reads: after each read, exactly the replies whose request is complete.
-        let mut sim = Sim::new(dev(), 5);
+        let mut sim = Sim::new(dev(), 5, Instant::now());
         let id = open_ws(&mut sim);
         let mut sent = 0;
         let mut received = Vec::new();
@@ -1275,11 +1275,7 @@ proptest! {
 // ---------------------------------------------------------------- the adapter contract
 
 /// Writes everything waiting for `id` and returns it, as an adapter with a fast socket would.
-fn write_all(
-    gateway: &mut diminuendo_core::Gateway,
-    id: ConnectionId,
-    now: std::time::Instant,
-) -> Vec<u8> {
+fn write_all(gateway: &mut diminuendo_core::Gateway, id: ConnectionId, now: Instant) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(ready) = gateway.poll_transmit() {
         assert_eq!(ready, id);

@@ -14,7 +14,10 @@
 //! # Ok::<(), StorageError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod config;
+mod database;
 mod lru;
 mod paths;
 mod reader;
@@ -32,6 +35,7 @@ pub use config::{
     Clock, CommitHook, StorageConfig, Synchronous, SystemClock, UncleanEpochPolicy,
     DEFAULT_QUEUE_LIMIT,
 };
+pub use database::write_target;
 pub use diminuendo_core::storage::{
     DatabaseId, MemberRecord, QueryResult, RecoveryReport, SessionRecord, SessionResume,
     SessionStatus, StorageCommand, StorageCompletion, StorageError, StorageQuery, StoredEvent,
@@ -42,7 +46,6 @@ pub use paths::{registry_path, session_path, validate_id, CLEAN_MARKER, MAX_ID_L
 pub use recovery::fresh_epoch;
 pub use schema::{REGISTRY_MIGRATIONS, SESSION_MIGRATIONS};
 pub use shared::StorageStats;
-pub use writer::write_target;
 
 use crossbeam_channel::{Receiver, Sender};
 use schema::HandleOptions;
@@ -242,17 +245,17 @@ fn validate(cmd: &StorageCommand) -> Result<(), StorageError> {
             if let StorageQuery::LoadSession { session_id, .. } = query {
                 validate_id("session id", session_id)?;
             }
-            Some(writer::query_target(query))
+            Some(database::query_target(query))
         }
         StorageCommand::UpsertSession { session } => {
             validate_id("session id", &session.id)?;
-            writer::write_target(cmd)
+            database::write_target(cmd)
         }
         StorageCommand::DeleteSession { session_id, .. } => {
             validate_id("session id", session_id)?;
-            writer::write_target(cmd)
+            database::write_target(cmd)
         }
-        _ => writer::write_target(cmd),
+        _ => database::write_target(cmd),
     };
     match target {
         Some(db) => paths::database_rel(&db).map(|_| ()),

@@ -1,10 +1,10 @@
 //! The reader thread: answers queries on its own read-only handles.
 
+use crate::database::{error_database, query_target};
 use crate::lru::Lru;
 use crate::paths::database_rel;
 use crate::schema::{self, sqlite_err, DbKind, HandleOptions};
 use crate::shared::{Completer, Stats};
-use crate::writer::error_database;
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use diminuendo_core::storage::{
@@ -218,7 +218,7 @@ impl Reader {
     }
 
     fn answer(&mut self, query: &StorageQuery) -> Result<QueryResult, StorageError> {
-        let db = crate::writer::query_target(query);
+        let db = query_target(query);
         let rel = database_rel(&db)?;
         let name = rel.display().to_string();
         if !self.handles.contains(&db) {

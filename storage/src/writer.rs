@@ -1,6 +1,7 @@
 //! The writer thread: buffers writes, commits them in batches, routes queries to the reader.
 
 use crate::config::{Clock, CommitHook};
+use crate::database::{error_database, query_target, write_target};
 use crate::lru::Lru;
 use crate::paths::{database_rel, session_path, CLEAN_MARKER};
 use crate::reader::ReaderMsg;
@@ -8,7 +9,7 @@ use crate::schema::{self, DbKind, HandleOptions};
 use crate::shared::{Completer, Stats};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use diminuendo_core::storage::{
-    DatabaseId, StorageCommand, StorageCompletion, StorageError, StorageQuery, QUERY_QUEUED_BYTES,
+    DatabaseId, StorageCommand, StorageCompletion, StorageError, QUERY_QUEUED_BYTES,
 };
 use rusqlite::{params, Connection, ErrorCode};
 use std::collections::HashMap;
@@ -37,46 +38,6 @@ impl BatchPolicy {
     /// How long to wait for the next command before the interval expires (`None`: no deadline).
     pub fn wait(&self, first_at: Option<Instant>, now: Instant) -> Option<Duration> {
         first_at.map(|first| (first + self.interval).saturating_duration_since(now))
-    }
-}
-
-/// The database a write goes to; `None` for flush, shutdown and queries.
-pub fn write_target(cmd: &StorageCommand) -> Option<DatabaseId> {
-    match cmd {
-        StorageCommand::UpsertSession { session } => Some(DatabaseId::Registry {
-            tenant_id: session.tenant_id.clone(),
-        }),
-        StorageCommand::DeleteSession { tenant_id, .. }
-        | StorageCommand::DeleteMember { tenant_id, .. } => Some(DatabaseId::Registry {
-            tenant_id: tenant_id.clone(),
-        }),
-        StorageCommand::UpsertMember { member } => Some(DatabaseId::Registry {
-            tenant_id: member.tenant_id.clone(),
-        }),
-        StorageCommand::AppendEvent { session_id, .. }
-        | StorageCommand::UpsertTurn { session_id, .. } => Some(DatabaseId::Session {
-            session_id: session_id.clone(),
-        }),
-        // A marker in its database's group: answered when the writes before it are committed.
-        StorageCommand::CommitNow { database, .. } => Some(database.clone()),
-        StorageCommand::Flush { .. }
-        | StorageCommand::Shutdown { .. }
-        | StorageCommand::Query { .. } => None,
-    }
-}
-
-/// The database a query reads.
-pub fn query_target(q: &StorageQuery) -> DatabaseId {
-    match q {
-        StorageQuery::ListSessions { tenant_id, .. }
-        | StorageQuery::LoadSession { tenant_id, .. } => DatabaseId::Registry {
-            tenant_id: tenant_id.clone(),
-        },
-        StorageQuery::EventsAfter { session_id, .. } | StorageQuery::History { session_id, .. } => {
-            DatabaseId::Session {
-                session_id: session_id.clone(),
-            }
-        }
     }
 }
 
@@ -877,14 +838,6 @@ impl Writer {
             self.completer
                 .send(StorageCompletion::ShutdownComplete { token });
         }
-    }
-}
-
-/// The database's path relative to the data directory, for logs and errors.
-pub fn error_database(db: &DatabaseId) -> String {
-    match database_rel(db) {
-        Ok(p) => p.display().to_string(),
-        Err(_) => db.to_string(),
     }
 }
 

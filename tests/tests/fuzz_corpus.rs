@@ -49,5 +49,7 @@ fn http_request_corpus() {
 
 #[test]
 fn connection_corpus() {
-    replay("connection", fuzzing::connection);
+    replay("connection", |data| {
+        fuzzing::connection(data, std::time::Instant::now())
+    });
 }

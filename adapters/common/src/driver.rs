@@ -8,6 +8,11 @@
 //! - after every input (`accept`, `read`, `timeout`, `poll_services`, `begin_drain`), call
 //!   `dispatch`, then (now or once per loop turn) `flush`, and re-arm the timer at
 //!   `poll_timeout`;
+//! - no gateway input is ever called while its outputs are drained: `dispatch` and `flush` queue
+//!   what the services and the sockets give back (synchronous agent reports, refused storage
+//!   commands, what each socket took) and feed it to the core once their drain is over, then
+//!   drain again, a bounded number of times (past the bound the services' wake-up hook brings
+//!   the loop back);
 //! - when a connection that `Sockets::blocked` named becomes writable, call `writable`, then
 //!   `flush`;
 //! - on the first SIGTERM/SIGINT `begin_drain`; stop at `is_drained`, `drain_limit` or a second
@@ -24,7 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::services::Services;
 use crate::settings::Settings;
-use crate::write::{flush_connection, Flushed};
+use crate::write::{self, Flushed, Written};
 use crate::{clock_anchor, logging, OsEntropy};
 
 /// Bytes read from a socket at once, into one buffer shared by every connection.
@@ -36,6 +41,10 @@ pub const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Pending connections the kernel queues for `accept`.
 const LISTEN_BACKLOG: i32 = 1024;
+/// Drains of the core's outputs one `dispatch` or `flush` runs, with the inputs they queued fed
+/// in between; past it the services' wake-up hook brings the loop back for the rest, so a chain
+/// of inputs that keeps producing more never holds the loop.
+pub const DRAIN_ROUNDS: usize = 16;
 
 /// The adapter's table of sockets, as the driver's write path and the core's closes need it.
 pub trait Sockets {
@@ -81,6 +90,8 @@ pub struct Driver {
     services: Services,
     scratch: Vec<u8>,
     drain_limit: Duration,
+    /// What each write of the current flush pass did, reported to the core after the pass.
+    written: Vec<(ConnectionId, Written)>,
 }
 
 impl Driver {
@@ -97,6 +108,7 @@ impl Driver {
             drain_limit: settings.core.turn_grace
                 + settings.core.close_timeout
                 + Duration::from_secs(2),
+            written: Vec::new(),
         })
     }
 
@@ -136,13 +148,13 @@ impl Driver {
                 }
             }
         }
-        self.gateway.handle_closed(id);
+        self.gateway.handle_closed(id, Instant::now());
         Read::Gone
     }
 
     /// The peer went away or the socket failed outside a read (e.g. a readiness error).
     pub fn lost(&mut self, id: ConnectionId) {
-        self.gateway.handle_closed(id);
+        self.gateway.handle_closed(id, Instant::now());
     }
 
     /// Deadlines up to now have passed.
@@ -162,42 +174,81 @@ impl Driver {
 
     /// A socket `Sockets::blocked` named can take bytes again.
     pub fn writable(&mut self, id: ConnectionId) {
-        self.gateway.handle_writable(id);
+        self.gateway.handle_writable(id, Instant::now());
     }
 
     /// Carries out every event the core emitted: storage and agent commands go to the services,
-    /// closes to `sockets`.
+    /// closes to `sockets`. What the services give back at once is fed to the core after the
+    /// drain, and what that emits is drained in turn (at most `DRAIN_ROUNDS` times).
     pub fn dispatch(&mut self, sockets: &mut impl Sockets) {
+        for _ in 0..DRAIN_ROUNDS {
+            self.drain_events(sockets);
+            if !self.services.has_queued() {
+                return;
+            }
+            self.services.feed_queued(&mut self.gateway, Instant::now());
+        }
+        self.drain_events(sockets);
+        if self.services.has_queued() {
+            self.services.wake_again();
+        }
+    }
+
+    /// One drain of the core's events; no gateway input is called meanwhile.
+    fn drain_events(&mut self, sockets: &mut impl Sockets) {
         while let Some(event) = self.gateway.poll_event() {
-            if let Some(id) = self
-                .services
-                .dispatch(&mut self.gateway, event, Instant::now())
-            {
+            if let Some(id) = self.services.dispatch(event) {
                 sockets.close(id);
             }
         }
     }
 
-    /// Writes what the core queued, one vectored write per connection it names.
+    /// Writes what the core queued, one vectored write per connection it names; once the pass is
+    /// over, tells the core what each socket took, dispatches what that emits (a finished write
+    /// may complete a close) and writes again what is queued again (at most `DRAIN_ROUNDS`
+    /// passes).
     pub fn flush(&mut self, sockets: &mut impl Sockets) {
+        for _ in 0..DRAIN_ROUNDS {
+            if !self.write_pass(sockets) {
+                return;
+            }
+        }
+        // Work left (a connection queued again): come back on the loop's next turn.
+        self.services.wake_again();
+    }
+
+    /// One flush pass: every connection `poll_transmit` names is written once, then the core is
+    /// told. `false`: nothing was written.
+    fn write_pass(&mut self, sockets: &mut impl Sockets) -> bool {
+        let mut written = std::mem::take(&mut self.written);
         while let Some(id) = self.gateway.poll_transmit() {
             let mut skipped = false;
-            let flushed = flush_connection(&mut self.gateway, id, |slices| {
+            let wrote = write::write_connection(&self.gateway, id, |slices| {
                 sockets.write(id, slices).unwrap_or_else(|| {
                     skipped = true;
                     Err(io::ErrorKind::WouldBlock.into())
                 })
             });
-            match flushed {
-                // No socket, or one already waiting for writability: its bytes stay queued.
-                _ if skipped => continue,
+            // No socket, or one already waiting for writability: its bytes stay queued.
+            if let (Some(wrote), false) = (wrote, skipped) {
+                written.push((id, wrote));
+            }
+        }
+        let wrote_any = !written.is_empty();
+        let now = Instant::now();
+        for (id, wrote) in written.drain(..) {
+            match wrote.flushed {
                 Flushed::All => {}
                 Flushed::Blocked => sockets.blocked(id),
                 Flushed::Failed => sockets.lost(id),
             }
-            // A finished write may complete a close.
+            write::report(&mut self.gateway, id, wrote, now);
+        }
+        self.written = written;
+        if wrote_any {
             self.dispatch(sockets);
         }
+        wrote_any
     }
 
     /// The first SIGTERM/SIGINT: start the graceful stop.
@@ -291,4 +342,176 @@ pub fn accept_failed(error: &io::Error) {
 pub fn startup_failed(message: &str) -> ExitCode {
     error!(%message, "cannot start");
     ExitCode::from(1)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver's loop: what the services answer at once goes into the core within the same
+    //! `dispatch` (no wake-up needed), and what a socket took is reported after the flush pass.
+    use super::*;
+    use crate::settings::Flags;
+    use diminuendo_core::sim::client;
+    use diminuendo_core::storage::{SessionRecord, SessionStatus};
+    use serde_json::{json, Value};
+
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    const CLIENT: ConnectionId = ConnectionId(3);
+
+    /// One socket that takes at most `limit` bytes a write while not blocked.
+    #[derive(Default)]
+    struct FakeSockets {
+        received: Vec<u8>,
+        limit: Option<usize>,
+        blocked: bool,
+        closed: bool,
+    }
+
+    impl Sockets for FakeSockets {
+        fn write(&mut self, id: ConnectionId, slices: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+            assert_eq!(id, CLIENT);
+            if self.blocked || self.closed {
+                return None;
+            }
+            let mut budget = self.limit.unwrap_or(usize::MAX);
+            let mut taken = 0;
+            for slice in slices {
+                let take = slice.len().min(budget);
+                self.received.extend_from_slice(&slice[..take]);
+                taken += take;
+                budget -= take;
+            }
+            Some(Ok(taken))
+        }
+
+        fn blocked(&mut self, _: ConnectionId) {
+            self.blocked = true;
+        }
+
+        fn close(&mut self, _: ConnectionId) {
+            self.closed = true;
+        }
+
+        fn lost(&mut self, _: ConnectionId) {
+            self.closed = true;
+        }
+    }
+
+    impl FakeSockets {
+        /// The messages of every whole frame received after the 101, taken.
+        fn messages(&mut self) -> Vec<Value> {
+            let mut offset = 0;
+            if let Some((response, len)) = client::parse_response(&self.received) {
+                assert_eq!(response.status, 101);
+                offset = len;
+            }
+            let mut messages = Vec::new();
+            while let Some((frame, len)) = client::parse_frame(&self.received[offset..]) {
+                messages.push(serde_json::from_slice(&frame.payload).expect("JSON"));
+                offset += len;
+            }
+            self.received.drain(..offset);
+            messages
+        }
+    }
+
+    fn send(driver: &mut Driver, sockets: &mut FakeSockets, bytes: &[u8]) {
+        let mut pending = Some(bytes.to_vec());
+        let read = driver.read(CLIENT, |buf| match pending.take() {
+            Some(bytes) => {
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        });
+        assert_eq!(read, Read::Data);
+        driver.dispatch(sockets);
+        driver.flush(sockets);
+    }
+
+    fn start(dir: &tempfile::TempDir) -> (Driver, FakeSockets) {
+        let settings = Settings::resolve(Flags {
+            dev: Some(true),
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Flags::default()
+        })
+        .expect("valid settings");
+        let mut driver = Driver::start(&settings, Arc::new(NoWake)).expect("the driver starts");
+        driver.gateway_mut().restore_sessions(vec![SessionRecord {
+            id: "session-1".to_owned(),
+            tenant_id: "dev".to_owned(),
+            name: "New session".to_owned(),
+            agent_type: "no-such-agent".to_owned(),
+            status: SessionStatus::Inactive,
+            archived: false,
+            created_by: "dev-user-001".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            last_seq: 0,
+            epoch: "0123456789abcdef".to_owned(),
+        }]);
+        let mut sockets = FakeSockets::default();
+        driver.accept(
+            CLIENT,
+            "127.0.0.1:5000".parse().expect("an address"),
+            Instant::now(),
+        );
+        send(&mut driver, &mut sockets, &client::upgrade("/ws"));
+        assert!(!sockets.messages().is_empty(), "a greeting");
+        (driver, sockets)
+    }
+
+    #[test]
+    fn a_synchronous_report_is_answered_within_the_same_dispatch_and_flush() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut driver, mut sockets) = start(&dir);
+        let turn =
+            json!({"type": "run_turn", "sessionId": "session-1", "text": "hi", "requestId": "t1"});
+        // No `poll_services`, no wake-up: the spawn's failure is fed back by `dispatch` itself.
+        send(&mut driver, &mut sockets, &client::text(&turn.to_string()));
+        let messages = sockets.messages();
+        let reply = messages
+            .iter()
+            .find(|message| message["requestId"] == "t1")
+            .unwrap_or_else(|| panic!("no reply to run_turn in {messages:?}"));
+        assert_eq!(reply["code"], "AGENT_UNAVAILABLE", "{messages:?}");
+        assert!(!driver.services.has_queued());
+    }
+
+    #[test]
+    fn what_a_socket_took_is_reported_after_the_pass() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut driver, mut sockets) = start(&dir);
+        sockets.limit = Some(5);
+        let request = json!({"type": "list_sessions", "requestId": "l1"});
+        send(
+            &mut driver,
+            &mut sockets,
+            &client::text(&request.to_string()),
+        );
+        // The list is answered from memory: one short write, reported, and the socket blocked.
+        assert_eq!(sockets.received.len(), 5);
+        assert!(sockets.blocked);
+        let waiting = driver.gateway().outbound_len(CLIENT);
+        assert!(waiting > 0);
+        let mut rounds = 0;
+        while driver.gateway().outbound_len(CLIENT) > 0 {
+            rounds += 1;
+            assert!(rounds < 10_000, "the writes make no progress");
+            sockets.blocked = false;
+            driver.writable(CLIENT);
+            driver.flush(&mut sockets);
+        }
+        assert_eq!(sockets.received.len(), 5 + waiting);
+        let messages = sockets.messages();
+        assert!(
+            messages.iter().any(|message| message["requestId"] == "l1"),
+            "{messages:?}"
+        );
+        assert!(!sockets.closed);
+    }
 }

@@ -6,8 +6,17 @@
 //! 1. feed an input to the `Gateway` (bytes, a timer, a wake-up);
 //! 2. `while let Some(event) = gateway.poll_event()`: `Services::dispatch` it; what comes back is
 //!    a connection to close, which only the adapter can do;
-//! 3. write what `poll_transmit` names; arm a timer at `poll_timeout`.
+//! 3. write what `poll_transmit` names; arm a timer at `poll_timeout`;
+//! 4. if `Services::has_queued`, `Services::feed_queued` and go back to 2 (a bounded number of
+//!    times; past the bound, `Services::wake_again` brings the loop back on its next turn).
+//!
+//! **The rule:** no gateway input is called while its outputs are drained. `dispatch` takes no
+//! `Gateway`: what a command gives back at once (the agent host's synchronous reports, the
+//! failure of a storage command `submit` refused, a change of the storage backlog) is queued here
+//! in the order it happened and fed to the core as ordinary inputs by `feed_queued` (or `poll`),
+//! once the drain is over.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +73,18 @@ pub struct Services {
     backlog: BacklogPolicy,
     /// What the core was last told (`StorageCompletion::Backlog`).
     congested: bool,
+    /// Inputs for the core that arose while its outputs were drained (see the module's rule), in
+    /// the order they arose.
+    queued: VecDeque<Queued>,
+    /// The adapter's wake-up hook, for a drain that stops at its bound with inputs still queued.
+    wake: Arc<dyn Wake>,
+}
+
+/// An input for the core, held until the drain that produced it is over.
+#[derive(Debug)]
+enum Queued {
+    Storage(StorageCompletion),
+    Agent(AgentReport),
 }
 
 impl Services {
@@ -116,7 +137,7 @@ impl Services {
         let mut host_config = AgentHostConfig::new(&settings.data_dir);
         host_config.agents = settings.agents.clone();
         host_config.max_processes = settings.max_agents;
-        let agents = AgentHost::new(host_config, wake);
+        let agents = AgentHost::new(host_config, wake.clone());
         Ok((
             gateway,
             Services {
@@ -126,23 +147,21 @@ impl Services {
                 reports: Vec::new(),
                 backlog: BacklogPolicy::for_limit(settings.storage.queue_limit),
                 congested: false,
+                queued: VecDeque::new(),
+                wake,
             },
         ))
     }
 
-    /// Carries out one of the core's events. A connection to close is handed back.
-    pub fn dispatch(
-        &mut self,
-        gateway: &mut Gateway,
-        event: Event,
-        now: Instant,
-    ) -> Option<ConnectionId> {
+    /// Carries out one of the core's events. A connection to close is handed back. It takes no
+    /// `Gateway`: what the command gives back at once is queued for `feed_queued`.
+    pub fn dispatch(&mut self, event: Event) -> Option<ConnectionId> {
         match event {
             Event::CloseConnection(id) => return Some(id),
-            Event::Storage(command) => self.submit(gateway, command, now),
+            Event::Storage(command) => self.submit(command),
             Event::Agent(command) => {
                 if let Some(report) = self.agents.execute(command) {
-                    apply_report(gateway, report, now);
+                    self.queued.push_back(Queued::Agent(report));
                 }
             }
             other => warn!(?other, "an event this build does not know"),
@@ -150,7 +169,31 @@ impl Services {
         None
     }
 
-    fn submit(&mut self, gateway: &mut Gateway, command: StorageCommand, now: Instant) {
+    /// Inputs wait for `feed_queued` (after a drain that dispatched commands).
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// Feeds the core, in order, every input that arose while its outputs were drained: agent
+    /// reports the host gave back at once, the failures of commands storage refused, backlog
+    /// changes. Call it once the drain is over (never from inside one), then drain again.
+    pub fn feed_queued(&mut self, gateway: &mut Gateway, now: Instant) {
+        // What the core does with these emits outputs only: nothing is queued meanwhile.
+        while let Some(input) = self.queued.pop_front() {
+            match input {
+                Queued::Storage(completion) => gateway.handle_storage(completion, now),
+                Queued::Agent(report) => apply_report(gateway, report, now),
+            }
+        }
+    }
+
+    /// Calls the adapter's wake-up hook: a drain stopped at its bound with work left brings the
+    /// loop back (`poll` feeds what is queued) on its next turn instead of spinning.
+    pub fn wake_again(&self) {
+        self.wake.wake();
+    }
+
+    fn submit(&mut self, command: StorageCommand) {
         let token = match &command {
             StorageCommand::Query { token, .. } => Some((*token, false)),
             StorageCommand::CommitNow { token, .. } => Some((*token, true)),
@@ -160,42 +203,32 @@ impl Services {
         if let Err(error) = self.storage.submit(command) {
             warn!(%error, "storage refused a command");
             // The core waits for every query's and commit's answer: give it the failure.
-            match token {
-                Some((token, false)) => gateway.handle_storage(
-                    StorageCompletion::QueryResult {
-                        token,
-                        result: Err(error),
-                    },
-                    now,
-                ),
-                Some((token, true)) => gateway.handle_storage(
-                    StorageCompletion::Committed {
-                        token,
-                        result: Err(error),
-                    },
-                    now,
-                ),
+            let failure = match token {
+                Some((token, false)) => Some(StorageCompletion::QueryResult {
+                    token,
+                    result: Err(error),
+                }),
+                Some((token, true)) => Some(StorageCompletion::Committed {
+                    token,
+                    result: Err(error),
+                }),
                 // A write that is not queued is lost: the core treats it as a failed write (a
                 // session whose log misses it gets a new epoch).
-                None => {
-                    if let Some(database) = target {
-                        gateway.handle_storage(
-                            StorageCompletion::WriteFailed {
-                                database,
-                                commands: 1,
-                                error,
-                            },
-                            now,
-                        );
-                    }
-                }
+                None => target.map(|database| StorageCompletion::WriteFailed {
+                    database,
+                    commands: 1,
+                    error,
+                }),
+            };
+            if let Some(failure) = failure {
+                self.queued.push_back(Queued::Storage(failure));
             }
         }
-        self.update_backlog(gateway, now);
+        self.update_backlog();
     }
 
-    /// Tells the core when the storage queue becomes congested or stops being so.
-    fn update_backlog(&mut self, gateway: &mut Gateway, now: Instant) {
+    /// Queues a `Backlog` input when the storage queue becomes congested or stops being so.
+    fn update_backlog(&mut self) {
         let queued = self.storage.queued_bytes();
         let congested = if self.congested {
             queued >= self.backlog.clear_below
@@ -212,19 +245,23 @@ impl Services {
             } else {
                 info!(queued, "the storage queue has caught up");
             }
-            gateway.handle_storage(StorageCompletion::Backlog { congested }, now);
+            self.queued
+                .push_back(Queued::Storage(StorageCompletion::Backlog { congested }));
         }
     }
 
     /// Feeds finished storage work and (at most `AGENT_REPORTS_PER_POLL`) agent output into the
-    /// gateway. Call after every wake-up, then drain the gateway's events.
+    /// gateway, after what `feed_queued` would feed. Call after every wake-up (an input phase,
+    /// never inside a drain), then drain the gateway's outputs.
     pub fn poll(&mut self, gateway: &mut Gateway, now: Instant) {
+        self.feed_queued(gateway, now);
         self.completions.clear();
         self.storage.drain_completions(&mut self.completions);
         for completion in self.completions.drain(..) {
             gateway.handle_storage(completion, now);
         }
-        self.update_backlog(gateway, now);
+        self.update_backlog();
+        self.feed_queued(gateway, now);
         // Over the pause mark agents wait on their pipes; the writer wakes the loop after every
         // flush, and the next poll reads them again.
         let queued = self.storage.queued_bytes();
@@ -322,5 +359,183 @@ fn warn_about_sandboxes(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rule of the module: what a command gives back at once reaches the gateway after the
+    //! drain of its outputs, as an ordinary input, never during it. A dev-mode `Gateway` with the
+    //! real storage and agent host, driven directly.
+    use super::*;
+    use crate::settings::Flags;
+    use crate::OsEntropy;
+    use diminuendo_core::sim::client;
+    use diminuendo_core::storage::{SessionRecord, SessionStatus};
+    use serde_json::{json, Value};
+
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    const CLIENT: ConnectionId = ConnectionId(7);
+    const SESSION: &str = "session-1";
+
+    /// A dev-mode gateway and its services on a fresh data directory, with one inactive session
+    /// of tenant `dev` whose agent type does not exist.
+    fn start(dir: &tempfile::TempDir, queue_limit: usize) -> (Gateway, Services) {
+        let settings = Settings::resolve(Flags {
+            dev: Some(true),
+            data_dir: Some(dir.path().to_path_buf()),
+            storage_queue_limit: Some(queue_limit),
+            ..Flags::default()
+        })
+        .expect("valid settings");
+        let entropy = Box::new(OsEntropy::new().expect("the OS random source"));
+        let (mut gateway, services) = Services::start(
+            &settings,
+            Arc::new(NoWake),
+            Instant::now(),
+            1_767_225_600_000,
+            entropy,
+        )
+        .expect("services start");
+        gateway.restore_sessions(vec![SessionRecord {
+            id: SESSION.to_owned(),
+            tenant_id: "dev".to_owned(),
+            name: "New session".to_owned(),
+            agent_type: "no-such-agent".to_owned(),
+            status: SessionStatus::Inactive,
+            archived: false,
+            created_by: "dev-user-001".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            last_seq: 0,
+            epoch: "0123456789abcdef".to_owned(),
+        }]);
+        (gateway, services)
+    }
+
+    /// One drain of the gateway's events, as `Driver::dispatch` runs it: `Services::dispatch`
+    /// has no way to reach the gateway.
+    fn drain_events(gateway: &mut Gateway, services: &mut Services) {
+        while let Some(event) = gateway.poll_event() {
+            assert_eq!(services.dispatch(event), None, "nothing closes here");
+        }
+    }
+
+    /// Every message written to the client so far (the socket takes everything).
+    fn written(gateway: &mut Gateway, now: Instant) -> Vec<Value> {
+        let mut bytes = Vec::new();
+        while let Some(id) = gateway.poll_transmit() {
+            assert_eq!(id, CLIENT);
+            let mut slices = [std::io::IoSlice::new(&[]); crate::write::MAX_SLICES];
+            let filled = gateway.outbound(id, &mut slices);
+            let before = bytes.len();
+            for slice in &slices[..filled] {
+                bytes.extend_from_slice(slice);
+            }
+            gateway.handle_sent(id, bytes.len() - before, now);
+        }
+        let mut offset = 0;
+        if let Some((response, len)) = client::parse_response(&bytes) {
+            assert_eq!(response.status, 101);
+            offset = len;
+        }
+        let mut messages = Vec::new();
+        while let Some((frame, len)) = client::parse_frame(&bytes[offset..]) {
+            messages.push(serde_json::from_slice(&frame.payload).expect("JSON"));
+            offset += len;
+        }
+        messages
+    }
+
+    /// A connected, authenticated `/ws` client (dev mode), its greeting taken, every input the
+    /// handshake queued fed.
+    fn connect(gateway: &mut Gateway, services: &mut Services, now: Instant) {
+        gateway.handle_accept(CLIENT, "127.0.0.1:5000".parse().expect("an address"), now);
+        gateway.handle_data(CLIENT, &mut client::upgrade("/ws"), now);
+        drain_events(gateway, services);
+        services.feed_queued(gateway, now);
+        drain_events(gateway, services);
+        assert!(!services.has_queued());
+        assert!(!written(gateway, now).is_empty(), "a greeting");
+    }
+
+    fn request(gateway: &mut Gateway, now: Instant, message: Value) {
+        gateway.handle_data(CLIENT, &mut client::text(&message.to_string()), now);
+    }
+
+    fn replies_to<'a>(messages: &'a [Value], request_id: &str) -> Vec<&'a Value> {
+        messages
+            .iter()
+            .filter(|message| message["requestId"] == request_id)
+            .collect()
+    }
+
+    #[test]
+    fn a_refused_storage_command_reaches_the_gateway_after_the_drain() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // A queue of one byte refuses every command (and is congested from the start).
+        let (mut gateway, mut services) = start(&dir, 1);
+        let now = Instant::now();
+        connect(&mut gateway, &mut services, now);
+
+        request(
+            &mut gateway,
+            now,
+            json!({"type": "get_history", "sessionId": SESSION, "requestId": "h1"}),
+        );
+        drain_events(&mut gateway, &mut services);
+        // Storage refused the query during the drain: its failure waits in the services, and
+        // the client has no answer yet.
+        assert!(services.has_queued());
+        assert!(replies_to(&written(&mut gateway, now), "h1").is_empty());
+
+        services.feed_queued(&mut gateway, now);
+        assert!(!services.has_queued());
+        drain_events(&mut gateway, &mut services);
+        let messages = written(&mut gateway, now);
+        let replies = replies_to(&messages, "h1");
+        assert_eq!(replies.len(), 1, "{messages:?}");
+        assert_eq!(replies[0]["type"], "error", "{messages:?}");
+        assert_eq!(replies[0]["code"], "INTERNAL", "{messages:?}");
+        assert_eq!(replies[0]["message"], "the history could not be read");
+    }
+
+    #[test]
+    fn a_synchronous_agent_report_reaches_the_gateway_after_the_drain() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut gateway, mut services) = start(&dir, 64 * 1024 * 1024);
+        let now = Instant::now();
+        connect(&mut gateway, &mut services, now);
+
+        request(
+            &mut gateway,
+            now,
+            json!({"type": "run_turn", "sessionId": SESSION, "text": "hello", "requestId": "t1"}),
+        );
+        drain_events(&mut gateway, &mut services);
+        // The host answered the spawn at once (an unknown agent type): the report waits in the
+        // services, and the turn is neither accepted nor refused yet.
+        assert!(services.has_queued());
+        assert!(replies_to(&written(&mut gateway, now), "t1").is_empty());
+
+        services.feed_queued(&mut gateway, now);
+        assert!(!services.has_queued());
+        drain_events(&mut gateway, &mut services);
+        let messages = written(&mut gateway, now);
+        let replies = replies_to(&messages, "t1");
+        assert_eq!(replies.len(), 1, "{messages:?}");
+        assert_eq!(replies[0]["type"], "error", "{messages:?}");
+        assert_eq!(replies[0]["code"], "AGENT_UNAVAILABLE", "{messages:?}");
+        assert!(
+            replies[0]["message"]
+                .as_str()
+                .is_some_and(|text| text.contains("unknown agent type")),
+            "{messages:?}"
+        );
     }
 }

@@ -61,7 +61,7 @@ fn main() {
     };
     let heartbeat = config.heartbeat_interval;
     // A fixed seed: client ids, session ids and turn ids are the same on every run.
-    let mut sim = Sim::new(config, 2026);
+    let mut sim = Sim::new(config, 2026, Instant::now());
     let transcript = Transcript { start: sim.now() };
 
     let id = sim.connect();

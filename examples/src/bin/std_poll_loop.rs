@@ -1,8 +1,11 @@
 //! Embedding the core in a hand-written event loop: one thread, std's non-blocking sockets and
 //! `poll(2)`, no async runtime. It serves the real protocol (dev mode: no authentication) on a
 //! TCP port, calling the sans-IO `Gateway` directly: every input is a `handle_*` call, and after
-//! each one the loop drains `poll_event`, writes what `poll_transmit` names with `outbound` and
-//! `handle_sent`, and sleeps in `poll` no longer than `poll_timeout`.
+//! each one the loop drains `poll_event`, writes what `poll_transmit` names with `outbound`, then
+//! reports what each socket took with `handle_sent`, and sleeps in `poll` no longer than
+//! `poll_timeout`. No input is called while outputs are drained: what comes back meanwhile (a
+//! synchronous agent report, a refused storage command, a socket's progress) is fed to the core
+//! once the drain is over, and the drain runs again.
 //!
 //! Storage and agents are the real ones: `Services` from `diminuendo-adapter-common` (SQLite in
 //! `--data-dir`, the bundled echo agent run as this program's `echo-agent` subcommand). Their
@@ -57,22 +60,29 @@ impl App {
     /// Carries out the core's events: storage and agent commands go to the services, and a
     /// connection the core is done with is closed here.
     fn dispatch(&mut self) {
-        while let Some(event) = self.gateway.poll_event() {
-            if let Some(id) = self
-                .services
-                .dispatch(&mut self.gateway, event, Instant::now())
-            {
-                if let Some(connection) = self.connections.remove(&id) {
-                    let _ = connection.stream.shutdown(Shutdown::Write);
-                    self.served += 1;
+        for _ in 0..DRAIN_ROUNDS {
+            while let Some(event) = self.gateway.poll_event() {
+                // `Services::dispatch` takes no `Gateway`: what a command gives back at once is
+                // queued in the services until the drain is over.
+                if let Some(id) = self.services.dispatch(event) {
+                    if let Some(connection) = self.connections.remove(&id) {
+                        let _ = connection.stream.shutdown(Shutdown::Write);
+                        self.served += 1;
+                    }
                 }
             }
+            if !self.services.has_queued() {
+                return;
+            }
+            self.services.feed_queued(&mut self.gateway, Instant::now());
         }
+        // Still more: the wake-up pipe brings the loop back (`Services::poll` feeds the rest).
+        self.services.wake_again();
     }
 
     /// The peer went away or its socket failed.
     fn lost(&mut self, id: ConnectionId) {
-        self.gateway.handle_closed(id);
+        self.gateway.handle_closed(id, Instant::now());
         if self.connections.remove(&id).is_some() {
             self.served += 1;
         }
@@ -128,42 +138,60 @@ impl App {
     }
 
     /// Writes what the core queued: one vectored write per connection it names. A short write
-    /// leaves the rest queued in the core until the socket is writable again.
+    /// leaves the rest queued in the core until the socket is writable again. What each socket
+    /// took is told to the core after the pass, then the pass runs again for what that queued.
     fn flush(&mut self) {
-        while let Some(id) = self.gateway.poll_transmit() {
-            let Some(connection) = self.connections.get_mut(&id) else {
-                continue;
-            };
-            if connection.blocked {
-                continue;
+        let mut written = Vec::new();
+        for _ in 0..DRAIN_ROUNDS {
+            while let Some(id) = self.gateway.poll_transmit() {
+                let Some(connection) = self.connections.get_mut(&id) else {
+                    continue;
+                };
+                if connection.blocked {
+                    continue;
+                }
+                let mut slices = [IoSlice::new(&[]); 64];
+                let filled = self.gateway.outbound(id, &mut slices);
+                let offered: usize = slices[..filled].iter().map(|slice| slice.len()).sum();
+                let result = (&connection.stream).write_vectored(&slices[..filled]);
+                if matches!(&result, Ok(taken) if *taken < offered)
+                    || matches!(&result, Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+                {
+                    connection.blocked = true;
+                }
+                written.push((id, result));
             }
-            let mut slices = [IoSlice::new(&[]); 64];
-            let filled = self.gateway.outbound(id, &mut slices);
-            let offered: usize = slices[..filled].iter().map(|slice| slice.len()).sum();
-            let result = (&connection.stream).write_vectored(&slices[..filled]);
-            match result {
-                Ok(written) => {
-                    self.gateway.handle_sent(id, written);
-                    if written < offered {
-                        connection.blocked = true;
-                    } else if self.gateway.outbound_len(id) > 0 {
-                        // More than 64 chunks waited: queue the connection again.
-                        self.gateway.handle_writable(id);
+            if written.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            for (id, result) in written.drain(..) {
+                match result {
+                    Ok(taken) => {
+                        self.gateway.handle_sent(id, taken, now);
+                        let blocked = self.connections.get(&id).is_some_and(|c| c.blocked);
+                        if !blocked && self.gateway.outbound_len(id) > 0 {
+                            // More than 64 chunks waited: queue the connection again.
+                            self.gateway.handle_writable(id, now);
+                        }
                     }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                        self.gateway.handle_writable(id, now)
+                    }
+                    Err(_) => self.lost(id),
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    connection.blocked = true
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {
-                    self.gateway.handle_writable(id)
-                }
-                Err(_) => self.lost(id),
             }
             // Writing the last queued byte may complete a close.
             self.dispatch();
         }
+        self.services.wake_again();
     }
 }
+
+/// Drains of the core's outputs one `dispatch` or `flush` runs, with what they queued fed in
+/// between; past it the wake-up pipe brings the loop back.
+const DRAIN_ROUNDS: usize = 16;
 
 struct Args {
     listen: Option<std::net::SocketAddr>,
@@ -302,7 +330,7 @@ fn main() -> Result<(), String> {
             if revents & libc::POLLOUT != 0 {
                 if let Some(connection) = app.connections.get_mut(id) {
                     connection.blocked = false;
-                    app.gateway.handle_writable(*id);
+                    app.gateway.handle_writable(*id, Instant::now());
                 }
             }
             if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
