@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::ids::{ConnectionId, SessionId};
-use crate::protocol::ErrorCode;
-use crate::session::{FrameWriter, PendingQuery, Session, SessionMeta};
+use crate::protocol::{self, ErrorCode, ServerMessage, SessionMeta};
+use crate::session::{PendingQuery, Session};
 use crate::storage::{DatabaseId, SessionRecord, SessionStatus, StorageCommand, StorageError};
 use crate::Gateway;
 
@@ -153,12 +153,10 @@ impl Gateway {
                 } else if let Some(connection) = requester {
                     // Deleted meanwhile: the change was stored all the same; the reply says so
                     // with the session as the change left it.
-                    let mut writer = FrameWriter::new("session_updated");
-                    if let Some(request_id) = request_id {
-                        writer.field("requestId", request_id);
-                    }
-                    writer.field("session", &SessionMeta::from(&record));
-                    let (frame, _) = writer.finish();
+                    let frame = protocol::encode_frame(&ServerMessage::SessionUpdated {
+                        request_id,
+                        session: SessionMeta::from(&record),
+                    });
                     self.send(connection, frame, now);
                 }
             }
@@ -186,19 +184,13 @@ impl Gateway {
             }
             (DurableAction::Delete { record, orphaned }, Ok(())) => {
                 let tenant_id = record.tenant_id.clone();
-                let mut writer = FrameWriter::new("session_deleted");
-                writer.field("sessionId", record.id.as_str());
-                let (frame, _) = writer.finish();
+                let deleted = |request_id| ServerMessage::SessionDeleted {
+                    request_id,
+                    session_id: record.id.as_str(),
+                };
+                let frame = protocol::encode_frame(&deleted(None));
                 if let Some(connection) = requester {
-                    self.reply(
-                        connection,
-                        "session_deleted",
-                        request_id,
-                        |w| {
-                            w.field("sessionId", record.id.as_str());
-                        },
-                        now,
-                    );
+                    self.send_message(connection, &deleted(request_id), now);
                 }
                 self.broadcast_tenant(&tenant_id, frame, now);
                 for query in orphaned {

@@ -133,40 +133,8 @@ pub(crate) enum ShutdownPhase {
     Closing,
 }
 
-/// SessionMeta on the wire (PROTOCOL section 5).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct SessionMeta<'a> {
-    id: &'a str,
-    tenant_id: &'a str,
-    name: &'a str,
-    agent_type: &'a str,
-    status: &'a str,
-    archived: bool,
-    created_by: &'a str,
-    created_at: i64,
-    updated_at: i64,
-    last_seq: u64,
-    epoch: &'a str,
-}
-
-impl<'a> From<&'a SessionRecord> for SessionMeta<'a> {
-    fn from(record: &'a SessionRecord) -> Self {
-        SessionMeta {
-            id: &record.id,
-            tenant_id: &record.tenant_id,
-            name: &record.name,
-            agent_type: &record.agent_type,
-            status: record.status.as_str(),
-            archived: record.archived,
-            created_by: &record.created_by,
-            created_at: record.created_at_ms,
-            updated_at: record.updated_at_ms,
-            last_seq: record.last_seq,
-            epoch: &record.epoch,
-        }
-    }
-}
+/// SessionMeta on the wire (PROTOCOL section 5): a protocol type.
+pub(crate) use crate::protocol::SessionMeta;
 
 impl Session {
     pub(crate) fn new(record: SessionRecord) -> Self {

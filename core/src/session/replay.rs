@@ -8,10 +8,10 @@
 
 use std::time::Instant;
 
-use crate::gateway::requests::Fields;
 use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::refusal::{Handled, Refusal};
-use crate::protocol::{ErrorCode, Identity};
+use crate::protocol::request::{GetEvents, GetHistory, JoinSession, RequestContext, SessionRef};
+use crate::protocol::ErrorCode;
 use crate::session::{FrameWriter, PendingQuery, PendingReplay};
 use crate::storage::{
     QueryResult, StorageCommand, StorageCompletion, StorageError, StorageQuery, StoredEvent,
@@ -66,15 +66,14 @@ impl PendingQuery {
 impl Gateway {
     pub(crate) fn join_session(
         &mut self,
-        id: ConnectionId,
-        identity: &Identity,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
+        ctx: &RequestContext,
+        request: &JoinSession,
         now: Instant,
     ) -> Handled {
-        let session_id = self.session_field(identity, fields)?;
-        let after_seq = fields.optional_u64("afterSeq")?;
-        let epoch = fields.optional_string("epoch")?;
+        let (id, request_id) = (ctx.connection, ctx.request_id.as_deref());
+        let session_id = self.requested_session(ctx, &request.session_id)?;
+        let after_seq = request.after_seq;
+        let epoch = request.epoch.as_deref();
         let replay_limit = self.config.replay_limit;
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return Err(Refusal::session_not_found());
@@ -172,13 +171,12 @@ impl Gateway {
 
     pub(crate) fn leave_session(
         &mut self,
-        id: ConnectionId,
-        identity: &Identity,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
+        ctx: &RequestContext,
+        request: &SessionRef,
         now: Instant,
     ) -> Handled {
-        let session_id = self.session_field(identity, fields)?;
+        let (id, request_id) = (ctx.connection, ctx.request_id.as_deref());
+        let session_id = self.requested_session(ctx, &request.session_id)?;
         if let Some(abandoned) = self.unsubscribe(&session_id, id, now) {
             self.abandon(
                 abandoned,
@@ -204,21 +202,15 @@ impl Gateway {
 
     pub(crate) fn get_events(
         &mut self,
-        id: ConnectionId,
-        identity: &Identity,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
+        ctx: &RequestContext,
+        request: &GetEvents,
         _now: Instant,
     ) -> Handled {
-        let session_id = self.session_field(identity, fields)?;
-        let after_seq = fields.optional_u64("afterSeq")?.ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::InvalidMessage,
-                "afterSeq must be a non-negative integer",
-            )
-        })?;
-        let limit = fields
-            .optional_u64("limit")?
+        let (id, request_id) = (ctx.connection, ctx.request_id.as_deref());
+        let session_id = self.requested_session(ctx, &request.session_id)?;
+        let after_seq = request.after_seq;
+        let limit = request
+            .limit
             .unwrap_or(MAX_EVENTS_PER_READ)
             .clamp(1, MAX_EVENTS_PER_READ);
         // Deltas still being coalesced are published first, so the read sees them.
@@ -245,18 +237,14 @@ impl Gateway {
 
     pub(crate) fn get_history(
         &mut self,
-        id: ConnectionId,
-        identity: &Identity,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
+        ctx: &RequestContext,
+        request: &GetHistory,
         _now: Instant,
     ) -> Handled {
-        let session_id = self.session_field(identity, fields)?;
-        let before_turn = fields.optional_string("beforeTurn")?.map(str::to_owned);
-        let limit = fields
-            .optional_u64("limit")?
-            .unwrap_or(50)
-            .clamp(1, MAX_TURNS_PER_READ);
+        let (id, request_id) = (ctx.connection, ctx.request_id.as_deref());
+        let session_id = self.requested_session(ctx, &request.session_id)?;
+        let before_turn = request.before_turn.clone();
+        let limit = request.limit.unwrap_or(50).clamp(1, MAX_TURNS_PER_READ);
         let token = self.next_token();
         self.pending_queries.insert(
             token,

@@ -5,17 +5,16 @@
 //! session was not active), `session_state` `running`, `turn_started`, the turn's events, then
 //! `turn_complete` or `turn_error`, then `session_state` `ready` (or `error`).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
 
 use crate::acp::{AcpClient, AcpError, AgentEvent};
-use crate::gateway::requests::Fields;
 use crate::ids::AgentId;
 use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::refusal::{Handled, Refusal};
-use crate::protocol::{ErrorCode, Identity};
+use crate::protocol::request::{AnswerQuestion, RequestContext, RunTurn, SessionRef};
+use crate::protocol::ErrorCode;
 use crate::session::state::{self as session_state, SessionStatus};
 use crate::session::{AgentLink, NextTurn, Turn};
 use crate::AgentCommand;
@@ -27,15 +26,14 @@ pub const FINAL_TEXT_LIMIT: usize = 64 * 1024;
 impl Gateway {
     pub(crate) fn run_turn(
         &mut self,
-        id: ConnectionId,
-        identity: &Arc<Identity>,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
+        ctx: &RequestContext,
+        request: &RunTurn,
         steer: bool,
         now: Instant,
     ) -> Handled {
-        let session_id = self.session_field(identity, fields)?;
-        let text = fields.string("text")?;
+        let (id, identity, request_id) = (ctx.connection, &ctx.identity, ctx.request_id.as_deref());
+        let session_id = self.requested_session(ctx, &request.session_id)?;
+        let text = request.text.as_str();
         if self.refuse_while_draining(id, request_id, now) {
             return Ok(());
         }
@@ -211,13 +209,12 @@ impl Gateway {
 
     pub(crate) fn stop_turn(
         &mut self,
-        id: ConnectionId,
-        identity: &Identity,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
+        ctx: &RequestContext,
+        request: &SessionRef,
         now: Instant,
     ) -> Handled {
-        let session_id = self.session_field(identity, fields)?;
+        let (id, request_id) = (ctx.connection, ctx.request_id.as_deref());
+        let session_id = self.requested_session(ctx, &request.session_id)?;
         let Some(turn_id) = self
             .sessions
             .get(&session_id)
@@ -241,16 +238,15 @@ impl Gateway {
 
     pub(crate) fn answer_question(
         &mut self,
-        id: ConnectionId,
-        identity: &Identity,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
+        ctx: &RequestContext,
+        request: &AnswerQuestion,
         now: Instant,
     ) -> Handled {
-        let session_id = self.session_field(identity, fields)?;
-        let question_id = fields.string("questionId")?;
-        let option_id = fields.optional_string("optionId")?;
-        let cancelled = fields.optional_bool("cancelled")?.unwrap_or(false);
+        let (id, identity, request_id) = (ctx.connection, &ctx.identity, ctx.request_id.as_deref());
+        let session_id = self.requested_session(ctx, &request.session_id)?;
+        let question_id = request.question_id.as_str();
+        let option_id = request.option_id.as_deref();
+        let cancelled = request.cancelled.unwrap_or(false);
         if option_id.is_some() == cancelled {
             return Err(Refusal::new(
                 ErrorCode::InvalidMessage,
