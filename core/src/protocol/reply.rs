@@ -32,6 +32,7 @@ pub enum ErrorCode {
 /// Who a connection is, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Identity {
     pub user_id: String,
     pub email: String,
@@ -55,6 +56,7 @@ impl Identity {
 /// A session's registry entry on the wire (PROTOCOL section 5).
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct SessionMeta<'a> {
     pub id: &'a str,
     pub tenant_id: &'a str,
@@ -97,14 +99,15 @@ fn session_status_schema(_: &mut SchemaGenerator) -> Schema {
 }
 
 /// The gateway's own messages to a client (everything but session events and the sessions'
-/// replies).
+/// replies). The schema says each has exactly its fields (`additionalProperties: false`): what
+/// the server sends is exactly known.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(
     tag = "type",
     rename_all = "snake_case",
     rename_all_fields = "camelCase"
 )]
-#[schemars(rename = "GatewayMessage")]
+#[schemars(rename = "GatewayMessage", deny_unknown_fields)]
 pub enum ServerMessage<'a> {
     /// The first message on a connection.
     Welcome {
@@ -120,11 +123,13 @@ pub enum ServerMessage<'a> {
     Authenticated {
         identity: &'a Identity,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
     },
     Pong {
         ts: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
     },
     Heartbeat {
@@ -134,9 +139,11 @@ pub enum ServerMessage<'a> {
         code: ErrorCode,
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         /// With the `*_RATE_LIMITED` codes: when to try again.
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "u64")]
         retry_after_ms: Option<u64>,
     },
     ServerShutdown {
@@ -146,6 +153,7 @@ pub enum ServerMessage<'a> {
     /// The answer to `list_sessions`, oldest first.
     SessionList {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         sessions: Vec<SessionMeta<'a>>,
     },
@@ -153,6 +161,7 @@ pub enum ServerMessage<'a> {
     /// the tenant (without).
     SessionCreated {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         session: SessionMeta<'a>,
     },
@@ -160,6 +169,7 @@ pub enum ServerMessage<'a> {
     /// `requestId`), and to every connection of the tenant on any change (without).
     SessionUpdated {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         session: SessionMeta<'a>,
     },
@@ -167,6 +177,7 @@ pub enum ServerMessage<'a> {
     /// the tenant (without).
     SessionDeleted {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         session_id: &'a str,
     },
