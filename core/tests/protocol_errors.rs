@@ -6,7 +6,8 @@
 mod common;
 
 use common::*;
-use diminuendo_core::sim::{client, Sim};
+use diminuendo_core::auth::{testing, AuthConfig, Authenticator};
+use diminuendo_core::sim::{client, Sim, SIM_START_UNIX_MS};
 use diminuendo_core::ConnectionId;
 
 /// Sends each message as one text frame and returns every reply as its exact text, one line
@@ -116,6 +117,58 @@ fn before_authentication_only_ping_and_authenticate_are_answered() {
     assert_eq!(got, UNAUTHENTICATED, "\n{got}");
 }
 
+/// A connection of `role` in tenant `acme`, past its `authenticated`.
+fn login(sim: &mut Sim, role: &str) -> ConnectionId {
+    const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+    let auth = Authenticator::new(AuthConfig {
+        hs256_secret: Some(SECRET.into()),
+        ..AuthConfig::default()
+    });
+    sim.gateway
+        .set_authenticator(auth.expect("valid auth settings"));
+    let exp = SIM_START_UNIX_MS / 1000 + 3600;
+    let token =
+        testing::sign_hs256(SECRET, &testing::claims(role, "acme", role, exp)).expect("signed");
+    let id = open_ws(sim);
+    sim.send(
+        id,
+        &client::text(&format!(r#"{{"type":"authenticate","token":"{token}"}}"#)),
+    );
+    let replies = sim.take_messages(id);
+    assert_eq!(replies[0]["type"], "authenticated", "{replies:?}");
+    id
+}
+
+/// The role is checked on the message's type before its fields.
+#[test]
+fn the_role_is_checked_before_the_fields() {
+    let mut sim = Sim::new(prod(), 7);
+    let viewer = login(&mut sim, "viewer");
+    let member = login(&mut sim, "member");
+    let as_viewer: Vec<String> = [
+        r#"{"type":"delete_session","requestId":"r"}"#,
+        r#"{"type":"run_turn","requestId":"r","sessionId":5}"#,
+        r#"{"type":"steer","requestId":"r","sessionId":"missing","text":"x"}"#,
+        r#"{"type":"create_session","requestId":"r","agentType":5}"#,
+        r#"{"type":"archive_session","requestId":"r"}"#,
+        r#"{"type":"list_sessions","requestId":"r","includeArchived":"x"}"#,
+        r#"{"type":"nope","requestId":"r"}"#,
+    ]
+    .iter()
+    .map(|message| message.to_string())
+    .collect();
+    let as_member: Vec<String> = [
+        r#"{"type":"delete_session","requestId":"r","sessionId":5}"#,
+        r#"{"type":"archive_session","requestId":"r"}"#,
+        r#"{"type":"steer","requestId":"r","sessionId":"missing","text":"x"}"#,
+    ]
+    .iter()
+    .map(|message| message.to_string())
+    .collect();
+    let got = transcript(&mut sim, viewer, &as_viewer) + &transcript(&mut sim, member, &as_member);
+    assert_eq!(got, ROLES, "\n{got}");
+}
+
 /// Every field is checked when the message is parsed, so a request with a bad field and an unknown
 /// session is `INVALID_MESSAGE` (it was `SESSION_NOT_FOUND` while the handler looked the session
 /// up before its other fields). A bad `sessionId` itself was always answered first.
@@ -128,6 +181,8 @@ fn a_field_error_now_comes_before_the_session_lookup() {
         r#"{"type":"join_session","requestId":"r","sessionId":"missing","afterSeq":-1}"#,
         r#"{"type":"get_events","requestId":"r","sessionId":"missing"}"#,
         r#"{"type":"run_turn","requestId":"r","sessionId":"missing"}"#,
+        r#"{"type":"get_history","requestId":"r","sessionId":"missing","limit":"x"}"#,
+        r#"{"type":"answer_question","requestId":"r","sessionId":"missing"}"#,
         r#"{"type":"rename_session","requestId":"r","sessionId":"missing","name":"ok"}"#,
     ]
     .iter()
@@ -142,11 +197,37 @@ fn a_field_error_now_comes_before_the_session_lookup() {
 {"type":"error","code":"INVALID_MESSAGE","message":"afterSeq must be a non-negative integer","requestId":"r"}
 > {"type":"run_turn","requestId":"r","sessionId":"missing"}
 {"type":"error","code":"INVALID_MESSAGE","message":"text must be a string","requestId":"r"}
+> {"type":"get_history","requestId":"r","sessionId":"missing","limit":"x"}
+{"type":"error","code":"INVALID_MESSAGE","message":"limit must be a non-negative integer","requestId":"r"}
+> {"type":"answer_question","requestId":"r","sessionId":"missing"}
+{"type":"error","code":"INVALID_MESSAGE","message":"questionId must be a string","requestId":"r"}
 > {"type":"rename_session","requestId":"r","sessionId":"missing","name":"ok"}
 {"type":"error","code":"SESSION_NOT_FOUND","message":"no such session","requestId":"r"}
 "#;
     assert_eq!(got, expected, "\n{got}");
 }
+
+const ROLES: &str = r#"> {"type":"delete_session","requestId":"r"}
+{"type":"error","code":"FORBIDDEN","message":"the role viewer may not delete_session","requestId":"r"}
+> {"type":"run_turn","requestId":"r","sessionId":5}
+{"type":"error","code":"FORBIDDEN","message":"the role viewer may not run_turn","requestId":"r"}
+> {"type":"steer","requestId":"r","sessionId":"missing","text":"x"}
+{"type":"error","code":"FORBIDDEN","message":"the role viewer may not steer","requestId":"r"}
+> {"type":"create_session","requestId":"r","agentType":5}
+{"type":"error","code":"FORBIDDEN","message":"the role viewer may not create_session","requestId":"r"}
+> {"type":"archive_session","requestId":"r"}
+{"type":"error","code":"FORBIDDEN","message":"the role viewer may not archive_session","requestId":"r"}
+> {"type":"list_sessions","requestId":"r","includeArchived":"x"}
+{"type":"error","code":"INVALID_MESSAGE","message":"includeArchived must be a boolean","requestId":"r"}
+> {"type":"nope","requestId":"r"}
+{"type":"error","code":"INVALID_MESSAGE","message":"unknown message type","requestId":"r"}
+> {"type":"delete_session","requestId":"r","sessionId":5}
+{"type":"error","code":"FORBIDDEN","message":"the role member may not delete_session","requestId":"r"}
+> {"type":"archive_session","requestId":"r"}
+{"type":"error","code":"INVALID_MESSAGE","message":"sessionId must be a string","requestId":"r"}
+> {"type":"steer","requestId":"r","sessionId":"missing","text":"x"}
+{"type":"error","code":"SESSION_NOT_FOUND","message":"no such session","requestId":"r"}
+"#;
 
 const AUTHENTICATED: &str = r#"> nope
 {"type":"error","code":"INVALID_JSON","message":"the message is not valid JSON"}
