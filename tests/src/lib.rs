@@ -20,6 +20,13 @@
 //!   binaries built elsewhere, e.g. with other flags or by CI beforehand).
 //! - `DIMINUENDO_TEST_NO_BUILD=1`: use the binaries next to the test executable without building.
 //!
+//! # The protocol schema
+//!
+//! Every connection the harness opens is a [`Tapped`] socket: once it is a WebSocket on `/ws`,
+//! every message sent and received is validated against `docs/protocol.schema.json`, and a
+//! violation fails the test (see `schema_check.rs`). A test that sends a malformed message on
+//! purpose says so ([`Client::call_invalid`], [`request_invalid`], [`RawWs::expect_invalid`]).
+//!
 //! # Processes
 //!
 //! A [`Gateway`] is stopped by PID when it is dropped: SIGTERM, a bounded wait, then SIGKILL, and
