@@ -20,6 +20,13 @@
 //!   binaries built elsewhere, e.g. with other flags or by CI beforehand).
 //! - `DIMINUENDO_TEST_NO_BUILD=1`: use the binaries next to the test executable without building.
 //!
+//! # The protocol schema
+//!
+//! Every connection the harness opens is a [`Tapped`] socket: once it is a WebSocket on `/ws`,
+//! every message sent and received is validated against `docs/protocol.schema.json`, and a
+//! violation fails the test (see `schema_check.rs`). A test that sends a malformed message on
+//! purpose says so ([`Client::call_invalid`], [`request_invalid`], [`RawWs::expect_invalid`]).
+//!
 //! # Processes
 //!
 //! A [`Gateway`] is stopped by PID when it is dropped: SIGTERM, a bounded wait, then SIGKILL, and
@@ -35,7 +42,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use diminuendo_core::sim::client::{self as wire, Frame, HttpResponse};
+pub use schema_check::{check_client_message, check_server_message, ClientVerdict, Tapped};
 pub use tungstenite;
+
+mod schema_check;
 
 use serde_json::Value;
 use tungstenite::client::IntoClientRequest;
@@ -473,7 +483,7 @@ impl Gateway {
                 value.parse().expect("header value"),
             );
         }
-        let stream = connect(self.addr);
+        let stream = Tapped::new(connect(self.addr));
         match tungstenite::client(request, stream) {
             Ok(pair) => pair,
             Err(error) => panic!("WebSocket handshake on {path} failed: {error}"),
@@ -494,7 +504,7 @@ impl Gateway {
         stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
         let url = format!("ws://{}/ws", self.addr);
-        match tungstenite::client(url, stream) {
+        match tungstenite::client(url, Tapped::new(stream)) {
             Ok((ws, _)) => ws,
             Err(error) => panic!("WebSocket handshake failed: {error}"),
         }
@@ -554,14 +564,16 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 
 /// A raw HTTP connection: write any bytes, read whole responses.
 pub struct Http {
-    pub stream: TcpStream,
+    /// The socket; once upgraded to `/ws`, every message through it is validated against the
+    /// protocol schema.
+    pub stream: Tapped,
     buffer: Vec<u8>,
 }
 
 impl Http {
     pub fn connect(addr: SocketAddr) -> Http {
         Http {
-            stream: connect(addr),
+            stream: Tapped::new(connect(addr)),
             buffer: Vec::new(),
         }
     }
@@ -714,8 +726,9 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
 
 // ------------------------------------------------------------------------- WebSocket
 
-/// A tungstenite client over a blocking loopback socket with bounded reads.
-pub type Ws = tungstenite::WebSocket<TcpStream>;
+/// A tungstenite client over a blocking loopback socket with bounded reads; on `/ws` every
+/// message it sends and receives is validated against `docs/protocol.schema.json`.
+pub type Ws = tungstenite::WebSocket<Tapped>;
 
 /// The next message of any kind (pings included). Panics on a timeout or an error.
 pub fn next_message(ws: &mut Ws) -> Message {
@@ -749,6 +762,13 @@ pub fn send_text(ws: &mut Ws, text: &str) {
 pub fn request(ws: &mut Ws, request: &Value) -> Value {
     send_text(ws, &request.to_string());
     next_json(ws)
+}
+
+/// Like [`request`] for a message the protocol schema rejects, sent on purpose (the schema must
+/// reject it).
+pub fn request_invalid(ws: &mut Ws, request: &Value) -> Value {
+    ws.get_mut().expect_invalid();
+    self::request(ws, request)
 }
 
 /// Reads until the server's close frame and returns its code (`None`: a close without a code).
@@ -797,6 +817,11 @@ pub struct RawWs {
 impl RawWs {
     pub fn send(&mut self, bytes: &[u8]) {
         self.http.send(bytes);
+    }
+
+    /// The next message sent is invalid on purpose: the protocol schema must reject it.
+    pub fn expect_invalid(&mut self) {
+        self.http.stream.expect_invalid();
     }
 
     /// The next frame; `None` if the connection ended first.
@@ -886,6 +911,18 @@ impl Client {
 
     pub fn send(&mut self, message: &Value) {
         send_text(&mut self.ws, &message.to_string());
+    }
+
+    /// Sends a message the protocol schema rejects, on purpose (the schema must reject it).
+    pub fn send_invalid(&mut self, message: &Value) {
+        self.ws.get_mut().expect_invalid();
+        self.send(message);
+    }
+
+    /// Like [`Client::call`] for a message the protocol schema rejects, sent on purpose.
+    pub fn call_invalid(&mut self, message: Value) -> Value {
+        self.ws.get_mut().expect_invalid();
+        self.call(message)
     }
 
     /// The next text message, exactly as sent by the server.

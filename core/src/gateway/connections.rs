@@ -17,7 +17,6 @@ use crate::protocol::refusal::{Handled, Refusal};
 use crate::protocol::{ErrorCode, Identity, ServerMessage};
 use crate::storage::{MemberRecord, StorageCommand};
 
-use super::requests::Fields;
 use super::routes::Answer;
 use super::{Event, Gateway};
 
@@ -297,7 +296,7 @@ impl Gateway {
     pub(crate) fn authenticate_message(
         &mut self,
         id: ConnectionId,
-        fields: &Fields<'_>,
+        token: Result<&str, Refusal>,
         request_id: Option<&str>,
         now: Instant,
     ) -> Handled {
@@ -312,8 +311,7 @@ impl Gateway {
             self.send_message(id, &reply, now);
             return Ok(());
         }
-        let token = fields.string("token")?;
-        let identity = self.verify_token(id, token, now)?;
+        let identity = self.verify_token(id, token?, now)?;
         self.complete_authentication(id, identity, request_id, now);
         Ok(())
     }

@@ -27,8 +27,8 @@ use std::time::Instant;
 
 use crate::gateway::queries::PendingQuery;
 use crate::ids::{ConnectionId, SessionId};
-use crate::protocol::event::TenantNotification;
-use crate::protocol::session_reply::{SessionMeta, SessionReply};
+use crate::protocol::ServerMessage;
+use crate::protocol::SessionMeta;
 use crate::protocol::{encode_frame, ErrorCode};
 use crate::storage::{DatabaseId, SessionRecord, SessionStatus, StorageCommand, StorageError};
 use crate::Gateway;
@@ -149,7 +149,7 @@ impl Gateway {
                 } else if let Some(connection) = requester {
                     // Deleted meanwhile: the change was stored all the same; the reply says so
                     // with the session as the change left it.
-                    let frame = encode_frame(&SessionReply::SessionUpdated {
+                    let frame = encode_frame(&ServerMessage::SessionUpdated {
                         request_id,
                         session: SessionMeta::from(&record),
                     });
@@ -175,11 +175,12 @@ impl Gateway {
             }
             (DurableAction::Delete { record, orphaned }, Ok(())) => {
                 let tenant_id = record.tenant_id.clone();
-                let frame = encode_frame(&TenantNotification::SessionDeleted {
+                let frame = encode_frame(&ServerMessage::SessionDeleted {
+                    request_id: None,
                     session_id: &record.id,
                 });
                 if let Some(connection) = requester {
-                    let reply = encode_frame(&SessionReply::SessionDeleted {
+                    let reply = encode_frame(&ServerMessage::SessionDeleted {
                         request_id,
                         session_id: &record.id,
                     });

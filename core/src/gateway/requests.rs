@@ -1,95 +1,36 @@
-//! The gateway protocol on `/ws` (PROTOCOL sections 3 to 5): the envelope, authentication, the
-//! per-connection rate limit, roles, and the registry requests. Joins and reads are in
-//! `queries.rs`, turns in `sessions.rs` (and the `session` machine).
+//! The gateway protocol's requests on `/ws` (PROTOCOL sections 3 to 5): a text message parsed
+//! once, its role checked, and routed to its handler; the registry requests are handled here.
+//! Authentication and the rate limit are the connection's (`connections.rs`, `connection/`);
+//! joins and reads are in `queries.rs`; turns go to the session (`sessions.rs`).
 
-use std::sync::Arc;
 use std::time::Instant;
-
-use serde_json::{Map, Value};
 
 use crate::connection::Departed;
 use crate::gateway::durable::{DurableAction, Previous};
 use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::refusal::{Handled, Refusal};
 use crate::protocol::request::{
-    AnswerQuestion, GetEvents, GetHistory, JoinSession, RequestContext, RunTurn, SessionRef,
+    ClientRequest, CreateSession, ListSessions, RenameSession, RequestContext, RequestKind,
+    SessionRef,
 };
-use crate::protocol::session_reply::SessionReply;
-use crate::protocol::{self, Envelope, EnvelopeError, ErrorCode, Identity, ServerMessage};
+use crate::protocol::{
+    self, role_allows, ClientMessage, EnvelopeError, ErrorCode, Parsed, ServerMessage,
+};
 use crate::session::state::SessionStatus;
 use crate::session::Session;
 use crate::storage::{SessionRecord, StorageCommand};
 use crate::Gateway;
 
-/// What a role may do (PROTOCOL section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permission {
-    Read,
-    Create,
-    Write,
-    Archive,
-    Delete,
-    Steer,
-}
-
-pub fn role_allows(role: &str, permission: Permission) -> bool {
-    match role {
-        "owner" | "admin" => true,
-        "member" => permission != Permission::Delete,
-        "viewer" => permission == Permission::Read,
-        _ => false,
-    }
-}
-
 /// Longest session name accepted.
 pub const MAX_SESSION_NAME: usize = 200;
 
-/// Typed access to a message's fields; a missing or mistyped field is `INVALID_MESSAGE`.
-pub(crate) struct Fields<'a>(pub(crate) &'a Map<String, Value>);
-
-impl<'a> Fields<'a> {
-    pub(crate) fn string(&self, name: &str) -> Result<&'a str, Refusal> {
-        match self.0.get(name) {
-            Some(Value::String(text)) => Ok(text),
-            _ => Err(Refusal::invalid(format!("{name} must be a string"))),
-        }
-    }
-
-    pub(crate) fn optional_string(&self, name: &str) -> Result<Option<&'a str>, Refusal> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text)),
-            Some(_) => Err(Refusal::invalid(format!("{name} must be a string"))),
-        }
-    }
-
-    pub(crate) fn optional_bool(&self, name: &str) -> Result<Option<bool>, Refusal> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(flag)) => Ok(Some(*flag)),
-            Some(_) => Err(Refusal::invalid(format!("{name} must be a boolean"))),
-        }
-    }
-
-    pub(crate) fn optional_u64(&self, name: &str) -> Result<Option<u64>, Refusal> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(number)) => number
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| Refusal::invalid(format!("{name} must be a non-negative integer"))),
-            Some(_) => Err(Refusal::invalid(format!(
-                "{name} must be a non-negative integer"
-            ))),
-        }
-    }
-}
-
 impl Gateway {
-    /// A text message on `/ws`.
+    /// A text message on `/ws`: parsed once, then answered in the protocol's order: envelope
+    /// errors, `ping` (before the rate limit), the rate limit, `authenticate`, authentication,
+    /// unknown types, the role, field errors, then the request itself.
     pub(crate) fn client_message(&mut self, id: ConnectionId, text: &str, now: Instant) {
-        let envelope = match protocol::parse_envelope(text) {
-            Ok(envelope) => Some(envelope),
+        let ClientMessage { request_id, body } = match protocol::parse_client_message(text) {
+            Ok(message) => message,
             Err(error) => {
                 if !self.count_message(id, None, now) {
                     return;
@@ -110,163 +51,94 @@ impl Gateway {
                         now,
                     ),
                 }
-                None
+                return;
             }
         };
-        let Some(Envelope {
-            kind,
-            request_id,
-            fields,
-        }) = envelope
-        else {
-            return;
-        };
-        let request_id = request_id.as_deref();
-        if kind == "ping" {
+        if body == Parsed::Request(ClientRequest::Ping) {
             let pong = ServerMessage::Pong {
                 ts: self.clock.unix_ms(now),
-                request_id,
+                request_id: request_id.as_deref(),
             };
             self.send_message(id, &pong, now);
             return;
         }
-        if !self.count_message(id, request_id, now) {
+        if !self.count_message(id, request_id.as_deref(), now) {
             return;
         }
         let identity = self
             .client_state(id)
             .and_then(|client| client.identity().cloned());
-        let result = match (kind.as_str(), identity) {
-            ("authenticate", _) => self.authenticate_message(id, &Fields(&fields), request_id, now),
+        let result = match (body, identity) {
+            (Parsed::Request(ClientRequest::Authenticate(request)), _) => {
+                self.authenticate_message(id, Ok(&request.token), request_id.as_deref(), now)
+            }
+            (
+                Parsed::Invalid {
+                    kind: RequestKind::Authenticate,
+                    reason,
+                },
+                _,
+            ) => self.authenticate_message(
+                id,
+                Err(Refusal::invalid(reason)),
+                request_id.as_deref(),
+                now,
+            ),
             (_, None) => Err(Refusal::new(
                 ErrorCode::NotAuthenticated,
                 "authenticate first",
             )),
-            (kind, Some(identity)) => {
-                self.request(id, kind, &identity, &Fields(&fields), request_id, now)
+            (body, Some(identity)) => {
+                let ctx = RequestContext {
+                    connection: id,
+                    identity,
+                    request_id: request_id.clone(),
+                };
+                self.request(&ctx, body, now)
             }
         };
         if let Err(refusal) = result {
-            self.send_refusal(id, &refusal, request_id, now);
+            self.send_refusal(id, &refusal, request_id.as_deref(), now);
         }
     }
 
-    fn request(
-        &mut self,
-        id: ConnectionId,
-        kind: &str,
-        identity: &Arc<Identity>,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
-        now: Instant,
-    ) -> Handled {
-        use Permission::*;
-        let needs = match kind {
-            "list_sessions" | "join_session" | "leave_session" | "get_events" | "get_history" => {
-                Read
-            }
-            "create_session" => Create,
-            "rename_session" | "run_turn" | "stop_turn" | "answer_question" => Write,
-            "archive_session" | "unarchive_session" => Archive,
-            "delete_session" => Delete,
-            "steer" => Steer,
-            _ => return Err(Refusal::invalid("unknown message type")),
+    /// An authenticated connection's request: unknown types, then the role, then field
+    /// errors, then the handler of the request's type.
+    fn request(&mut self, ctx: &RequestContext, body: Parsed, now: Instant) -> Handled {
+        let (kind, request) = match body {
+            Parsed::Unknown => return Err(Refusal::invalid("unknown message type")),
+            Parsed::Invalid { kind, reason } => (kind, Err(Refusal::invalid(reason))),
+            Parsed::Request(request) => (request.kind(), Ok(request)),
         };
-        if !role_allows(&identity.role, needs) {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!("the role {} may not {kind}", identity.role),
-            ));
+        if let Some(needs) = kind.permission() {
+            if !role_allows(&ctx.identity.role, needs) {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!("the role {} may not {}", ctx.identity.role, kind.name()),
+                ));
+            }
         }
-        match kind {
-            "list_sessions" => self.list_sessions(id, identity, fields, request_id, now),
-            "create_session" => self.create_session(id, identity, fields, request_id, now),
-            "rename_session" => {
-                self.update_session(id, identity, fields, request_id, Update::Rename, now)
+        match request? {
+            // Both are answered before (`client_message`).
+            ClientRequest::Ping | ClientRequest::Authenticate(_) => Ok(()),
+            ClientRequest::ListSessions(request) => self.list_sessions(ctx, &request, now),
+            ClientRequest::CreateSession(request) => self.create_session(ctx, &request, now),
+            ClientRequest::RenameSession(request) => self.rename_session(ctx, &request, now),
+            ClientRequest::ArchiveSession(request) => {
+                self.archive_session(ctx, &request, true, now)
             }
-            "archive_session" => {
-                self.update_session(id, identity, fields, request_id, Update::Archive(true), now)
+            ClientRequest::UnarchiveSession(request) => {
+                self.archive_session(ctx, &request, false, now)
             }
-            "unarchive_session" => self.update_session(
-                id,
-                identity,
-                fields,
-                request_id,
-                Update::Archive(false),
-                now,
-            ),
-            "delete_session" => self.delete_session(id, identity, fields, request_id, now),
-            _ => self.session_request(id, kind, identity, fields, request_id, now),
-        }
-    }
-
-    /// The session requests, their fields checked in the order they always were (the session
-    /// first, so a request for an unknown session is `SESSION_NOT_FOUND` whatever else it
-    /// lacks), then handed to the typed entry points.
-    fn session_request(
-        &mut self,
-        id: ConnectionId,
-        kind: &str,
-        identity: &Arc<Identity>,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
-        now: Instant,
-    ) -> Handled {
-        let session_id = self.session_field(identity, fields)?.to_string();
-        let ctx = RequestContext {
-            connection: id,
-            identity: identity.clone(),
-            request_id: request_id.map(str::to_owned),
-        };
-        let string = |name: &str| fields.string(name).map(str::to_owned);
-        let optional_string =
-            |name: &str| Ok::<_, Refusal>(fields.optional_string(name)?.map(str::to_owned));
-        match kind {
-            "join_session" => {
-                let request = JoinSession {
-                    session_id,
-                    after_seq: fields.optional_u64("afterSeq")?,
-                    epoch: optional_string("epoch")?,
-                };
-                self.join_session(&ctx, &request, now)
-            }
-            "leave_session" => self.leave_session(&ctx, &SessionRef { session_id }, now),
-            "get_events" => {
-                let after_seq = fields
-                    .optional_u64("afterSeq")?
-                    .ok_or_else(|| Refusal::invalid("afterSeq must be a non-negative integer"))?;
-                let request = GetEvents {
-                    session_id,
-                    after_seq,
-                    limit: fields.optional_u64("limit")?,
-                };
-                self.get_events(&ctx, &request, now)
-            }
-            "get_history" => {
-                let request = GetHistory {
-                    session_id,
-                    before_turn: optional_string("beforeTurn")?,
-                    limit: fields.optional_u64("limit")?,
-                };
-                self.get_history(&ctx, &request, now)
-            }
-            "run_turn" | "steer" => {
-                let request = RunTurn {
-                    session_id,
-                    text: string("text")?,
-                };
-                self.run_turn(&ctx, &request, kind == "steer", now)
-            }
-            "stop_turn" => self.stop_turn(&ctx, &SessionRef { session_id }, now),
-            _ => {
-                let request = AnswerQuestion {
-                    session_id,
-                    question_id: string("questionId")?,
-                    option_id: optional_string("optionId")?,
-                    cancelled: fields.optional_bool("cancelled")?,
-                };
-                self.answer_question(&ctx, &request, now)
-            }
+            ClientRequest::DeleteSession(request) => self.delete_session(ctx, &request, now),
+            ClientRequest::JoinSession(request) => self.join_session(ctx, &request, now),
+            ClientRequest::LeaveSession(request) => self.leave_session(ctx, &request, now),
+            ClientRequest::GetEvents(request) => self.get_events(ctx, &request, now),
+            ClientRequest::GetHistory(request) => self.get_history(ctx, &request, now),
+            ClientRequest::RunTurn(request) => self.run_turn(ctx, &request, false, now),
+            ClientRequest::Steer(request) => self.run_turn(ctx, &request, true, now),
+            ClientRequest::StopTurn(request) => self.stop_turn(ctx, &request, now),
+            ClientRequest::AnswerQuestion(request) => self.answer_question(ctx, &request, now),
         }
     }
 
@@ -285,19 +157,6 @@ impl Gateway {
         };
         self.send_message(id, &error, now);
     }
-
-    /// The session named by the message's `sessionId`, in the caller's tenant.
-    pub(crate) fn session_field(
-        &self,
-        identity: &Identity,
-        fields: &Fields<'_>,
-    ) -> Result<SessionId, Refusal> {
-        let session_id = fields.string("sessionId")?;
-        self.find_session(&identity.tenant_id, session_id)
-            .ok_or_else(Refusal::session_not_found)
-    }
-
-    // ------------------------------------------------------------ authentication
 
     /// A `/ws` connection is gone: it leaves its tenant topic and every session it joined.
     pub(crate) fn client_gone(&mut self, id: ConnectionId, client: Departed, now: Instant) {
@@ -324,16 +183,14 @@ impl Gateway {
 
     fn list_sessions(
         &mut self,
-        id: ConnectionId,
-        identity: &Identity,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
+        ctx: &RequestContext,
+        request: &ListSessions,
         now: Instant,
     ) -> Handled {
-        let include_archived = fields.optional_bool("includeArchived")?.unwrap_or(false);
-        let list: Vec<_> = self
+        let include_archived = request.include_archived.unwrap_or(false);
+        let sessions: Vec<_> = self
             .tenants
-            .get(identity.tenant_id.as_str())
+            .get(ctx.identity.tenant_id.as_str())
             .map(|tenant| {
                 tenant
                     .sessions
@@ -344,26 +201,26 @@ impl Gateway {
                     .collect()
             })
             .unwrap_or_default();
-        let frame = protocol::encode_frame(&SessionReply::SessionList {
-            request_id,
-            sessions: list,
+        let frame = protocol::encode_frame(&ServerMessage::SessionList {
+            request_id: ctx.request_id.as_deref(),
+            sessions,
         });
-        self.send(id, frame, now);
+        self.send(ctx.connection, frame, now);
         Ok(())
     }
 
     fn create_session(
         &mut self,
-        id: ConnectionId,
-        identity: &Identity,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
+        ctx: &RequestContext,
+        request: &CreateSession,
         now: Instant,
     ) -> Handled {
+        let (id, identity) = (ctx.connection, &ctx.identity);
+        let request_id = ctx.request_id.as_deref();
         if self.refuse_while_draining(id, request_id, now) {
             return Ok(());
         }
-        let agent_type = fields.string("agentType")?;
+        let agent_type = request.agent_type.as_str();
         if !self
             .config
             .agent_types
@@ -375,7 +232,7 @@ impl Gateway {
                 format!("unknown agent type {}", truncate(agent_type, 64)),
             ));
         }
-        let name = fields.optional_string("name")?.unwrap_or("New session");
+        let name = request.name.as_deref().unwrap_or("New session");
         check_name(name)?;
         self.refuse_new_work_for_storage()?;
         let at = self.clock.unix_ms(now) as i64;
@@ -412,44 +269,51 @@ impl Gateway {
         format!("{:016x}", self.rng.next_u64())
     }
 
-    fn update_session(
+    fn rename_session(
         &mut self,
-        id: ConnectionId,
-        identity: &Identity,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
-        update: Update,
+        ctx: &RequestContext,
+        request: &RenameSession,
         now: Instant,
     ) -> Handled {
-        let session_id = self.session_field(identity, fields)?;
-        let name = match update {
-            Update::Rename => {
-                let name = fields.string("name")?;
-                check_name(name)?;
-                Some(name.to_owned())
-            }
-            Update::Archive(_) => None,
-        };
+        let session_id = self.requested_session(ctx, &request.session_id)?;
+        check_name(&request.name)?;
+        self.update_session(ctx, &session_id, Update::Rename(&request.name), now)
+    }
+
+    /// `archive_session` (`archived`) and `unarchive_session`.
+    fn archive_session(
+        &mut self,
+        ctx: &RequestContext,
+        request: &SessionRef,
+        archived: bool,
+        now: Instant,
+    ) -> Handled {
+        let session_id = self.requested_session(ctx, &request.session_id)?;
+        self.update_session(ctx, &session_id, Update::Archive(archived), now)
+    }
+
+    fn update_session(
+        &mut self,
+        ctx: &RequestContext,
+        session_id: &SessionId,
+        update: Update<'_>,
+        now: Instant,
+    ) -> Handled {
         let at = self.clock.unix_ms(now) as i64;
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return Err(Refusal::session_not_found());
         };
-        let previous = match (update, name) {
-            (Update::Rename, Some(name)) => Previous::Name(session.rename(name, at)),
-            (Update::Archive(archived), _) => {
-                Previous::Archived(session.set_archived(archived, at))
-            }
-            (Update::Rename, None) => {
-                Previous::Name(session.rename(session.record().name.clone(), at))
-            }
+        let previous = match update {
+            Update::Rename(name) => Previous::Name(session.rename(name.to_owned(), at)),
+            Update::Archive(archived) => Previous::Archived(session.set_archived(archived, at)),
         };
         let record = session.record().clone();
-        self.persist_session(&session_id);
+        self.persist_session(session_id);
         // `session_updated` goes out once the change is committed (see `durable`).
         self.await_commit(
-            &identity.tenant_id,
-            id,
-            request_id,
+            &ctx.identity.tenant_id,
+            ctx.connection,
+            ctx.request_id.as_deref(),
             DurableAction::Update { record, previous },
         );
         Ok(())
@@ -457,13 +321,13 @@ impl Gateway {
 
     fn delete_session(
         &mut self,
-        id: ConnectionId,
-        identity: &Identity,
-        fields: &Fields<'_>,
-        request_id: Option<&str>,
+        ctx: &RequestContext,
+        request: &SessionRef,
         _now: Instant,
     ) -> Handled {
-        let session_id = self.session_field(identity, fields)?;
+        let (id, identity) = (ctx.connection, &ctx.identity);
+        let request_id = ctx.request_id.as_deref();
+        let session_id = self.requested_session(ctx, &request.session_id)?;
         let Some(session) = self.sessions.remove(&session_id) else {
             return Err(Refusal::session_not_found());
         };
@@ -510,8 +374,8 @@ impl Gateway {
 }
 
 #[derive(Clone, Copy)]
-enum Update {
-    Rename,
+enum Update<'a> {
+    Rename(&'a str),
     Archive(bool),
 }
 

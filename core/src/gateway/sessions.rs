@@ -14,10 +14,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::ids::{AgentId, ConnectionId, SessionId, TimerKey};
-use crate::protocol::event::TenantNotification;
 use crate::protocol::refusal::{Handled, Refusal};
 use crate::protocol::request::{AnswerQuestion, RequestContext, RunTurn, SessionRef};
-use crate::protocol::session_reply::SessionReply;
+use crate::protocol::ServerMessage;
 use crate::protocol::{encode_frame, ErrorCode};
 use crate::session::{Counter, NextTurn, Session, SessionContext, SessionOutput};
 use crate::storage::{SessionRecord, StorageCommand};
@@ -109,12 +108,12 @@ impl Gateway {
         let tenant = session.record().tenant_id.clone();
         let reply = requester.map(|(connection, request_id)| {
             let reply = if created {
-                SessionReply::SessionCreated {
+                ServerMessage::SessionCreated {
                     request_id,
                     session: session_meta.clone(),
                 }
             } else {
-                SessionReply::SessionUpdated {
+                ServerMessage::SessionUpdated {
                     request_id,
                     session: session_meta.clone(),
                 }
@@ -122,11 +121,13 @@ impl Gateway {
             (connection, encode_frame(&reply))
         });
         let notification = if created {
-            TenantNotification::SessionCreated {
+            ServerMessage::SessionCreated {
+                request_id: None,
                 session: session_meta,
             }
         } else {
-            TenantNotification::SessionUpdated {
+            ServerMessage::SessionUpdated {
+                request_id: None,
                 session: session_meta,
             }
         };

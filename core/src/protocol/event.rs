@@ -10,14 +10,15 @@
 //! [`serde_json::Value`]. The field order of the agent updates is the alphabetical order their
 //! keys had when they were built as a JSON map, kept byte for byte.
 
-use schemars::JsonSchema;
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::protocol::session_reply::SessionMeta;
-
-/// One session event: its header and its body.
-#[derive(Debug, Serialize, JsonSchema)]
+/// One session event: its header and its body. Its JSON Schema (written by hand below) is one
+/// object per event type: the header, `type` fixed to the kind, and the body's fields.
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionEvent<'a> {
     /// The event type (`session_state`, `text_delta`, ...): the body's [`EventBody::kind`].
@@ -53,8 +54,85 @@ impl<'a> SessionEvent<'a> {
     }
 }
 
+impl JsonSchema for SessionEvent<'_> {
+    fn schema_name() -> Cow<'static, str> {
+        "SessionEvent".into()
+    }
+
+    /// `oneOf` an object per event type: `type` is the kind, then the header, then the body's
+    /// own fields; nothing else (the server's messages are exactly known).
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let bodies: [(&str, Schema); 13] = [
+            ("session_state", SessionState::json_schema(generator)),
+            ("turn_started", TurnStarted::json_schema(generator)),
+            ("text_delta", Delta::json_schema(generator)),
+            ("thinking_delta", Delta::json_schema(generator)),
+            ("tool_call", ToolCall::json_schema(generator)),
+            ("tool_call_update", ToolCallUpdate::json_schema(generator)),
+            ("plan", Plan::json_schema(generator)),
+            ("usage", Usage::json_schema(generator)),
+            ("agent_update", AgentUpdate::json_schema(generator)),
+            (
+                "permission_requested",
+                PermissionRequested::json_schema(generator),
+            ),
+            (
+                "permission_resolved",
+                PermissionResolved::json_schema(generator),
+            ),
+            ("turn_complete", TurnComplete::json_schema(generator)),
+            ("turn_error", TurnError::json_schema(generator)),
+        ];
+        let variants: Vec<Value> = bodies
+            .into_iter()
+            .map(|(kind, body)| event_schema(kind, body))
+            .collect();
+        json_schema!({ "oneOf": variants })
+    }
+}
+
+/// One event type's object: the header's properties and the body's, `type` fixed to `kind`.
+fn event_schema(kind: &str, body: Schema) -> Value {
+    let body = body.to_value();
+    let mut properties = Map::new();
+    properties.insert(
+        "type".into(),
+        serde_json::json!({ "type": "string", "const": kind }),
+    );
+    properties.insert("sessionId".into(), serde_json::json!({ "type": "string" }));
+    properties.insert(
+        "seq".into(),
+        serde_json::json!({ "type": "integer", "minimum": 1, "description": "Per-session sequence number, from 1, without gaps." }),
+    );
+    properties.insert(
+        "ts".into(),
+        serde_json::json!({ "type": "integer", "description": "Unix milliseconds." }),
+    );
+    properties.insert("turnId".into(), serde_json::json!({ "type": "string" }));
+    let mut required: Vec<Value> = ["type", "sessionId", "seq", "ts"]
+        .into_iter()
+        .map(Value::from)
+        .collect();
+    if let Some(Value::Object(fields)) = body.get("properties") {
+        properties.extend(fields.clone());
+    }
+    if let Some(Value::Array(fields)) = body.get("required") {
+        required.extend(fields.iter().cloned());
+    }
+    let mut schema = serde_json::json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    });
+    if let Some(description) = body.get("description") {
+        schema["description"] = description.clone();
+    }
+    schema
+}
+
 /// The fields of each event type, after the header.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum EventBody<'a> {
     SessionState(SessionState),
@@ -265,19 +343,6 @@ pub fn agent_update_body<'a>(kind: &str, fields: &'a Map<String, Value>) -> Even
             update: fields.get("update").unwrap_or(&NULL),
         })
     })
-}
-
-/// What every connection of a tenant is told about its sessions (PROTOCOL section 7).
-#[derive(Debug, Serialize, JsonSchema)]
-#[serde(
-    tag = "type",
-    rename_all = "snake_case",
-    rename_all_fields = "camelCase"
-)]
-pub enum TenantNotification<'a> {
-    SessionCreated { session: SessionMeta<'a> },
-    SessionUpdated { session: SessionMeta<'a> },
-    SessionDeleted { session_id: &'a str },
 }
 
 #[cfg(test)]

@@ -10,6 +10,27 @@ use serde::Deserialize;
 use crate::ids::ConnectionId;
 use crate::protocol::Identity;
 
+/// What a role may do (PROTOCOL section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Read,
+    Create,
+    Write,
+    Archive,
+    Delete,
+    Steer,
+}
+
+/// Whether `role` (an identity's `role` claim) grants `permission`.
+pub fn role_allows(role: &str, permission: Permission) -> bool {
+    match role {
+        "owner" | "admin" => true,
+        "member" => permission != Permission::Delete,
+        "viewer" => permission == Permission::Read,
+        _ => false,
+    }
+}
+
 /// Who asked, and how to address the answer.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
@@ -138,4 +159,123 @@ pub struct AnswerQuestion {
     pub option_id: Option<String>,
     #[serde(default)]
     pub cancelled: Option<bool>,
+}
+
+/// The type of a client message, known before its fields are checked: authentication and the
+/// role are checked on it first, so a request with bad fields is refused as it was before
+/// (`NOT_AUTHENTICATED`, `FORBIDDEN`) ahead of its field errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Ping,
+    Authenticate,
+    ListSessions,
+    CreateSession,
+    RenameSession,
+    ArchiveSession,
+    UnarchiveSession,
+    DeleteSession,
+    JoinSession,
+    LeaveSession,
+    GetEvents,
+    GetHistory,
+    RunTurn,
+    Steer,
+    StopTurn,
+    AnswerQuestion,
+}
+
+impl RequestKind {
+    /// Every client message type.
+    pub const ALL: [RequestKind; 16] = [
+        RequestKind::Ping,
+        RequestKind::Authenticate,
+        RequestKind::ListSessions,
+        RequestKind::CreateSession,
+        RequestKind::RenameSession,
+        RequestKind::ArchiveSession,
+        RequestKind::UnarchiveSession,
+        RequestKind::DeleteSession,
+        RequestKind::JoinSession,
+        RequestKind::LeaveSession,
+        RequestKind::GetEvents,
+        RequestKind::GetHistory,
+        RequestKind::RunTurn,
+        RequestKind::Steer,
+        RequestKind::StopTurn,
+        RequestKind::AnswerQuestion,
+    ];
+
+    /// The wire name (the message's `type`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Ping => "ping",
+            RequestKind::Authenticate => "authenticate",
+            RequestKind::ListSessions => "list_sessions",
+            RequestKind::CreateSession => "create_session",
+            RequestKind::RenameSession => "rename_session",
+            RequestKind::ArchiveSession => "archive_session",
+            RequestKind::UnarchiveSession => "unarchive_session",
+            RequestKind::DeleteSession => "delete_session",
+            RequestKind::JoinSession => "join_session",
+            RequestKind::LeaveSession => "leave_session",
+            RequestKind::GetEvents => "get_events",
+            RequestKind::GetHistory => "get_history",
+            RequestKind::RunTurn => "run_turn",
+            RequestKind::Steer => "steer",
+            RequestKind::StopTurn => "stop_turn",
+            RequestKind::AnswerQuestion => "answer_question",
+        }
+    }
+
+    /// The type named `name`; `None` for an unknown type.
+    pub fn from_name(name: &str) -> Option<RequestKind> {
+        RequestKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
+
+    /// The permission the type needs; `None` for `ping` and `authenticate`, which are allowed
+    /// before authentication.
+    pub fn permission(self) -> Option<Permission> {
+        use RequestKind::*;
+        Some(match self {
+            Ping | Authenticate => return None,
+            ListSessions | JoinSession | LeaveSession | GetEvents | GetHistory => Permission::Read,
+            CreateSession => Permission::Create,
+            RenameSession | RunTurn | StopTurn | AnswerQuestion => Permission::Write,
+            ArchiveSession | UnarchiveSession => Permission::Archive,
+            DeleteSession => Permission::Delete,
+            Steer => Permission::Steer,
+        })
+    }
+}
+
+impl ClientRequest {
+    /// The request's type.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            ClientRequest::Ping => RequestKind::Ping,
+            ClientRequest::Authenticate(_) => RequestKind::Authenticate,
+            ClientRequest::ListSessions(_) => RequestKind::ListSessions,
+            ClientRequest::CreateSession(_) => RequestKind::CreateSession,
+            ClientRequest::RenameSession(_) => RequestKind::RenameSession,
+            ClientRequest::ArchiveSession(_) => RequestKind::ArchiveSession,
+            ClientRequest::UnarchiveSession(_) => RequestKind::UnarchiveSession,
+            ClientRequest::DeleteSession(_) => RequestKind::DeleteSession,
+            ClientRequest::JoinSession(_) => RequestKind::JoinSession,
+            ClientRequest::LeaveSession(_) => RequestKind::LeaveSession,
+            ClientRequest::GetEvents(_) => RequestKind::GetEvents,
+            ClientRequest::GetHistory(_) => RequestKind::GetHistory,
+            ClientRequest::RunTurn(_) => RequestKind::RunTurn,
+            ClientRequest::Steer(_) => RequestKind::Steer,
+            ClientRequest::StopTurn(_) => RequestKind::StopTurn,
+            ClientRequest::AnswerQuestion(_) => RequestKind::AnswerQuestion,
+        }
+    }
+
+    /// The permission the request needs (PROTOCOL section 5); `None` for `ping` and
+    /// `authenticate`.
+    pub fn permission(&self) -> Option<Permission> {
+        self.kind().permission()
+    }
 }

@@ -9,42 +9,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::storage::{SessionRecord, StoredEvent, TurnRecord};
+use crate::storage::{StoredEvent, TurnRecord};
 
-/// SessionMeta on the wire (PROTOCOL section 5).
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionMeta<'a> {
-    pub id: &'a str,
-    pub tenant_id: &'a str,
-    pub name: &'a str,
-    pub agent_type: &'a str,
-    pub status: &'a str,
-    pub archived: bool,
-    pub created_by: &'a str,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub last_seq: u64,
-    pub epoch: &'a str,
-}
-
-impl<'a> From<&'a SessionRecord> for SessionMeta<'a> {
-    fn from(record: &'a SessionRecord) -> Self {
-        SessionMeta {
-            id: &record.id,
-            tenant_id: &record.tenant_id,
-            name: &record.name,
-            agent_type: &record.agent_type,
-            status: record.status.as_str(),
-            archived: record.archived,
-            created_by: &record.created_by,
-            created_at: record.created_at_ms,
-            updated_at: record.updated_at_ms,
-            last_seq: record.last_seq,
-            epoch: &record.epoch,
-        }
-    }
-}
+pub use crate::protocol::reply::SessionMeta;
 
 /// A reply to one session request.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -53,35 +20,13 @@ impl<'a> From<&'a SessionRecord> for SessionMeta<'a> {
     rename_all = "snake_case",
     rename_all_fields = "camelCase"
 )]
+#[schemars(deny_unknown_fields)]
 pub enum SessionReply<'a> {
-    /// `list_sessions`.
-    SessionList {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        request_id: Option<&'a str>,
-        sessions: Vec<SessionMeta<'a>>,
-    },
-    /// `create_session`, once committed.
-    SessionCreated {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        request_id: Option<&'a str>,
-        session: SessionMeta<'a>,
-    },
-    /// `rename_session`, `archive_session`, `unarchive_session`, once committed.
-    SessionUpdated {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        request_id: Option<&'a str>,
-        session: SessionMeta<'a>,
-    },
-    /// `delete_session`, once committed.
-    SessionDeleted {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        request_id: Option<&'a str>,
-        session_id: &'a str,
-    },
     /// `join_session`: `lastSeq` as measured at the join; `events` the replay (empty unless
     /// `recovered`).
     SessionJoined {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         session: SessionMeta<'a>,
         epoch: &'a str,
@@ -92,12 +37,14 @@ pub enum SessionReply<'a> {
     /// `leave_session`.
     SessionLeft {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         session_id: &'a str,
     },
     /// `get_events`.
     Events {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         session_id: &'a str,
         epoch: &'a str,
@@ -108,6 +55,7 @@ pub enum SessionReply<'a> {
     /// `get_history`.
     History {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         session_id: &'a str,
         turns: Vec<HistoryTurn<'a>>,
@@ -116,6 +64,7 @@ pub enum SessionReply<'a> {
     /// `run_turn` and `steer`.
     TurnAccepted {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         session_id: &'a str,
         turn_id: &'a str,
@@ -123,6 +72,7 @@ pub enum SessionReply<'a> {
     /// `stop_turn`.
     TurnStopping {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         session_id: &'a str,
         turn_id: &'a str,
@@ -130,6 +80,7 @@ pub enum SessionReply<'a> {
     /// `answer_question`.
     QuestionAnswered {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
         request_id: Option<&'a str>,
         session_id: &'a str,
         question_id: &'a str,
@@ -158,7 +109,7 @@ impl JsonSchema for StoredEvents<'_> {
     }
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        <Vec<Value>>::json_schema(generator)
+        <Vec<crate::protocol::event::SessionEvent<'static>>>::json_schema(generator)
     }
 }
 

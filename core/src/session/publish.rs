@@ -6,7 +6,8 @@
 use std::time::Instant;
 
 use crate::protocol::encode_frame_with_payload;
-use crate::protocol::event::{Delta, EventBody, SessionEvent, SessionState, TenantNotification};
+use crate::protocol::event::{Delta, EventBody, SessionEvent, SessionState};
+use crate::protocol::ServerMessage;
 use crate::session::state::{self, SessionStatus};
 use crate::session::{Session, SessionContext, SessionOutput};
 use crate::storage::{StorageCommand, StoredEvent, TurnRecord};
@@ -152,7 +153,8 @@ impl Session {
         out.push(SessionOutput::Storage(StorageCommand::UpsertSession {
             session: self.record.clone(),
         }));
-        let notification = TenantNotification::SessionUpdated {
+        let notification = ServerMessage::SessionUpdated {
+            request_id: None,
             session: self.meta(),
         };
         out.push(SessionOutput::NotifyTenant(crate::protocol::encode_frame(

@@ -10,6 +10,7 @@ mod metrics;
 mod real_agent;
 mod resume;
 mod sandbox;
+mod schema;
 mod sessions;
 mod shutdown;
 mod shutdown_under_load;

@@ -263,7 +263,7 @@ fn errors_invalid_state_unknown_agent_and_missing_fields() {
             json!({"type": "run_turn", "text": "x"}),
             json!({"type": "get_events", "afterSeq": 0}),
         ] {
-            let error = client.call(missing.clone());
+            let error = client.call_invalid(missing.clone());
             assert_eq!(error["code"], "INVALID_MESSAGE", "{missing} -> {error}");
         }
 
@@ -277,7 +277,7 @@ fn errors_invalid_state_unknown_agent_and_missing_fields() {
             json!({"type": "get_events", "sessionId": id}),
             json!({"type": "run_turn", "sessionId": id, "text": 5}),
         ] {
-            let error = client.call(missing.clone());
+            let error = client.call_invalid(missing.clone());
             assert_eq!(error["code"], "INVALID_MESSAGE", "{missing} -> {error}");
         }
         let error = client.call(json!({"type": "stop_turn", "sessionId": id}));

@@ -6,7 +6,7 @@ use diminuendo_tests::tungstenite::protocol::CloseFrame;
 use diminuendo_tests::tungstenite::Message;
 use diminuendo_tests::{
     expect_dev_greeting, expect_end, is_uuid, next_json, next_message, read_close, request,
-    send_text, wire,
+    request_invalid, send_text, wire,
 };
 use serde_json::json;
 
@@ -110,22 +110,22 @@ fn malformed_messages_get_errors_and_keep_the_connection() {
         assert!(error["message"].is_string(), "{error}");
         assert!(error.get("seq").is_none(), "{error}");
 
-        let error = request(&mut ws, &json!({"requestId": "no-type"}));
+        let error = request_invalid(&mut ws, &json!({"requestId": "no-type"}));
         assert_eq!(error["code"], "INVALID_MESSAGE", "{error}");
         assert_eq!(error["requestId"], "no-type", "{error}");
 
-        let error = request(&mut ws, &json!(["an", "array"]));
+        let error = request_invalid(&mut ws, &json!(["an", "array"]));
         assert_eq!(error["code"], "INVALID_MESSAGE", "{error}");
 
-        let error = request(&mut ws, &json!({"type": 7}));
+        let error = request_invalid(&mut ws, &json!({"type": 7}));
         assert_eq!(error["code"], "INVALID_MESSAGE", "{error}");
 
-        let error = request(&mut ws, &json!({"type": "ping", "requestId": 42}));
+        let error = request_invalid(&mut ws, &json!({"type": "ping", "requestId": 42}));
         assert_eq!(error["code"], "INVALID_MESSAGE", "{error}");
         assert!(error.get("requestId").is_none(), "{error}");
 
         let too_long = "x".repeat(65);
-        let error = request(&mut ws, &json!({"type": "ping", "requestId": too_long}));
+        let error = request_invalid(&mut ws, &json!({"type": "ping", "requestId": too_long}));
         assert_eq!(error["code"], "INVALID_MESSAGE", "{error}");
         assert!(error.get("requestId").is_none(), "{error}");
         let longest = "y".repeat(64);
@@ -133,7 +133,7 @@ fn malformed_messages_get_errors_and_keep_the_connection() {
         assert_eq!(pong["type"], "pong", "{pong}");
         assert_eq!(pong["requestId"], longest.as_str(), "{pong}");
 
-        let error = request(
+        let error = request_invalid(
             &mut ws,
             &json!({"type": "no_such_thing", "requestId": "u-9"}),
         );
