@@ -2,8 +2,8 @@
 //! tasks of the shared task-based adapter (`diminuendo_adapter_common::tasks`), as the tokio
 //! adapter does: a task per connection that reads and waits for writability, a flusher (every
 //! write of a loop turn to one connection leaves in one vectored syscall), a timer, a services
-//! task, an accept task. What is here is what needs smol: its notification (a `bounded(1)`
-//! channel), `Async<TcpStream>`, `Timer` and `async-signal` (see the Adapters section of `DESIGN.md`).
+//! task, an accept task. What is here is what needs smol: its notification (a flag and an
+//! `event_listener::Event`), `Async<TcpStream>`, `Timer` and `async-signal` (see the Adapters section of `DESIGN.md`).
 
 use std::io::{self, IoSlice, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,10 +24,9 @@ use futures_lite::{FutureExt, StreamExt};
 use tracing::error;
 
 /// A one-permit notification (tokio's `Notify::notify_one`): a notification nobody waits for is
-/// kept for the next wait, and several collapse into one. Also the wake-up hook of storage and
-/// agent threads, since a channel's sender is `Send + Sync`.
-/// A one-permit notification: an `event_listener::Event` (one pointer until someone waits) and a
-/// flag. Every idle connection holds one, so it is kept small.
+/// kept for the next wait (the flag), and several collapse into one. An `event_listener::Event`
+/// is one pointer until someone waits, and every idle connection holds one, so it is kept small.
+/// Also the wake-up hook of storage and agent threads (it is `Send + Sync`).
 struct Notify {
     event: Event,
     pending: AtomicBool,
