@@ -1,13 +1,11 @@
-//! `table`: the JSON lines of `all` runs, one file per adapter, as one markdown table (rows:
-//! figures; columns: tokio, smol, mio).
+//! `table`: the JSON lines of `all` runs, one file per column, as one markdown table (rows:
+//! figures; columns: the runs in the order given, e.g. tokio, smol, mio, or each adapter's
+//! baseline build beside its current one).
 
 use std::io;
 use std::path::PathBuf;
 
 use serde_json::Value;
-
-/// The adapters, in column order.
-pub const COLUMNS: [&str; 3] = ["tokio", "smol", "mio"];
 
 /// Which report a row reads: the bench name and, for fan-out, the coalescing setting.
 #[derive(Clone, Copy)]
@@ -199,7 +197,7 @@ fn group(number: i64) -> String {
     }
 }
 
-/// `columns`: (adapter name, JSON-lines file). Adapters without a file get `n/a`.
+/// `columns`: (column name, JSON-lines file), in the order they are shown.
 pub fn table(columns: &[(String, PathBuf)]) -> io::Result<String> {
     let mut reports: Vec<(String, Vec<Value>)> = Vec::new();
     for (name, path) in columns {
@@ -212,26 +210,23 @@ pub fn table(columns: &[(String, PathBuf)]) -> io::Result<String> {
         reports.push((name.clone(), lines));
     }
     let mut out = String::from("| figure | target |");
-    for column in COLUMNS {
+    for (column, _) in &reports {
         out.push_str(&format!(" {column} |"));
     }
     out.push_str("\n|---|---|");
-    out.push_str(&"---:|".repeat(COLUMNS.len()));
+    out.push_str(&"---:|".repeat(reports.len()));
     out.push('\n');
     for row in ROWS {
         out.push_str(&format!("| {} | {} |", row.label, row.target));
-        for column in COLUMNS {
-            let cell = match reports.iter().find(|(name, _)| name == column) {
-                None => "n/a".to_owned(),
-                Some((_, lines)) => match lines.iter().find(|report| matches(row.source, report)) {
-                    None => "—".to_owned(),
-                    Some(report) => row
-                        .keys
-                        .iter()
-                        .map(|key| format_value(&report[*key]))
-                        .collect::<Vec<_>>()
-                        .join(" / "),
-                },
+        for (_, lines) in &reports {
+            let cell = match lines.iter().find(|report| matches(row.source, report)) {
+                None => "—".to_owned(),
+                Some(report) => row
+                    .keys
+                    .iter()
+                    .map(|key| format_value(&report[*key]))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
             };
             out.push_str(&format!(" {cell} |"));
         }
