@@ -30,7 +30,11 @@ pub struct Peer {
     blocked: bool,
 }
 
+/// The driver: one real `Gateway` with a virtual clock, in-memory connections, a model of storage
+/// and scripted agents. Every method that feeds an input then drains every output, as an adapter
+/// does.
 pub struct Sim {
+    /// The gateway under test.
     pub gateway: Gateway,
     now: Instant,
     next_id: u64,
@@ -41,6 +45,7 @@ pub struct Sim {
     completions: VecDeque<StorageCompletion>,
     /// Hold storage completions until `deliver_storage` (to interleave them with other inputs).
     pub hold_storage: bool,
+    /// Every agent process the gateway spawned, dead ones included.
     pub agents: BTreeMap<AgentId, SimAgent>,
     /// How spawned agents behave.
     pub agent_mode: AgentMode,
@@ -78,18 +83,24 @@ pub enum AgentMode {
 /// One simulated agent process.
 #[derive(Debug, Default)]
 pub struct SimAgent {
+    /// The session the agent was spawned for.
     pub session_id: String,
     /// Lines the gateway wrote to the agent's stdin.
     pub written: Vec<serde_json::Value>,
+    /// Spawned and not exited or killed.
     pub alive: bool,
 }
 
 /// The simulated storage: the model of what the real one keeps.
 #[derive(Debug, Default, Clone)]
 pub struct SimStore {
+    /// The registry, by session id.
     pub sessions: BTreeMap<String, SessionRecord>,
+    /// Each session's event log, in `seq` order.
     pub events: BTreeMap<String, Vec<StoredEvent>>,
+    /// Each session's turns, oldest first.
     pub turns: BTreeMap<String, Vec<TurnRecord>>,
+    /// Session members: `(session id, user id)` to role.
     pub members: BTreeMap<(String, String), String>,
     /// Appends whose `seq` did not continue the session's log (a gap or a duplicate). They are
     /// not applied; a correct core never produces one, and tests assert this stays empty.
@@ -335,10 +346,12 @@ impl Sim {
         self.pump();
     }
 
+    /// The virtual clock's current instant.
     pub fn now(&self) -> Instant {
         self.now
     }
 
+    /// Opens a connection from `127.0.0.1` (a new port each time) and returns its id.
     pub fn connect(&mut self) -> ConnectionId {
         let port = 40_000u16.wrapping_add(self.next_id as u16);
         self.connect_from(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
@@ -428,10 +441,12 @@ impl Sim {
         self.pump();
     }
 
+    /// The client side of connection `id`; `None` for an id never opened.
     pub fn peer(&self, id: ConnectionId) -> Option<&Peer> {
         self.peers.get(&id)
     }
 
+    /// Whether the server closed `id` (or it never existed).
     pub fn is_closed(&self, id: ConnectionId) -> bool {
         self.peers.get(&id).is_none_or(|peer| peer.closed)
     }
@@ -665,10 +680,12 @@ pub mod client {
     /// A fixed, valid `Sec-WebSocket-Key`.
     pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
+    /// An HTTP/1.1 `GET` of `path`.
     pub fn get(path: &str) -> Vec<u8> {
         format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes()
     }
 
+    /// A valid WebSocket upgrade request for `path`, without a token.
     pub fn upgrade(path: &str) -> Vec<u8> {
         format!(
             "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -702,22 +719,29 @@ pub mod client {
         out
     }
 
+    /// A masked, final text frame.
     pub fn text(payload: &str) -> Vec<u8> {
         frame(1, true, payload.as_bytes(), [0x37, 0xfa, 0x21, 0x3d])
     }
 
+    /// A masked close frame with `code` and no reason.
     pub fn close(code: u16) -> Vec<u8> {
         frame(8, true, &code.to_be_bytes(), [1, 2, 3, 4])
     }
 
+    /// A parsed HTTP response.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct HttpResponse {
+        /// The status code.
         pub status: u16,
+        /// The headers, in order, as sent.
         pub headers: Vec<(String, String)>,
+        /// The body (`Content-Length` bytes).
         pub body: Vec<u8>,
     }
 
     impl HttpResponse {
+        /// The first header called `name` (case-insensitive).
         pub fn header(&self, name: &str) -> Option<&str> {
             self.headers
                 .iter()
@@ -732,6 +756,7 @@ pub mod client {
         parse_response_with(bytes, false)
     }
 
+    /// As [`parse_response`]; with `head_only` (the answer to a HEAD request) no body is read.
     pub fn parse_response_with(bytes: &[u8], head_only: bool) -> Option<(HttpResponse, usize)> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
@@ -772,8 +797,11 @@ pub mod client {
     /// A server frame.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Frame {
+        /// The FIN bit: the last frame of a message.
         pub fin: bool,
+        /// The opcode (1 text, 2 binary, 8 close, 9 ping, 10 pong, 0 continuation).
         pub opcode: u8,
+        /// The payload, unmasked.
         pub payload: Vec<u8>,
     }
 
