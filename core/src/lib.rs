@@ -10,6 +10,7 @@
 //! and simulations drive the gateway with; `fuzzing` (implies `sim`) the fuzz targets' bodies.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod acp;
 mod agent_types;
@@ -44,5 +45,7 @@ pub use ids::{AgentId, ConnectionId, SessionId};
 /// reader, agent process readers) call it after queueing a completion, and each adapter implements
 /// it with its own primitive (a tokio `Notify`, a smol channel, a `mio::Waker`).
 pub trait Wake: Send + Sync + 'static {
+    /// Wakes the event loop so it drains the completions queued for it; cheap, callable from
+    /// any thread, and harmless when the loop is already awake.
     fn wake(&self);
 }

@@ -16,14 +16,17 @@
 
 #![forbid(unsafe_code)]
 
+mod batch;
 mod config;
 mod database;
 mod lru;
+mod medium;
 mod paths;
 mod reader;
 mod recovery;
 mod schema;
 mod shared;
+mod transaction;
 mod writer;
 
 #[cfg(test)]
@@ -119,7 +122,7 @@ impl Storage {
             completer,
             stats: stats.clone(),
             data_dir: config.data_dir.clone(),
-            policy: writer::BatchPolicy {
+            policy: batch::BatchPolicy {
                 interval: config.flush_interval,
                 batch_size: config.batch_size,
             },

@@ -2,9 +2,9 @@
 //! epochs after an unclean stop.
 
 use crate::config::UncleanEpochPolicy;
+use crate::medium::take_clean_marker;
 use crate::paths::{registry_rel, session_rel, validate_id};
 use crate::schema::{self, io_err, sqlite_err, DbKind, HandleOptions};
-use crate::writer::take_clean_marker;
 use diminuendo_core::storage::{
     QueryResult, RecoveryReport, SessionResume, StorageError, StorageQuery,
 };

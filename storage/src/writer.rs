@@ -1,45 +1,26 @@
 //! The writer thread: buffers writes, commits them in batches, routes queries to the reader.
 
+use crate::batch::BatchPolicy;
 use crate::config::{Clock, CommitHook};
 use crate::database::{error_database, query_target, write_target};
 use crate::lru::Lru;
-use crate::paths::{database_rel, session_path, CLEAN_MARKER};
+use crate::medium::{medium_failure, medium_failure_of, write_clean_marker, Health};
+use crate::paths::{database_rel, session_path};
 use crate::reader::ReaderMsg;
 use crate::schema::{self, DbKind, HandleOptions};
 use crate::shared::{Completer, Stats};
+use crate::transaction::commit_group;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use diminuendo_core::storage::{
     DatabaseId, StorageCommand, StorageCompletion, StorageError, QUERY_QUEUED_BYTES,
 };
-use rusqlite::{params, Connection, ErrorCode};
+use rusqlite::Connection;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// The batching rule, kept apart so it can be tested with plain instants.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchPolicy {
-    pub interval: Duration,
-    pub batch_size: usize,
-}
-
-impl BatchPolicy {
-    /// Flush now? `first_at` is when the oldest buffered write arrived.
-    pub fn due(&self, buffered: usize, first_at: Option<Instant>, now: Instant) -> bool {
-        match first_at {
-            None => false,
-            Some(first) => buffered >= self.batch_size.max(1) || now >= first + self.interval,
-        }
-    }
-
-    /// How long to wait for the next command before the interval expires (`None`: no deadline).
-    pub fn wait(&self, first_at: Option<Instant>, now: Instant) -> Option<Duration> {
-        first_at.map(|first| (first + self.interval).saturating_duration_since(now))
-    }
-}
 
 fn kind_of(db: &DatabaseId) -> DbKind {
     match db {
@@ -93,234 +74,13 @@ pub struct Writer {
     /// Per database, a failure of writes that no `CommitNow` followed in their group: the next
     /// `CommitNow` of that database answers it (the writes it follows were not all stored).
     unreported: HashMap<DatabaseId, StorageError>,
-    /// Why the storage medium refuses writes (disk full, read-only, I/O error), while it does.
-    unwritable: Option<String>,
-    /// While unwritable: when to probe the data directory with a small write.
-    probe_at: Option<Instant>,
-    probe_interval: Duration,
+    /// Whether the storage medium takes writes, and when to probe it while it does not.
+    health: Health,
     commit_hook: Option<CommitHook>,
     /// See `StorageConfig::durable_spin`.
     durable_spin: Duration,
     /// After a `CommitNow`: until when to poll for the next command instead of sleeping.
     spin_until: Option<Instant>,
-}
-
-/// What one group's transaction did.
-struct GroupOutcome {
-    committed: usize,
-    /// Of `committed`, how many were events.
-    events: usize,
-    failed: usize,
-    error: Option<rusqlite::Error>,
-    deleted_sessions: Vec<String>,
-    /// Each `CommitNow` of the group, with the failure of a write before it (since the previous
-    /// marker), if any.
-    markers: Vec<(u64, Option<String>)>,
-    /// A write after the group's last marker (or in a group without one) failed.
-    tail_failed: bool,
-}
-
-/// A failure that aborts the whole transaction (as opposed to one refused command).
-fn aborts_transaction(e: &rusqlite::Error) -> bool {
-    match e {
-        rusqlite::Error::SqliteFailure(f, _) => f.code != ErrorCode::ConstraintViolation,
-        rusqlite::Error::ToSqlConversionFailure(_) | rusqlite::Error::InvalidParameterCount(..) => {
-            false
-        }
-        _ => true,
-    }
-}
-
-/// Binds bytes as SQLite TEXT without re-encoding, so stored payloads are byte-identical.
-struct RawText<'a>(&'a [u8]);
-
-impl rusqlite::ToSql for RawText<'_> {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(rusqlite::types::ToSqlOutput::Borrowed(
-            rusqlite::types::ValueRef::Text(self.0),
-        ))
-    }
-}
-
-/// Executes one write inside the group's transaction. Returns a session id to delete after commit.
-fn apply(tx: &Connection, cmd: &StorageCommand) -> rusqlite::Result<Option<String>> {
-    match cmd {
-        StorageCommand::AppendEvent { event, .. } => {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO events (seq, type, turn_id, payload, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            st.execute(params![
-                event.seq,
-                event.event_type,
-                event.turn_id,
-                RawText(&event.payload),
-                event.ts_ms
-            ])?;
-        }
-        StorageCommand::UpsertTurn { turn, .. } => {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO turns (turn_id, user_id, user_text, final_text, final_text_truncated,
-                    stop_reason, usage, tool_calls, started_at, completed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                 ON CONFLICT (turn_id) DO UPDATE SET user_id = excluded.user_id,
-                    user_text = excluded.user_text, final_text = excluded.final_text,
-                    final_text_truncated = excluded.final_text_truncated,
-                    stop_reason = excluded.stop_reason, usage = excluded.usage,
-                    tool_calls = excluded.tool_calls, started_at = excluded.started_at,
-                    completed_at = excluded.completed_at",
-            )?;
-            st.execute(params![
-                turn.turn_id,
-                turn.user_id,
-                turn.user_text,
-                turn.final_text,
-                turn.final_text_truncated,
-                turn.stop_reason,
-                turn.usage_json,
-                turn.tool_calls_json,
-                turn.started_at_ms,
-                turn.completed_at_ms
-            ])?;
-        }
-        StorageCommand::UpsertSession { session: s } => {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO sessions (id, tenant_id, name, agent_type, status, archived,
-                    created_by, created_at, updated_at, last_seq, epoch)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT (id) DO UPDATE SET tenant_id = excluded.tenant_id,
-                    name = excluded.name, agent_type = excluded.agent_type,
-                    status = excluded.status, archived = excluded.archived,
-                    created_by = excluded.created_by, created_at = excluded.created_at,
-                    updated_at = excluded.updated_at, last_seq = excluded.last_seq,
-                    epoch = excluded.epoch",
-            )?;
-            st.execute(params![
-                s.id,
-                s.tenant_id,
-                s.name,
-                s.agent_type,
-                s.status.as_str(),
-                s.archived,
-                s.created_by,
-                s.created_at_ms,
-                s.updated_at_ms,
-                s.last_seq,
-                s.epoch
-            ])?;
-        }
-        StorageCommand::DeleteSession { session_id, .. } => {
-            let mut st = tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?;
-            if st.execute(params![session_id])? > 0 {
-                return Ok(Some(session_id.clone()));
-            }
-        }
-        StorageCommand::UpsertMember { member: m } => {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO tenant_members (tenant_id, user_id, role, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role,
-                    created_at = excluded.created_at, updated_at = excluded.updated_at",
-            )?;
-            st.execute(params![
-                m.tenant_id,
-                m.user_id,
-                m.role,
-                m.created_at_ms,
-                m.updated_at_ms
-            ])?;
-        }
-        StorageCommand::DeleteMember { tenant_id, user_id } => {
-            let mut st = tx.prepare_cached(
-                "DELETE FROM tenant_members WHERE tenant_id = ?1 AND user_id = ?2",
-            )?;
-            st.execute(params![tenant_id, user_id])?;
-        }
-        StorageCommand::Flush { .. }
-        | StorageCommand::Shutdown { .. }
-        | StorageCommand::Query { .. }
-        | StorageCommand::CommitNow { .. } => {}
-    }
-    Ok(None)
-}
-
-/// Runs one group in one transaction. Refused commands (constraint violations, unrepresentable
-/// values) are skipped and counted; anything else rolls the whole group back. `CommitNow`
-/// markers are not rows: they collect the failures of the writes before them.
-fn commit_group(conn: &mut Connection, cmds: &[StorageCommand]) -> GroupOutcome {
-    let tokens = || {
-        cmds.iter().filter_map(|c| match c {
-            StorageCommand::CommitNow { token, .. } => Some(*token),
-            _ => None,
-        })
-    };
-    let writes = cmds
-        .iter()
-        .filter(|c| !matches!(c, StorageCommand::CommitNow { .. }))
-        .count();
-    let tail_writes = cmds
-        .iter()
-        .rev()
-        .take_while(|c| !matches!(c, StorageCommand::CommitNow { .. }))
-        .count();
-    let mut out = GroupOutcome {
-        committed: 0,
-        events: 0,
-        failed: 0,
-        error: None,
-        deleted_sessions: Vec::new(),
-        markers: Vec::new(),
-        tail_failed: false,
-    };
-    let abort = |mut out: GroupOutcome, e: rusqlite::Error| {
-        let message = e.to_string();
-        out.failed = writes;
-        out.committed = 0;
-        out.events = 0;
-        out.deleted_sessions.clear();
-        out.markers = tokens().map(|t| (t, Some(message.clone()))).collect();
-        out.tail_failed = tail_writes > 0;
-        out.error = Some(e);
-        out
-    };
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return abort(out, e),
-    };
-    let mut refused: Option<String> = None;
-    for cmd in cmds {
-        if let StorageCommand::CommitNow { token, .. } = cmd {
-            out.markers.push((*token, refused.take()));
-            continue;
-        }
-        match apply(&tx, cmd) {
-            Ok(deleted) => {
-                out.committed += 1;
-                if matches!(cmd, StorageCommand::AppendEvent { .. }) {
-                    out.events += 1;
-                }
-                out.deleted_sessions.extend(deleted);
-            }
-            Err(e) if !aborts_transaction(&e) => {
-                out.failed += 1;
-                refused.get_or_insert_with(|| e.to_string());
-                out.error.get_or_insert(e);
-            }
-            Err(e) => {
-                // Dropping `tx` rolls back.
-                drop(tx);
-                return abort(out, e);
-            }
-        }
-    }
-    out.tail_failed = refused.is_some();
-    if let Err(e) = tx.commit() {
-        return abort(out, e);
-    }
-    out
-}
-
-fn fsync_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Writer {
@@ -344,9 +104,7 @@ impl Writer {
             stash: None,
             lost_writes: false,
             unreported: HashMap::new(),
-            unwritable: None,
-            probe_at: None,
-            probe_interval: p.probe_interval,
+            health: Health::new(p.probe_interval),
             commit_hook: p.commit_hook,
             durable_spin: p.durable_spin,
             spin_until: None,
@@ -378,12 +136,15 @@ impl Writer {
                 return Some(m);
             }
             let now = self.clock.now();
-            if self.probe_at.is_some_and(|at| now >= at) {
-                self.probe(now);
+            if self.health.probe_at().is_some_and(|at| now >= at) {
+                self.health.probe(&self.data_dir, now, &self.completer);
             }
             let flush_wait = self.policy.wait(self.first_at, now);
             // While unwritable, the probe's deadline bounds the wait too.
-            let probe_wait = self.probe_at.map(|at| at.saturating_duration_since(now));
+            let probe_wait = self
+                .health
+                .probe_at()
+                .map(|at| at.saturating_duration_since(now));
             let wait = match (flush_wait, probe_wait) {
                 (Some(f), Some(p)) if !f.is_zero() => Some(f.min(p)),
                 (None, p) => p,
@@ -635,7 +396,8 @@ impl Writer {
         }
         if let Some(hook) = &self.commit_hook {
             if let Err(e) = hook(&db) {
-                self.medium_failed(format!("{e}"), &name);
+                self.health
+                    .failed(format!("{e}"), &name, &*self.clock, &self.completer);
                 self.fail_group(db, &cmds, writes, schema::io_err(&name, e));
                 return;
             }
@@ -645,15 +407,19 @@ impl Writer {
             Ok(conn) => commit_group(conn, &cmds),
             Err(e) => {
                 if let Some(kind) = medium_failure_of(&e) {
-                    self.medium_failed(kind, &name);
+                    self.health
+                        .failed(kind, &name, &*self.clock, &self.completer);
                 }
                 self.fail_group(db, &cmds, writes, e);
                 return;
             }
         };
         match outcome.error.as_ref().and_then(medium_failure) {
-            Some(kind) if outcome.committed == 0 => self.medium_failed(kind.to_owned(), &name),
-            _ if outcome.committed > 0 || outcome.failed == 0 => self.medium_works(),
+            Some(kind) if outcome.committed == 0 => {
+                self.health
+                    .failed(kind.to_owned(), &name, &*self.clock, &self.completer)
+            }
+            _ if outcome.committed > 0 || outcome.failed == 0 => self.health.works(&self.completer),
             _ => {}
         }
         let mut earlier = self.unreported.remove(&db);
@@ -743,47 +509,6 @@ impl Writer {
         self.report_failure(db, writes, e);
     }
 
-    /// The storage medium refused a write: storage is unwritable (reported on a change).
-    fn medium_failed(&mut self, kind: String, database: &str) {
-        let reason = format!("storage: {kind} writing {database}");
-        if self.unwritable.as_deref() != Some(reason.as_str()) {
-            tracing::warn!(%reason, "storage cannot write");
-            self.unwritable = Some(reason.clone());
-            self.completer.send(StorageCompletion::Health {
-                writable: false,
-                reason: Some(reason),
-            });
-        }
-        if self.probe_at.is_none() {
-            self.probe_at =
-                Some(self.clock.now() + self.probe_interval.max(Duration::from_millis(1)));
-        }
-    }
-
-    /// A write succeeded: storage is writable again (reported on a change).
-    fn medium_works(&mut self) {
-        if self.unwritable.take().is_some() {
-            tracing::info!("storage can write again");
-            self.probe_at = None;
-            self.completer.send(StorageCompletion::Health {
-                writable: true,
-                reason: None,
-            });
-        }
-    }
-
-    /// While unwritable: a small write of a file in the data directory, so health comes back
-    /// once the medium takes writes again, without waiting for traffic to try.
-    fn probe(&mut self, now: Instant) {
-        match write_probe(&self.data_dir) {
-            Ok(()) => self.medium_works(),
-            Err(e) => {
-                tracing::debug!(error = %e, "storage write probe failed");
-                self.probe_at = Some(now + self.probe_interval.max(Duration::from_millis(1)));
-            }
-        }
-    }
-
     fn delete_session_dir(&mut self, session_id: &str) {
         let db = DatabaseId::Session {
             session_id: session_id.to_string(),
@@ -838,115 +563,5 @@ impl Writer {
             self.completer
                 .send(StorageCompletion::ShutdownComplete { token });
         }
-    }
-}
-
-/// The file [`write_probe`] writes and removes.
-pub const PROBE_FILE: &str = ".write-probe";
-
-/// Writes one page to a file in the data directory, syncs it and removes it.
-fn write_probe(data_dir: &std::path::Path) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = data_dir.join(PROBE_FILE);
-    let result = (|| {
-        let mut f = std::fs::File::create(&path)?;
-        f.write_all(&[0u8; 4096])?;
-        f.sync_all()
-    })();
-    let removed = std::fs::remove_file(&path);
-    result?;
-    match removed {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// What a failed SQLite call says about the storage medium: `Some` for a full disk, a
-/// read-only file system, an I/O error, a file that cannot be opened; `None` for anything that
-/// concerns one database or one command (corruption, a constraint, a newer schema).
-fn medium_failure(e: &rusqlite::Error) -> Option<&'static str> {
-    let rusqlite::Error::SqliteFailure(f, _) = e else {
-        return None;
-    };
-    Some(match f.code {
-        ErrorCode::DiskFull => "disk full (SQLITE_FULL)",
-        ErrorCode::ReadOnly => "read-only (SQLITE_READONLY)",
-        ErrorCode::SystemIoFailure => "I/O error (SQLITE_IOERR)",
-        ErrorCode::CannotOpen => "cannot open (SQLITE_CANTOPEN)",
-        ErrorCode::PermissionDenied => "permission denied (SQLITE_PERM)",
-        _ => return None,
-    })
-}
-
-/// [`medium_failure`] for an error already converted (opening a handle): a file-system error,
-/// or SQLite's fixed message of one of those codes.
-fn medium_failure_of(e: &StorageError) -> Option<String> {
-    match e {
-        StorageError::Io { message, .. } => Some(message.clone()),
-        StorageError::Sqlite { message, .. } => {
-            let kind = if message.contains("disk is full") {
-                "disk full (SQLITE_FULL)"
-            } else if message.contains("readonly") {
-                "read-only (SQLITE_READONLY)"
-            } else if message.contains("disk I/O error") {
-                "I/O error (SQLITE_IOERR)"
-            } else if message.contains("unable to open") {
-                "cannot open (SQLITE_CANTOPEN)"
-            } else {
-                return None;
-            };
-            Some(kind.to_owned())
-        }
-        _ => None,
-    }
-}
-
-fn write_clean_marker(data_dir: &std::path::Path) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = data_dir.join(CLEAN_MARKER);
-    let mut f = std::fs::File::create(&path)?;
-    f.write_all(b"clean\n")?;
-    f.sync_all()?;
-    fsync_dir(data_dir)
-}
-
-/// Removes the marker (durably) so that a crash from now on is seen as unclean.
-pub fn take_clean_marker(data_dir: &std::path::Path) -> std::io::Result<bool> {
-    let path = data_dir.join(CLEAN_MARKER);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {
-            fsync_dir(data_dir)?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policy_honours_both_thresholds() {
-        let p = BatchPolicy {
-            interval: Duration::from_millis(50),
-            batch_size: 100,
-        };
-        let t0 = Instant::now();
-        assert!(!p.due(0, None, t0));
-        assert_eq!(p.wait(None, t0), None);
-        assert!(!p.due(1, Some(t0), t0));
-        assert!(!p.due(99, Some(t0), t0 + Duration::from_millis(49)));
-        assert_eq!(
-            p.wait(Some(t0), t0 + Duration::from_millis(20)),
-            Some(Duration::from_millis(30))
-        );
-        assert!(p.due(1, Some(t0), t0 + Duration::from_millis(50)));
-        assert!(p.due(100, Some(t0), t0));
-        assert_eq!(
-            p.wait(Some(t0), t0 + Duration::from_millis(80)),
-            Some(Duration::ZERO)
-        );
     }
 }

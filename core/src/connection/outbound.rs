@@ -6,6 +6,7 @@ use std::io::IoSlice;
 
 use bytes::{Buf, Bytes};
 
+/// The bytes waiting to be written to one connection's socket, in order.
 #[derive(Debug, Default)]
 pub struct Outbound {
     queue: Option<Box<Queue>>,
@@ -20,6 +21,8 @@ struct Queue {
 }
 
 impl Outbound {
+    /// Queues `bytes` (a whole frame or response) after those already waiting; empty ones are
+    /// dropped.
     pub fn push(&mut self, bytes: Bytes) {
         if bytes.is_empty() {
             return;
@@ -40,6 +43,7 @@ impl Outbound {
         self.queue.as_ref().map_or(0, |queue| queue.len)
     }
 
+    /// Whether no bytes wait.
     pub fn is_empty(&self) -> bool {
         self.queue.is_none()
     }

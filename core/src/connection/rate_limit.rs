@@ -9,6 +9,8 @@ use crate::ws::close_code;
 
 use super::{Connection, Env};
 
+/// A connection's message count over a sliding window (PROTOCOL: 60 messages per 10 s),
+/// estimated from the current and the previous fixed window.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SlidingWindow {
     /// Start of the current fixed window, in milliseconds after `origin` (the connection's start).

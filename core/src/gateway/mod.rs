@@ -162,6 +162,7 @@ impl Gateway {
         self.auth = Some(authenticator);
     }
 
+    /// The configuration the gateway was built with.
     pub fn config(&self) -> &CoreConfig {
         &self.config
     }
@@ -353,18 +354,22 @@ impl Gateway {
 
     // ---------------------------------------------------------------- observers
 
+    /// The open connections (HTTP and WebSocket).
     pub fn connection_count(&self) -> usize {
         self.connections.len()
     }
 
+    /// Whether shutdown has begun (new work is refused).
     pub fn is_draining(&self) -> bool {
         self.draining
     }
 
+    /// The gateway's counters and gauges (served at `/metrics`).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
+    /// The TCP peer address of connection `id`; `None` once it is closed.
     pub fn peer(&self, id: ConnectionId) -> Option<SocketAddr> {
         self.connections.get(&id).map(Connection::peer)
     }

@@ -24,18 +24,23 @@ pub struct SessionEvent<'a> {
     /// The event type (`session_state`, `text_delta`, ...): the body's [`EventBody::kind`].
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// The session the event belongs to.
     pub session_id: &'a str,
     /// Per-session sequence number, from 1, without gaps.
     pub seq: u64,
     /// Unix milliseconds.
     pub ts: i64,
+    /// The turn the event belongs to; absent for events outside a turn.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub turn_id: Option<&'a str>,
+    /// The event type's own fields, after the header.
     #[serde(flatten)]
     pub body: EventBody<'a>,
 }
 
 impl<'a> SessionEvent<'a> {
+    /// The event `body` of `session_id` at `seq`, published at `ts` (Unix milliseconds), in
+    /// `turn_id` if it belongs to a turn; its `type` is the body's kind.
     pub fn new(
         session_id: &'a str,
         seq: u64,
@@ -99,7 +104,10 @@ fn event_schema(kind: &str, body: Schema) -> Value {
         "type".into(),
         serde_json::json!({ "type": "string", "const": kind }),
     );
-    properties.insert("sessionId".into(), serde_json::json!({ "type": "string" }));
+    properties.insert(
+        "sessionId".into(),
+        serde_json::json!({ "type": "string", "description": "The session the event belongs to." }),
+    );
     properties.insert(
         "seq".into(),
         serde_json::json!({ "type": "integer", "minimum": 1, "description": "Per-session sequence number, from 1, without gaps." }),
@@ -108,7 +116,10 @@ fn event_schema(kind: &str, body: Schema) -> Value {
         "ts".into(),
         serde_json::json!({ "type": "integer", "description": "Unix milliseconds." }),
     );
-    properties.insert("turnId".into(), serde_json::json!({ "type": "string" }));
+    properties.insert(
+        "turnId".into(),
+        serde_json::json!({ "type": "string", "description": "The turn the event belongs to; absent for events outside a turn." }),
+    );
     let mut required: Vec<Value> = ["type", "sessionId", "seq", "ts"]
         .into_iter()
         .map(Value::from)
@@ -135,18 +146,31 @@ fn event_schema(kind: &str, body: Schema) -> Value {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum EventBody<'a> {
+    /// `session_state`.
     SessionState(SessionState),
+    /// `turn_started`.
     TurnStarted(TurnStarted<'a>),
+    /// `text_delta`: a piece of the agent's message.
     TextDelta(Delta<'a>),
+    /// `thinking_delta`: a piece of the agent's reasoning.
     ThinkingDelta(Delta<'a>),
+    /// `tool_call`.
     ToolCall(ToolCall<'a>),
+    /// `tool_call_update`.
     ToolCallUpdate(ToolCallUpdate<'a>),
+    /// `plan`.
     Plan(Plan<'a>),
+    /// `usage`.
     Usage(Usage<'a>),
+    /// `agent_update`.
     AgentUpdate(AgentUpdate<'a>),
+    /// `permission_requested`.
     PermissionRequested(PermissionRequested<'a>),
+    /// `permission_resolved`.
     PermissionResolved(PermissionResolved<'a>),
+    /// `turn_complete`.
     TurnComplete(TurnComplete<'a>),
+    /// `turn_error`.
     TurnError(TurnError<'a>),
 }
 
@@ -179,7 +203,9 @@ impl EventBody<'_> {
 /// `session_state`: the session moved from `previous` to `status`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SessionState {
+    /// The new state (as `SessionMeta.status`).
     pub status: &'static str,
+    /// The state before.
     pub previous: &'static str,
 }
 
@@ -187,13 +213,17 @@ pub struct SessionState {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TurnStarted<'a> {
+    /// The user's prompt, as sent in `run_turn` or `steer`.
     pub text: &'a str,
+    /// The `userId` of who started the turn.
     pub user_id: &'a str,
 }
 
 /// `text_delta` and `thinking_delta`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Delta<'a> {
+    /// The next piece of text: append it to the previous ones of the turn. Consecutive deltas
+    /// may arrive coalesced into one.
     pub text: &'a str,
 }
 
@@ -201,11 +231,16 @@ pub struct Delta<'a> {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolCall<'a> {
+    /// The tool's input as the agent gave it (ACP `rawInput`), any JSON; absent if it gave none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<&'a Value>,
+    /// The kind of tool (ACP: `read`, `edit`, `execute`, `fetch`, `other`, …).
     pub kind: &'a str,
+    /// The call's status (ACP: `pending`, `in_progress`, `completed`, `failed`).
     pub status: &'a str,
+    /// A human-readable description of the call.
     pub title: &'a str,
+    /// The call's id, unique within the turn; `tool_call_update`s refer to it.
     pub tool_call_id: &'a str,
 }
 
@@ -213,31 +248,40 @@ pub struct ToolCall<'a> {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolCallUpdate<'a> {
+    /// The call's output so far, as the agent gave it (ACP content blocks); absent if unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a Value>,
+    /// The call's new status; absent if unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<&'a str>,
+    /// The `toolCallId` of the `tool_call` this updates.
     pub tool_call_id: &'a str,
 }
 
 /// `plan`: the agent's plan entries, as the agent gave them.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Plan<'a> {
+    /// The whole plan (ACP plan entries: `content`, `priority`, `status`); replaces the previous
+    /// one.
     pub entries: &'a Value,
 }
 
 /// `usage` (ACP `usage_update`): tokens in context, the context window, the cumulative cost.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Usage<'a> {
+    /// The session's cumulative cost as the agent reports it (ACP `cost`); absent if unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<&'a Value>,
+    /// The context window's size, in tokens.
     pub size: &'a Value,
+    /// The tokens in the context now.
     pub used: &'a Value,
 }
 
 /// `agent_update`: an ACP update the gateway has no event for, kept whole.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct AgentUpdate<'a> {
+    /// The ACP `session/update` payload, unchanged.
     pub update: &'a Value,
 }
 
@@ -245,9 +289,13 @@ pub struct AgentUpdate<'a> {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionRequested<'a> {
+    /// The question's id (`q1`, `q2`, … per agent process), for `answer_question`.
     pub question_id: &'a str,
+    /// The tool call the agent asks permission for.
     pub tool_call_id: &'a str,
+    /// What the agent asks, for humans.
     pub title: &'a str,
+    /// The answers the agent offers; `answer_question` chooses one by `optionId`.
     pub options: Vec<QuestionOption<'a>>,
 }
 
@@ -255,8 +303,12 @@ pub struct PermissionRequested<'a> {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuestionOption<'a> {
+    /// What choosing it means (ACP: `allow_once`, `allow_always`, `reject_once`,
+    /// `reject_always`).
     pub kind: &'a str,
+    /// The option's label, for humans.
     pub name: &'a str,
+    /// The id to send as `answer_question`'s `optionId`.
     pub option_id: &'a str,
 }
 
@@ -264,11 +316,16 @@ pub struct QuestionOption<'a> {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionResolved<'a> {
+    /// The question that was answered.
     pub question_id: &'a str,
+    /// The option chosen; absent when the question was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub option_id: Option<&'a str>,
+    /// `true` when the question was cancelled (by a client's `answer_question`, or by the
+    /// agent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancelled: Option<bool>,
+    /// The `userId` of who answered; absent when no client did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<&'a str>,
 }
@@ -277,8 +334,12 @@ pub struct PermissionResolved<'a> {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TurnComplete<'a> {
+    /// Why the turn ended (ACP: `end_turn`, `max_tokens`, `max_turn_requests`, `refusal`), or
+    /// `cancelled` after `stop_turn` or `steer`, whatever the agent reported.
     pub stop_reason: &'a str,
+    /// The turn's whole message text (its `text_delta`s joined), cut at 64 KiB.
     pub final_text: &'a str,
+    /// Present and `true` when `finalText` was cut.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub final_text_truncated: bool,
 }
@@ -287,7 +348,10 @@ pub struct TurnComplete<'a> {
 /// `INTERRUPTED` for a turn a crash cut off).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct TurnError<'a> {
+    /// `AGENT_UNAVAILABLE` (the agent exited, broke the protocol, timed out or answered the
+    /// prompt with an error), `SHUTTING_DOWN`, or `INTERRUPTED` (written at recovery).
     pub code: &'a str,
+    /// What happened, for humans (e.g. why the gateway stopped the agent).
     pub message: &'a str,
 }
 

@@ -16,5 +16,7 @@ pub use parse::{parse_client_message, ClientMessage, EnvelopeError, Parsed};
 pub use reply::{ErrorCode, Identity, ServerMessage, SessionMeta};
 pub use request::{role_allows, ClientRequest, Permission, RequestContext, RequestKind};
 
+/// The protocol version `welcome` announces (`protocolVersion`).
 pub const PROTOCOL_VERSION: u32 = 1;
+/// The longest `requestId` accepted, in Unicode characters (not bytes).
 pub const MAX_REQUEST_ID_LEN: usize = 64;

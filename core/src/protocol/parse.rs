@@ -17,6 +17,7 @@ use crate::protocol::MAX_REQUEST_ID_LEN;
 pub struct ClientMessage {
     /// The well-formed `requestId`, echoed in the reply.
     pub request_id: Option<String>,
+    /// The request, or why its type or fields were refused.
     pub body: Parsed,
 }
 
@@ -24,10 +25,13 @@ pub struct ClientMessage {
 /// the role on the type before it answers a field error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
+    /// A well-formed request.
     Request(ClientRequest),
     /// A known type whose fields are wrong: `reason` names the first offending field.
     Invalid {
+        /// The message's type.
         kind: RequestKind,
+        /// The `INVALID_MESSAGE` text, e.g. `"sessionId must be a string"`.
         reason: String,
     },
     /// A `type` the protocol does not have.
@@ -42,7 +46,9 @@ pub enum EnvelopeError {
     /// JSON, but not an object with a string `type` and a well-formed `requestId`. Carries the
     /// request id when it was well-formed, so the reply can echo it.
     InvalidMessage {
+        /// The `INVALID_MESSAGE` text.
         reason: &'static str,
+        /// The message's `requestId`, if it was well-formed.
         request_id: Option<String>,
     },
 }
@@ -63,6 +69,7 @@ pub enum FieldRule {
 }
 
 impl FieldRule {
+    /// Whether the field must be present (and not `null`).
     pub fn is_required(self) -> bool {
         matches!(self, FieldRule::String | FieldRule::U64)
     }

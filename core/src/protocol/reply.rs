@@ -14,18 +14,33 @@ use crate::storage::{SessionRecord, SessionStatus};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
+    /// The text is not JSON.
     InvalidJson,
+    /// JSON, but not an object, a bad `requestId`, no known `type`, or a missing or mistyped
+    /// field (the message names it).
     InvalidMessage,
+    /// The message is over the size limit; the connection is closed with 1009.
     MessageTooLarge,
+    /// Over the per-connection message rate, or storage is congested; has `retryAfterMs`.
     RateLimited,
+    /// Anything but `authenticate` and `ping` before authentication.
     NotAuthenticated,
+    /// A bad, expired or unverifiable token.
     AuthFailed,
+    /// Too many failed authentications from the client's IP; has `retryAfterMs` (reconnect with
+    /// backoff: the token may well be valid).
     AuthRateLimited,
+    /// The caller's role lacks the permission the request needs.
     Forbidden,
+    /// No such session in the caller's tenant (also for other tenants' ids).
     SessionNotFound,
+    /// The session's state does not allow the request (e.g. `run_turn` while a turn runs).
     InvalidState,
+    /// The agent type is unknown, or its process could not be started or failed.
     AgentUnavailable,
+    /// The gateway is draining and takes no new work.
     ShuttingDown,
+    /// Anything else (e.g. storage cannot read or write); the detail goes to the log only.
     Internal,
 }
 
@@ -34,10 +49,14 @@ pub enum ErrorCode {
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct Identity {
+    /// The token's `sub` claim.
     pub user_id: String,
+    /// The token's `email` claim; empty when it has none.
     pub email: String,
+    /// The token's `tenant_id` claim: 1–128 of `A-Z a-z 0-9 . _ -`. A connection sees only its
+    /// tenant's sessions.
     pub tenant_id: String,
-    /// `owner`, `admin`, `member` or `viewer`.
+    /// `owner`, `admin`, `member` or `viewer` (the token's `role` claim, default `member`).
     pub role: String,
 }
 
@@ -58,19 +77,30 @@ impl Identity {
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct SessionMeta<'a> {
+    /// The session's id, a random UUID.
     pub id: &'a str,
+    /// The tenant the session belongs to.
     pub tenant_id: &'a str,
+    /// The session's name, 1–200 characters.
     pub name: &'a str,
+    /// The agent type that runs its turns.
     pub agent_type: &'a str,
+    /// The session's state: `inactive` (no agent process), `activating`, `ready`, `running` (a
+    /// turn runs), `waiting` (the agent asked a question), `deactivating` or `error`.
     #[schemars(schema_with = "session_status_schema")]
     pub status: &'a str,
+    /// Whether the session is archived (then listed only with `includeArchived`).
     pub archived: bool,
+    /// The `userId` of the identity that created it.
     pub created_by: &'a str,
-    /// Unix milliseconds.
+    /// When it was created, in Unix milliseconds.
     pub created_at: i64,
-    /// Unix milliseconds.
+    /// When its registry entry last changed, in Unix milliseconds.
     pub updated_at: i64,
+    /// The `seq` of its last event; 0 before the first.
     pub last_seq: u64,
+    /// The epoch its `seq`s are counted in: 16 hex digits, changed when events may have been
+    /// lost (after an unclean stop or a failed write).
     pub epoch: &'a str,
 }
 
@@ -111,33 +141,54 @@ fn session_status_schema(_: &mut SchemaGenerator) -> Schema {
 pub enum ServerMessage<'a> {
     /// The first message on a connection.
     Welcome {
+        /// The protocol's version: 1.
         protocol_version: u32,
+        /// Whether the client must authenticate (false in dev mode, where `authenticated`
+        /// follows at once).
         requires_auth: bool,
     },
     /// The second message: the connection's id and heartbeat interval.
     Connected {
+        /// The connection's id, a random UUID.
         client_id: &'a str,
+        /// The server sends a `heartbeat` when it sent nothing for this long; a client that
+        /// sends no frame for 2.5 intervals is disconnected (close 4103).
         heartbeat_interval_ms: u64,
+        /// The server's time, in Unix milliseconds.
         ts: u64,
     },
+    /// The connection is authenticated (after `authenticate`, a token in the upgrade, or at
+    /// once in dev mode).
     Authenticated {
+        /// Who the connection is.
         identity: &'a Identity,
+        /// The `authenticate` request's `requestId`, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
     },
+    /// The answer to `ping`.
     Pong {
+        /// The server's time, in Unix milliseconds.
         ts: u64,
+        /// The `ping`'s `requestId`, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
     },
+    /// Sent (followed by a WebSocket ping) when nothing was sent to the client for
+    /// `heartbeatIntervalMs`.
     Heartbeat {
+        /// The server's time, in Unix milliseconds.
         ts: u64,
     },
+    /// A request was refused, or the connection broke a rule; sent only to that connection.
     Error {
+        /// What went wrong.
         code: ErrorCode,
+        /// A human-readable explanation (never a stack trace, path or secret).
         message: &'a str,
+        /// The refused request's `requestId`, if it had a valid one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
@@ -146,39 +197,50 @@ pub enum ServerMessage<'a> {
         #[schemars(with = "u64")]
         retry_after_ms: Option<u64>,
     },
+    /// The gateway is shutting down; the connection is closed with 1001 next.
     ServerShutdown {
+        /// Why, for humans.
         reason: &'a str,
+        /// When to reconnect: 1000–5000 ms, random per client so reconnections spread.
         reconnect_after_ms: u64,
     },
     /// The answer to `list_sessions`, oldest first.
     SessionList {
+        /// The request's `requestId`, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The tenant's sessions (archived ones only with `includeArchived`), oldest first.
         sessions: Vec<SessionMeta<'a>>,
     },
     /// The answer to `create_session` (with `requestId`), and the same to every connection of
     /// the tenant (without).
     SessionCreated {
+        /// The request's `requestId`; absent in the tenant broadcast.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The new session, committed to storage.
         session: SessionMeta<'a>,
     },
     /// The answer to `rename_session`, `archive_session` and `unarchive_session` (with
     /// `requestId`), and to every connection of the tenant on any change (without).
     SessionUpdated {
+        /// The request's `requestId`; absent in the tenant broadcast.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The session as it is now.
         session: SessionMeta<'a>,
     },
     /// The answer to `delete_session` (with `requestId`), and the same to every connection of
     /// the tenant (without).
     SessionDeleted {
+        /// The request's `requestId`; absent in the tenant broadcast.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The deleted session's id.
         session_id: &'a str,
     },
 }

@@ -13,11 +13,17 @@ use crate::protocol::Identity;
 /// What a role may do (PROTOCOL section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {
+    /// List, join, leave and read sessions (every role).
     Read,
+    /// Create a session (all roles but `viewer`).
     Create,
+    /// Rename a session, run and stop turns, answer questions (all roles but `viewer`).
     Write,
+    /// Archive and unarchive a session (all roles but `viewer`).
     Archive,
+    /// Delete a session (`owner` and `admin` only).
     Delete,
+    /// Steer a running turn (all roles but `viewer`).
     Steer,
 }
 
@@ -48,21 +54,43 @@ pub struct RequestContext {
 pub enum ClientRequest {
     /// Answered `pong`; allowed before authentication and not counted by the rate limit.
     Ping,
+    /// Authenticates the connection with a token; answered `authenticated`, or `AUTH_FAILED`
+    /// and close 4001.
     Authenticate(Authenticate),
+    /// Lists the tenant's sessions, oldest first; answered `session_list`.
     ListSessions(ListSessions),
+    /// Creates a session; answered `session_created` once storage has committed it (and
+    /// broadcast to the tenant without `requestId`).
     CreateSession(CreateSession),
+    /// Renames a session; answered and broadcast as `session_updated`.
     RenameSession(RenameSession),
+    /// Archives a session (hidden from `list_sessions` unless `includeArchived`); answered and
+    /// broadcast as `session_updated`.
     ArchiveSession(SessionRef),
+    /// Undoes `archive_session`; answered and broadcast as `session_updated`.
     UnarchiveSession(SessionRef),
+    /// Stops the session's agent and deletes the session with its data; answered and broadcast
+    /// as `session_deleted`.
     DeleteSession(SessionRef),
+    /// Subscribes the connection to the session's events, resuming after `afterSeq` if given;
+    /// answered `session_joined`.
     JoinSession(JoinSession),
+    /// Unsubscribes the connection from the session's events; answered `session_left`.
     LeaveSession(SessionRef),
+    /// Reads a page of stored events; answered `events`.
     GetEvents(GetEvents),
+    /// Reads a page of the session's turns, oldest first; answered `history`.
     GetHistory(GetHistory),
+    /// Starts a turn with the user's text (starting the agent if the session has none);
+    /// answered `turn_accepted`. `INVALID_STATE` while another turn runs.
     RunTurn(RunTurn),
     /// As `run_turn`, cancelling the running turn first.
     Steer(RunTurn),
+    /// Cancels the running turn; answered `turn_stopping`, and the turn ends `turn_complete`
+    /// with `stopReason: "cancelled"`.
     StopTurn(SessionRef),
+    /// Answers the agent's pending question (a permission request); answered
+    /// `question_answered`.
     AnswerQuestion(AnswerQuestion),
 }
 
@@ -70,6 +98,7 @@ pub enum ClientRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Authenticate {
+    /// A JWT (HS256, RS256 or ES256) with `sub`, `tenant_id` and `exp`; at most 16 KiB.
     pub token: String,
 }
 
@@ -77,6 +106,7 @@ pub struct Authenticate {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListSessions {
+    /// Also list archived sessions. Default `false`.
     #[serde(default)]
     pub include_archived: Option<bool>,
 }
@@ -85,8 +115,10 @@ pub struct ListSessions {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateSession {
+    /// The agent type that runs the session's turns: one the gateway is configured with (`echo`
+    /// by default), else `AGENT_UNAVAILABLE`.
     pub agent_type: String,
-    /// Default `"New session"`.
+    /// The session's name, 1–200 characters. Default `"New session"`.
     #[serde(default)]
     pub name: Option<String>,
 }
@@ -95,7 +127,9 @@ pub struct CreateSession {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RenameSession {
+    /// The session to rename.
     pub session_id: String,
+    /// The new name, 1–200 characters.
     pub name: String,
 }
 
@@ -104,6 +138,7 @@ pub struct RenameSession {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRef {
+    /// The session the request is about.
     pub session_id: String,
 }
 
@@ -111,9 +146,15 @@ pub struct SessionRef {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinSession {
+    /// The session to join.
     pub session_id: String,
+    /// The last `seq` the client has seen: the reply replays the events after it (within 1000
+    /// events of the session's `lastSeq`), then live events follow with no gap. Absent: no
+    /// replay, live from `lastSeq + 1`.
     #[serde(default)]
     pub after_seq: Option<u64>,
+    /// The `epoch` that `afterSeq` was counted in; a different epoch means events were lost and
+    /// the reply says `recovered: false` (reload with `get_events`).
     #[serde(default)]
     pub epoch: Option<String>,
 }
@@ -122,7 +163,9 @@ pub struct JoinSession {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GetEvents {
+    /// The session to read.
     pub session_id: String,
+    /// The page starts with the first event after this `seq` (0 for the beginning).
     pub after_seq: u64,
     /// Clamped to 1..=1000; default 1000.
     #[serde(default)]
@@ -133,7 +176,10 @@ pub struct GetEvents {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GetHistory {
+    /// The session to read.
     pub session_id: String,
+    /// Only turns older than this `turnId` (the oldest of the previous page). Absent: from the
+    /// newest turn.
     #[serde(default)]
     pub before_turn: Option<String>,
     /// Clamped to 1..=100; default 50.
@@ -145,7 +191,9 @@ pub struct GetHistory {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunTurn {
+    /// The session to run the turn in.
     pub session_id: String,
+    /// The user's prompt.
     pub text: String,
 }
 
@@ -153,10 +201,15 @@ pub struct RunTurn {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnswerQuestion {
+    /// The session whose agent asked.
     pub session_id: String,
+    /// The question's id, from its `permission_requested` event (`q1`, `q2`, … per agent process).
     pub question_id: String,
+    /// The chosen option, one of the question's `options`; exactly one of `optionId` and
+    /// `cancelled: true` must be given.
     #[serde(default)]
     pub option_id: Option<String>,
+    /// `true` to cancel the question instead of choosing an option.
     #[serde(default)]
     pub cancelled: Option<bool>,
 }
@@ -166,21 +219,37 @@ pub struct AnswerQuestion {
 /// (`NOT_AUTHENTICATED`, `FORBIDDEN`) ahead of its field errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestKind {
+    /// `ping`.
     Ping,
+    /// `authenticate`.
     Authenticate,
+    /// `list_sessions`.
     ListSessions,
+    /// `create_session`.
     CreateSession,
+    /// `rename_session`.
     RenameSession,
+    /// `archive_session`.
     ArchiveSession,
+    /// `unarchive_session`.
     UnarchiveSession,
+    /// `delete_session`.
     DeleteSession,
+    /// `join_session`.
     JoinSession,
+    /// `leave_session`.
     LeaveSession,
+    /// `get_events`.
     GetEvents,
+    /// `get_history`.
     GetHistory,
+    /// `run_turn`.
     RunTurn,
+    /// `steer`.
     Steer,
+    /// `stop_turn`.
     StopTurn,
+    /// `answer_question`.
     AnswerQuestion,
 }
 

@@ -25,64 +25,96 @@ pub enum SessionReply<'a> {
     /// `join_session`: `lastSeq` as measured at the join; `events` the replay (empty unless
     /// `recovered`).
     SessionJoined {
+        /// The request's `requestId`, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The session as it is now.
         session: SessionMeta<'a>,
+        /// The epoch the session's `seq`s are counted in now; keep it with `lastSeq` for the
+        /// next resume.
         epoch: &'a str,
+        /// The session's last `seq` at the join: live events follow from `lastSeq + 1`.
         last_seq: u64,
+        /// `true` when `events` holds exactly the events after the request's `afterSeq`;
+        /// `false` when it was not asked, or the gap could not be replayed (another epoch, too
+        /// many events): then reload with `get_events`.
         recovered: bool,
+        /// The replayed events, byte for byte as they were published (empty unless
+        /// `recovered`).
         events: StoredEvents<'a>,
     },
     /// `leave_session`.
     SessionLeft {
+        /// The request's `requestId`, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The session the connection no longer receives events of.
         session_id: &'a str,
     },
     /// `get_events`.
     Events {
+        /// The request's `requestId`, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The session read.
         session_id: &'a str,
+        /// The epoch the events' `seq`s are counted in.
         epoch: &'a str,
+        /// The events after `afterSeq`, oldest first, byte for byte as they were published
+        /// (events not yet written to disk included).
         events: StoredEvents<'a>,
+        /// The session's last assigned `seq`.
         last_seq: u64,
+        /// More events follow the page: ask again after its last `seq`.
         has_more: bool,
     },
     /// `get_history`.
     History {
+        /// The request's `requestId`, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The session read.
         session_id: &'a str,
+        /// The page's turns, oldest first.
         turns: Vec<HistoryTurn<'a>>,
+        /// Older turns exist: ask again with `beforeTurn` the page's first `turnId`.
         has_more: bool,
     },
     /// `run_turn` and `steer`.
     TurnAccepted {
+        /// The request's `requestId`, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The session the turn runs in.
         session_id: &'a str,
+        /// The new turn's id: its events carry it as `turnId`.
         turn_id: &'a str,
     },
     /// `stop_turn`.
     TurnStopping {
+        /// The request's `requestId`, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The session the turn runs in.
         session_id: &'a str,
+        /// The turn being cancelled; it ends with `turn_complete` `stopReason: "cancelled"`.
         turn_id: &'a str,
     },
     /// `answer_question`.
     QuestionAnswered {
+        /// The request's `requestId`, if it had one.
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         request_id: Option<&'a str>,
+        /// The session whose agent asked.
         session_id: &'a str,
+        /// The question answered (`permission_resolved` follows to every joined client).
         question_id: &'a str,
     },
 }
@@ -117,16 +149,26 @@ impl JsonSchema for StoredEvents<'_> {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryTurn<'a> {
+    /// When the turn ended, in Unix milliseconds; `null` while it runs.
     pub completed_at: Option<i64>,
+    /// The turn's message text, cut at 64 KiB; `null` while it runs.
     pub final_text: Option<&'a str>,
+    /// Whether `finalText` was cut.
     pub final_text_truncated: bool,
+    /// When the turn started, in Unix milliseconds.
     pub started_at: i64,
+    /// As `turn_complete`'s `stopReason`, or `error` for a turn that failed; `null` while it
+    /// runs.
     pub stop_reason: Option<&'a str>,
-    /// As the agent reported them (an empty list when none).
+    /// The turn's tool calls as the agent reported them (an empty list when none).
     pub tool_calls: Value,
+    /// The turn's id.
     pub turn_id: &'a str,
+    /// The last `usage` the agent reported in the turn (`{used, size, cost?}`); `null` if none.
     pub usage: Option<Value>,
+    /// Who started the turn; `null` if unknown.
     pub user_id: Option<&'a str>,
+    /// The user's prompt.
     pub user_text: &'a str,
 }
 

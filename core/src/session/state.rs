@@ -27,6 +27,7 @@ pub const TRANSITIONS: &[(SessionStatus, SessionStatus)] = &[
     (Error, Activating),
 ];
 
+/// Whether a session may move from `from` to `to` (PROTOCOL section 5's state machine).
 pub fn allowed(from: SessionStatus, to: SessionStatus) -> bool {
     TRANSITIONS.contains(&(from, to))
 }
