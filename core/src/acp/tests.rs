@@ -85,7 +85,7 @@ fn handshake_initializes_then_creates_the_session() {
         vec![
             json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
                 "protocolVersion":1,
-                "clientCapabilities":{"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false},
+                "clientCapabilities":{"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false,"auth":{"terminal":false}},
                 "clientInfo":{"name":"diminuendo","version":env!("CARGO_PKG_VERSION")},
             }})
         ]
@@ -133,7 +133,7 @@ fn capabilities_follow_the_configuration() {
     let init = writes(&mut client);
     assert_eq!(
         init[0]["params"]["clientCapabilities"],
-        json!({"fs":{"readTextFile":true,"writeTextFile":true},"terminal":true})
+        json!({"fs":{"readTextFile":true,"writeTextFile":true},"terminal":true,"auth":{"terminal":false}})
     );
 }
 
@@ -544,8 +544,9 @@ fn a_question_left_open_when_the_turn_ends_is_cancelled_first() {
 
 #[test]
 fn unsupported_agent_requests_get_method_not_found() {
+    // Without the fs capability the fs/* requests are not served either.
     let (mut client, now) = ready_client(AcpConfig {
-        fs_capability: true,
+        terminal_capability: true,
         ..AcpConfig::default()
     });
     feed(
@@ -729,7 +730,7 @@ fn handshake_errors_fail_the_client() {
     client.start("/w", now);
     feed(
         &mut client,
-        json!({"jsonrpc":"2.0","id":0,"result":{}}),
+        json!({"jsonrpc":"2.0","id":0,"result":{"protocolVersion":1}}),
         now,
     );
     feed(
@@ -784,7 +785,7 @@ fn exiting_during_the_handshake_fails() {
     client.start("/w", now);
     feed(
         &mut client,
-        json!({"jsonrpc":"2.0","id":0,"result":{}}),
+        json!({"jsonrpc":"2.0","id":0,"result":{"protocolVersion":1}}),
         now,
     );
     client.handle_exit(now);
@@ -814,7 +815,7 @@ fn the_handshake_times_out() {
     let answered = now + Duration::from_secs(4);
     feed(
         &mut client,
-        json!({"jsonrpc":"2.0","id":0,"result":{}}),
+        json!({"jsonrpc":"2.0","id":0,"result":{"protocolVersion":1}}),
         answered,
     );
     client.handle_timeout(now + Duration::from_secs(5));
