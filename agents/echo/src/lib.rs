@@ -4,9 +4,15 @@
 //! One thread reads stdin into a channel; the main thread runs every session's turn as a queue
 //! of steps, sleeping only until the next `slow` chunk is due, so `session/cancel` and permission
 //! answers are read while a turn runs. Standard output is buffered and flushed after each batch.
+//!
+//! Each session remembers its conversation (the prompts, and the text of each answer) in
+//! `.echo-agent/<sessionId>.jsonl` under the session's `cwd` (the gateway's workspace), so a later
+//! process serves `session/load` (replay, then answer) and `session/resume` (no replay) for it.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,6 +27,10 @@ const MAX_CHUNK: usize = 16 << 20;
 const MAX_SLOW_MILLIS: u64 = 24 * 60 * 60 * 1000;
 /// The exit status of the `exit` command.
 const EXIT_STATUS: i32 = 3;
+/// The directory, under a session's `cwd`, of the conversation files.
+pub const MEMORY_DIR: &str = ".echo-agent";
+/// The most of an answer's text remembered per turn (a `stream` turn can be gigabytes).
+const MAX_REMEMBERED_ANSWER: usize = 4096;
 
 enum Input {
     Line(Vec<u8>),
@@ -81,6 +91,8 @@ enum Step {
 
 struct Turn {
     prompt_id: Value,
+    /// The answer's text so far (the `agent_message_chunk`s), cut at `MAX_REMEMBERED_ANSWER`.
+    answer: String,
     steps: VecDeque<Step>,
     /// Sleeping until then (a `slow` turn).
     wake_at: Option<Instant>,
@@ -98,11 +110,112 @@ impl Turn {
     }
 }
 
+/// Who said a remembered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    User,
+    Agent,
+}
+
+/// A session's conversation: in memory, and appended to its file (when the `cwd` is writable).
+#[derive(Debug, Default)]
+struct Memory {
+    file: Option<PathBuf>,
+    messages: Vec<(Role, String)>,
+}
+
+impl Memory {
+    /// The conversation file of `session_id` under `cwd`.
+    fn path(cwd: &Path, session_id: &str) -> PathBuf {
+        cwd.join(MEMORY_DIR).join(format!("{session_id}.jsonl"))
+    }
+
+    /// Reads a conversation file; `None` if it does not exist (or cannot be read). Lines that
+    /// are not a remembered message are skipped.
+    fn read(path: PathBuf) -> Option<Memory> {
+        let text = fs::read_to_string(&path).ok()?;
+        let messages = text
+            .lines()
+            .filter_map(|line| {
+                let entry: Value = serde_json::from_str(line).ok()?;
+                let role = match entry.get("role").and_then(Value::as_str)? {
+                    "user" => Role::User,
+                    "agent" => Role::Agent,
+                    _ => return None,
+                };
+                Some((role, entry.get("text")?.as_str()?.to_owned()))
+            })
+            .collect();
+        Some(Memory {
+            file: Some(path),
+            messages,
+        })
+    }
+
+    /// Remembers a message, and appends it to the file. A write that fails is reported on stderr
+    /// and otherwise ignored: the session goes on, remembered by this process only.
+    fn remember(&mut self, role: Role, text: &str) {
+        self.messages.push((role, text.to_owned()));
+        let Some(path) = &self.file else {
+            return;
+        };
+        let role = match role {
+            Role::User => "user",
+            Role::Agent => "agent",
+        };
+        let mut line = json!({"role": role, "text": text}).to_string();
+        line.push('\n');
+        let written = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(error) = written {
+            eprintln!("echo-agent: cannot remember in {}: {error}", path.display());
+        }
+    }
+
+    /// The `recall` answer: the prompts received before, one per line.
+    fn recall(&self) -> String {
+        let prompts: Vec<&str> = self
+            .messages
+            .iter()
+            .filter(|(role, _)| *role == Role::User)
+            .map(|(_, text)| text.as_str())
+            .collect();
+        if prompts.is_empty() {
+            return "I remember no prompts.".to_owned();
+        }
+        let noun = if prompts.len() == 1 {
+            "prompt"
+        } else {
+            "prompts"
+        };
+        let mut text = format!("I remember {} {noun}:", prompts.len());
+        for (index, prompt) in prompts.iter().enumerate() {
+            text.push_str(&format!("\n{}. {prompt}", index + 1));
+        }
+        text
+    }
+}
+
+/// One session: its memory and its running turn, if any.
+struct Session {
+    memory: Memory,
+    turn: Option<Turn>,
+}
+
+/// A session id this agent could have made (`echo-N`), so it can name a file.
+fn valid_session_id(session_id: &str) -> bool {
+    session_id
+        .strip_prefix("echo-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 struct Agent<W: Write> {
     out: W,
     next_session: u64,
-    /// Session id → its running turn, if any.
-    sessions: BTreeMap<String, Option<Turn>>,
+    /// Session id → the session.
+    sessions: BTreeMap<String, Session>,
     next_request: u64,
     next_tool_call: u64,
     /// Set when a write failed: the client is gone.
@@ -144,7 +257,7 @@ impl<W: Write> Agent<W> {
                 let wake_at = self
                     .sessions
                     .values()
-                    .flatten()
+                    .filter_map(|session| session.turn.as_ref())
                     .filter(|turn| !turn.hanging && turn.waiting_for.is_none())
                     .filter_map(|turn| turn.wake_at)
                     .min();
@@ -176,7 +289,11 @@ impl<W: Write> Agent<W> {
         let mut busy = false;
         let ids: Vec<String> = self.sessions.keys().cloned().collect();
         for session_id in ids {
-            let Some(Some(mut turn)) = self.sessions.get_mut(&session_id).map(Option::take) else {
+            let Some(mut turn) = self
+                .sessions
+                .get_mut(&session_id)
+                .and_then(|session| session.turn.take())
+            else {
                 continue;
             };
             let mut budget = STREAM_SLICE;
@@ -186,7 +303,18 @@ impl<W: Write> Agent<W> {
                     break;
                 };
                 match step {
-                    Step::Update(update) => self.update(&session_id, update),
+                    Step::Update(update) => {
+                        if update.get("sessionUpdate").and_then(Value::as_str)
+                            == Some("agent_message_chunk")
+                        {
+                            if let Some(text) =
+                                update.pointer("/content/text").and_then(Value::as_str)
+                            {
+                                remember_answer(&mut turn.answer, text);
+                            }
+                        }
+                        self.update(&session_id, update)
+                    }
                     Step::Stream {
                         left,
                         size,
@@ -195,6 +323,7 @@ impl<W: Write> Agent<W> {
                         let text: String = (0..size as u64)
                             .map(|offset| char::from(b'a' + ((position + offset) % 26) as u8))
                             .collect();
+                        remember_answer(&mut turn.answer, &text);
                         self.update(&session_id, text_chunk("agent_message_chunk", &text));
                         budget -= 1;
                         if left > 1 {
@@ -211,6 +340,7 @@ impl<W: Write> Agent<W> {
                         every,
                     } => {
                         let text = format!("chunk {index} of {count}\n");
+                        remember_answer(&mut turn.answer, &text);
                         self.update(&session_id, text_chunk("agent_message_chunk", &text));
                         if index < count {
                             turn.wake_at = Some(Instant::now() + every);
@@ -249,15 +379,15 @@ impl<W: Write> Agent<W> {
                     Step::Hang => turn.hanging = true,
                     Step::Exit(status) => return Err(status),
                     Step::Finish(stop_reason) => {
-                        self.finish(&turn.prompt_id, stop_reason);
+                        self.finish(&session_id, &turn, stop_reason);
                         finished = true;
                     }
                 }
             }
             if !finished {
                 busy |= turn.runnable(now);
-                if let Some(slot) = self.sessions.get_mut(&session_id) {
-                    *slot = Some(turn);
+                if let Some(session) = self.sessions.get_mut(&session_id) {
+                    session.turn = Some(turn);
                 }
             }
         }
@@ -295,23 +425,111 @@ impl<W: Write> Agent<W> {
                 json!({
                     "protocolVersion": 1,
                     "agentCapabilities": {
-                        "loadSession": false,
+                        "loadSession": true,
                         "promptCapabilities": {"image": false, "audio": false, "embeddedContext": false},
+                        "sessionCapabilities": {"resume": {}},
                     },
                     "authMethods": [],
                     "agentInfo": {"name": "diminuendo-echo-agent", "version": env!("CARGO_PKG_VERSION")},
                 }),
             ),
             "authenticate" => self.respond(&id, json!({})),
-            "session/new" => {
-                let session_id = format!("echo-{}", self.next_session);
-                self.next_session += 1;
-                self.sessions.insert(session_id.clone(), None);
-                self.respond(&id, json!({ "sessionId": session_id }));
-            }
+            "session/new" => self.new_session(&id, params),
+            "session/load" => self.open_session(&id, params, true),
+            "session/resume" => self.open_session(&id, params, false),
             "session/prompt" => self.prompt(id, params),
             _ => self.respond_error(&id, -32601, "Method not found"),
         }
+    }
+
+    /// `session/new`: `echo-N` with the first N (from the process's counter) whose conversation
+    /// file does not exist under `cwd`, so a new session never inherits an old conversation. The
+    /// empty file is created at once (if `cwd` is writable).
+    fn new_session(&mut self, id: &Value, params: &Value) {
+        let Some(cwd) = params.get("cwd").and_then(Value::as_str) else {
+            return self.respond_error(id, -32602, "Invalid params: session/new needs cwd");
+        };
+        let cwd = Path::new(cwd);
+        let created = fs::create_dir_all(cwd.join(MEMORY_DIR));
+        let (session_id, file) = loop {
+            let session_id = format!("echo-{}", self.next_session);
+            self.next_session += 1;
+            if self.sessions.contains_key(&session_id) {
+                continue;
+            }
+            if created.is_err() {
+                break (session_id, None);
+            }
+            let path = Memory::path(cwd, &session_id);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => break (session_id, Some(path)),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(error) => {
+                    eprintln!("echo-agent: cannot remember in {}: {error}", path.display());
+                    break (session_id, None);
+                }
+            }
+        };
+        let memory = Memory {
+            file,
+            messages: Vec::new(),
+        };
+        self.sessions
+            .insert(session_id.clone(), Session { memory, turn: None });
+        self.respond(id, json!({ "sessionId": session_id }));
+    }
+
+    /// `session/load` (`replay`: every remembered message as a `user_message_chunk` or
+    /// `agent_message_chunk`, then the answer) and `session/resume` (just the answer). The
+    /// conversation is this process's if it has the session, else its file under `cwd`; neither:
+    /// error `-32002` (resource not found).
+    fn open_session(&mut self, id: &Value, params: &Value, replay: bool) {
+        let (Some(session_id), Some(cwd)) = (
+            params.get("sessionId").and_then(Value::as_str),
+            params.get("cwd").and_then(Value::as_str),
+        ) else {
+            return self.respond_error(id, -32602, "Invalid params: sessionId and cwd are needed");
+        };
+        let session_id = session_id.to_owned();
+        match self.sessions.get(&session_id) {
+            Some(session) if session.turn.is_some() => {
+                return self.respond_error(
+                    id,
+                    -32602,
+                    "Invalid params: a prompt is running in this session",
+                )
+            }
+            Some(_) => {}
+            None => {
+                let memory = valid_session_id(&session_id)
+                    .then(|| Memory::read(Memory::path(Path::new(cwd), &session_id)))
+                    .flatten();
+                let Some(memory) = memory else {
+                    return self.write(&json!({
+                        "jsonrpc": "2.0",
+                        "id": id,
+                        "error": {"code": -32002, "message": "Resource not found", "data": {"sessionId": session_id}},
+                    }));
+                };
+                self.sessions
+                    .insert(session_id.clone(), Session { memory, turn: None });
+            }
+        }
+        if replay {
+            let messages = self
+                .sessions
+                .get(&session_id)
+                .map(|session| session.memory.messages.clone())
+                .unwrap_or_default();
+            for (role, text) in messages {
+                let kind = match role {
+                    Role::User => "user_message_chunk",
+                    Role::Agent => "agent_message_chunk",
+                };
+                self.update(&session_id, text_chunk(kind, &text));
+            }
+        }
+        self.respond(id, json!({}));
     }
 
     fn prompt(&mut self, id: Value, params: &Value) {
@@ -322,14 +540,14 @@ impl<W: Write> Agent<W> {
             .to_owned();
         match self.sessions.get(&session_id) {
             None => return self.respond_error(&id, -32602, "Invalid params: unknown sessionId"),
-            Some(Some(_)) => {
+            Some(session) if session.turn.is_some() => {
                 return self.respond_error(
                     &id,
                     -32602,
                     "Invalid params: a prompt is already running",
                 )
             }
-            Some(None) => {}
+            Some(_) => {}
         }
         let text: String = params
             .get("prompt")
@@ -344,26 +562,30 @@ impl<W: Write> Agent<W> {
             .unwrap_or_default();
         let tool_call_id = format!("echo-tool-{}", self.next_tool_call);
         self.next_tool_call += 1;
-        let steps = script(&text, &tool_call_id);
-        self.sessions.insert(
-            session_id,
-            Some(Turn {
-                prompt_id: id,
-                steps,
-                wake_at: None,
-                waiting_for: None,
-                hanging: false,
-            }),
-        );
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let steps = script(&text, &tool_call_id, &session.memory);
+        session.memory.remember(Role::User, &text);
+        session.turn = Some(Turn {
+            prompt_id: id,
+            answer: String::new(),
+            steps,
+            wake_at: None,
+            waiting_for: None,
+            hanging: false,
+        });
     }
 
     /// `session/cancel`: the running prompt ends at once with `cancelled`; a permission answer
     /// still to come is ignored.
     fn cancel(&mut self, session_id: &str) {
-        if let Some(slot) = self.sessions.get_mut(session_id) {
-            if let Some(turn) = slot.take() {
-                self.finish(&turn.prompt_id, "cancelled");
-            }
+        if let Some(turn) = self
+            .sessions
+            .get_mut(session_id)
+            .and_then(|session| session.turn.take())
+        {
+            self.finish(session_id, &turn, "cancelled");
         }
     }
 
@@ -374,7 +596,7 @@ impl<W: Write> Agent<W> {
         let Some(turn) = self
             .sessions
             .values_mut()
-            .flatten()
+            .filter_map(|session| session.turn.as_mut())
             .find(|turn| turn.waiting_for == Some(id))
         else {
             return;
@@ -414,8 +636,14 @@ impl<W: Write> Agent<W> {
         }));
     }
 
-    fn finish(&mut self, prompt_id: &Value, stop_reason: &str) {
-        self.respond(prompt_id, json!({ "stopReason": stop_reason }));
+    /// Answers the prompt, after remembering the answer's text (if any).
+    fn finish(&mut self, session_id: &str, turn: &Turn, stop_reason: &str) {
+        if !turn.answer.is_empty() {
+            if let Some(session) = self.sessions.get_mut(session_id) {
+                session.memory.remember(Role::Agent, &turn.answer);
+            }
+        }
+        self.respond(&turn.prompt_id, json!({ "stopReason": stop_reason }));
     }
 
     fn respond(&mut self, id: &Value, result: Value) {
@@ -443,12 +671,22 @@ impl<W: Write> Agent<W> {
     }
 }
 
+/// Adds `text` to a turn's remembered answer, up to `MAX_REMEMBERED_ANSWER` bytes.
+fn remember_answer(answer: &mut String, text: &str) {
+    let room = MAX_REMEMBERED_ANSWER.saturating_sub(answer.len());
+    let mut end = room.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    answer.push_str(&text[..end]);
+}
+
 fn text_chunk(kind: &str, text: &str) -> Value {
     json!({"sessionUpdate": kind, "content": {"type": "text", "text": text}})
 }
 
 /// The steps of a turn for this prompt text.
-fn script(text: &str, tool_call_id: &str) -> VecDeque<Step> {
+fn script(text: &str, tool_call_id: &str, memory: &Memory) -> VecDeque<Step> {
     let mut words = text.split_whitespace();
     let command = words.next().unwrap_or_default();
     let args: Vec<&str> = words.collect();
@@ -558,6 +796,10 @@ fn script(text: &str, tool_call_id: &str) -> VecDeque<Step> {
             Step::Exit(EXIT_STATUS),
         ],
         "garbage" => vec![Step::Garbage, Step::Finish("end_turn")],
+        "recall" if args.is_empty() => vec![
+            Step::Update(text_chunk("agent_message_chunk", &memory.recall())),
+            Step::Finish("end_turn"),
+        ],
         "hang" => vec![Step::Hang],
         "unknown" => vec![
             Step::Update(json!({
@@ -576,4 +818,216 @@ fn echo(text: &str) -> Vec<Step> {
         Step::Update(text_chunk("agent_message_chunk", text)),
         Step::Finish("end_turn"),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent writing into a buffer, fed whole lines; returns what it wrote, as JSON.
+    fn exchange(agent: &mut Agent<Vec<u8>>, message: Value) -> Vec<Value> {
+        agent.handle_line(message.to_string().as_bytes());
+        let _ = agent.advance(Instant::now());
+        let out = std::mem::take(&mut agent.out);
+        out.split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).unwrap_or(Value::Null))
+            .collect()
+    }
+
+    fn request(id: u64, method: &str, params: Value) -> Value {
+        json!({"jsonrpc":"2.0","id":id,"method":method,"params":params})
+    }
+
+    fn prompt(id: u64, session: &str, text: &str) -> Value {
+        request(
+            id,
+            "session/prompt",
+            json!({"sessionId":session,"prompt":[{"type":"text","text":text}]}),
+        )
+    }
+
+    #[test]
+    fn recall_lists_the_earlier_prompts() {
+        let mut memory = Memory::default();
+        assert_eq!(memory.recall(), "I remember no prompts.");
+        memory.remember(Role::User, "one");
+        memory.remember(Role::Agent, "one");
+        memory.remember(Role::User, "two words");
+        assert_eq!(
+            memory.recall(),
+            "I remember 2 prompts:\n1. one\n2. two words"
+        );
+    }
+
+    #[test]
+    fn a_remembered_answer_is_bounded_on_a_char_boundary() {
+        let mut answer = String::new();
+        remember_answer(&mut answer, &"a".repeat(MAX_REMEMBERED_ANSWER - 1));
+        remember_answer(&mut answer, "éé");
+        assert_eq!(
+            answer.len(),
+            MAX_REMEMBERED_ANSWER - 1,
+            "é does not fit whole"
+        );
+        remember_answer(&mut answer, "b");
+        assert_eq!(answer.len(), MAX_REMEMBERED_ANSWER);
+        remember_answer(&mut answer, "more");
+        assert_eq!(answer.len(), MAX_REMEMBERED_ANSWER);
+    }
+
+    #[test]
+    fn only_the_agents_own_ids_name_files() {
+        assert!(valid_session_id("echo-1"));
+        assert!(valid_session_id("echo-420"));
+        for bad in ["echo-", "echo-1/../x", "../echo-1", "x", "echo-1a", ""] {
+            assert!(!valid_session_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_conversation_file_skips_lines_it_does_not_understand() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("echo-1.jsonl");
+        let text = "{\"role\":\"user\",\"text\":\"hi\"}\nnot json\n{\"role\":\"system\",\"text\":\"x\"}\n{\"role\":\"agent\",\"text\":\"hi\"}\n";
+        fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        let memory = Memory::read(path).unwrap_or_default();
+        assert_eq!(
+            memory.messages,
+            vec![
+                (Role::User, "hi".to_owned()),
+                (Role::Agent, "hi".to_owned())
+            ]
+        );
+        assert!(Memory::read(dir.path().join("missing.jsonl")).is_none());
+    }
+
+    #[test]
+    fn load_replays_resume_does_not_and_recall_answers_across_agents() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let cwd = dir.path().to_str().unwrap_or_default().to_owned();
+        let mut first = Agent::new(Vec::new());
+        let init = exchange(
+            &mut first,
+            request(0, "initialize", json!({"protocolVersion":1})),
+        );
+        assert_eq!(
+            init[0]["result"]["agentCapabilities"]["loadSession"],
+            json!(true)
+        );
+        let new = exchange(
+            &mut first,
+            request(1, "session/new", json!({"cwd":cwd,"mcpServers":[]})),
+        );
+        assert_eq!(new[0]["result"]["sessionId"], json!("echo-1"));
+        let out = exchange(&mut first, prompt(2, "echo-1", "stream 2 3"));
+        assert_eq!(
+            out.last().map(|m| m["result"].clone()),
+            Some(json!({"stopReason":"end_turn"}))
+        );
+
+        // A second agent (a restart) loads it: the replay, then the answer.
+        let mut second = Agent::new(Vec::new());
+        let out = exchange(
+            &mut second,
+            request(
+                1,
+                "session/load",
+                json!({"sessionId":"echo-1","cwd":cwd,"mcpServers":[]}),
+            ),
+        );
+        let kinds: Vec<(&str, &str)> = out
+            .iter()
+            .map(|m| {
+                (
+                    m.pointer("/params/update/sessionUpdate")
+                        .and_then(Value::as_str)
+                        .unwrap_or("answer"),
+                    m.pointer("/params/update/content/text")
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("user_message_chunk", "stream 2 3"),
+                ("agent_message_chunk", "abcdef"),
+                ("answer", ""),
+            ]
+        );
+        assert_eq!(out[2]["id"], json!(1));
+        // A third resumes it: no replay; recall answers with the prompts of both processes.
+        let mut third = Agent::new(Vec::new());
+        let out = exchange(
+            &mut third,
+            request(1, "session/resume", json!({"sessionId":"echo-1","cwd":cwd})),
+        );
+        assert_eq!(out, vec![json!({"jsonrpc":"2.0","id":1,"result":{}})]);
+        let out = exchange(&mut third, prompt(2, "echo-1", "recall"));
+        assert_eq!(
+            out[0].pointer("/params/update/content/text"),
+            Some(&json!("I remember 1 prompt:\n1. stream 2 3"))
+        );
+        // A cancelled turn is remembered with what was said before the cancel.
+        let _ = exchange(&mut third, prompt(3, "echo-1", "hang"));
+        agent_cancel(&mut third, "echo-1");
+        let memory = Memory::read(Memory::path(dir.path(), "echo-1")).unwrap_or_default();
+        let prompts: Vec<&str> = memory
+            .messages
+            .iter()
+            .filter(|(role, _)| *role == Role::User)
+            .map(|(_, text)| text.as_str())
+            .collect();
+        assert_eq!(prompts, vec!["stream 2 3", "recall", "hang"]);
+    }
+
+    fn agent_cancel(agent: &mut Agent<Vec<u8>>, session: &str) {
+        let out = exchange(
+            agent,
+            json!({"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":session}}),
+        );
+        assert_eq!(out[0]["result"], json!({"stopReason":"cancelled"}));
+    }
+
+    #[test]
+    fn an_unwritable_workspace_still_serves_the_session() {
+        let mut agent = Agent::new(Vec::new());
+        let new = exchange(
+            &mut agent,
+            request(
+                1,
+                "session/new",
+                json!({"cwd":"/proc/no-such-dir","mcpServers":[]}),
+            ),
+        );
+        assert_eq!(new[0]["result"]["sessionId"], json!("echo-1"));
+        let _ = exchange(&mut agent, prompt(2, "echo-1", "hi"));
+        let out = exchange(&mut agent, prompt(3, "echo-1", "recall"));
+        assert_eq!(
+            out[0].pointer("/params/update/content/text"),
+            Some(&json!("I remember 1 prompt:\n1. hi"))
+        );
+        // Remembered by this process only: resume works here, not elsewhere.
+        let out = exchange(
+            &mut agent,
+            request(
+                4,
+                "session/resume",
+                json!({"sessionId":"echo-1","cwd":"/proc/no-such-dir"}),
+            ),
+        );
+        assert_eq!(out[0]["result"], json!({}));
+        let mut other = Agent::new(Vec::new());
+        let out = exchange(
+            &mut other,
+            request(
+                1,
+                "session/resume",
+                json!({"sessionId":"echo-1","cwd":"/proc/no-such-dir"}),
+            ),
+        );
+        assert_eq!(out[0]["error"]["code"], json!(-32002));
+    }
 }
