@@ -6,8 +6,9 @@
 //! answers are read while a turn runs. Standard output is buffered and flushed after each batch.
 //!
 //! Each session remembers its conversation (the prompts, and the text of each answer) in
-//! `.echo-agent/<sessionId>.jsonl` under the session's `cwd` (the gateway's workspace), so a later
-//! process serves `session/load` (replay, then answer) and `session/resume` (no replay) for it.
+//! `.echo-agent/<sessionId>.jsonl` under the session's `cwd` (the gateway's workspace; the
+//! process's working directory if `cwd` is no directory here), so a later process serves
+//! `session/load` (replay, then answer) and `session/resume` (no replay) for it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, OpenOptions};
@@ -202,6 +203,17 @@ impl Memory {
 struct Session {
     memory: Memory,
     turn: Option<Turn>,
+}
+
+/// Where a session's conversation file lives: under its `cwd` when that is a directory here,
+/// else under the process's working directory (a sandbox may show the agent its workspace at
+/// another path than the one the client names).
+fn memory_base(cwd: &str) -> PathBuf {
+    let cwd = Path::new(cwd);
+    if cwd.is_dir() {
+        return cwd.to_owned();
+    }
+    std::env::current_dir().unwrap_or_else(|_| cwd.to_owned())
 }
 
 /// A session id this agent could have made (`echo-N`), so it can name a file.
@@ -446,11 +458,12 @@ impl<W: Write> Agent<W> {
     /// file does not exist under `cwd`, so a new session never inherits an old conversation. The
     /// empty file is created at once (if `cwd` is writable).
     fn new_session(&mut self, id: &Value, params: &Value) {
-        let Some(cwd) = params.get("cwd").and_then(Value::as_str) else {
-            return self.respond_error(id, -32602, "Invalid params: session/new needs cwd");
-        };
-        let cwd = Path::new(cwd);
-        let created = fs::create_dir_all(cwd.join(MEMORY_DIR));
+        let cwd = params
+            .get("cwd")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let base = memory_base(cwd);
+        let created = fs::create_dir_all(base.join(MEMORY_DIR));
         let (session_id, file) = loop {
             let session_id = format!("echo-{}", self.next_session);
             self.next_session += 1;
@@ -460,7 +473,7 @@ impl<W: Write> Agent<W> {
             if created.is_err() {
                 break (session_id, None);
             }
-            let path = Memory::path(cwd, &session_id);
+            let path = Memory::path(&base, &session_id);
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(_) => break (session_id, Some(path)),
                 Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -484,12 +497,13 @@ impl<W: Write> Agent<W> {
     /// conversation is this process's if it has the session, else its file under `cwd`; neither:
     /// error `-32002` (resource not found).
     fn open_session(&mut self, id: &Value, params: &Value, replay: bool) {
-        let (Some(session_id), Some(cwd)) = (
-            params.get("sessionId").and_then(Value::as_str),
-            params.get("cwd").and_then(Value::as_str),
-        ) else {
-            return self.respond_error(id, -32602, "Invalid params: sessionId and cwd are needed");
+        let Some(session_id) = params.get("sessionId").and_then(Value::as_str) else {
+            return self.respond_error(id, -32602, "Invalid params: sessionId is needed");
         };
+        let cwd = params
+            .get("cwd")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let session_id = session_id.to_owned();
         match self.sessions.get(&session_id) {
             Some(session) if session.turn.is_some() => {
@@ -502,7 +516,7 @@ impl<W: Write> Agent<W> {
             Some(_) => {}
             None => {
                 let memory = valid_session_id(&session_id)
-                    .then(|| Memory::read(Memory::path(Path::new(cwd), &session_id)))
+                    .then(|| Memory::read(Memory::path(&memory_base(cwd), &session_id)))
                     .flatten();
                 let Some(memory) = memory else {
                     return self.write(&json!({
@@ -996,11 +1010,7 @@ mod tests {
         let mut agent = Agent::new(Vec::new());
         let new = exchange(
             &mut agent,
-            request(
-                1,
-                "session/new",
-                json!({"cwd":"/proc/no-such-dir","mcpServers":[]}),
-            ),
+            request(1, "session/new", json!({"cwd":"/proc","mcpServers":[]})),
         );
         assert_eq!(new[0]["result"]["sessionId"], json!("echo-1"));
         let _ = exchange(&mut agent, prompt(2, "echo-1", "hi"));
@@ -1015,7 +1025,7 @@ mod tests {
             request(
                 4,
                 "session/resume",
-                json!({"sessionId":"echo-1","cwd":"/proc/no-such-dir"}),
+                json!({"sessionId":"echo-1","cwd":"/proc"}),
             ),
         );
         assert_eq!(out[0]["result"], json!({}));
@@ -1025,7 +1035,7 @@ mod tests {
             request(
                 1,
                 "session/resume",
-                json!({"sessionId":"echo-1","cwd":"/proc/no-such-dir"}),
+                json!({"sessionId":"echo-1","cwd":"/proc"}),
             ),
         );
         assert_eq!(out[0]["error"]["code"], json!(-32002));
