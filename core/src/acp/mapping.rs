@@ -1,7 +1,7 @@
 //! ACP `session/update` → gateway event (PROTOCOL section 6's table).
 //!
 //! The update is read with the protocol's own types (`agent-client-protocol-schema`): its
-//! `sessionUpdate` tag selects the payload type (`ContentChunk`, `ToolCall`, `ToolCallUpdate`,
+//! `sessionUpdate` tag selects the payload type (`ContentChunk`'s `TextContent`, `ToolCall`, `ToolCallUpdate`,
 //! `Plan`, `UsageUpdate`, ...), which must deserialize for the update to map to its event. The
 //! schema's scalar fields come from the typed value (`toolCallId`, `title`, `kind` and `status` by
 //! their wire names, `used`, `size`, the chunk's text); the JSON the gateway forwards without
@@ -21,8 +21,8 @@
 //! sorted keys (a `BTreeMap`); every mapped value is sorted here so the bytes stay the same.
 
 use agent_client_protocol_schema::v1::{
-    AvailableCommand, AvailableCommandsUpdate, ConfigOptionUpdate, ContentBlock, ContentChunk,
-    CurrentModeUpdate, Plan, SessionConfigOption, ToolCall, ToolCallUpdate, UsageUpdate,
+    AvailableCommand, AvailableCommandsUpdate, ConfigOptionUpdate, CurrentModeUpdate, Plan,
+    SessionConfigOption, TextContent, ToolCall, ToolCallUpdate, UsageUpdate,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -111,11 +111,16 @@ fn event(kind: &'static str, fields: Map<String, Value>) -> Mapped {
 }
 
 /// `{content: {type: "text", text}}` → `{text}`; `None` for any other content block.
+///
+/// A `ContentChunk` is valid exactly when its `content` is a valid `ContentBlock` (its other
+/// fields read as absent when invalid), and a text block is a `TextContent`: reading that
+/// directly is the same check without buffering the tagged enum (the hot path: every delta).
 fn text_chunk(update: &Value, kind: &'static str) -> Option<Mapped> {
-    let chunk: ContentChunk = typed(update)?;
-    let ContentBlock::Text(text) = chunk.content else {
+    let content = update.get("content")?;
+    if content.get("type").and_then(Value::as_str) != Some("text") {
         return None;
-    };
+    }
+    let text: TextContent = typed(content)?;
     let mut fields = Map::new();
     fields.insert("text".into(), Value::String(text.text));
     Some(event(kind, fields))

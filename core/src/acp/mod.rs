@@ -230,7 +230,10 @@ pub enum AgentEvent {
 
 /// The client's handle on one of the agent's file requests, named by the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileRequestId(pub u64);
+pub struct FileRequestId(
+    /// A number per client, from 1; not the agent's JSON-RPC id.
+    pub u64,
+);
 
 /// What the client learns besides [`AgentEvent`]s, from [`AcpClient::poll_control`].
 #[derive(Debug, Clone, PartialEq)]
