@@ -86,6 +86,7 @@
 
 mod control;
 mod events;
+mod fast;
 mod incoming;
 mod mapping;
 mod rpc;
@@ -395,6 +396,18 @@ impl AcpClient {
         if line.is_empty() {
             return;
         }
+        if !self.replaying {
+            if let Some(event) = fast::text_update(line) {
+                self.events.push_back(event);
+                return;
+            }
+        }
+        self.handle_message(line, now);
+    }
+
+    /// [`AcpClient::handle_line`] for any message (the fast path aside): a trimmed, non-empty
+    /// line.
+    fn handle_message(&mut self, line: &[u8], now: Instant) {
         let Ok(value) = serde_json::from_slice::<Value>(line) else {
             return self.fail("the agent wrote a line that is not JSON".into());
         };

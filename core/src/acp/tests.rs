@@ -1593,3 +1593,99 @@ fn the_prompt_and_permission_messages_are_the_schemas() {
     );
     assert_eq!(writes(&mut client)[0]["error"]["code"], json!(-32602));
 }
+
+/// A `session/update` line as agents write them, and the many ways one can be almost that.
+fn chunk_like_line() -> impl Strategy<Value = String> {
+    let text = prop_oneof![
+        ".{0,12}".prop_map(|t| serde_json::to_string(&t).unwrap_or_default()),
+        Just(r#""esc\"aped\\ \u00e9 \n""#.to_string()),
+        Just("5".to_string()),
+    ];
+    let content = (text, 0usize..12).prop_map(|(text, shape)| match shape {
+        0 | 1 | 8..=11 => format!(r#"{{"type":"text","text":{text}}}"#),
+        2 => format!(r#"{{"text":{text},"type":"text","annotations":7,"_meta":"x"}}"#),
+        3 => r#"{"type":"image","data":"aGk=","mimeType":"image/png"}"#.to_string(),
+        4 => r#"{"type":"text"}"#.to_string(),
+        5 => format!(r#"["text",null,{text}]"#),
+        6 => format!(r#"{{"type":"image","type":"text","text":{text}}}"#),
+        _ => format!(r#"{{"type":"text","text":"first","text":{text}}}"#),
+    });
+    let tag = prop_oneof![
+        4 => Just("agent_message_chunk"),
+        4 => Just("agent_thought_chunk"),
+        1 => Just("user_message_chunk"),
+        1 => Just("tool_call"),
+        1 => Just(r"agent_message\u005fchunk"),
+    ];
+    let update = (tag, content, 0usize..10).prop_map(|(tag, content, shape)| match shape {
+        0 | 1 | 6..=9 => format!(r#"{{"sessionUpdate":"{tag}","content":{content}}}"#),
+        2 => format!(r#"{{"content":{content},"messageId":7,"_meta":[],"sessionUpdate":"{tag}"}}"#),
+        3 => format!(r#"["{tag}",{content}]"#),
+        4 => format!(r#"{{"sessionUpdate":"{tag}","sessionUpdate":"plan","content":{content}}}"#),
+        _ => format!(r#"{{"sessionUpdate":"{tag}"}}"#),
+    });
+    let params = (update, 0usize..9).prop_map(|(update, shape)| match shape {
+        0 | 1 | 5..=8 => format!(r#"{{"sessionId":"sess-A","update":{update}}}"#),
+        2 => format!(r#"[{update}]"#),
+        3 => r#"{"sessionId":"sess-A"}"#.to_string(),
+        _ => format!(r#"{{"update":{update},"update":{{"sessionUpdate":"plan","entries":[]}}}}"#),
+    });
+    (
+        params,
+        prop_oneof![8 => Just("2.0"), 1 => Just("1.0"), 1 => Just(r"2\u002e0")],
+        prop_oneof![8 => Just("session/update"), 1 => Just(r"session\/update"), 1 => Just("session/x")],
+        prop_oneof![8 => Just(""), 1 => Just(r#","id":null"#), 1 => Just(r#","id":3"#)],
+        0usize..8,
+    )
+        .prop_map(|(params, jsonrpc, method, id, shape)| match shape {
+            0 | 1 | 4..=7 => format!(r#"{{"jsonrpc":"{jsonrpc}","method":"{method}"{id},"params":{params}}}"#),
+            2 => format!(r#"{{"params":{params},"method":"{method}","jsonrpc":"{jsonrpc}"{id}}} "#),
+            _ => format!(r#"{{"jsonrpc":"{jsonrpc}","method":"{method}","params":{params}}} x"#),
+        })
+}
+
+proptest! {
+    #[test]
+    fn the_text_chunk_fast_path_reports_what_the_general_path_does(
+        lines in prop::collection::vec(chunk_like_line(), 1..12),
+    ) {
+        let (mut fast, now) = ready_client(AcpConfig::default());
+        let (mut general, _) = ready_client(AcpConfig::default());
+        fast.prompt("p", now).unwrap_or_default();
+        general.prompt("p", now).unwrap_or_default();
+        for line in &lines {
+            fast.handle_line(line.as_bytes(), now);
+            if !general.is_closed() {
+                general.handle_message(line.trim().as_bytes(), now);
+            }
+            prop_assert_eq!(events(&mut fast), events(&mut general), "for {}", line);
+            let (fast_out, general_out): (Vec<Bytes>, Vec<Bytes>) = (
+                std::iter::from_fn(|| fast.poll_write()).collect(),
+                std::iter::from_fn(|| general.poll_write()).collect(),
+            );
+            prop_assert_eq!(fast_out, general_out);
+            prop_assert_eq!(fast.is_closed(), general.is_closed());
+        }
+    }
+}
+
+#[test]
+fn the_fast_path_takes_plain_chunks_and_leaves_the_rest() {
+    let plain = br#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"agent_thought_chunk","content":{"type":"text","text":"hm \"ok\""}}}}"#;
+    let mut fields = Map::new();
+    fields.insert("text".into(), json!("hm \"ok\""));
+    assert_eq!(
+        fast::text_update(plain),
+        Some(AgentEvent::Update {
+            kind: "thinking_delta",
+            fields
+        })
+    );
+    for other in [
+        &br#"{"jsonrpc":"2.0","id":null,"method":"session/update","params":{"update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"x"}}}}"#[..],
+        br#"{"jsonrpc":"2.0","method":"session/update","params":{"update":{"sessionUpdate":"tool_call","toolCallId":"c","title":"t"}}}"#,
+        br#"["2.0","session/update",{"update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"x"}}}]"#,
+    ] {
+        assert_eq!(fast::text_update(other), None);
+    }
+}
