@@ -13,25 +13,30 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufWriter, Write};
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod memory;
+mod script;
+
+use memory::{memory_base, remember_answer, valid_session_id, Memory, Role};
+use script::{script, text_chunk};
+
 /// `stream` chunks written before input is looked at again (so a cancel is noticed).
 const STREAM_SLICE: u64 = 64;
 /// The largest `stream` chunk; larger sizes are echoed as text instead.
-const MAX_CHUNK: usize = 16 << 20;
+pub(crate) const MAX_CHUNK: usize = 16 << 20;
 /// The longest `slow` interval (a day), so the wake-up time cannot overflow.
-const MAX_SLOW_MILLIS: u64 = 24 * 60 * 60 * 1000;
+pub(crate) const MAX_SLOW_MILLIS: u64 = 24 * 60 * 60 * 1000;
 /// The exit status of the `exit` command.
-const EXIT_STATUS: i32 = 3;
+pub(crate) const EXIT_STATUS: i32 = 3;
 /// The directory, under a session's `cwd`, of the conversation files.
 pub const MEMORY_DIR: &str = ".echo-agent";
 /// The most of an answer's text remembered per turn (a `stream` turn can be gigabytes).
-const MAX_REMEMBERED_ANSWER: usize = 4096;
+pub(crate) const MAX_REMEMBERED_ANSWER: usize = 4096;
 
 enum Input {
     Line(Vec<u8>),
@@ -63,7 +68,7 @@ pub fn run() {
     std::process::exit(status);
 }
 
-enum Step {
+pub(crate) enum Step {
     /// A `session/update` with this update object.
     Update(Value),
     /// `left` text chunks of `size` bytes of the repeating alphabet, starting at `position`.
@@ -111,116 +116,10 @@ impl Turn {
     }
 }
 
-/// Who said a remembered message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    User,
-    Agent,
-}
-
-/// A session's conversation: in memory, and appended to its file (when the `cwd` is writable).
-#[derive(Debug, Default)]
-struct Memory {
-    file: Option<PathBuf>,
-    messages: Vec<(Role, String)>,
-}
-
-impl Memory {
-    /// The conversation file of `session_id` under `cwd`.
-    fn path(cwd: &Path, session_id: &str) -> PathBuf {
-        cwd.join(MEMORY_DIR).join(format!("{session_id}.jsonl"))
-    }
-
-    /// Reads a conversation file; `None` if it does not exist (or cannot be read). Lines that
-    /// are not a remembered message are skipped.
-    fn read(path: PathBuf) -> Option<Memory> {
-        let text = fs::read_to_string(&path).ok()?;
-        let messages = text
-            .lines()
-            .filter_map(|line| {
-                let entry: Value = serde_json::from_str(line).ok()?;
-                let role = match entry.get("role").and_then(Value::as_str)? {
-                    "user" => Role::User,
-                    "agent" => Role::Agent,
-                    _ => return None,
-                };
-                Some((role, entry.get("text")?.as_str()?.to_owned()))
-            })
-            .collect();
-        Some(Memory {
-            file: Some(path),
-            messages,
-        })
-    }
-
-    /// Remembers a message, and appends it to the file. A write that fails is reported on stderr
-    /// and otherwise ignored: the session goes on, remembered by this process only.
-    fn remember(&mut self, role: Role, text: &str) {
-        self.messages.push((role, text.to_owned()));
-        let Some(path) = &self.file else {
-            return;
-        };
-        let role = match role {
-            Role::User => "user",
-            Role::Agent => "agent",
-        };
-        let mut line = json!({"role": role, "text": text}).to_string();
-        line.push('\n');
-        let written = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .and_then(|mut file| file.write_all(line.as_bytes()));
-        if let Err(error) = written {
-            eprintln!("echo-agent: cannot remember in {}: {error}", path.display());
-        }
-    }
-
-    /// The `recall` answer: the prompts received before, one per line.
-    fn recall(&self) -> String {
-        let prompts: Vec<&str> = self
-            .messages
-            .iter()
-            .filter(|(role, _)| *role == Role::User)
-            .map(|(_, text)| text.as_str())
-            .collect();
-        if prompts.is_empty() {
-            return "I remember no prompts.".to_owned();
-        }
-        let noun = if prompts.len() == 1 {
-            "prompt"
-        } else {
-            "prompts"
-        };
-        let mut text = format!("I remember {} {noun}:", prompts.len());
-        for (index, prompt) in prompts.iter().enumerate() {
-            text.push_str(&format!("\n{}. {prompt}", index + 1));
-        }
-        text
-    }
-}
-
 /// One session: its memory and its running turn, if any.
 struct Session {
     memory: Memory,
     turn: Option<Turn>,
-}
-
-/// Where a session's conversation file lives: under its `cwd` when that is a directory here,
-/// else under the process's working directory (a sandbox may show the agent its workspace at
-/// another path than the one the client names).
-fn memory_base(cwd: &str) -> PathBuf {
-    let cwd = Path::new(cwd);
-    if cwd.is_dir() {
-        return cwd.to_owned();
-    }
-    std::env::current_dir().unwrap_or_else(|_| cwd.to_owned())
-}
-
-/// A session id this agent could have made (`echo-N`), so it can name a file.
-fn valid_session_id(session_id: &str) -> bool {
-    session_id
-        .strip_prefix("echo-")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 struct Agent<W: Write> {
@@ -685,359 +584,5 @@ impl<W: Write> Agent<W> {
     }
 }
 
-/// Adds `text` to a turn's remembered answer, up to `MAX_REMEMBERED_ANSWER` bytes.
-fn remember_answer(answer: &mut String, text: &str) {
-    let room = MAX_REMEMBERED_ANSWER.saturating_sub(answer.len());
-    let mut end = room.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    answer.push_str(&text[..end]);
-}
-
-fn text_chunk(kind: &str, text: &str) -> Value {
-    json!({"sessionUpdate": kind, "content": {"type": "text", "text": text}})
-}
-
-/// The steps of a turn for this prompt text.
-fn script(text: &str, tool_call_id: &str, memory: &Memory) -> VecDeque<Step> {
-    let mut words = text.split_whitespace();
-    let command = words.next().unwrap_or_default();
-    let args: Vec<&str> = words.collect();
-    let number = |index: usize| args.get(index).and_then(|arg| arg.parse::<u64>().ok());
-    let steps = match command {
-        "stream" => match (number(0), number(1)) {
-            (Some(count), Some(size)) if size as usize <= MAX_CHUNK => {
-                let mut steps = Vec::new();
-                if count > 0 {
-                    steps.push(Step::Stream {
-                        left: count,
-                        size: size as usize,
-                        position: 0,
-                    });
-                }
-                steps.push(Step::Finish("end_turn"));
-                steps
-            }
-            _ => echo(text),
-        },
-        "slow" => match (number(0), number(1)) {
-            (Some(count), Some(millis)) => {
-                let mut steps = Vec::new();
-                if count > 0 {
-                    steps.push(Step::Slow {
-                        index: 1,
-                        count,
-                        every: Duration::from_millis(millis.min(MAX_SLOW_MILLIS)),
-                    });
-                }
-                steps.push(Step::Finish("end_turn"));
-                steps
-            }
-            _ => echo(text),
-        },
-        "think" => {
-            let thought = text
-                .trim_start()
-                .strip_prefix("think")
-                .unwrap_or_default()
-                .trim_start();
-            vec![
-                Step::Update(text_chunk("agent_thought_chunk", thought)),
-                Step::Update(text_chunk("agent_message_chunk", thought)),
-                Step::Finish("end_turn"),
-            ]
-        }
-        "tools" => vec![
-            Step::Update(json!({
-                "sessionUpdate": "tool_call",
-                "toolCallId": tool_call_id,
-                "title": "Read README.md",
-                "kind": "read",
-                "status": "pending",
-                "locations": [{"path": "README.md"}],
-                "rawInput": {"path": "README.md"},
-            })),
-            Step::Update(json!({
-                "sessionUpdate": "tool_call_update",
-                "toolCallId": tool_call_id,
-                "status": "in_progress",
-            })),
-            Step::Update(json!({
-                "sessionUpdate": "tool_call_update",
-                "toolCallId": tool_call_id,
-                "status": "completed",
-                "content": [{"type": "content", "content": {"type": "text", "text": "# Echo\n"}}],
-                "rawOutput": {"bytes": 7},
-            })),
-            Step::Finish("end_turn"),
-        ],
-        "plan" => vec![
-            Step::Update(json!({
-                "sessionUpdate": "plan",
-                "entries": [
-                    {"content": "Read the prompt", "priority": "high", "status": "completed"},
-                    {"content": "Echo it back", "priority": "medium", "status": "in_progress"},
-                    {"content": "End the turn", "priority": "low", "status": "pending"},
-                ],
-            })),
-            Step::Finish("end_turn"),
-        ],
-        "permission" => vec![
-            Step::Update(json!({
-                "sessionUpdate": "tool_call",
-                "toolCallId": tool_call_id,
-                "title": "Write echo.txt",
-                "kind": "edit",
-                "status": "pending",
-                "rawInput": {"path": "echo.txt", "content": "echo"},
-            })),
-            Step::AskPermission {
-                tool_call_id: tool_call_id.to_owned(),
-            },
-        ],
-        "usage" => vec![
-            Step::Update(json!({
-                "sessionUpdate": "usage_update",
-                "used": 1234,
-                "size": 200000,
-                "cost": {"amount": 0.0123, "currency": "USD"},
-            })),
-            Step::Finish("end_turn"),
-        ],
-        "exit" => vec![
-            Step::Update(text_chunk("agent_message_chunk", "exiting")),
-            Step::Exit(EXIT_STATUS),
-        ],
-        "garbage" => vec![Step::Garbage, Step::Finish("end_turn")],
-        "recall" if args.is_empty() => vec![
-            Step::Update(text_chunk("agent_message_chunk", &memory.recall())),
-            Step::Finish("end_turn"),
-        ],
-        "hang" => vec![Step::Hang],
-        "unknown" => vec![
-            Step::Update(json!({
-                "sessionUpdate": "echo_unknown_kind",
-                "detail": "an update kind no client knows",
-            })),
-            Step::Finish("end_turn"),
-        ],
-        _ => echo(text),
-    };
-    steps.into()
-}
-
-fn echo(text: &str) -> Vec<Step> {
-    vec![
-        Step::Update(text_chunk("agent_message_chunk", text)),
-        Step::Finish("end_turn"),
-    ]
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An agent writing into a buffer, fed whole lines; returns what it wrote, as JSON.
-    fn exchange(agent: &mut Agent<Vec<u8>>, message: Value) -> Vec<Value> {
-        agent.handle_line(message.to_string().as_bytes());
-        let _ = agent.advance(Instant::now());
-        let out = std::mem::take(&mut agent.out);
-        out.split(|&b| b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| serde_json::from_slice(line).unwrap_or(Value::Null))
-            .collect()
-    }
-
-    fn request(id: u64, method: &str, params: Value) -> Value {
-        json!({"jsonrpc":"2.0","id":id,"method":method,"params":params})
-    }
-
-    fn prompt(id: u64, session: &str, text: &str) -> Value {
-        request(
-            id,
-            "session/prompt",
-            json!({"sessionId":session,"prompt":[{"type":"text","text":text}]}),
-        )
-    }
-
-    #[test]
-    fn recall_lists_the_earlier_prompts() {
-        let mut memory = Memory::default();
-        assert_eq!(memory.recall(), "I remember no prompts.");
-        memory.remember(Role::User, "one");
-        memory.remember(Role::Agent, "one");
-        memory.remember(Role::User, "two words");
-        assert_eq!(
-            memory.recall(),
-            "I remember 2 prompts:\n1. one\n2. two words"
-        );
-    }
-
-    #[test]
-    fn a_remembered_answer_is_bounded_on_a_char_boundary() {
-        let mut answer = String::new();
-        remember_answer(&mut answer, &"a".repeat(MAX_REMEMBERED_ANSWER - 1));
-        remember_answer(&mut answer, "éé");
-        assert_eq!(
-            answer.len(),
-            MAX_REMEMBERED_ANSWER - 1,
-            "é does not fit whole"
-        );
-        remember_answer(&mut answer, "b");
-        assert_eq!(answer.len(), MAX_REMEMBERED_ANSWER);
-        remember_answer(&mut answer, "more");
-        assert_eq!(answer.len(), MAX_REMEMBERED_ANSWER);
-    }
-
-    #[test]
-    fn only_the_agents_own_ids_name_files() {
-        assert!(valid_session_id("echo-1"));
-        assert!(valid_session_id("echo-420"));
-        for bad in ["echo-", "echo-1/../x", "../echo-1", "x", "echo-1a", ""] {
-            assert!(!valid_session_id(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_conversation_file_skips_lines_it_does_not_understand() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("echo-1.jsonl");
-        let text = "{\"role\":\"user\",\"text\":\"hi\"}\nnot json\n{\"role\":\"system\",\"text\":\"x\"}\n{\"role\":\"agent\",\"text\":\"hi\"}\n";
-        fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
-        let memory = Memory::read(path).unwrap_or_default();
-        assert_eq!(
-            memory.messages,
-            vec![
-                (Role::User, "hi".to_owned()),
-                (Role::Agent, "hi".to_owned())
-            ]
-        );
-        assert!(Memory::read(dir.path().join("missing.jsonl")).is_none());
-    }
-
-    #[test]
-    fn load_replays_resume_does_not_and_recall_answers_across_agents() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let cwd = dir.path().to_str().unwrap_or_default().to_owned();
-        let mut first = Agent::new(Vec::new());
-        let init = exchange(
-            &mut first,
-            request(0, "initialize", json!({"protocolVersion":1})),
-        );
-        assert_eq!(
-            init[0]["result"]["agentCapabilities"]["loadSession"],
-            json!(true)
-        );
-        let new = exchange(
-            &mut first,
-            request(1, "session/new", json!({"cwd":cwd,"mcpServers":[]})),
-        );
-        assert_eq!(new[0]["result"]["sessionId"], json!("echo-1"));
-        let out = exchange(&mut first, prompt(2, "echo-1", "stream 2 3"));
-        assert_eq!(
-            out.last().map(|m| m["result"].clone()),
-            Some(json!({"stopReason":"end_turn"}))
-        );
-
-        // A second agent (a restart) loads it: the replay, then the answer.
-        let mut second = Agent::new(Vec::new());
-        let out = exchange(
-            &mut second,
-            request(
-                1,
-                "session/load",
-                json!({"sessionId":"echo-1","cwd":cwd,"mcpServers":[]}),
-            ),
-        );
-        let kinds: Vec<(&str, &str)> = out
-            .iter()
-            .map(|m| {
-                (
-                    m.pointer("/params/update/sessionUpdate")
-                        .and_then(Value::as_str)
-                        .unwrap_or("answer"),
-                    m.pointer("/params/update/content/text")
-                        .and_then(Value::as_str)
-                        .unwrap_or(""),
-                )
-            })
-            .collect();
-        assert_eq!(
-            kinds,
-            vec![
-                ("user_message_chunk", "stream 2 3"),
-                ("agent_message_chunk", "abcdef"),
-                ("answer", ""),
-            ]
-        );
-        assert_eq!(out[2]["id"], json!(1));
-        // A third resumes it: no replay; recall answers with the prompts of both processes.
-        let mut third = Agent::new(Vec::new());
-        let out = exchange(
-            &mut third,
-            request(1, "session/resume", json!({"sessionId":"echo-1","cwd":cwd})),
-        );
-        assert_eq!(out, vec![json!({"jsonrpc":"2.0","id":1,"result":{}})]);
-        let out = exchange(&mut third, prompt(2, "echo-1", "recall"));
-        assert_eq!(
-            out[0].pointer("/params/update/content/text"),
-            Some(&json!("I remember 1 prompt:\n1. stream 2 3"))
-        );
-        // A cancelled turn is remembered with what was said before the cancel.
-        let _ = exchange(&mut third, prompt(3, "echo-1", "hang"));
-        agent_cancel(&mut third, "echo-1");
-        let memory = Memory::read(Memory::path(dir.path(), "echo-1")).unwrap_or_default();
-        let prompts: Vec<&str> = memory
-            .messages
-            .iter()
-            .filter(|(role, _)| *role == Role::User)
-            .map(|(_, text)| text.as_str())
-            .collect();
-        assert_eq!(prompts, vec!["stream 2 3", "recall", "hang"]);
-    }
-
-    fn agent_cancel(agent: &mut Agent<Vec<u8>>, session: &str) {
-        let out = exchange(
-            agent,
-            json!({"jsonrpc":"2.0","method":"session/cancel","params":{"sessionId":session}}),
-        );
-        assert_eq!(out[0]["result"], json!({"stopReason":"cancelled"}));
-    }
-
-    #[test]
-    fn an_unwritable_workspace_still_serves_the_session() {
-        let mut agent = Agent::new(Vec::new());
-        let new = exchange(
-            &mut agent,
-            request(1, "session/new", json!({"cwd":"/proc","mcpServers":[]})),
-        );
-        assert_eq!(new[0]["result"]["sessionId"], json!("echo-1"));
-        let _ = exchange(&mut agent, prompt(2, "echo-1", "hi"));
-        let out = exchange(&mut agent, prompt(3, "echo-1", "recall"));
-        assert_eq!(
-            out[0].pointer("/params/update/content/text"),
-            Some(&json!("I remember 1 prompt:\n1. hi"))
-        );
-        // Remembered by this process only: resume works here, not elsewhere.
-        let out = exchange(
-            &mut agent,
-            request(
-                4,
-                "session/resume",
-                json!({"sessionId":"echo-1","cwd":"/proc"}),
-            ),
-        );
-        assert_eq!(out[0]["result"], json!({}));
-        let mut other = Agent::new(Vec::new());
-        let out = exchange(
-            &mut other,
-            request(
-                1,
-                "session/resume",
-                json!({"sessionId":"echo-1","cwd":"/proc"}),
-            ),
-        );
-        assert_eq!(out[0]["error"]["code"], json!(-32002));
-    }
-}
+mod tests;
