@@ -14,7 +14,7 @@ use super::{
 };
 
 impl AcpClient {
-    /// Sends `session/set_mode`; its answer comes back as [`ControlEvent::ModeSet`] with the
+    /// Sends `session/set_mode`; its answer comes back as [`ControlEvent::ModeSet`](super::ControlEvent::ModeSet) with the
     /// returned request number (and, on success, [`AcpClient::current_mode`] is `mode_id`).
     /// Allowed once the session is open, in a turn or not.
     pub fn set_mode(&mut self, mode_id: &str) -> Result<u64, AcpError> {
@@ -31,7 +31,7 @@ impl AcpClient {
     }
 
     /// Sends `session/set_config_option`; its answer comes back as
-    /// [`ControlEvent::ConfigOptionSet`] with the returned request number (and, on success,
+    /// [`ControlEvent::ConfigOptionSet`](super::ControlEvent::ConfigOptionSet) with the returned request number (and, on success,
     /// [`AcpClient::config_options`] is the agent's new list). Allowed once the session is open.
     pub fn set_config_option(
         &mut self,
@@ -46,7 +46,7 @@ impl AcpClient {
         Ok(self.request(Pending::SetConfigOption, params))
     }
 
-    /// Answers a [`ControlEvent::ReadTextFile`]: the file's content, or an error (e.g.
+    /// Answers a [`ControlEvent::ReadTextFile`](super::ControlEvent::ReadTextFile): the file's content, or an error (e.g.
     /// `schema::Error::resource_not_found(..)`, or `invalid_params` for a path outside the
     /// workspace).
     pub fn answer_read_text_file(
@@ -66,7 +66,7 @@ impl AcpClient {
         Ok(())
     }
 
-    /// Answers a [`ControlEvent::WriteTextFile`]: written, or an error.
+    /// Answers a [`ControlEvent::WriteTextFile`](super::ControlEvent::WriteTextFile): written, or an error.
     pub fn answer_write_text_file(
         &mut self,
         request: FileRequestId,

@@ -91,7 +91,7 @@ pub enum AgentEvent {
     },
     /// A JSON-RPC error response to `session/prompt` (`code` is `AGENT_ERROR`).
     TurnError {
-        /// Always [`AGENT_ERROR`].
+        /// Always [`AGENT_ERROR`](super::AGENT_ERROR).
         code: String,
         /// The agent's error message (with its `data` detail), cut to 1 KiB.
         message: String,
@@ -111,7 +111,7 @@ pub struct FileRequestId(
     pub u64,
 );
 
-/// What the client learns besides [`AgentEvent`]s, from [`AcpClient::poll_control`].
+/// What the client learns besides [`AgentEvent`]s, from [`AcpClient::poll_control`](super::AcpClient::poll_control).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ControlEvent {
     /// A `current_mode_update`: the session's mode now.
@@ -129,7 +129,7 @@ pub enum ControlEvent {
         /// Every option, with its current value.
         options: Vec<schema::SessionConfigOption>,
     },
-    /// The answer to [`AcpClient::set_mode`].
+    /// The answer to [`AcpClient::set_mode`](super::AcpClient::set_mode).
     ModeSet {
         /// What `set_mode` returned.
         request: u64,
@@ -138,7 +138,7 @@ pub enum ControlEvent {
         /// `Err` with the agent's error message (or why there was no answer).
         result: Result<(), String>,
     },
-    /// The answer to [`AcpClient::set_config_option`].
+    /// The answer to [`AcpClient::set_config_option`](super::AcpClient::set_config_option).
     ConfigOptionSet {
         /// What `set_config_option` returned.
         request: u64,
@@ -147,7 +147,7 @@ pub enum ControlEvent {
         result: Result<Vec<schema::SessionConfigOption>, String>,
     },
     /// The agent asks to read a text file (`fs/read_text_file`); answer with
-    /// [`AcpClient::answer_read_text_file`].
+    /// [`AcpClient::answer_read_text_file`](super::AcpClient::answer_read_text_file).
     ReadTextFile {
         /// Names the answer.
         request: FileRequestId,
@@ -159,7 +159,7 @@ pub enum ControlEvent {
         limit: Option<u32>,
     },
     /// The agent asks to write a text file (`fs/write_text_file`); answer with
-    /// [`AcpClient::answer_write_text_file`].
+    /// [`AcpClient::answer_write_text_file`](super::AcpClient::answer_write_text_file).
     WriteTextFile {
         /// Names the answer.
         request: FileRequestId,
@@ -182,7 +182,7 @@ pub enum SessionOrigin {
 }
 
 /// What the agent's `initialize` result says it supports, in short (the whole of it:
-/// [`AcpClient::agent_capabilities`]).
+/// [`AcpClient::agent_capabilities`](super::AcpClient::agent_capabilities)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AgentFeatures {
     /// `agentCapabilities.loadSession`: `session/load` is served.
