@@ -73,7 +73,8 @@
 //!   after `session/new`): the session layer decides what to publish. `current_mode_update`,
 //!   `available_commands_update` and `config_option_update` are still reported as `agent_update`
 //!   (so what the gateway publishes does not change) and, typed, as [`ControlEvent`]s and in the
-//!   client's state ([`AcpClient::current_mode`], ...).
+//!   client's state ([`AcpClient::current_mode`], ...). Text chunks, the lines agents write most,
+//!   take a path of their own (`fast.rs`) that gives the same events without a `Value` tree.
 //! - [`ControlEvent`]s have a queue of their own ([`AcpClient::poll_control`]), so `AgentEvent`,
 //!   which the session layer matches exhaustively, keeps its variants. The state kinds are
 //!   coalesced there (at most one of each kind waits, the latest), so an unpolled queue stays
