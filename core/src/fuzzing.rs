@@ -74,7 +74,7 @@ pub fn connection(data: &[u8], start: Instant) {
         if mode & 8 != 0 {
             sim.unblock(id);
         }
-        if step % 7 == 0 {
+        if step.is_multiple_of(7) {
             sim.advance(Duration::from_secs(3));
         }
     }

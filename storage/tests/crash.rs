@@ -85,7 +85,7 @@ fn sigkill_at_random_moments_never_leaves_a_silent_gap() {
     let (mut kills, mut cleans) = (0, 0);
     for iteration in 0..15 {
         // One run in four ends cleanly; the others are killed after 1..=EVENTS+12 lines.
-        let clean_run = rng.next() % 4 == 0;
+        let clean_run = rng.next().is_multiple_of(4);
         let kill_after = 1 + rng.next() % (EVENTS + 12);
         let child = Command::new(env!("CARGO_BIN_EXE_diminuendo-storage-crash-child"))
             .args([data.to_str().unwrap(), sid, &EVENTS.to_string()])

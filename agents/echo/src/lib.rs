@@ -4,8 +4,14 @@
 //! One thread reads stdin into a channel; the main thread runs every session's turn as a queue
 //! of steps, sleeping only until the next `slow` chunk is due, so `session/cancel` and permission
 //! answers are read while a turn runs. Standard output is buffered and flushed after each batch.
+//!
+//! Each session remembers its conversation (the prompts, and the text of each answer) in
+//! `.echo-agent/<sessionId>.jsonl` under the session's `cwd` (the gateway's workspace; the
+//! process's working directory if `cwd` is no directory here), so a later process serves
+//! `session/load` (replay, then answer) and `session/resume` (no replay) for it.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufWriter, Write};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::thread;
@@ -13,14 +19,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod memory;
+mod script;
+
+use memory::{memory_base, remember_answer, valid_session_id, Memory, Role};
+use script::{script, text_chunk};
+
 /// `stream` chunks written before input is looked at again (so a cancel is noticed).
 const STREAM_SLICE: u64 = 64;
 /// The largest `stream` chunk; larger sizes are echoed as text instead.
-const MAX_CHUNK: usize = 16 << 20;
+pub(crate) const MAX_CHUNK: usize = 16 << 20;
 /// The longest `slow` interval (a day), so the wake-up time cannot overflow.
-const MAX_SLOW_MILLIS: u64 = 24 * 60 * 60 * 1000;
+pub(crate) const MAX_SLOW_MILLIS: u64 = 24 * 60 * 60 * 1000;
 /// The exit status of the `exit` command.
-const EXIT_STATUS: i32 = 3;
+pub(crate) const EXIT_STATUS: i32 = 3;
+/// The directory, under a session's `cwd`, of the conversation files.
+pub const MEMORY_DIR: &str = ".echo-agent";
+/// The most of an answer's text remembered per turn (a `stream` turn can be gigabytes).
+pub(crate) const MAX_REMEMBERED_ANSWER: usize = 4096;
 
 enum Input {
     Line(Vec<u8>),
@@ -52,7 +68,7 @@ pub fn run() {
     std::process::exit(status);
 }
 
-enum Step {
+pub(crate) enum Step {
     /// A `session/update` with this update object.
     Update(Value),
     /// `left` text chunks of `size` bytes of the repeating alphabet, starting at `position`.
@@ -81,6 +97,8 @@ enum Step {
 
 struct Turn {
     prompt_id: Value,
+    /// The answer's text so far (the `agent_message_chunk`s), cut at `MAX_REMEMBERED_ANSWER`.
+    answer: String,
     steps: VecDeque<Step>,
     /// Sleeping until then (a `slow` turn).
     wake_at: Option<Instant>,
@@ -98,11 +116,17 @@ impl Turn {
     }
 }
 
+/// One session: its memory and its running turn, if any.
+struct Session {
+    memory: Memory,
+    turn: Option<Turn>,
+}
+
 struct Agent<W: Write> {
     out: W,
     next_session: u64,
-    /// Session id → its running turn, if any.
-    sessions: BTreeMap<String, Option<Turn>>,
+    /// Session id → the session.
+    sessions: BTreeMap<String, Session>,
     next_request: u64,
     next_tool_call: u64,
     /// Set when a write failed: the client is gone.
@@ -144,7 +168,7 @@ impl<W: Write> Agent<W> {
                 let wake_at = self
                     .sessions
                     .values()
-                    .flatten()
+                    .filter_map(|session| session.turn.as_ref())
                     .filter(|turn| !turn.hanging && turn.waiting_for.is_none())
                     .filter_map(|turn| turn.wake_at)
                     .min();
@@ -176,7 +200,11 @@ impl<W: Write> Agent<W> {
         let mut busy = false;
         let ids: Vec<String> = self.sessions.keys().cloned().collect();
         for session_id in ids {
-            let Some(Some(mut turn)) = self.sessions.get_mut(&session_id).map(Option::take) else {
+            let Some(mut turn) = self
+                .sessions
+                .get_mut(&session_id)
+                .and_then(|session| session.turn.take())
+            else {
                 continue;
             };
             let mut budget = STREAM_SLICE;
@@ -186,7 +214,18 @@ impl<W: Write> Agent<W> {
                     break;
                 };
                 match step {
-                    Step::Update(update) => self.update(&session_id, update),
+                    Step::Update(update) => {
+                        if update.get("sessionUpdate").and_then(Value::as_str)
+                            == Some("agent_message_chunk")
+                        {
+                            if let Some(text) =
+                                update.pointer("/content/text").and_then(Value::as_str)
+                            {
+                                remember_answer(&mut turn.answer, text);
+                            }
+                        }
+                        self.update(&session_id, update)
+                    }
                     Step::Stream {
                         left,
                         size,
@@ -195,6 +234,7 @@ impl<W: Write> Agent<W> {
                         let text: String = (0..size as u64)
                             .map(|offset| char::from(b'a' + ((position + offset) % 26) as u8))
                             .collect();
+                        remember_answer(&mut turn.answer, &text);
                         self.update(&session_id, text_chunk("agent_message_chunk", &text));
                         budget -= 1;
                         if left > 1 {
@@ -211,6 +251,7 @@ impl<W: Write> Agent<W> {
                         every,
                     } => {
                         let text = format!("chunk {index} of {count}\n");
+                        remember_answer(&mut turn.answer, &text);
                         self.update(&session_id, text_chunk("agent_message_chunk", &text));
                         if index < count {
                             turn.wake_at = Some(Instant::now() + every);
@@ -249,15 +290,15 @@ impl<W: Write> Agent<W> {
                     Step::Hang => turn.hanging = true,
                     Step::Exit(status) => return Err(status),
                     Step::Finish(stop_reason) => {
-                        self.finish(&turn.prompt_id, stop_reason);
+                        self.finish(&session_id, &turn, stop_reason);
                         finished = true;
                     }
                 }
             }
             if !finished {
                 busy |= turn.runnable(now);
-                if let Some(slot) = self.sessions.get_mut(&session_id) {
-                    *slot = Some(turn);
+                if let Some(session) = self.sessions.get_mut(&session_id) {
+                    session.turn = Some(turn);
                 }
             }
         }
@@ -295,23 +336,113 @@ impl<W: Write> Agent<W> {
                 json!({
                     "protocolVersion": 1,
                     "agentCapabilities": {
-                        "loadSession": false,
+                        "loadSession": true,
                         "promptCapabilities": {"image": false, "audio": false, "embeddedContext": false},
+                        "sessionCapabilities": {"resume": {}},
                     },
                     "authMethods": [],
                     "agentInfo": {"name": "diminuendo-echo-agent", "version": env!("CARGO_PKG_VERSION")},
                 }),
             ),
             "authenticate" => self.respond(&id, json!({})),
-            "session/new" => {
-                let session_id = format!("echo-{}", self.next_session);
-                self.next_session += 1;
-                self.sessions.insert(session_id.clone(), None);
-                self.respond(&id, json!({ "sessionId": session_id }));
-            }
+            "session/new" => self.new_session(&id, params),
+            "session/load" => self.open_session(&id, params, true),
+            "session/resume" => self.open_session(&id, params, false),
             "session/prompt" => self.prompt(id, params),
             _ => self.respond_error(&id, -32601, "Method not found"),
         }
+    }
+
+    /// `session/new`: `echo-N` with the first N (from the process's counter) whose conversation
+    /// file does not exist under `cwd`, so a new session never inherits an old conversation. The
+    /// empty file is created at once (if `cwd` is writable).
+    fn new_session(&mut self, id: &Value, params: &Value) {
+        let cwd = params
+            .get("cwd")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let base = memory_base(cwd);
+        let created = fs::create_dir_all(base.join(MEMORY_DIR));
+        let (session_id, file) = loop {
+            let session_id = format!("echo-{}", self.next_session);
+            self.next_session += 1;
+            if self.sessions.contains_key(&session_id) {
+                continue;
+            }
+            if created.is_err() {
+                break (session_id, None);
+            }
+            let path = Memory::path(&base, &session_id);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => break (session_id, Some(path)),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(error) => {
+                    eprintln!("echo-agent: cannot remember in {}: {error}", path.display());
+                    break (session_id, None);
+                }
+            }
+        };
+        let memory = Memory {
+            file,
+            messages: Vec::new(),
+        };
+        self.sessions
+            .insert(session_id.clone(), Session { memory, turn: None });
+        self.respond(id, json!({ "sessionId": session_id }));
+    }
+
+    /// `session/load` (`replay`: every remembered message as a `user_message_chunk` or
+    /// `agent_message_chunk`, then the answer) and `session/resume` (just the answer). The
+    /// conversation is this process's if it has the session, else its file under `cwd`; neither:
+    /// error `-32002` (resource not found).
+    fn open_session(&mut self, id: &Value, params: &Value, replay: bool) {
+        let Some(session_id) = params.get("sessionId").and_then(Value::as_str) else {
+            return self.respond_error(id, -32602, "Invalid params: sessionId is needed");
+        };
+        let cwd = params
+            .get("cwd")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let session_id = session_id.to_owned();
+        match self.sessions.get(&session_id) {
+            Some(session) if session.turn.is_some() => {
+                return self.respond_error(
+                    id,
+                    -32602,
+                    "Invalid params: a prompt is running in this session",
+                )
+            }
+            Some(_) => {}
+            None => {
+                let memory = valid_session_id(&session_id)
+                    .then(|| Memory::read(Memory::path(&memory_base(cwd), &session_id)))
+                    .flatten();
+                let Some(memory) = memory else {
+                    return self.write(&json!({
+                        "jsonrpc": "2.0",
+                        "id": id,
+                        "error": {"code": -32002, "message": "Resource not found", "data": {"sessionId": session_id}},
+                    }));
+                };
+                self.sessions
+                    .insert(session_id.clone(), Session { memory, turn: None });
+            }
+        }
+        if replay {
+            let messages = self
+                .sessions
+                .get(&session_id)
+                .map(|session| session.memory.messages.clone())
+                .unwrap_or_default();
+            for (role, text) in messages {
+                let kind = match role {
+                    Role::User => "user_message_chunk",
+                    Role::Agent => "agent_message_chunk",
+                };
+                self.update(&session_id, text_chunk(kind, &text));
+            }
+        }
+        self.respond(id, json!({}));
     }
 
     fn prompt(&mut self, id: Value, params: &Value) {
@@ -322,14 +453,14 @@ impl<W: Write> Agent<W> {
             .to_owned();
         match self.sessions.get(&session_id) {
             None => return self.respond_error(&id, -32602, "Invalid params: unknown sessionId"),
-            Some(Some(_)) => {
+            Some(session) if session.turn.is_some() => {
                 return self.respond_error(
                     &id,
                     -32602,
                     "Invalid params: a prompt is already running",
                 )
             }
-            Some(None) => {}
+            Some(_) => {}
         }
         let text: String = params
             .get("prompt")
@@ -344,26 +475,30 @@ impl<W: Write> Agent<W> {
             .unwrap_or_default();
         let tool_call_id = format!("echo-tool-{}", self.next_tool_call);
         self.next_tool_call += 1;
-        let steps = script(&text, &tool_call_id);
-        self.sessions.insert(
-            session_id,
-            Some(Turn {
-                prompt_id: id,
-                steps,
-                wake_at: None,
-                waiting_for: None,
-                hanging: false,
-            }),
-        );
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let steps = script(&text, &tool_call_id, &session.memory);
+        session.memory.remember(Role::User, &text);
+        session.turn = Some(Turn {
+            prompt_id: id,
+            answer: String::new(),
+            steps,
+            wake_at: None,
+            waiting_for: None,
+            hanging: false,
+        });
     }
 
     /// `session/cancel`: the running prompt ends at once with `cancelled`; a permission answer
     /// still to come is ignored.
     fn cancel(&mut self, session_id: &str) {
-        if let Some(slot) = self.sessions.get_mut(session_id) {
-            if let Some(turn) = slot.take() {
-                self.finish(&turn.prompt_id, "cancelled");
-            }
+        if let Some(turn) = self
+            .sessions
+            .get_mut(session_id)
+            .and_then(|session| session.turn.take())
+        {
+            self.finish(session_id, &turn, "cancelled");
         }
     }
 
@@ -374,7 +509,7 @@ impl<W: Write> Agent<W> {
         let Some(turn) = self
             .sessions
             .values_mut()
-            .flatten()
+            .filter_map(|session| session.turn.as_mut())
             .find(|turn| turn.waiting_for == Some(id))
         else {
             return;
@@ -414,8 +549,14 @@ impl<W: Write> Agent<W> {
         }));
     }
 
-    fn finish(&mut self, prompt_id: &Value, stop_reason: &str) {
-        self.respond(prompt_id, json!({ "stopReason": stop_reason }));
+    /// Answers the prompt, after remembering the answer's text (if any).
+    fn finish(&mut self, session_id: &str, turn: &Turn, stop_reason: &str) {
+        if !turn.answer.is_empty() {
+            if let Some(session) = self.sessions.get_mut(session_id) {
+                session.memory.remember(Role::Agent, &turn.answer);
+            }
+        }
+        self.respond(&turn.prompt_id, json!({ "stopReason": stop_reason }));
     }
 
     fn respond(&mut self, id: &Value, result: Value) {
@@ -443,137 +584,5 @@ impl<W: Write> Agent<W> {
     }
 }
 
-fn text_chunk(kind: &str, text: &str) -> Value {
-    json!({"sessionUpdate": kind, "content": {"type": "text", "text": text}})
-}
-
-/// The steps of a turn for this prompt text.
-fn script(text: &str, tool_call_id: &str) -> VecDeque<Step> {
-    let mut words = text.split_whitespace();
-    let command = words.next().unwrap_or_default();
-    let args: Vec<&str> = words.collect();
-    let number = |index: usize| args.get(index).and_then(|arg| arg.parse::<u64>().ok());
-    let steps = match command {
-        "stream" => match (number(0), number(1)) {
-            (Some(count), Some(size)) if size as usize <= MAX_CHUNK => {
-                let mut steps = Vec::new();
-                if count > 0 {
-                    steps.push(Step::Stream {
-                        left: count,
-                        size: size as usize,
-                        position: 0,
-                    });
-                }
-                steps.push(Step::Finish("end_turn"));
-                steps
-            }
-            _ => echo(text),
-        },
-        "slow" => match (number(0), number(1)) {
-            (Some(count), Some(millis)) => {
-                let mut steps = Vec::new();
-                if count > 0 {
-                    steps.push(Step::Slow {
-                        index: 1,
-                        count,
-                        every: Duration::from_millis(millis.min(MAX_SLOW_MILLIS)),
-                    });
-                }
-                steps.push(Step::Finish("end_turn"));
-                steps
-            }
-            _ => echo(text),
-        },
-        "think" => {
-            let thought = text
-                .trim_start()
-                .strip_prefix("think")
-                .unwrap_or_default()
-                .trim_start();
-            vec![
-                Step::Update(text_chunk("agent_thought_chunk", thought)),
-                Step::Update(text_chunk("agent_message_chunk", thought)),
-                Step::Finish("end_turn"),
-            ]
-        }
-        "tools" => vec![
-            Step::Update(json!({
-                "sessionUpdate": "tool_call",
-                "toolCallId": tool_call_id,
-                "title": "Read README.md",
-                "kind": "read",
-                "status": "pending",
-                "locations": [{"path": "README.md"}],
-                "rawInput": {"path": "README.md"},
-            })),
-            Step::Update(json!({
-                "sessionUpdate": "tool_call_update",
-                "toolCallId": tool_call_id,
-                "status": "in_progress",
-            })),
-            Step::Update(json!({
-                "sessionUpdate": "tool_call_update",
-                "toolCallId": tool_call_id,
-                "status": "completed",
-                "content": [{"type": "content", "content": {"type": "text", "text": "# Echo\n"}}],
-                "rawOutput": {"bytes": 7},
-            })),
-            Step::Finish("end_turn"),
-        ],
-        "plan" => vec![
-            Step::Update(json!({
-                "sessionUpdate": "plan",
-                "entries": [
-                    {"content": "Read the prompt", "priority": "high", "status": "completed"},
-                    {"content": "Echo it back", "priority": "medium", "status": "in_progress"},
-                    {"content": "End the turn", "priority": "low", "status": "pending"},
-                ],
-            })),
-            Step::Finish("end_turn"),
-        ],
-        "permission" => vec![
-            Step::Update(json!({
-                "sessionUpdate": "tool_call",
-                "toolCallId": tool_call_id,
-                "title": "Write echo.txt",
-                "kind": "edit",
-                "status": "pending",
-                "rawInput": {"path": "echo.txt", "content": "echo"},
-            })),
-            Step::AskPermission {
-                tool_call_id: tool_call_id.to_owned(),
-            },
-        ],
-        "usage" => vec![
-            Step::Update(json!({
-                "sessionUpdate": "usage_update",
-                "used": 1234,
-                "size": 200000,
-                "cost": {"amount": 0.0123, "currency": "USD"},
-            })),
-            Step::Finish("end_turn"),
-        ],
-        "exit" => vec![
-            Step::Update(text_chunk("agent_message_chunk", "exiting")),
-            Step::Exit(EXIT_STATUS),
-        ],
-        "garbage" => vec![Step::Garbage, Step::Finish("end_turn")],
-        "hang" => vec![Step::Hang],
-        "unknown" => vec![
-            Step::Update(json!({
-                "sessionUpdate": "echo_unknown_kind",
-                "detail": "an update kind no client knows",
-            })),
-            Step::Finish("end_turn"),
-        ],
-        _ => echo(text),
-    };
-    steps.into()
-}
-
-fn echo(text: &str) -> Vec<Step> {
-    vec![
-        Step::Update(text_chunk("agent_message_chunk", text)),
-        Step::Finish("end_turn"),
-    ]
-}
+#[cfg(test)]
+mod tests;

@@ -2,13 +2,15 @@
 //! thread and `recv_timeout`), never sleeps; every child is killed and waited for.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use diminuendo_core::acp::{AcpClient, AcpConfig, AgentEvent};
+use diminuendo_core::acp::{AcpClient, AcpConfig, AgentEvent, SessionOrigin};
 use serde_json::{json, Value};
+use tempfile::TempDir;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -21,11 +23,20 @@ struct Agent {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<Out>,
+    /// The sessions' `cwd` and the process's working directory, like a gateway's workspace.
+    workspace: String,
 }
 
 impl Agent {
-    fn spawn() -> Agent {
+    fn spawn() -> (Agent, TempDir) {
+        let dir = tempfile::tempdir().expect("a temporary workspace");
+        (Agent::spawn_in(dir.path()), dir)
+    }
+
+    /// An agent whose workspace is `workspace` (a second process for the same one).
+    fn spawn_in(workspace: &Path) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_diminuendo-echo-agent"))
+            .current_dir(workspace)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -53,6 +64,7 @@ impl Agent {
             child,
             stdin,
             lines,
+            workspace: workspace.to_str().expect("a UTF-8 path").to_owned(),
         }
     }
 
@@ -98,7 +110,8 @@ impl Agent {
             json!({"protocolVersion":1,"clientCapabilities":{"fs":{"readTextFile":false,"writeTextFile":false},"terminal":false}}),
         );
         assert_eq!(init["result"]["protocolVersion"], json!(1));
-        let new = self.request(1, "session/new", json!({"cwd":"/tmp","mcpServers":[]}));
+        let cwd = self.workspace.clone();
+        let new = self.request(1, "session/new", json!({"cwd":cwd,"mcpServers":[]}));
         new["result"]["sessionId"]
             .as_str()
             .expect("a session id")
@@ -169,9 +182,10 @@ fn alphabet(from: usize, len: usize) -> String {
 
 #[test]
 fn handshake_and_many_sessions() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     assert_eq!(agent.handshake(), "echo-1");
-    let second = agent.request(2, "session/new", json!({"cwd":"/","mcpServers":[]}));
+    let cwd = agent.workspace.clone();
+    let second = agent.request(2, "session/new", json!({"cwd":cwd,"mcpServers":[]}));
     assert_eq!(second["result"]["sessionId"], json!("echo-2"));
     let auth = agent.request(3, "authenticate", json!({"methodId":"none"}));
     assert_eq!(auth["result"], json!({}));
@@ -179,7 +193,7 @@ fn handshake_and_many_sessions() {
 
 #[test]
 fn plain_text_is_echoed() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "hello, echo  world");
     assert_eq!(agent.chunk_text(&session), "hello, echo  world");
@@ -192,7 +206,7 @@ fn plain_text_is_echoed() {
 
 #[test]
 fn stream_sends_n_chunks_of_size_bytes() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "stream 300 100");
     let mut all = String::new();
@@ -209,7 +223,7 @@ fn stream_sends_n_chunks_of_size_bytes() {
 
 #[test]
 fn think_sends_a_thought_then_the_message() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "think about it");
     let thought = agent.update(&session);
@@ -223,7 +237,7 @@ fn think_sends_a_thought_then_the_message() {
 
 #[test]
 fn tools_sends_a_tool_call_and_its_updates() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "tools");
     let call = agent.update(&session);
@@ -250,7 +264,7 @@ fn tools_sends_a_tool_call_and_its_updates() {
 
 #[test]
 fn plan_sends_three_entries() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "plan");
     let plan = agent.update(&session);
@@ -290,7 +304,7 @@ fn expect_permission_request(agent: &Agent, session: &str) -> Value {
 
 #[test]
 fn permission_reports_the_chosen_option() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     for (prompt_id, option) in [(2, "allow"), (3, "reject")] {
         agent.prompt(prompt_id, &session, "permission");
@@ -303,7 +317,7 @@ fn permission_reports_the_chosen_option() {
 
 #[test]
 fn a_cancelled_permission_cancels_the_turn() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "permission");
     let id = expect_permission_request(&agent, &session);
@@ -314,7 +328,7 @@ fn a_cancelled_permission_cancels_the_turn() {
 
 #[test]
 fn session_cancel_during_a_permission_ends_the_turn_cancelled() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "permission");
     let id = expect_permission_request(&agent, &session);
@@ -329,7 +343,7 @@ fn session_cancel_during_a_permission_ends_the_turn_cancelled() {
 
 #[test]
 fn usage_sends_a_usage_update() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "usage");
     assert_eq!(
@@ -341,7 +355,7 @@ fn usage_sends_a_usage_update() {
 
 #[test]
 fn exit_leaves_mid_turn_with_status_3() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "exit");
     assert_eq!(agent.chunk_text(&session), "exiting");
@@ -351,7 +365,7 @@ fn exit_leaves_mid_turn_with_status_3() {
 
 #[test]
 fn garbage_writes_a_line_that_is_not_json() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "garbage");
     let line = agent.next_raw().expect("a line");
@@ -361,7 +375,7 @@ fn garbage_writes_a_line_that_is_not_json() {
 
 #[test]
 fn hang_answers_only_when_cancelled() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "hang");
     // A later request is answered, and the prompt still is not: it hangs.
@@ -373,7 +387,7 @@ fn hang_answers_only_when_cancelled() {
 
 #[test]
 fn slow_paces_its_chunks() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     let started = Instant::now();
     agent.prompt(2, &session, "slow 3 40");
@@ -386,7 +400,7 @@ fn slow_paces_its_chunks() {
 
 #[test]
 fn slow_can_be_cancelled() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "slow 1000 1000");
     assert_eq!(agent.chunk_text(&session), "chunk 1 of 1000\n");
@@ -396,7 +410,7 @@ fn slow_can_be_cancelled() {
 
 #[test]
 fn unknown_sends_an_unknown_update_kind() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.prompt(2, &session, "unknown");
     assert_eq!(
@@ -408,7 +422,7 @@ fn unknown_sends_an_unknown_update_kind() {
 
 #[test]
 fn protocol_errors_are_answered() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     let session = agent.handshake();
     agent.send_raw(b"not json\n");
     let error = agent.next();
@@ -433,7 +447,7 @@ fn protocol_errors_are_answered() {
 
 #[test]
 fn closing_stdin_exits_cleanly() {
-    let mut agent = Agent::spawn();
+    let (mut agent, _workspace) = Agent::spawn();
     agent.handshake();
     agent.stdin = None;
     assert_eq!(agent.next_raw(), None);
@@ -444,17 +458,56 @@ fn closing_stdin_exits_cleanly() {
 struct Driven {
     agent: Agent,
     client: AcpClient,
+    workspace: Option<TempDir>,
 }
 
 impl Driven {
     fn start() -> Driven {
+        let (agent, workspace) = Agent::spawn();
         let mut driven = Driven {
-            agent: Agent::spawn(),
             client: AcpClient::new(AcpConfig::default()),
+            workspace: Some(workspace),
+            agent,
         };
-        driven.client.start("/tmp", Instant::now());
+        let cwd = driven.agent.workspace.clone();
+        driven.client.start(&cwd, Instant::now());
         assert_eq!(driven.until_event(), AgentEvent::Ready);
         driven
+    }
+
+    /// A new agent process in `workspace`, its client reopening `session_id`.
+    fn restart(workspace: &Path, session_id: &str) -> Driven {
+        let agent = Agent::spawn_in(workspace);
+        let mut driven = Driven {
+            client: AcpClient::new(AcpConfig::default()),
+            workspace: None,
+            agent,
+        };
+        let cwd = driven.agent.workspace.clone();
+        driven
+            .client
+            .start_with_session(&cwd, session_id, Instant::now());
+        assert_eq!(driven.until_event(), AgentEvent::Ready);
+        driven
+    }
+
+    /// Prompts and collects the turn's text until it ends.
+    fn turn_text(&mut self, prompt: &str) -> String {
+        self.client.prompt(prompt, Instant::now()).expect("ready");
+        let mut text = String::new();
+        loop {
+            match self.until_event() {
+                AgentEvent::Update {
+                    kind: "text_delta",
+                    fields,
+                } => text.push_str(fields["text"].as_str().unwrap_or_default()),
+                AgentEvent::TurnComplete { stop_reason } => {
+                    assert_eq!(stop_reason, "end_turn");
+                    return text;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 
     fn flush(&mut self) {
@@ -586,4 +639,172 @@ fn the_acp_client_fails_on_exit_and_garbage() {
         .prompt("garbage", Instant::now())
         .expect("ready");
     assert!(matches!(driven.until_event(), AgentEvent::Failed { .. }));
+}
+
+/// initialize, and the `agentCapabilities` it answers.
+fn initialize(agent: &mut Agent) -> Value {
+    let init = agent.request(0, "initialize", json!({"protocolVersion":1}));
+    init["result"]["agentCapabilities"].clone()
+}
+
+#[test]
+fn initialize_advertises_load_and_resume() {
+    let (mut agent, _workspace) = Agent::spawn();
+    let capabilities = initialize(&mut agent);
+    assert_eq!(capabilities["loadSession"], json!(true));
+    assert_eq!(capabilities["sessionCapabilities"]["resume"], json!({}));
+}
+
+/// A workspace whose session `echo-1` was told `hello` and `think deep`, by a process now gone.
+fn remembered_workspace() -> (TempDir, String) {
+    let (mut agent, workspace) = Agent::spawn();
+    let session = agent.handshake();
+    agent.prompt(2, &session, "hello");
+    assert_eq!(agent.chunk_text(&session), "hello");
+    assert_eq!(agent.stop_reason(2), "end_turn");
+    agent.prompt(3, &session, "think deep");
+    let thought = agent.update(&session);
+    assert_eq!(thought["sessionUpdate"], json!("agent_thought_chunk"));
+    assert_eq!(agent.chunk_text(&session), "deep");
+    assert_eq!(agent.stop_reason(3), "end_turn");
+    drop(agent);
+    (workspace, session)
+}
+
+#[test]
+fn the_conversation_is_kept_in_a_file_in_the_workspace() {
+    let (workspace, session) = remembered_workspace();
+    let file = workspace
+        .path()
+        .join(".echo-agent")
+        .join(format!("{session}.jsonl"));
+    let text = std::fs::read_to_string(&file).expect("the conversation file");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON lines"))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            json!({"role":"user","text":"hello"}),
+            json!({"role":"agent","text":"hello"}),
+            json!({"role":"user","text":"think deep"}),
+            json!({"role":"agent","text":"deep"}),
+        ]
+    );
+}
+
+#[test]
+fn session_load_replays_the_conversation_then_answers() {
+    let (workspace, session) = remembered_workspace();
+    let mut agent = Agent::spawn_in(workspace.path());
+    initialize(&mut agent);
+    let cwd = agent.workspace.clone();
+    agent.send(
+        json!({"jsonrpc":"2.0","id":1,"method":"session/load","params":{
+        "sessionId":session,"cwd":cwd,"mcpServers":[]}}),
+    );
+    let mut replay = Vec::new();
+    for _ in 0..4 {
+        let update = agent.update(&session);
+        replay.push((
+            update["sessionUpdate"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            update["content"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ));
+    }
+    let pairs: Vec<(&str, &str)> = replay
+        .iter()
+        .map(|(kind, text)| (kind.as_str(), text.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            ("user_message_chunk", "hello"),
+            ("agent_message_chunk", "hello"),
+            ("user_message_chunk", "think deep"),
+            ("agent_message_chunk", "deep"),
+        ]
+    );
+    let answer = agent.next();
+    assert_eq!(answer["id"], json!(1), "{answer}");
+    assert_eq!(answer["result"], json!({}));
+    // The loaded session takes prompts and remembers on.
+    agent.prompt(2, &session, "recall");
+    assert_eq!(
+        agent.chunk_text(&session),
+        "I remember 2 prompts:\n1. hello\n2. think deep"
+    );
+    assert_eq!(agent.stop_reason(2), "end_turn");
+}
+
+#[test]
+fn session_resume_answers_without_replay() {
+    let (workspace, session) = remembered_workspace();
+    let mut agent = Agent::spawn_in(workspace.path());
+    initialize(&mut agent);
+    let cwd = agent.workspace.clone();
+    let answer = agent.request(1, "session/resume", json!({"sessionId":session,"cwd":cwd}));
+    assert_eq!(answer["result"], json!({}), "no update came before it");
+    agent.prompt(2, &session, "recall");
+    assert_eq!(
+        agent.chunk_text(&session),
+        "I remember 2 prompts:\n1. hello\n2. think deep"
+    );
+    assert_eq!(agent.stop_reason(2), "end_turn");
+}
+
+#[test]
+fn an_unknown_session_is_not_found_and_a_new_one_forgets() {
+    let (workspace, session) = remembered_workspace();
+    let mut agent = Agent::spawn_in(workspace.path());
+    initialize(&mut agent);
+    let cwd = agent.workspace.clone();
+    for (id, session_id) in [(1, "echo-99"), (2, "../../etc/passwd"), (3, "other")] {
+        for method in ["session/load", "session/resume"] {
+            let answer = agent.request(
+                id,
+                method,
+                json!({"sessionId":session_id,"cwd":cwd,"mcpServers":[]}),
+            );
+            assert_eq!(answer["error"]["code"], json!(-32002), "{answer}");
+        }
+    }
+    // A new session in the same workspace gets an id of its own, and an empty memory.
+    let new = agent.request(4, "session/new", json!({"cwd":cwd,"mcpServers":[]}));
+    let fresh = new["result"]["sessionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_ne!(fresh, session);
+    assert_eq!(fresh, "echo-2");
+    agent.prompt(5, &fresh, "recall");
+    assert_eq!(agent.chunk_text(&fresh), "I remember no prompts.");
+    assert_eq!(agent.stop_reason(5), "end_turn");
+}
+
+#[test]
+fn the_acp_client_resumes_the_echo_agents_memory_across_processes() {
+    let mut driven = Driven::start();
+    assert_eq!(driven.client.session_origin(), Some(SessionOrigin::New));
+    let features = driven.client.agent_features().unwrap_or_default();
+    assert!(features.load_session && features.resume_session);
+    let session = driven.client.session_id().unwrap_or_default().to_owned();
+    assert_eq!(driven.turn_text("first"), "first");
+    assert_eq!(driven.turn_text("second"), "second");
+    let workspace = driven.workspace.take().expect("the workspace");
+    drop(driven);
+
+    let mut again = Driven::restart(workspace.path(), &session);
+    assert_eq!(again.client.session_origin(), Some(SessionOrigin::Resumed));
+    assert_eq!(again.client.session_id(), Some(session.as_str()));
+    assert_eq!(
+        again.turn_text("recall"),
+        "I remember 2 prompts:\n1. first\n2. second"
+    );
 }

@@ -20,38 +20,104 @@
 //! }
 //! ```
 //!
+//! Added for issue 13 (not yet called by the session layer):
+//!
+//! ```ignore
+//! impl AcpClient {
+//!     pub fn start_with_session(&mut self, cwd: &str, acp_session_id: &str, now: Instant); // resume, else load, else new
+//!     pub fn session_origin(&self) -> Option<SessionOrigin>;       // New, Resumed or Loaded, from Ready on
+//!     pub fn restore_error(&self) -> Option<&str>;                  // why resume/load was refused (then: new)
+//!     pub fn replayed_updates(&self) -> u64;                        // session/load's replay, consumed
+//!     pub fn agent_features(&self) -> Option<AgentFeatures>;        // from initialize
+//!     pub fn agent_capabilities(&self) -> Option<&schema::AgentCapabilities>;
+//!     pub fn current_mode(&self) -> Option<&str>;
+//!     pub fn available_modes(&self) -> &[schema::SessionMode];
+//!     pub fn config_options(&self) -> Option<&[schema::SessionConfigOption]>;
+//!     pub fn available_commands(&self) -> Option<&[schema::AvailableCommand]>;
+//!     pub fn set_mode(&mut self, mode_id: &str) -> Result<u64, AcpError>;
+//!     pub fn set_config_option(&mut self, config_id: &str, value: schema::SessionConfigOptionValue) -> Result<u64, AcpError>;
+//!     pub fn answer_read_text_file(&mut self, request: FileRequestId, result: Result<String, schema::Error>) -> Result<(), AcpError>;
+//!     pub fn answer_write_text_file(&mut self, request: FileRequestId, result: Result<(), schema::Error>) -> Result<(), AcpError>;
+//!     pub fn poll_control(&mut self) -> Option<ControlEvent>;
+//! }
+//! ```
+//!
 //! # Protocol (ACP v1)
 //!
+//! Every message is built and read with the protocol's own types (`agent-client-protocol-schema`,
+//! re-exported as [`schema`]); the JSON-RPC framing (ids, error objects) is this module's.
+//!
 //! - Our requests are numbered from 0: `initialize` (`protocolVersion: 1`, `clientCapabilities:
-//!   {fs: {readTextFile, writeTextFile}, terminal}` from the configuration, `clientInfo`), then
-//!   `session/new` (`cwd`, `mcpServers: []`), then one `session/prompt` per turn
-//!   (`prompt: [{type: "text", text}]`). `session/cancel` is a notification.
+//!   {fs: {readTextFile, writeTextFile}, terminal, auth: {terminal: false}}` from the
+//!   configuration, `clientInfo`), then `session/new` (`cwd`, `mcpServers: []`), then one
+//!   `session/prompt` per turn (`prompt: [{type: "text", text}]`). `session/cancel` is a
+//!   notification.
+//! - [`AcpClient::start_with_session`] names an ACP session id the agent created earlier: if the
+//!   agent's `initialize` result advertises `sessionCapabilities.resume`, `session/resume` (the
+//!   agent answers without replaying); else if it advertises `loadSession`, `session/load` (the
+//!   agent replays the conversation as `session/update` notifications before it answers: they are
+//!   consumed, never reported as `AgentEvent::Update`); else `session/new`. A refused resume or
+//!   load falls back to `session/new` ([`AcpClient::restore_error`] says why). `Ready` follows the
+//!   answer that opened the session; [`AcpClient::session_origin`] says which one it was.
 //! - The agent's requests have their own id space (they may equal ours): a line with `method` is a
 //!   request (with `id`) or a notification (without); a line with `result`/`error` is a response
 //!   to one of ours. Ids are echoed as the agent sent them (number or string).
-//! - `session/request_permission` is the only agent request served. Everything else — `fs/*` and
-//!   `terminal/*` included, even when the capabilities are advertised, since the gateway has no
-//!   file or terminal service yet — is answered with JSON-RPC error `-32601`. A malformed
-//!   permission request is answered `-32602`. Notifications other than `session/update` are
-//!   ignored.
+//! - Agent requests served: `session/request_permission` (a malformed one is answered `-32602`),
+//!   and, only when [`AcpConfig::fs_capability`] advertises them, `fs/read_text_file` and
+//!   `fs/write_text_file`, surfaced as [`ControlEvent`]s for the host to answer (the core does no
+//!   file I/O; confining paths to the workspace is the host's job). Everything else — `terminal/*`
+//!   included, even when advertised — is answered with JSON-RPC error `-32601`. Notifications
+//!   other than `session/update` are ignored.
 //! - `session/update` is mapped per PROTOCOL section 6 (see `mapping.rs`); updates are reported
 //!   whenever they come, in a turn or not (some agents announce `available_commands_update` right
-//!   after `session/new`): the session layer decides what to publish.
+//!   after `session/new`): the session layer decides what to publish. `current_mode_update`,
+//!   `available_commands_update` and `config_option_update` are still reported as `agent_update`
+//!   (so what the gateway publishes does not change) and, typed, as [`ControlEvent`]s and in the
+//!   client's state ([`AcpClient::current_mode`], ...). Text chunks, the lines agents write most,
+//!   take a path of their own (`fast.rs`) that gives the same events without a `Value` tree.
+//! - [`ControlEvent`]s have a queue of their own ([`AcpClient::poll_control`]), so `AgentEvent`,
+//!   which the session layer matches exhaustively, keeps its variants. The state kinds are
+//!   coalesced there (at most one of each kind waits, the latest), so an unpolled queue stays
+//!   small.
 //! - Failures (`AgentEvent::Failed`) are final: every later call is a no-op, `prompt` answers
-//!   `NotReady`, `answer_permission` `UnknownQuestion`. Pending permission questions are then
-//!   dropped without `PermissionCancelled` events; the session layer resolves them itself.
+//!   `NotReady`, `answer_permission` `UnknownQuestion`. Pending permission questions and file
+//!   requests are then dropped without events; the session layer resolves them itself. A pending
+//!   `set_mode`/`set_config_option` gets its [`ControlEvent`] with an error whenever the client
+//!   closes (failure or exit), so each is answered exactly once.
 
+mod control;
+mod events;
+mod fast;
+mod incoming;
 mod mapping;
+mod rpc;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use agent_client_protocol_schema::v1::{
+    AgentCapabilities, AvailableCommand, CancelNotification, ClientCapabilities, ContentBlock,
+    FileSystemCapabilities, Implementation, InitializeRequest, PromptRequest,
+    RequestPermissionOutcome, RequestPermissionResponse, SelectedPermissionOutcome,
+    SessionConfigOption, SessionMode, TextContent, AGENT_METHOD_NAMES,
+};
+use agent_client_protocol_schema::ProtocolVersion;
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+
+use rpc::{encode, ErrorResponse, Notification, Request, Response, RpcError};
+
+pub use events::{
+    AcpConfig, AcpError, AgentEvent, AgentFeatures, ControlEvent, FileRequestId, PermissionOption,
+    SessionOrigin,
+};
+
+/// The protocol's own Rust types (ACP v1, from the `agent-client-protocol-schema` crate), for
+/// the values this client's newer API hands out and takes.
+pub use agent_client_protocol_schema::v1 as schema;
 
 /// The ACP protocol version the client speaks.
 pub const ACP_PROTOCOL_VERSION: u64 = 1;
@@ -59,6 +125,8 @@ pub const ACP_PROTOCOL_VERSION: u64 = 1;
 pub const METHOD_NOT_FOUND: i64 = -32601;
 /// JSON-RPC "invalid params".
 pub const INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC "internal error".
+pub const INTERNAL_ERROR: i64 = -32603;
 /// The `code` of `AgentEvent::TurnError` for an error response to `session/prompt`.
 pub const AGENT_ERROR: &str = "AGENT_ERROR";
 /// Agent-provided text (error messages) is cut to this many bytes in events.
@@ -66,130 +134,14 @@ const MAX_AGENT_MESSAGE: usize = 1024;
 /// Tool call titles remembered per turn (to title a permission request whose `toolCall` has
 /// none); bounded so an agent cannot grow it without end.
 const MAX_REMEMBERED_TOOL_CALLS: usize = 1024;
-
-/// The ACP client's settings (`CoreConfig::acp`), the same for every session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcpConfig {
-    /// How long `initialize`, and then `session/new`, may each take. Default 30 s.
-    pub init_timeout: Duration,
-    /// How long a whole turn (from `prompt` to its response, permission waits included) may take.
-    /// Default: no limit.
-    pub turn_timeout: Option<Duration>,
-    /// Advertise `fs.readTextFile`/`fs.writeTextFile`. Default false. The requests are still
-    /// answered -32601 (no file service yet).
-    pub fs_capability: bool,
-    /// Advertise `terminal`. Default false. The requests are still answered -32601.
-    pub terminal_capability: bool,
-}
-
-impl Default for AcpConfig {
-    fn default() -> Self {
-        AcpConfig {
-            init_timeout: Duration::from_secs(30),
-            turn_timeout: None,
-            fs_capability: false,
-            terminal_capability: false,
-        }
-    }
-}
-
-/// One choice of a permission request, as the agent offered it (`kind` is ACP's
-/// `allow_once`/`allow_always`/`reject_once`/`reject_always`, passed through). Serializes as the
-/// gateway's `{optionId, name, kind}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PermissionOption {
-    /// The agent's id for the option; a client's `answer_question` names it.
-    pub option_id: String,
-    /// The option's label, to show the user.
-    pub name: String,
-    /// ACP's option kind (`allow_once`, `allow_always`, `reject_once`, `reject_always`).
-    pub kind: String,
-}
-
-/// What the session layer learns from the agent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AgentEvent {
-    /// `initialize` and `session/new` succeeded: `prompt` may be called.
-    Ready,
-    /// A `session/update`: `kind` is the gateway event type (`text_delta`, `thinking_delta`,
-    /// `tool_call`, `tool_call_update`, `plan`, `usage`, or `agent_update` for anything else) and
-    /// `fields` its extra fields, without `turnId`/`sessionId`/`seq`/`ts`.
-    Update {
-        /// The gateway event type the update maps to.
-        kind: &'static str,
-        /// The event's extra fields, in the order they are published.
-        fields: Map<String, Value>,
-    },
-    /// The agent asks a question (`session/request_permission`); answer with `answer_permission`.
-    PermissionRequested {
-        /// The gateway's id for the question: `q1`, `q2`, ... per client (so per agent process).
-        question_id: String,
-        /// The `toolCall.toolCallId` the permission is for.
-        tool_call_id: String,
-        /// The tool call's title: the request's own, else the one its `tool_call` update gave,
-        /// else empty.
-        title: String,
-        /// The choices offered, in the agent's order.
-        options: Vec<PermissionOption>,
-    },
-    /// A pending question was answered `cancelled` by the client itself (by `cancel`, or because
-    /// the turn ended while it was pending).
-    PermissionCancelled {
-        /// The question that was cancelled.
-        question_id: String,
-    },
-    /// The `session/prompt` response.
-    TurnComplete {
-        /// The agent's `stopReason` (`end_turn`, `cancelled`, `max_tokens`, ...), passed through.
-        stop_reason: String,
-    },
-    /// A JSON-RPC error response to `session/prompt` (`code` is `AGENT_ERROR`).
-    TurnError {
-        /// Always [`AGENT_ERROR`].
-        code: String,
-        /// The agent's error message (with its `data` detail), cut to 1 KiB.
-        message: String,
-    },
-    /// The agent broke the protocol, failed the handshake, timed out or exited while something
-    /// was pending. The client is unusable from now on.
-    Failed {
-        /// What went wrong, for the `turn_error` message and the log.
-        message: String,
-    },
-}
-
-/// Why a call from the session layer was refused; the client's state is unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcpError {
-    /// The handshake has not finished, or the client has failed or the agent exited.
-    NotReady,
-    /// A prompt is already in flight.
-    Busy,
-    /// No pending question has this id (never asked, already answered, or cancelled).
-    UnknownQuestion,
-    /// The question did not offer this option.
-    UnknownOption,
-}
-
-impl fmt::Display for AcpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AcpError::NotReady => "the agent is not ready",
-            AcpError::Busy => "a turn is already running",
-            AcpError::UnknownQuestion => "no such pending question",
-            AcpError::UnknownOption => "the question did not offer this option",
-        })
-    }
-}
-
-impl std::error::Error for AcpError {}
+/// File requests waiting for the host's answer; more are answered `-32603` at once.
+pub const MAX_PENDING_FILE_REQUESTS: usize = 64;
 
 #[derive(Debug)]
 enum State {
     /// `start` not called yet.
     Idle,
-    /// `initialize` or `session/new` in flight; fails at `deadline`.
+    /// `initialize` or the session's opening request in flight; fails at `deadline`.
     Handshake {
         deadline: Option<Instant>,
     },
@@ -200,20 +152,38 @@ enum State {
     Closed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
     Initialize,
     NewSession,
+    ResumeSession,
+    LoadSession,
     Prompt,
+    SetMode { mode_id: String },
+    SetConfigOption,
 }
 
 impl Pending {
-    fn method(self) -> &'static str {
+    fn method(&self) -> &'static str {
         match self {
-            Pending::Initialize => "initialize",
-            Pending::NewSession => "session/new",
-            Pending::Prompt => "session/prompt",
+            Pending::Initialize => AGENT_METHOD_NAMES.initialize,
+            Pending::NewSession => AGENT_METHOD_NAMES.session_new,
+            Pending::ResumeSession => AGENT_METHOD_NAMES.session_resume,
+            Pending::LoadSession => AGENT_METHOD_NAMES.session_load,
+            Pending::Prompt => AGENT_METHOD_NAMES.session_prompt,
+            Pending::SetMode { .. } => AGENT_METHOD_NAMES.session_set_mode,
+            Pending::SetConfigOption => AGENT_METHOD_NAMES.session_set_config_option,
         }
+    }
+
+    fn is_handshake(&self) -> bool {
+        matches!(
+            self,
+            Pending::Initialize
+                | Pending::NewSession
+                | Pending::ResumeSession
+                | Pending::LoadSession
+        )
     }
 }
 
@@ -231,72 +201,43 @@ struct Question {
     options: Vec<PermissionOption>,
 }
 
+#[derive(Debug)]
+struct FileRequest {
+    id: FileRequestId,
+    /// The agent's JSON-RPC id, echoed in the answer.
+    request_id: Value,
+    write: bool,
+}
+
 /// The ACP client of one session. See the module documentation.
 #[derive(Debug)]
 pub struct AcpClient {
     config: AcpConfig,
     state: State,
     cwd: String,
+    /// The ACP session to resume or load instead of creating one.
+    restore: Option<String>,
+    capabilities: Option<AgentCapabilities>,
+    origin: Option<SessionOrigin>,
+    restore_error: Option<String>,
+    /// True while `session/load` is in flight: updates are its replay.
+    replaying: bool,
+    replayed: u64,
+    current_mode: Option<String>,
+    available_modes: Vec<SessionMode>,
+    config_options: Option<Vec<SessionConfigOption>>,
+    commands: Option<Vec<AvailableCommand>>,
     next_request_id: u64,
     pending: HashMap<u64, Pending>,
     turn: Option<Turn>,
     questions: Vec<Question>,
     next_question: u64,
+    files: Vec<FileRequest>,
+    next_file_request: u64,
     tool_titles: HashMap<String, String>,
     writes: VecDeque<Bytes>,
     events: VecDeque<AgentEvent>,
-}
-
-#[derive(Serialize)]
-struct Request<'a, P: Serialize> {
-    jsonrpc: &'static str,
-    id: u64,
-    method: &'a str,
-    params: P,
-}
-
-#[derive(Serialize)]
-struct Notification<'a, P: Serialize> {
-    jsonrpc: &'static str,
-    method: &'a str,
-    params: P,
-}
-
-#[derive(Serialize)]
-struct Response<'a, R: Serialize> {
-    jsonrpc: &'static str,
-    id: &'a Value,
-    result: R,
-}
-
-/// The `session/request_permission` result: `{"outcome":{"outcome":"selected","optionId":..}}`
-/// or `{"outcome":{"outcome":"cancelled"}}`.
-#[derive(Serialize)]
-struct PermissionResult<'a> {
-    outcome: PermissionOutcome<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "outcome", rename_all = "lowercase")]
-enum PermissionOutcome<'a> {
-    Selected {
-        #[serde(rename = "optionId")]
-        option_id: &'a str,
-    },
-    Cancelled,
-}
-
-#[derive(Serialize)]
-struct ErrorResponse<'a> {
-    jsonrpc: &'static str,
-    id: &'a Value,
-    error: RpcError<'a>,
-}
-
-#[derive(Serialize)]
-struct RpcError<'a> {
-    code: i64,
-    message: &'a str,
+    controls: VecDeque<ControlEvent>,
 }
 
 impl AcpClient {
@@ -306,19 +247,32 @@ impl AcpClient {
             config,
             state: State::Idle,
             cwd: String::new(),
+            restore: None,
+            capabilities: None,
+            origin: None,
+            restore_error: None,
+            replaying: false,
+            replayed: 0,
+            current_mode: None,
+            available_modes: Vec::new(),
+            config_options: None,
+            commands: None,
             next_request_id: 0,
             pending: HashMap::new(),
             turn: None,
             questions: Vec::new(),
             next_question: 1,
+            files: Vec::new(),
+            next_file_request: 1,
             tool_titles: HashMap::new(),
             writes: VecDeque::new(),
             events: VecDeque::new(),
+            controls: VecDeque::new(),
         }
     }
 
     /// Queues `initialize`; `session/new` follows its result, then `AgentEvent::Ready`. Only the
-    /// first call counts.
+    /// first call (of this or [`AcpClient::start_with_session`]) counts.
     pub fn start(&mut self, cwd: &str, now: Instant) {
         if !matches!(self.state, State::Idle) {
             return;
@@ -327,21 +281,30 @@ impl AcpClient {
         self.state = State::Handshake {
             deadline: now.checked_add(self.config.init_timeout),
         };
-        let params = json!({
-            "protocolVersion": ACP_PROTOCOL_VERSION,
-            "clientCapabilities": {
-                "fs": {
-                    "readTextFile": self.config.fs_capability,
-                    "writeTextFile": self.config.fs_capability,
-                },
-                "terminal": self.config.terminal_capability,
-            },
-            "clientInfo": {
-                "name": "diminuendo",
-                "version": env!("CARGO_PKG_VERSION"),
-            },
-        });
+        let fs = FileSystemCapabilities::new()
+            .read_text_file(self.config.fs_capability)
+            .write_text_file(self.config.fs_capability);
+        let params = InitializeRequest::new(ProtocolVersion::V1)
+            .client_capabilities(
+                ClientCapabilities::new()
+                    .fs(fs)
+                    .terminal(self.config.terminal_capability),
+            )
+            .client_info(Implementation::new("diminuendo", env!("CARGO_PKG_VERSION")));
         self.request(Pending::Initialize, params);
+    }
+
+    /// Like [`AcpClient::start`], but reopens the agent's earlier session `acp_session_id` (what
+    /// [`AcpClient::session_id`] said then): `session/resume` if the agent advertises
+    /// `sessionCapabilities.resume`, else `session/load` if it advertises `loadSession` (its
+    /// replay is consumed), else — or if the agent refuses either — `session/new`.
+    /// [`AcpClient::session_origin`] says which, once `Ready`.
+    pub fn start_with_session(&mut self, cwd: &str, acp_session_id: &str, now: Instant) {
+        if !matches!(self.state, State::Idle) {
+            return;
+        }
+        self.restore = Some(acp_session_id.to_owned());
+        self.start(cwd, now);
     }
 
     /// Sends `session/prompt` with one text block.
@@ -352,10 +315,10 @@ impl AcpClient {
         if self.turn.is_some() {
             return Err(AcpError::Busy);
         }
-        let params = json!({
-            "sessionId": session_id,
-            "prompt": [{"type": "text", "text": text}],
-        });
+        let params = PromptRequest::new(
+            session_id.clone(),
+            vec![ContentBlock::Text(TextContent::new(text))],
+        );
         self.request(Pending::Prompt, params);
         self.turn = Some(Turn {
             deadline: self
@@ -381,8 +344,8 @@ impl AcpClient {
                 turn.cancel_sent = true;
                 let line = encode(&Notification {
                     jsonrpc: "2.0",
-                    method: "session/cancel",
-                    params: json!({ "sessionId": session_id }),
+                    method: AGENT_METHOD_NAMES.session_cancel,
+                    params: CancelNotification::new(session_id.clone()),
                 });
                 self.writes.push_back(line);
             }
@@ -413,10 +376,15 @@ impl AcpClient {
         }
         let question = self.questions.remove(index);
         let outcome = match option_id {
-            Some(option_id) => PermissionOutcome::Selected { option_id },
-            None => PermissionOutcome::Cancelled,
+            Some(option_id) => RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(
+                option_id.to_owned(),
+            )),
+            None => RequestPermissionOutcome::Cancelled,
         };
-        self.respond(&question.request_id, PermissionResult { outcome });
+        self.respond(
+            &question.request_id,
+            RequestPermissionResponse::new(outcome),
+        );
         Ok(())
     }
 
@@ -429,6 +397,18 @@ impl AcpClient {
         if line.is_empty() {
             return;
         }
+        if !self.replaying {
+            if let Some(event) = fast::text_update(line) {
+                self.events.push_back(event);
+                return;
+            }
+        }
+        self.handle_message(line, now);
+    }
+
+    /// [`AcpClient::handle_line`] for any message (the fast path aside): a trimmed, non-empty
+    /// line.
+    fn handle_message(&mut self, line: &[u8], now: Instant) {
         let Ok(value) = serde_json::from_slice::<Value>(line) else {
             return self.fail("the agent wrote a line that is not JSON".into());
         };
@@ -442,7 +422,7 @@ impl AcpClient {
             Some(Value::String(method)) => {
                 let params = message.remove("params").unwrap_or(Value::Null);
                 match message.remove("id") {
-                    None => self.handle_notification(&method, params),
+                    None => self.handle_notification(&method, params, now),
                     Some(id @ (Value::Number(_) | Value::String(_) | Value::Null)) => {
                         self.handle_request(id, &method, params)
                     }
@@ -462,13 +442,10 @@ impl AcpClient {
         let message = match &self.state {
             State::Closed => return,
             State::Idle => None,
-            State::Handshake { .. } => {
-                let step = match self.pending.values().next() {
-                    Some(Pending::NewSession) => "session/new",
-                    _ => "initialize",
-                };
-                Some(format!("the agent exited before answering {step}"))
-            }
+            State::Handshake { .. } => Some(format!(
+                "the agent exited before answering {}",
+                self.handshake_step()
+            )),
             State::Ready { .. } if self.turn.is_some() => Some("the agent exited mid-turn".into()),
             State::Ready { .. } if !self.questions.is_empty() => {
                 Some("the agent exited with a permission question pending".into())
@@ -477,7 +454,7 @@ impl AcpClient {
         };
         match message {
             Some(message) => self.fail(message),
-            None => self.close(),
+            None => self.close("the agent exited"),
         }
     }
 
@@ -487,10 +464,7 @@ impl AcpClient {
             State::Handshake {
                 deadline: Some(deadline),
             } if *deadline <= now => {
-                let step = match self.pending.values().next() {
-                    Some(Pending::NewSession) => "session/new",
-                    _ => "initialize",
-                };
+                let step = self.handshake_step();
                 let secs = self.config.init_timeout.as_secs_f64();
                 self.fail(format!("the agent did not answer {step} within {secs} s"));
             }
@@ -528,6 +502,12 @@ impl AcpClient {
         self.events.pop_front()
     }
 
+    /// The next [`ControlEvent`], in the order they happened (the state kinds coalesced: a newer
+    /// one replaces a waiting one of its kind and moves to the back).
+    pub fn poll_control(&mut self) -> Option<ControlEvent> {
+        self.controls.pop_front()
+    }
+
     /// True once the handshake finished and until the client fails or the agent exits.
     pub fn is_ready(&self) -> bool {
         matches!(self.state, State::Ready { .. })
@@ -543,7 +523,8 @@ impl AcpClient {
         matches!(self.state, State::Closed)
     }
 
-    /// The agent's session id, once `session/new` answered.
+    /// The agent's session id, once the session is open (`Ready`) and until the client closes;
+    /// the one to persist and pass to [`AcpClient::start_with_session`] next time.
     pub fn session_id(&self) -> Option<&str> {
         match &self.state {
             State::Ready { session_id } => Some(session_id),
@@ -558,16 +539,19 @@ impl AcpClient {
             .map(|question| question.question_id.as_str())
     }
 
-    fn request(&mut self, kind: Pending, params: Value) {
+    /// Sends a request and returns its id.
+    fn request<P: Serialize>(&mut self, kind: Pending, params: P) -> u64 {
         let id = self.next_request_id;
         self.next_request_id += 1;
-        self.pending.insert(id, kind);
-        self.writes.push_back(encode(&Request {
+        let line = encode(&Request {
             jsonrpc: "2.0",
             id,
             method: kind.method(),
             params,
-        }));
+        });
+        self.pending.insert(id, kind);
+        self.writes.push_back(line);
+        id
     }
 
     fn respond<R: Serialize>(&mut self, id: &Value, result: R) {
@@ -586,142 +570,20 @@ impl AcpClient {
         }));
     }
 
-    fn handle_notification(&mut self, method: &str, mut params: Value) {
-        if method != "session/update" {
-            return;
-        }
-        let update = params
-            .as_object_mut()
-            .and_then(|params| params.remove("update"))
-            .unwrap_or(Value::Null);
-        let (kind, fields) = mapping::map_update(update);
-        if kind == "tool_call" || kind == "tool_call_update" {
-            self.remember_title(&fields);
-        }
-        self.events.push_back(AgentEvent::Update { kind, fields });
-    }
-
-    fn remember_title(&mut self, fields: &Map<String, Value>) {
-        let (Some(id), Some(title)) = (
-            fields.get("toolCallId").and_then(Value::as_str),
-            fields.get("title").and_then(Value::as_str),
-        ) else {
-            return;
-        };
-        if self.tool_titles.len() < MAX_REMEMBERED_TOOL_CALLS || self.tool_titles.contains_key(id) {
-            self.tool_titles.insert(id.to_owned(), title.to_owned());
-        }
-    }
-
-    fn handle_request(&mut self, id: Value, method: &str, params: Value) {
-        if method != "session/request_permission" {
-            return self.respond_error(&id, METHOD_NOT_FOUND, "Method not found");
-        }
-        let Some((tool_call_id, title, options)) = parse_permission(&params, &self.tool_titles)
-        else {
-            return self.respond_error(
-                &id,
-                INVALID_PARAMS,
-                "Invalid params: session/request_permission needs toolCall.toolCallId and options[{optionId, name, kind}]",
-            );
-        };
-        let question_id = format!("q{}", self.next_question);
-        self.next_question += 1;
-        self.questions.push(Question {
-            question_id: question_id.clone(),
-            request_id: id,
-            options: options.clone(),
-        });
-        self.events.push_back(AgentEvent::PermissionRequested {
-            question_id,
-            tool_call_id,
-            title,
-            options,
-        });
-    }
-
-    fn handle_response(&mut self, mut message: Map<String, Value>, now: Instant) {
-        let id = message.get("id").and_then(Value::as_u64);
-        let Some(kind) = id.and_then(|id| self.pending.get(&id).copied()) else {
-            let shown = message.get("id").map_or("none".into(), Value::to_string);
-            return self.fail(format!(
-                "the agent answered a request that was never sent (id {})",
-                truncate(&shown)
-            ));
-        };
-        let outcome = if let Some(error) = message.get("error") {
-            Err(error_text(error))
-        } else if let Some(result) = message.remove("result") {
-            Ok(result)
-        } else {
-            return self.fail("the agent sent a response with neither result nor error".into());
-        };
-        if let Some(id) = id {
-            self.pending.remove(&id);
-        }
-        match (kind, outcome) {
-            (Pending::Initialize, Err(message)) => {
-                self.fail(format!("the agent refused initialize: {message}"))
-            }
-            (Pending::Initialize, Ok(result)) => {
-                if let Some(version) = result.get("protocolVersion").and_then(Value::as_u64) {
-                    if version != ACP_PROTOCOL_VERSION {
-                        return self.fail(format!(
-                            "the agent speaks ACP version {version}, the gateway version {ACP_PROTOCOL_VERSION}"
-                        ));
-                    }
-                }
-                self.state = State::Handshake {
-                    deadline: now.checked_add(self.config.init_timeout),
-                };
-                let params = json!({"cwd": self.cwd, "mcpServers": []});
-                self.request(Pending::NewSession, params);
-            }
-            (Pending::NewSession, Err(message)) => {
-                self.fail(format!("the agent refused session/new: {message}"))
-            }
-            (Pending::NewSession, Ok(result)) => {
-                match result.get("sessionId").and_then(Value::as_str) {
-                    Some(session_id) => {
-                        self.state = State::Ready {
-                            session_id: session_id.to_owned(),
-                        };
-                        self.events.push_back(AgentEvent::Ready);
-                    }
-                    None => self.fail("the agent's session/new result has no sessionId".into()),
-                }
-            }
-            (Pending::Prompt, outcome) => {
-                self.turn = None;
-                // A question still open when the turn ended can no longer matter.
-                self.cancel_questions();
-                let event = match outcome {
-                    Ok(result) => match result.get("stopReason").and_then(Value::as_str) {
-                        Some(stop_reason) => AgentEvent::TurnComplete {
-                            stop_reason: stop_reason.to_owned(),
-                        },
-                        None => AgentEvent::TurnError {
-                            code: AGENT_ERROR.into(),
-                            message: "the agent's session/prompt result has no stopReason".into(),
-                        },
-                    },
-                    Err(message) => AgentEvent::TurnError {
-                        code: AGENT_ERROR.into(),
-                        message,
-                    },
-                };
-                self.events.push_back(event);
-            }
-        }
+    /// The handshake request in flight, for messages.
+    fn handshake_step(&self) -> &'static str {
+        self.pending
+            .values()
+            .find(|pending| pending.is_handshake())
+            .unwrap_or(&Pending::Initialize)
+            .method()
     }
 
     fn cancel_questions(&mut self) {
         for question in std::mem::take(&mut self.questions) {
             self.respond(
                 &question.request_id,
-                PermissionResult {
-                    outcome: PermissionOutcome::Cancelled,
-                },
+                RequestPermissionResponse::new(RequestPermissionOutcome::Cancelled),
             );
             self.events.push_back(AgentEvent::PermissionCancelled {
                 question_id: question.question_id,
@@ -730,80 +592,34 @@ impl AcpClient {
     }
 
     fn fail(&mut self, message: String) {
-        self.close();
+        self.close(&message);
         self.events.push_back(AgentEvent::Failed { message });
     }
 
-    fn close(&mut self) {
+    /// Closes the client; a pending `set_mode`/`set_config_option` is answered with `why`.
+    fn close(&mut self, why: &str) {
         self.state = State::Closed;
-        self.pending.clear();
+        self.replaying = false;
+        let mut pending: Vec<(u64, Pending)> = self.pending.drain().collect();
+        pending.sort_by_key(|(id, _)| *id);
+        for (request, kind) in pending {
+            let event = match kind {
+                Pending::SetMode { mode_id } => ControlEvent::ModeSet {
+                    request,
+                    mode_id,
+                    result: Err(why.to_owned()),
+                },
+                Pending::SetConfigOption => ControlEvent::ConfigOptionSet {
+                    request,
+                    result: Err(why.to_owned()),
+                },
+                _ => continue,
+            };
+            self.controls.push_back(event);
+        }
         self.turn = None;
         self.questions.clear();
+        self.files.clear();
         self.tool_titles.clear();
     }
-}
-
-/// `{toolCall: {toolCallId, title?}, options: [{optionId, name, kind}]}`. ACP v1 types `toolCall`
-/// as a `ToolCallUpdate`, so its title is optional: a missing one is taken from the `tool_call`
-/// update of the same id, else empty.
-fn parse_permission(
-    params: &Value,
-    titles: &HashMap<String, String>,
-) -> Option<(String, String, Vec<PermissionOption>)> {
-    let tool_call = params.get("toolCall")?;
-    let tool_call_id = tool_call.get("toolCallId")?.as_str()?.to_owned();
-    let title = match tool_call.get("title").and_then(Value::as_str) {
-        Some(title) => title.to_owned(),
-        None => titles.get(&tool_call_id).cloned().unwrap_or_default(),
-    };
-    let options = params
-        .get("options")?
-        .as_array()?
-        .iter()
-        .map(|option| {
-            Some(PermissionOption {
-                option_id: option.get("optionId")?.as_str()?.to_owned(),
-                name: option.get("name")?.as_str()?.to_owned(),
-                kind: option.get("kind")?.as_str()?.to_owned(),
-            })
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some((tool_call_id, title, options))
-}
-
-fn encode<T: Serialize>(message: &T) -> Bytes {
-    // Serializing these messages cannot fail (string keys only, no I/O); should that ever change,
-    // an empty object keeps the stream line-delimited JSON.
-    let mut line = serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec());
-    line.push(b'\n');
-    Bytes::from(line)
-}
-
-/// A JSON-RPC error's `message`, with its `data` when that is a string or carries a string
-/// `details` (the TypeScript SDK's `internalError({details})` puts the reason there).
-fn error_text(error: &Value) -> String {
-    let message = error
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("no message");
-    let data = error.get("data");
-    let detail = data.and_then(Value::as_str).or_else(|| {
-        data.and_then(|data| data.get("details"))
-            .and_then(Value::as_str)
-    });
-    match detail {
-        Some(detail) => truncate(&format!("{message}: {detail}")),
-        None => truncate(message),
-    }
-}
-
-fn truncate(text: &str) -> String {
-    if text.len() <= MAX_AGENT_MESSAGE {
-        return text.to_owned();
-    }
-    let mut end = MAX_AGENT_MESSAGE;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }

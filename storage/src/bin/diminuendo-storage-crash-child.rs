@@ -102,7 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         })?;
         writeln!(out, "published {seq}")?;
-        if seq % 25 == 0 {
+        if seq.is_multiple_of(25) {
             flush(seq)?;
             writeln!(out, "durable {seq}")?;
         }
