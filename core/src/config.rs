@@ -74,6 +74,49 @@ pub struct CoreConfig {
     pub agent_sandbox: std::collections::BTreeMap<String, String>,
     /// The ACP client's settings (timeouts, capabilities).
     pub acp: crate::acp::AcpConfig,
+    /// What each agent type may take and is given (turn timeout, cancel grace, context replay,
+    /// the client file system); a type missing here has `default_agent_options`.
+    pub agent_options: std::collections::BTreeMap<String, AgentOptions>,
+    /// The options of an agent type not in `agent_options` (and the defaults the flags set).
+    pub default_agent_options: AgentOptions,
+}
+
+/// How a session of an agent type that can neither resume nor load its ACP session (no
+/// `sessionCapabilities.resume`, no `loadSession`) gets its earlier conversation back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContextReplay {
+    /// The first prompt after a reactivation is prefixed with the session's earlier turns,
+    /// bounded in bytes (the default).
+    #[default]
+    Transcript,
+    /// Nothing: the agent starts afresh.
+    None,
+}
+
+/// Per agent type options (`[agents.NAME]` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// A turn running longer is cancelled and ends `turn_error` `TURN_TIMEOUT`. Default 30 min.
+    pub turn_timeout: Duration,
+    /// How long an agent may ignore `session/cancel` before it is killed (the turn ends
+    /// `AGENT_UNRESPONSIVE`). Default 10 s.
+    pub cancel_grace: Duration,
+    /// See `ContextReplay`. Default `Transcript`.
+    pub context_replay: ContextReplay,
+    /// Advertise `fs.readTextFile`/`fs.writeTextFile` and serve them from the session's
+    /// workspace. Default false.
+    pub fs: bool,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            turn_timeout: Duration::from_secs(30 * 60),
+            cancel_grace: Duration::from_secs(10),
+            context_replay: ContextReplay::Transcript,
+            fs: false,
+        }
+    }
 }
 
 impl Default for CoreConfig {
@@ -109,11 +152,20 @@ impl Default for CoreConfig {
             agent_types: vec!["echo".to_owned()],
             agent_sandbox: [("echo".to_owned(), "landlock".to_owned())].into(),
             acp: crate::acp::AcpConfig::default(),
+            agent_options: std::collections::BTreeMap::new(),
+            default_agent_options: AgentOptions::default(),
         }
     }
 }
 
 impl CoreConfig {
+    /// The options of `agent_type` (the defaults for a type with none of its own).
+    pub fn agent_options(&self, agent_type: &str) -> &AgentOptions {
+        self.agent_options
+            .get(agent_type)
+            .unwrap_or(&self.default_agent_options)
+    }
+
     /// A connection that sent no frame for this long is closed with 4103.
     pub fn liveness_timeout(&self) -> Duration {
         self.heartbeat_interval * 5 / 2

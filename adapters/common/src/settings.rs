@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use diminuendo_core::auth::AuthConfig;
+use diminuendo_core::config::{AgentOptions, ContextReplay};
 use diminuendo_core::CoreConfig;
 use diminuendo_storage::Synchronous;
 use serde::Deserialize;
@@ -157,6 +158,16 @@ pub struct Flags {
     #[arg(long, env = "DIMINUENDO_TURN_GRACE_MS", value_name = "MS")]
     pub turn_grace_ms: Option<u64>,
 
+    /// A turn running longer is cancelled and ends TURN_TIMEOUT, for every agent type without
+    /// its own `turn_timeout_ms` [default: 1800000]
+    #[arg(long, env = "DIMINUENDO_TURN_TIMEOUT_MS", value_name = "MS")]
+    pub turn_timeout_ms: Option<u64>,
+
+    /// An agent that ignores `session/cancel` this long is killed (AGENT_UNRESPONSIVE), for every
+    /// agent type without its own `cancel_grace_ms` [default: 10000]
+    #[arg(long, env = "DIMINUENDO_CANCEL_GRACE_MS", value_name = "MS")]
+    pub cancel_grace_ms: Option<u64>,
+
     /// SQLite durability: `normal` (a power loss may lose the last commits) or `full` (each
     /// commit survives a power loss) [default: normal]
     #[arg(long, env = "DIMINUENDO_SYNCHRONOUS", value_name = "MODE")]
@@ -217,6 +228,51 @@ pub struct FileAgent {
     /// Resource limits; a missing key keeps its default, 0 is unlimited.
     #[serde(default)]
     pub limits: FileLimits,
+    /// This type's turn timeout (default: `turn_timeout_ms` of the gateway).
+    pub turn_timeout_ms: Option<u64>,
+    /// This type's cancel grace (default: `cancel_grace_ms` of the gateway).
+    pub cancel_grace_ms: Option<u64>,
+    /// `transcript` (default) or `none`: what a reactivated session of an agent that can
+    /// neither resume nor load its conversation is given.
+    pub context_replay: Option<String>,
+    /// Serve the client file system (`fs/read_text_file`, `fs/write_text_file`) from the
+    /// session's workspace. Default false.
+    pub fs: Option<bool>,
+}
+
+impl FileAgent {
+    /// This type's options, over the gateway's defaults.
+    fn options(&self, name: &str, defaults: &AgentOptions) -> Result<AgentOptions, String> {
+        let millis = |key: &str, value: Option<u64>, default: Duration| match value {
+            Some(0) => Err(format!("agents.{name}.{key} must be positive")),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+            None => Ok(default),
+        };
+        let context_replay = match self.context_replay.as_deref() {
+            None => defaults.context_replay,
+            Some("transcript") => ContextReplay::Transcript,
+            Some("none") => ContextReplay::None,
+            Some(other) => {
+                return Err(format!(
+                    "agents.{name}.context_replay: `{other}` is neither `transcript` nor `none`"
+                ))
+            }
+        };
+        Ok(AgentOptions {
+            turn_timeout: millis(
+                "turn_timeout_ms",
+                self.turn_timeout_ms,
+                defaults.turn_timeout,
+            )?,
+            cancel_grace: millis(
+                "cancel_grace_ms",
+                self.cancel_grace_ms,
+                defaults.cancel_grace,
+            )?,
+            context_replay,
+            fs: self.fs.unwrap_or(defaults.fs),
+        })
+    }
 }
 
 /// `[agents.NAME.limits]`.
@@ -279,6 +335,8 @@ pub struct FileSettings {
     pub max_agents: Option<usize>,
     pub idle_session_timeout_ms: Option<u64>,
     pub turn_grace_ms: Option<u64>,
+    pub turn_timeout_ms: Option<u64>,
+    pub cancel_grace_ms: Option<u64>,
     pub synchronous: Option<SyncMode>,
     pub storage_flush_ms: Option<u64>,
     pub storage_batch: Option<usize>,
@@ -373,6 +431,28 @@ impl Settings {
 
         let mut warnings = Vec::new();
         let agents = resolve_agents(flags.agents.as_deref(), &file.agents)?;
+        let default_agent_options = {
+            let defaults = AgentOptions::default();
+            let millis = |name: &str, value: Option<u64>, default: Duration| {
+                value
+                    .map(|ms| positive(name, ms).map(Duration::from_millis))
+                    .transpose()
+                    .map(|d| d.unwrap_or(default))
+            };
+            AgentOptions {
+                turn_timeout: millis(
+                    "turn_timeout_ms",
+                    flags.turn_timeout_ms.or(file.turn_timeout_ms),
+                    defaults.turn_timeout,
+                )?,
+                cancel_grace: millis(
+                    "cancel_grace_ms",
+                    flags.cancel_grace_ms.or(file.cancel_grace_ms),
+                    defaults.cancel_grace,
+                )?,
+                ..defaults
+            }
+        };
         let trusted_proxies = flags
             .trusted_proxies
             .or(file.trusted_proxies)
@@ -448,6 +528,16 @@ impl Settings {
                 flags.turn_grace_ms.or(file.turn_grace_ms),
                 defaults.turn_grace,
             )?,
+            default_agent_options: default_agent_options.clone(),
+            agent_options: file
+                .agents
+                .iter()
+                .map(|(name, agent)| {
+                    agent
+                        .options(name, &default_agent_options)
+                        .map(|options| (name.clone(), options))
+                })
+                .collect::<Result<_, String>>()?,
             agent_types: agents.keys().cloned().collect(),
             agent_sandbox: agents
                 .iter()
@@ -725,6 +815,66 @@ mod tests {
         .expect_err("zero refused");
         assert!(error.contains("max_message_size"));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn agent_options_from_flags_and_the_file() {
+        let (dir, path) = temp_file(
+            "options",
+            "turn_timeout_ms = 60000\n\n\
+             [agents.slow]\ncommand = \"x\"\nturn_timeout_ms = 7200000\ncancel_grace_ms = 2500\n\
+             context_replay = \"none\"\nfs = true\n\n\
+             [agents.plain]\ncommand = \"y\"\n",
+        );
+        let settings = Settings::resolve(Flags {
+            config: Some(path.clone()),
+            cancel_grace_ms: Some(3000),
+            ..Flags::default()
+        })
+        .expect("valid");
+        let core = &settings.core;
+        let slow = core.agent_options("slow");
+        assert_eq!(slow.turn_timeout, Duration::from_secs(7200));
+        assert_eq!(slow.cancel_grace, Duration::from_millis(2500));
+        assert_eq!(slow.context_replay, ContextReplay::None);
+        assert!(slow.fs);
+        let plain = core.agent_options("plain");
+        assert_eq!(
+            plain.turn_timeout,
+            Duration::from_secs(60),
+            "the file's default"
+        );
+        assert_eq!(
+            plain.cancel_grace,
+            Duration::from_secs(3),
+            "the flag's default"
+        );
+        assert_eq!(plain.context_replay, ContextReplay::Transcript);
+        assert!(!plain.fs);
+        assert_eq!(core.agent_options("echo"), &core.default_agent_options);
+        std::fs::remove_dir_all(&dir).ok();
+
+        for (name, body, expected) in [
+            (
+                "replay",
+                "[agents.a]\ncommand = \"x\"\ncontext_replay = \"all\"\n",
+                "context_replay",
+            ),
+            (
+                "zero",
+                "[agents.a]\ncommand = \"x\"\ncancel_grace_ms = 0\n",
+                "cancel_grace_ms",
+            ),
+        ] {
+            let (dir, path) = temp_file(name, body);
+            let error = Settings::resolve(Flags {
+                config: Some(path),
+                ..Flags::default()
+            })
+            .expect_err(name);
+            assert!(error.contains(expected), "{name}: {error}");
+            std::fs::remove_dir_all(&dir).ok();
+        }
     }
 
     #[test]
