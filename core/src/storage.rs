@@ -100,6 +100,10 @@ pub struct SessionRecord {
     /// The epoch of the session's event log (16 hex digits); replaced whenever the log may have
     /// lost events, so no `(epoch, seq)` ever names two different events.
     pub epoch: String,
+    /// The agent's own ACP session id (what its `session/new` answered), kept so a later
+    /// activation reopens that conversation (`session/resume`, else `session/load`); `None`
+    /// until the session's agent first started.
+    pub acp_session_id: Option<String>,
 }
 
 /// One persisted session event.
@@ -267,6 +271,7 @@ impl StorageCommand {
                     + s.agent_type.len()
                     + s.created_by.len()
                     + s.epoch.len()
+                    + s.acp_session_id.as_ref().map_or(0, String::len)
             }
             StorageCommand::DeleteSession {
                 tenant_id,

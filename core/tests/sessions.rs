@@ -598,10 +598,20 @@ fn an_agent_that_dies_mid_turn_errors_the_session_and_the_next_turn_restarts_it(
     assert_eq!(accepted["type"], "turn_accepted");
     let second = sim.agent_of(&session_id).expect("a fresh agent");
     assert_ne!(first, second);
+    // The simulated echo agent can neither resume nor load its ACP session: the fresh one is
+    // told the earlier turns (the default `context_replay = "transcript"`), and echoes them.
     let stream = events(&drain(&mut sim, id));
-    assert!(stream
-        .iter()
-        .any(|e| e["type"] == "turn_complete" && e["finalText"] == "again"));
+    let header = diminuendo_core::session::memory::TRANSCRIPT_HEADER;
+    let expected = format!(
+        "{header}User: work\nAgent: (no answer: error)\n\n{}again",
+        diminuendo_core::session::memory::TRANSCRIPT_FOOTER
+    );
+    assert!(
+        stream
+            .iter()
+            .any(|e| e["type"] == "turn_complete" && e["finalText"] == expected.as_str()),
+        "{stream:?}"
+    );
 }
 
 #[test]

@@ -39,7 +39,7 @@ pub struct Reader {
 }
 
 const SESSION_COLUMNS: &str = "id, tenant_id, name, agent_type, status, archived, created_by, \
-     created_at, updated_at, last_seq, epoch";
+     created_at, updated_at, last_seq, epoch, acp_session_id";
 
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -66,6 +66,7 @@ pub fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         updated_at_ms: row.get(8)?,
         last_seq: to_u64(row.get(9)?),
         epoch: row.get(10)?,
+        acp_session_id: row.get(11)?,
     })
 }
 

@@ -37,6 +37,9 @@ pub const REGISTRY_MIGRATIONS: &[&str] = &[
         updated_at  INTEGER NOT NULL,
         PRIMARY KEY (tenant_id, user_id)
     );",
+    // v2: the agent's own ACP session id (`session/new`'s answer), so a later activation can
+    // reopen it with `session/resume` or `session/load`. NULL until the agent first started.
+    "ALTER TABLE sessions ADD COLUMN acp_session_id TEXT;",
 ];
 
 /// The log and history of one session.
@@ -270,7 +273,7 @@ mod tests {
             assert_eq!(version(&p), kind.migrations().len() as i64);
             // Reopening a current file is a no-op.
             close(open_rw(&p, kind, "x", &opts()).unwrap(), "x");
-            assert_eq!(version(&p), 1);
+            assert_eq!(version(&p), kind.migrations().len() as i64);
         }
     }
 
@@ -311,9 +314,12 @@ mod tests {
             match open_rw(&p, kind, "tenants/t/registry.db", &opts()) {
                 Err(StorageError::NewerSchema {
                     found: 99,
-                    supported: 1,
+                    supported,
                     database,
-                }) => assert_eq!(database, "tenants/t/registry.db"),
+                }) => {
+                    assert_eq!(database, "tenants/t/registry.db");
+                    assert_eq!(supported, kind.migrations().len() as i64);
+                }
                 other => panic!("expected NewerSchema, got {other:?}"),
             }
             assert!(matches!(

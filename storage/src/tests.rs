@@ -118,6 +118,7 @@ pub fn session(tenant: &str, id: &str, status: SessionStatus, epoch: &str) -> Se
         updated_at_ms: 1_700_000_000_000,
         last_seq: 0,
         epoch: epoch.into(),
+        acp_session_id: None,
     }
 }
 
@@ -1078,4 +1079,84 @@ fn recovery_removes_session_directories_no_registry_names() {
     assert_eq!(report.orphan_session_dirs, 2);
     assert_eq!(report.orphan_session_dirs_removed, 0);
     assert!(sessions.join("ghost2").exists());
+}
+
+#[test]
+fn the_acp_session_id_is_stored_and_kept_by_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, _) = Harness::open(cfg(dir.path()));
+    let mut running = session("t", "s1", SessionStatus::Running, "E0");
+    running.acp_session_id = Some("acp-7".into());
+    h.submit(StorageCommand::UpsertSession { session: running });
+    h.submit(StorageCommand::UpsertSession {
+        session: session("t", "s2", SessionStatus::Inactive, "E0"),
+    });
+    h.flush(1);
+    match h.query(
+        2,
+        StorageQuery::LoadSession {
+            tenant_id: "t".into(),
+            session_id: "s1".into(),
+        },
+    ) {
+        Ok(QueryResult::Session(Some(row))) => {
+            assert_eq!(row.acp_session_id.as_deref(), Some("acp-7"))
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(h);
+    // After an unclean stop the session is deactivated, its ACP session id kept.
+    let _ = std::fs::remove_file(dir.path().join(CLEAN_MARKER));
+    let (h, report) = Harness::open(cfg(dir.path()));
+    assert_eq!(report.sessions_deactivated, 1);
+    let ids: BTreeMap<&str, Option<&str>> = report
+        .records
+        .iter()
+        .map(|r| (r.id.as_str(), r.acp_session_id.as_deref()))
+        .collect();
+    assert_eq!(ids, BTreeMap::from([("s1", Some("acp-7")), ("s2", None)]));
+    assert!(report
+        .records
+        .iter()
+        .all(|r| r.status == SessionStatus::Inactive));
+    drop(h);
+}
+
+#[test]
+fn a_version_1_registry_gains_the_acp_session_id_column_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = crate::paths::registry_path(dir.path(), "t").unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(crate::schema::REGISTRY_MIGRATIONS[0])
+            .unwrap();
+        c.execute(
+            "INSERT INTO sessions (id, tenant_id, name, agent_type, status, archived, created_by,
+                created_at, updated_at, last_seq, epoch)
+             VALUES ('old', 't', 'Old', 'echo', 'inactive', 0, 'u', 1, 2, 0, 'E0')",
+            [],
+        )
+        .unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+    }
+    std::fs::write(dir.path().join(CLEAN_MARKER), b"").unwrap();
+    let (mut h, report) = Harness::open(cfg(dir.path()));
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.records.len(), 1);
+    assert_eq!(report.records[0].name, "Old");
+    assert_eq!(report.records[0].acp_session_id, None);
+    let mut row = report.records[0].clone();
+    row.acp_session_id = Some("acp-1".into());
+    h.submit(StorageCommand::UpsertSession { session: row });
+    h.flush(1);
+    drop(h);
+    let (h, report) = Harness::open(cfg(dir.path()));
+    assert_eq!(report.records[0].acp_session_id.as_deref(), Some("acp-1"));
+    drop(h);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, crate::schema::REGISTRY_MIGRATIONS.len() as i64);
 }

@@ -85,14 +85,14 @@ fn apply(tx: &Connection, cmd: &StorageCommand) -> rusqlite::Result<Option<Strin
         StorageCommand::UpsertSession { session: s } => {
             let mut st = tx.prepare_cached(
                 "INSERT INTO sessions (id, tenant_id, name, agent_type, status, archived,
-                    created_by, created_at, updated_at, last_seq, epoch)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                    created_by, created_at, updated_at, last_seq, epoch, acp_session_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT (id) DO UPDATE SET tenant_id = excluded.tenant_id,
                     name = excluded.name, agent_type = excluded.agent_type,
                     status = excluded.status, archived = excluded.archived,
                     created_by = excluded.created_by, created_at = excluded.created_at,
                     updated_at = excluded.updated_at, last_seq = excluded.last_seq,
-                    epoch = excluded.epoch",
+                    epoch = excluded.epoch, acp_session_id = excluded.acp_session_id",
             )?;
             st.execute(params![
                 s.id,
@@ -105,7 +105,8 @@ fn apply(tx: &Connection, cmd: &StorageCommand) -> rusqlite::Result<Option<Strin
                 s.created_at_ms,
                 s.updated_at_ms,
                 s.last_seq,
-                s.epoch
+                s.epoch,
+                s.acp_session_id
             ])?;
         }
         StorageCommand::DeleteSession { session_id, .. } => {

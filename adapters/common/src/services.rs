@@ -414,6 +414,7 @@ mod tests {
             updated_at_ms: 0,
             last_seq: 0,
             epoch: "0123456789abcdef".to_owned(),
+            acp_session_id: None,
         }]);
         (gateway, services)
     }

@@ -99,7 +99,7 @@ impl Gateway {
                 pending.requester = None;
             }
             if let DurableAction::Delete { orphaned, .. } = &mut pending.action {
-                orphaned.retain(|query| query.connection() != id);
+                orphaned.retain(|query| query.connection() != Some(id));
             }
         }
     }

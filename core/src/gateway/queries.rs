@@ -41,16 +41,20 @@ pub(crate) enum PendingQuery {
         session_id: SessionId,
         request_id: Option<String>,
     },
+    /// The session's earlier turns, for the transcript that prefixes its next prompt (its agent
+    /// could neither resume nor load its ACP session; `session/memory.rs`). Nobody waits for a
+    /// reply.
+    Transcript { session_id: SessionId },
 }
 
 impl PendingQuery {
-    pub(crate) fn connection(&self) -> ConnectionId {
-        self.requester().0
+    pub(crate) fn connection(&self) -> Option<ConnectionId> {
+        self.requester().map(|(connection, _)| connection)
     }
 
-    /// Who asked, and with which `requestId`.
-    pub(crate) fn requester(&self) -> (ConnectionId, Option<&str>) {
-        match self {
+    /// Who asked, and with which `requestId` (nobody for the session's own queries).
+    pub(crate) fn requester(&self) -> Option<(ConnectionId, Option<&str>)> {
+        Some(match self {
             PendingQuery::Replay {
                 connection,
                 request_id,
@@ -66,14 +70,16 @@ impl PendingQuery {
                 request_id,
                 ..
             } => (*connection, request_id.as_deref()),
-        }
+            PendingQuery::Transcript { .. } => return None,
+        })
     }
 
     pub(crate) fn session_id(&self) -> &SessionId {
         match self {
             PendingQuery::Replay { session_id, .. }
             | PendingQuery::Events { session_id, .. }
-            | PendingQuery::History { session_id, .. } => session_id,
+            | PendingQuery::History { session_id, .. }
+            | PendingQuery::Transcript { session_id } => session_id,
         }
     }
 }
@@ -274,8 +280,9 @@ impl Gateway {
         message: &str,
         now: Instant,
     ) {
-        let (connection, request_id) = pending.requester();
-        self.send_error(connection, code, message, request_id, now);
+        if let Some((connection, request_id)) = pending.requester() {
+            self.send_error(connection, code, message, request_id, now);
+        }
     }
 
     /// A completion from storage.
@@ -434,6 +441,11 @@ impl Gateway {
                     now,
                 ),
             },
+            PendingQuery::Transcript { session_id } => {
+                self.drive(&session_id, now, |session, ctx, out| {
+                    session.transcript_loaded(ctx, result, out)
+                });
+            }
         }
     }
 

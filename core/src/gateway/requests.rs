@@ -172,7 +172,7 @@ impl Gateway {
         // Replies still owed to this connection are dropped: its id may be given to another
         // connection (of another tenant) next.
         self.pending_queries
-            .retain(|_, pending| pending.connection() != id);
+            .retain(|_, pending| pending.connection() != Some(id));
         self.forget_durable_requester(id);
         for session in self.sessions.values_mut() {
             session.forget_requester(id);
@@ -249,6 +249,7 @@ impl Gateway {
             updated_at_ms: at,
             last_seq: 0,
             epoch: self.new_epoch(),
+            acp_session_id: None,
         };
         // The session joins the in-memory registry, and `session_created` goes out, once its
         // row is committed (see `durable`).

@@ -19,7 +19,9 @@ use crate::protocol::request::{AnswerQuestion, RequestContext, RunTurn, SessionR
 use crate::protocol::ServerMessage;
 use crate::protocol::{encode_frame, ErrorCode};
 use crate::session::{Counter, NextTurn, Session, SessionContext, SessionOutput};
-use crate::storage::{SessionRecord, StorageCommand};
+use crate::storage::{SessionRecord, StorageCommand, StorageQuery};
+
+use super::queries::PendingQuery;
 use crate::topic::Topic;
 use crate::{AgentCommand, Event, Gateway};
 
@@ -222,6 +224,23 @@ impl Gateway {
                     Counter::AgentFailure => self.metrics.agent_failures += 1,
                 },
                 SessionOutput::TurnEnded => self.turn_ended_while_draining(now),
+                SessionOutput::QueryTranscript { limit } => {
+                    let token = self.next_token();
+                    self.pending_queries.insert(
+                        token,
+                        PendingQuery::Transcript {
+                            session_id: session_id.clone(),
+                        },
+                    );
+                    self.storage(StorageCommand::Query {
+                        token,
+                        query: StorageQuery::History {
+                            session_id: session_id.to_string(),
+                            before_turn: None,
+                            limit,
+                        },
+                    });
+                }
             }
         }
     }

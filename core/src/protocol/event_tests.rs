@@ -315,6 +315,7 @@ fn record() -> SessionRecord {
         updated_at_ms: 2,
         last_seq: 9,
         epoch: "00ff".into(),
+        acp_session_id: None,
     }
 }
 

@@ -23,10 +23,10 @@ impl Session {
         workspace: &str,
         out: &mut Vec<SessionOutput>,
     ) {
-        let Some(link) = self.agent.as_mut().filter(|link| link.id == agent) else {
+        if self.agent.as_ref().is_none_or(|link| link.id != agent) {
             return;
-        };
-        link.acp.start(workspace, ctx.now);
+        }
+        self.open_acp_session(ctx, workspace);
         let reply_to = self
             .next_turn
             .as_mut()
@@ -158,13 +158,7 @@ impl Session {
     ) {
         let turn_id = self.turn.as_ref().map(|t| t.id.clone());
         match event {
-            AgentEvent::Ready => {
-                if self.transition(ctx, SessionStatus::Ready, out) {
-                    if let Some(next) = self.next_turn.take() {
-                        self.start_turn(ctx, next, out);
-                    }
-                }
-            }
+            AgentEvent::Ready => self.agent_ready(ctx, out),
             AgentEvent::Update { kind, fields } => {
                 let text = fields.get("text").and_then(Value::as_str);
                 match (kind, text, turn_id.as_deref()) {

@@ -14,9 +14,12 @@
 //! - `replay.rs`: subscribers and replay slots (live frames held for a join until its replay);
 //! - `turns.rs`: turns;
 //! - `agent.rs`: the agent process's reports, through the ACP client;
+//! - `memory.rs`: the agent's memory across activations (the ACP session reopened, or a
+//!   transcript of the earlier turns);
 //! - `state.rs`: the transition table.
 
 mod agent;
+pub mod memory;
 pub mod publish;
 pub mod replay;
 pub mod state;
@@ -76,6 +79,11 @@ pub(crate) enum SessionOutput {
     Count(Counter),
     /// A turn ended while the gateway drains (it may now close).
     TurnEnded,
+    /// Read the session's latest `limit` turns (`StorageQuery::History`) and hand them to
+    /// `Session::transcript_loaded`.
+    QueryTranscript {
+        limit: u32,
+    },
 }
 
 /// The metrics a session counts.
@@ -108,6 +116,12 @@ pub(crate) struct Session {
     stop_deadline: Option<Instant>,
     /// The deadline this session is scheduled at in the gateway's timers.
     scheduled: Option<Instant>,
+    /// The session had events before its current activation (`memory.rs`).
+    had_history: bool,
+    /// The activation waits for the session's earlier turns from storage (`memory.rs`).
+    awaiting_transcript: bool,
+    /// The transcript that prefixes the next prompt (`memory.rs`).
+    transcript: Option<String>,
 }
 
 struct AgentLink {
@@ -153,6 +167,9 @@ impl Session {
             idle_since: None,
             stop_deadline: None,
             scheduled: None,
+            had_history: false,
+            awaiting_transcript: false,
+            transcript: None,
         }
     }
 

@@ -34,6 +34,7 @@ impl Harness {
             updated_at_ms: 1,
             last_seq: 0,
             epoch: "00ff".into(),
+            acp_session_id: None,
         };
         Harness {
             session: Session::new(record),
@@ -427,3 +428,6 @@ fn a_draining_gateway_hears_of_every_ended_turn() {
     assert_eq!(published(&out)[0]["code"], "SHUTTING_DOWN");
     assert_eq!(out.last(), Some(&SessionOutput::TurnEnded));
 }
+
+#[path = "memory_tests.rs"]
+mod memory_tests;

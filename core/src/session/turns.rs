@@ -88,9 +88,12 @@ impl Session {
             // An agent left over from an error: stop it before starting a fresh one.
             old.stop(out);
         }
+        let had_history = self.record.last_seq > 0;
         if !self.transition(ctx, SessionStatus::Activating, out) {
             return;
         }
+        self.had_history = had_history;
+        self.transcript = None;
         let agent = ctx.next_agent;
         out.push(SessionOutput::AgentLinked(agent));
         self.agent = Some(AgentLink::new(agent, ctx.config));
@@ -131,8 +134,9 @@ impl Session {
         });
         self.publish(ctx, Some(&next.id), body, out);
         self.persist_turn(None, out);
+        let text = self.prompt_text(&next.text);
         let prompted = match self.agent.as_mut() {
-            Some(agent) => agent.acp.prompt(&next.text, ctx.now),
+            Some(agent) => agent.acp.prompt(&text, ctx.now),
             None => Err(AcpError::NotReady),
         };
         if let Err(error) = prompted {

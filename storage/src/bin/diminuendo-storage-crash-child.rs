@@ -52,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         updated_at_ms: 1,
         last_seq,
         epoch: epoch.clone(),
+        acp_session_id: None,
     };
     storage.submit(StorageCommand::UpsertSession {
         session: record(SessionStatus::Running, last),

@@ -21,6 +21,7 @@ fn record() -> SessionRecord {
         updated_at_ms: 6,
         last_seq: 7,
         epoch: "00000000000000ff".into(),
+        acp_session_id: None,
     }
 }
 
