@@ -35,6 +35,11 @@ pub(crate) const MAX_SLOW_MILLIS: u64 = 24 * 60 * 60 * 1000;
 pub(crate) const EXIT_STATUS: i32 = 3;
 /// The directory, under a session's `cwd`, of the conversation files.
 pub const MEMORY_DIR: &str = ".echo-agent";
+/// The argument that makes the agent one that can neither load nor resume a session: it
+/// advertises neither `loadSession` nor `sessionCapabilities.resume` and refuses both methods
+/// (`-32601`), like an agent with no memory of its own (the gateway's transcript is then its
+/// only memory).
+pub const NO_RESTORE_FLAG: &str = "--no-restore";
 /// The most of an answer's text remembered per turn (a `stream` turn can be gigabytes).
 pub(crate) const MAX_REMEMBERED_ANSWER: usize = 4096;
 
@@ -64,7 +69,9 @@ pub fn run() {
         let _ = sender.send(Input::Eof);
     });
     let out = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let status = Agent::new(out).run(&receiver);
+    let mut agent = Agent::new(out);
+    agent.restore = !std::env::args().any(|arg| arg == NO_RESTORE_FLAG);
+    let status = agent.run(&receiver);
     std::process::exit(status);
 }
 
@@ -131,6 +138,8 @@ struct Agent<W: Write> {
     next_tool_call: u64,
     /// Set when a write failed: the client is gone.
     broken: bool,
+    /// Advertise and serve `session/load` and `session/resume` (not with `--no-restore`).
+    restore: bool,
 }
 
 impl<W: Write> Agent<W> {
@@ -142,6 +151,7 @@ impl<W: Write> Agent<W> {
             next_request: 0,
             next_tool_call: 1,
             broken: false,
+            restore: true,
         }
     }
 
@@ -336,9 +346,9 @@ impl<W: Write> Agent<W> {
                 json!({
                     "protocolVersion": 1,
                     "agentCapabilities": {
-                        "loadSession": true,
+                        "loadSession": self.restore,
                         "promptCapabilities": {"image": false, "audio": false, "embeddedContext": false},
-                        "sessionCapabilities": {"resume": {}},
+                        "sessionCapabilities": if self.restore { json!({"resume": {}}) } else { json!({}) },
                     },
                     "authMethods": [],
                     "agentInfo": {"name": "diminuendo-echo-agent", "version": env!("CARGO_PKG_VERSION")},
@@ -346,8 +356,8 @@ impl<W: Write> Agent<W> {
             ),
             "authenticate" => self.respond(&id, json!({})),
             "session/new" => self.new_session(&id, params),
-            "session/load" => self.open_session(&id, params, true),
-            "session/resume" => self.open_session(&id, params, false),
+            "session/load" if self.restore => self.open_session(&id, params, true),
+            "session/resume" if self.restore => self.open_session(&id, params, false),
             "session/prompt" => self.prompt(id, params),
             _ => self.respond_error(&id, -32601, "Method not found"),
         }

@@ -210,3 +210,39 @@ fn an_unwritable_workspace_still_serves_the_session() {
     );
     assert_eq!(out[0]["error"]["code"], json!(-32002));
 }
+
+#[test]
+fn without_restore_it_advertises_and_serves_neither_load_nor_resume() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cwd = dir.path().to_str().unwrap_or_default().to_owned();
+    let mut agent = Agent::new(Vec::new());
+    agent.restore = false;
+    let init = exchange(
+        &mut agent,
+        request(0, "initialize", json!({"protocolVersion":1})),
+    );
+    let capabilities = &init[0]["result"]["agentCapabilities"];
+    assert_eq!(capabilities["loadSession"], json!(false));
+    assert_eq!(capabilities["sessionCapabilities"], json!({}));
+    let new = exchange(
+        &mut agent,
+        request(1, "session/new", json!({"cwd":cwd,"mcpServers":[]})),
+    );
+    assert_eq!(new[0]["result"]["sessionId"], json!("echo-1"));
+    exchange(&mut agent, prompt(2, "echo-1", "hello"));
+    for (id, method) in [(3, "session/load"), (4, "session/resume")] {
+        let out = exchange(
+            &mut agent,
+            request(
+                id,
+                method,
+                json!({"sessionId":"echo-1","cwd":cwd,"mcpServers":[]}),
+            ),
+        );
+        assert_eq!(out[0]["error"]["code"], json!(-32601), "{method}: {out:?}");
+    }
+    // Its own session still remembers within the process.
+    let out = exchange(&mut agent, prompt(5, "echo-1", "recall"));
+    let text = out[0]["params"]["update"]["content"]["text"].clone();
+    assert_eq!(text, json!("I remember 1 prompt:\n1. hello"));
+}
