@@ -6,6 +6,7 @@ mod auth;
 mod heartbeat;
 mod http;
 mod limits;
+mod memory;
 mod metrics;
 mod real_agent;
 mod resume;
