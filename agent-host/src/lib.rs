@@ -9,7 +9,8 @@
 //!   fast) and answers `Spawned` or `SpawnFailed` right away; `Write` queues the line for the
 //!   agent's stdin (a full backlog fails the agent, answered synchronously as `Failed`; a prompt,
 //!   and the lines after it, wait on the host for the scan of the agent's workspace quota,
-//!   whose verdict comes through `drain`: see [`quota`]); `Stop`
+//!   whose verdict comes through `drain`: see [`quota`]); `ReadTextFile`/`WriteTextFile` go to
+//!   the file thread and are answered through `drain` ([`files`]); `Stop`
 //!   hands the stop sequence to the poller. Commands for an unknown agent (never spawned, or
 //!   already reported `Exited`) are ignored.
 //! * Everything else arrives through [`AgentHost::drain`]: `Line`s in the order the agent wrote
@@ -24,9 +25,10 @@
 //!
 //! # One poller thread
 //!
-//! The host starts one thread, the poller, with its first agent, and one more, the quota
-//! scanner ([`quota`]), with the first workspace scan, and never another: a gateway with a
-//! thousand agents has the same threads as one with a single agent. Every agent's stdin,
+//! The host starts one thread, the poller, with its first agent, one more, the quota
+//! scanner ([`quota`]), with the first workspace scan, and one for the client file system
+//! ([`files`]) with the first `fs/*` request, and never another: a gateway with a thousand
+//! agents has the same threads as one with a single agent. Every agent's stdin,
 //! stdout and stderr pipe (the gateway's ends set non-blocking) and a pidfd of the process
 //! (`pidfd_open`, Linux 5.3; without it the agent does not start) are registered on one
 //! edge-triggered `epoll` instance (mio). The host talks to the poller through a command inbox
