@@ -206,8 +206,17 @@ pub fn write_text_file(
             "the content is {length} bytes, the limit is {max_bytes}"
         )));
     }
-    let mut file = open_beneath(workspace, &relative, libc::O_WRONLY | libc::O_CREAT, 0o644)?;
-    let old = check_regular(&file)?;
+    // An existing file first (its size counts against the growth); a new one is created only
+    // once the quota allows it, so a refused write leaves nothing behind.
+    let existing = match open_beneath(workspace, &relative, libc::O_WRONLY, 0) {
+        Ok(file) => Some(file),
+        Err(error) if error.kind == FileErrorKind::NotFound => None,
+        Err(error) => return Err(error),
+    };
+    let old = match &existing {
+        Some(file) => check_regular(file)?,
+        None => 0,
+    };
     if let Some(limit) = quota {
         let growth = length.saturating_sub(old);
         let over = match usage(workspace, limit, MAX_ENTRIES) {
@@ -225,6 +234,14 @@ pub fn write_text_file(
             FileErrorKind::Failed,
             format!("the file cannot be written: {}", error.kind()),
         )
+    };
+    let mut file = match existing {
+        Some(file) => file,
+        None => {
+            let file = open_beneath(workspace, &relative, libc::O_WRONLY | libc::O_CREAT, 0o644)?;
+            check_regular(&file)?;
+            file
+        }
     };
     file.set_len(0).map_err(failed)?;
     file.write_all(content.as_bytes()).map_err(failed)?;
@@ -589,6 +606,10 @@ mod tests {
                 FileErrorKind::Refused,
                 "the write would put the workspace over its quota (65536 bytes)".to_owned()
             )
+        );
+        assert!(
+            !ws.join("big.txt").exists(),
+            "a refused write leaves nothing"
         );
         write_text_file(&ws, &ws.join("small.txt"), "small", MAX, quota).expect("write");
     }
