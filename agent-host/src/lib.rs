@@ -9,7 +9,8 @@
 //!   fast) and answers `Spawned` or `SpawnFailed` right away; `Write` queues the line for the
 //!   agent's stdin (a full backlog fails the agent, answered synchronously as `Failed`; a prompt,
 //!   and the lines after it, wait on the host for the scan of the agent's workspace quota,
-//!   whose verdict comes through `drain`: see [`quota`]); `Stop`
+//!   whose verdict comes through `drain`: see [`quota`]); `ReadTextFile`/`WriteTextFile` go to
+//!   the file thread and are answered through `drain` ([`files`]); `Stop`
 //!   hands the stop sequence to the poller. Commands for an unknown agent (never spawned, or
 //!   already reported `Exited`) are ignored.
 //! * Everything else arrives through [`AgentHost::drain`]: `Line`s in the order the agent wrote
@@ -24,9 +25,10 @@
 //!
 //! # One poller thread
 //!
-//! The host starts one thread, the poller, with its first agent, and one more, the quota
-//! scanner ([`quota`]), with the first workspace scan, and never another: a gateway with a
-//! thousand agents has the same threads as one with a single agent. Every agent's stdin,
+//! The host starts one thread, the poller, with its first agent, one more, the quota
+//! scanner ([`quota`]), with the first workspace scan, and one for the client file system
+//! ([`files`]) with the first `fs/*` request, and never another: a gateway with a thousand
+//! agents has the same threads as one with a single agent. Every agent's stdin,
 //! stdout and stderr pipe (the gateway's ends set non-blocking) and a pidfd of the process
 //! (`pidfd_open`, Linux 5.3; without it the agent does not start) are registered on one
 //! edge-triggered `epoll` instance (mio). The host talks to the poller through a command inbox
@@ -99,6 +101,7 @@
 
 mod cgroup;
 pub mod environment;
+pub mod files;
 pub mod launch;
 mod poller;
 mod process;
@@ -118,7 +121,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use diminuendo_core::{AgentCommand, AgentId, Wake};
+use diminuendo_core::{AgentCommand, AgentId, FileError, Wake};
 
 use poller::{Command, Inbox, NewAgent, StdinBudget};
 use process::Process;
@@ -174,6 +177,8 @@ pub struct AgentHostConfig {
     /// Batches of reports the shared queue holds before the poller holds them back (and stops
     /// reading the agents' stdout). Default 1024.
     pub report_capacity: usize,
+    /// The largest file an agent reads or writes through `fs/*` (see [`files`]). Default 4 MiB.
+    pub max_file_bytes: u64,
 }
 
 impl AgentHostConfig {
@@ -188,6 +193,7 @@ impl AgentHostConfig {
             stderr_lines_per_second: 20,
             max_pending_write_bytes: 16 * 1024 * 1024,
             report_capacity: 1024,
+            max_file_bytes: files::DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -204,6 +210,19 @@ pub enum AgentReport {
     /// The host gave up on the agent (line too long, stdin backlog over its limit) and is
     /// stopping it; `Exited` follows.
     Failed { agent: AgentId, reason: String },
+    /// The answer to `AgentCommand::ReadTextFile`: the text, or why not (see [`files`]).
+    FileRead {
+        agent: AgentId,
+        request: u64,
+        result: Result<String, FileError>,
+    },
+    /// The answer to `AgentCommand::WriteTextFile`: the path written relative to the
+    /// workspace, or why not.
+    FileWritten {
+        agent: AgentId,
+        request: u64,
+        result: Result<String, FileError>,
+    },
     /// The process was reaped; the last report for this id. `status` is the exit code, `None`
     /// when a signal ended it.
     Exited { agent: AgentId, status: Option<i32> },
@@ -216,6 +235,10 @@ const DROP_TIMEOUT: Duration = Duration::from_millis(250);
 struct Handle {
     pid: u32,
     session_id: String,
+    /// Its working directory, the root of what `fs/*` may touch.
+    workspace: PathBuf,
+    /// Its workspace quota in bytes, if any.
+    workspace_bytes: Option<u64>,
     budget: Arc<StdinBudget>,
 }
 
@@ -235,6 +258,8 @@ pub struct AgentHost {
     pending: VecDeque<AgentReport>,
     /// The agents' workspace quotas.
     quotas: quota::Quotas,
+    /// The agents' `fs/*` requests, served on a thread of their own.
+    files: files::Files,
     /// This host's number among the process's hosts (names its agents' cgroups).
     host_id: u64,
 }
@@ -242,6 +267,7 @@ pub struct AgentHost {
 impl AgentHost {
     pub fn new(config: AgentHostConfig, wake: Arc<dyn Wake>) -> AgentHost {
         let reports = Arc::new(Reports::new(config.report_capacity, wake));
+        let max_file_bytes = config.max_file_bytes;
         AgentHost {
             config,
             agents: HashMap::new(),
@@ -249,6 +275,7 @@ impl AgentHost {
             poller: None,
             pending: VecDeque::new(),
             quotas: quota::Quotas::new(Arc::clone(&reports)),
+            files: files::Files::new(Arc::clone(&reports), max_file_bytes),
             host_id: cgroup::next_host_id(),
         }
     }
@@ -286,6 +313,31 @@ impl AgentHost {
                 }
                 None
             }
+            AgentCommand::ReadTextFile {
+                agent,
+                request,
+                path,
+                line,
+                limit,
+            } => {
+                self.file_job(agent, request, path, files::JobKind::Read { line, limit });
+                None
+            }
+            AgentCommand::WriteTextFile {
+                agent,
+                request,
+                path,
+                content,
+            } => {
+                let quota = self.agents.get(&agent).and_then(|h| h.workspace_bytes);
+                self.file_job(
+                    agent,
+                    request,
+                    path,
+                    files::JobKind::Write { content, quota },
+                );
+                None
+            }
             AgentCommand::Stop { agent } => {
                 if let Some(handle) = self.agents.get(&agent) {
                     handle.budget.closed.store(true, Ordering::SeqCst);
@@ -294,6 +346,21 @@ impl AgentHost {
                 None
             }
         }
+    }
+
+    /// Hands an `fs/*` request of a running agent to the file thread; its answer comes
+    /// through `drain`. A request for an unknown agent is ignored, like every command.
+    fn file_job(&mut self, agent: AgentId, request: u64, path: PathBuf, kind: files::JobKind) {
+        let Some(handle) = self.agents.get(&agent) else {
+            return;
+        };
+        self.files.submit(files::Job {
+            agent,
+            request,
+            workspace: handle.workspace.clone(),
+            path,
+            kind,
+        });
     }
 
     fn send(&self, command: Command) {
@@ -394,18 +461,23 @@ impl AgentHost {
             process,
             budget: Arc::clone(&budget),
         })));
-        let workspace = workspace.to_string_lossy().into_owned();
+        let workspace_text = workspace.to_string_lossy().into_owned();
         tracing::info!(target: "agent", agent = agent.0, session = %session_id, agent_type,
-            pid, workspace = %workspace, "agent started");
+            pid, workspace = %workspace_text, "agent started");
         self.agents.insert(
             agent,
             Handle {
                 pid,
                 session_id,
+                workspace,
+                workspace_bytes: spec.limits.workspace_bytes,
                 budget,
             },
         );
-        AgentReport::Spawned { agent, workspace }
+        AgentReport::Spawned {
+            agent,
+            workspace: workspace_text,
+        }
     }
 
     /// Moves at most `budget` waiting reports into `out` without blocking and returns how many.
@@ -419,6 +491,16 @@ impl AgentHost {
         // Clear before looking: a report sent from here on wakes the adapter again.
         self.reports.wake_pending.store(false, Ordering::SeqCst);
         self.quota_verdicts();
+        // File answers of agents still known (a late one for an exited agent goes nowhere).
+        for report in self.files.finished() {
+            if let AgentReport::FileRead { agent, .. } | AgentReport::FileWritten { agent, .. } =
+                &report
+            {
+                if self.agents.contains_key(agent) {
+                    self.pending.push_back(report);
+                }
+            }
+        }
         let mut taken = 0;
         while taken < budget {
             if self.pending.is_empty() && !self.take_batch(None) {

@@ -26,10 +26,68 @@ pub enum AgentCommand {
         /// One JSON-RPC message, with its `'\n'`.
         line: bytes::Bytes,
     },
+    /// Read a text file of the agent's workspace for its `fs/read_text_file` (the agent type has
+    /// `fs = true`): confined to the workspace, bounded in size; answer with
+    /// `Gateway::handle_agent_file_read`.
+    ReadTextFile {
+        /// The process that asked.
+        agent: AgentId,
+        /// Names the answer.
+        request: u64,
+        /// The path the agent gave (ACP requires it absolute), unchecked.
+        path: std::path::PathBuf,
+        /// The first line to return (1-based), if given.
+        line: Option<u32>,
+        /// How many lines at most, if given.
+        limit: Option<u32>,
+    },
+    /// Write a text file of the agent's workspace for its `fs/write_text_file`: confined to the
+    /// workspace, bounded in size; answer with `Gateway::handle_agent_file_written`.
+    WriteTextFile {
+        /// The process that asked.
+        agent: AgentId,
+        /// Names the answer.
+        request: u64,
+        /// The path the agent gave (ACP requires it absolute), unchecked.
+        path: std::path::PathBuf,
+        /// The whole new content.
+        content: String,
+    },
     /// Stop the agent: close its stdin, then SIGTERM, then SIGKILL after a grace period;
     /// `Gateway::handle_agent_exited` follows.
     Stop {
         /// The process to stop.
         agent: AgentId,
     },
+}
+
+/// Why the agent host did not serve a file request; the agent gets it as a JSON-RPC error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    /// Which kind of failure (it picks the JSON-RPC error code).
+    pub kind: FileErrorKind,
+    /// What went wrong, for the agent (never the gateway's own paths).
+    pub message: String,
+}
+
+/// The kinds of [`FileError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileErrorKind {
+    /// The file does not exist (`-32002`, ACP's "resource not found").
+    NotFound,
+    /// The path is outside the workspace, not a regular file, too large, not UTF-8, or over the
+    /// workspace quota (`-32602`, invalid params).
+    Refused,
+    /// The file system failed (`-32603`, internal error).
+    Failed,
+}
+
+impl FileError {
+    /// A failure of `kind` with `message`.
+    pub fn new(kind: FileErrorKind, message: impl Into<String>) -> Self {
+        FileError {
+            kind,
+            message: message.into(),
+        }
+    }
 }

@@ -36,7 +36,7 @@ pub mod timers;
 pub mod topic;
 pub mod ws;
 
-pub use agent_types::AgentCommand;
+pub use agent_types::{AgentCommand, FileError, FileErrorKind};
 pub use config::CoreConfig;
 pub use gateway::{Event, Gateway};
 pub use ids::{AgentId, ConnectionId, SessionId};

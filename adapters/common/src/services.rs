@@ -313,6 +313,17 @@ fn apply_report(gateway: &mut Gateway, report: AgentReport, now: Instant) {
             gateway.handle_agent_spawn_failed(agent, &reason, now)
         }
         AgentReport::Line { agent, line } => gateway.handle_agent_line(agent, &line, now),
+        // Answers of the agent's fs/* requests (from the host's file thread, through `drain`).
+        AgentReport::FileRead {
+            agent,
+            request,
+            result,
+        } => gateway.handle_agent_file_read(agent, request, result, now),
+        AgentReport::FileWritten {
+            agent,
+            request,
+            result,
+        } => gateway.handle_agent_file_written(agent, request, result, now),
         // The host stops the process; its exit report follows.
         AgentReport::Failed { agent, reason } => {
             warn!(agent = agent.0, %reason, "agent failed");

@@ -380,6 +380,37 @@ impl Gateway {
         }
     }
 
+    /// The agent host's answer to an `AgentCommand::ReadTextFile`: the text, or why not.
+    pub fn handle_agent_file_read(
+        &mut self,
+        agent: AgentId,
+        request: u64,
+        result: Result<String, crate::FileError>,
+        now: Instant,
+    ) {
+        if let Some(session_id) = self.agent_session(agent) {
+            self.drive(&session_id, now, |session, ctx, out| {
+                session.agent_file_read(ctx, agent, request, result, out)
+            });
+        }
+    }
+
+    /// The agent host's answer to an `AgentCommand::WriteTextFile`: on success `path` is the
+    /// written file's path relative to the workspace (published as `file_changed`).
+    pub fn handle_agent_file_written(
+        &mut self,
+        agent: AgentId,
+        request: u64,
+        result: Result<String, crate::FileError>,
+        now: Instant,
+    ) {
+        if let Some(session_id) = self.agent_session(agent) {
+            self.drive(&session_id, now, |session, ctx, out| {
+                session.agent_file_written(ctx, agent, request, result, out)
+            });
+        }
+    }
+
     /// The agent host gave up on the process (a line over the limit, a stdin backlog, the
     /// workspace over its quota) and is stopping it; `handle_agent_exited` follows, and the
     /// turn it ends fails with this reason.

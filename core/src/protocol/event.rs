@@ -67,7 +67,7 @@ impl JsonSchema for SessionEvent<'_> {
     /// `oneOf` an object per event type: `type` is the kind, then the header, then the body's
     /// own fields; nothing else (the server's messages are exactly known).
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        let bodies: [(&str, Schema); 13] = [
+        let bodies: [(&str, Schema); 14] = [
             ("session_state", SessionState::json_schema(generator)),
             ("turn_started", TurnStarted::json_schema(generator)),
             ("text_delta", Delta::json_schema(generator)),
@@ -87,6 +87,7 @@ impl JsonSchema for SessionEvent<'_> {
             ),
             ("turn_complete", TurnComplete::json_schema(generator)),
             ("turn_error", TurnError::json_schema(generator)),
+            ("file_changed", FileChanged::json_schema(generator)),
         ];
         let variants: Vec<Value> = bodies
             .into_iter()
@@ -172,6 +173,8 @@ pub enum EventBody<'a> {
     TurnComplete(TurnComplete<'a>),
     /// `turn_error`.
     TurnError(TurnError<'a>),
+    /// `file_changed`: the agent wrote a file of the workspace through `fs/write_text_file`.
+    FileChanged(FileChanged<'a>),
 }
 
 impl EventBody<'_> {
@@ -191,6 +194,7 @@ impl EventBody<'_> {
             EventBody::PermissionResolved(_) => "permission_resolved",
             EventBody::TurnComplete(_) => "turn_complete",
             EventBody::TurnError(_) => "turn_error",
+            EventBody::FileChanged(_) => "file_changed",
         }
     }
 
@@ -353,6 +357,14 @@ pub struct TurnError<'a> {
     pub code: &'a str,
     /// What happened, for humans (e.g. why the gateway stopped the agent).
     pub message: &'a str,
+}
+
+/// `file_changed`: the agent wrote a file through the client file system (`fs/write_text_file`,
+/// for agent types with `fs = true`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FileChanged<'a> {
+    /// The file's path relative to the session's workspace, with `/` between its components.
+    pub path: &'a str,
 }
 
 static NULL: Value = Value::Null;

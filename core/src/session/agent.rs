@@ -4,15 +4,16 @@
 
 use serde_json::Value;
 
-use crate::acp::AgentEvent;
+use crate::acp::{schema, AgentEvent, ControlEvent, FileRequestId};
 use crate::ids::AgentId;
 use crate::protocol::event::{
-    agent_update_body, EventBody, PermissionRequested, PermissionResolved, QuestionOption,
+    agent_update_body, EventBody, FileChanged, PermissionRequested, PermissionResolved,
+    QuestionOption,
 };
 use crate::protocol::ErrorCode;
 use crate::session::state::{self, SessionStatus};
 use crate::session::{error_frame, Counter, Session, SessionContext, SessionOutput};
-use crate::AgentCommand;
+use crate::{AgentCommand, FileError, FileErrorKind};
 
 impl Session {
     /// The agent process started; `workspace` is its working directory.
@@ -70,6 +71,54 @@ impl Session {
             return;
         };
         link.acp.handle_line(line, ctx.now);
+        self.drain_agent(ctx, out);
+    }
+
+    /// The agent host served (or refused) the agent's `fs/read_text_file`.
+    pub(crate) fn agent_file_read(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        agent: AgentId,
+        request: u64,
+        result: Result<String, FileError>,
+        out: &mut Vec<SessionOutput>,
+    ) {
+        let Some(link) = self.agent.as_mut().filter(|l| l.id == agent) else {
+            return;
+        };
+        // A request the client dropped (it failed or the agent exited) needs no answer.
+        let _ = link
+            .acp
+            .answer_read_text_file(FileRequestId(request), result.map_err(rpc_error));
+        self.drain_agent(ctx, out);
+    }
+
+    /// The agent host wrote (or refused to write) the agent's `fs/write_text_file`; `Ok` holds
+    /// the path relative to the workspace, published as `file_changed`.
+    pub(crate) fn agent_file_written(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        agent: AgentId,
+        request: u64,
+        result: Result<String, FileError>,
+        out: &mut Vec<SessionOutput>,
+    ) {
+        let Some(link) = self.agent.as_mut().filter(|l| l.id == agent) else {
+            return;
+        };
+        let (answer, written) = match result {
+            Ok(path) => (Ok(()), Some(path)),
+            Err(error) => (Err(rpc_error(error)), None),
+        };
+        let _ = link
+            .acp
+            .answer_write_text_file(FileRequestId(request), answer);
+        // The file changed whether or not the client still waits for the answer.
+        if let Some(path) = written {
+            let turn_id = self.turn.as_ref().map(|t| t.id.clone());
+            let body = EventBody::FileChanged(FileChanged { path: &path });
+            self.publish(ctx, turn_id.as_deref(), body, out);
+        }
         self.drain_agent(ctx, out);
     }
 
@@ -139,6 +188,10 @@ impl Session {
             let agent = link.id;
             if let Some(line) = link.acp.poll_write() {
                 out.push(SessionOutput::Agent(AgentCommand::Write { agent, line }));
+                continue;
+            }
+            if let Some(control) = link.acp.poll_control() {
+                control_command(agent, control, out);
                 continue;
             }
             let Some(event) = link.acp.poll_event() else {
@@ -233,4 +286,45 @@ impl Session {
             }
         }
     }
+}
+
+/// The agent's file requests go to the agent host (the core does no file I/O); the other
+/// control events are not published yet.
+fn control_command(agent: AgentId, control: ControlEvent, out: &mut Vec<SessionOutput>) {
+    let command = match control {
+        ControlEvent::ReadTextFile {
+            request,
+            path,
+            line,
+            limit,
+        } => AgentCommand::ReadTextFile {
+            agent,
+            request: request.0,
+            path,
+            line,
+            limit,
+        },
+        ControlEvent::WriteTextFile {
+            request,
+            path,
+            content,
+        } => AgentCommand::WriteTextFile {
+            agent,
+            request: request.0,
+            path,
+            content,
+        },
+        _ => return,
+    };
+    out.push(SessionOutput::Agent(command));
+}
+
+/// The JSON-RPC error an agent gets for a file request the host did not serve.
+fn rpc_error(error: FileError) -> schema::Error {
+    let code = match error.kind {
+        FileErrorKind::NotFound => -32002,
+        FileErrorKind::Refused => -32602,
+        FileErrorKind::Failed => -32603,
+    };
+    schema::Error::new(code, error.message)
 }

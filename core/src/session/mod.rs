@@ -287,10 +287,13 @@ pub fn turn_error_payload(
 }
 
 impl AgentLink {
-    fn new(id: AgentId, config: &CoreConfig) -> Self {
+    fn new(id: AgentId, config: &CoreConfig, agent_type: &str) -> Self {
+        let mut acp = config.acp.clone();
+        // `[agents.NAME] fs = true`: the client file system, served by the agent host.
+        acp.fs_capability = config.agent_options(agent_type).fs;
         AgentLink {
             id,
-            acp: AcpClient::new(config.acp.clone()),
+            acp: AcpClient::new(acp),
             failure: None,
         }
     }

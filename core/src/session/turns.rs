@@ -96,7 +96,7 @@ impl Session {
         self.transcript = None;
         let agent = ctx.next_agent;
         out.push(SessionOutput::AgentLinked(agent));
-        self.agent = Some(AgentLink::new(agent, ctx.config));
+        self.agent = Some(AgentLink::new(agent, ctx.config, &self.record.agent_type));
         self.next_turn = Some(next);
         out.push(SessionOutput::Count(Counter::AgentStarted));
         out.push(SessionOutput::Agent(AgentCommand::Spawn {

@@ -1,7 +1,9 @@
 //! The simulated agent processes: what the driver does with the core's agent commands, and the
 //! built-in ACP echo agent.
 
-use crate::{AgentCommand, AgentId};
+use std::path::{Component, Path};
+
+use crate::{AgentCommand, AgentId, FileError, FileErrorKind};
 
 use super::Sim;
 
@@ -11,6 +13,8 @@ pub(super) enum AgentInput {
     Spawned(AgentId, String),
     SpawnFailed(AgentId),
     Line(AgentId, String),
+    FileRead(AgentId, u64, Result<String, FileError>),
+    FileWritten(AgentId, u64, Result<String, FileError>),
     Exited(AgentId),
 }
 
@@ -35,6 +39,8 @@ pub struct SimAgent {
     pub written: Vec<serde_json::Value>,
     /// Spawned and not exited or killed.
     pub alive: bool,
+    /// Its workspace directory.
+    pub workspace: String,
 }
 
 impl Sim {
@@ -56,6 +62,7 @@ impl Sim {
                         session_id,
                         written: Vec::new(),
                         alive: true,
+                        workspace: workspace.clone(),
                     },
                 );
                 self.agent_inputs
@@ -76,6 +83,47 @@ impl Sim {
                     }
                 }
             }
+            AgentCommand::ReadTextFile {
+                agent,
+                request,
+                path,
+                line,
+                limit,
+            } => {
+                let Some(sim_agent) = self.agents.get(&agent) else {
+                    return;
+                };
+                let workspace = &sim_agent.workspace;
+                let result = confined(workspace, &path).and_then(|relative| {
+                    let text = self
+                        .files
+                        .get(&format!("{workspace}/{relative}"))
+                        .ok_or_else(|| FileError::new(FileErrorKind::NotFound, "no such file"))?;
+                    let skip = line.map_or(0, |line| line.saturating_sub(1)) as usize;
+                    let take = limit.map_or(usize::MAX, |limit| limit as usize);
+                    Ok(text.split_inclusive('\n').skip(skip).take(take).collect())
+                });
+                self.agent_inputs
+                    .push_back(AgentInput::FileRead(agent, request, result));
+            }
+            AgentCommand::WriteTextFile {
+                agent,
+                request,
+                path,
+                content,
+            } => {
+                let Some(sim_agent) = self.agents.get(&agent) else {
+                    return;
+                };
+                let workspace = &sim_agent.workspace;
+                let result = confined(workspace, &path).map(|relative| {
+                    self.files
+                        .insert(format!("{workspace}/{relative}"), content);
+                    relative
+                });
+                self.agent_inputs
+                    .push_back(AgentInput::FileWritten(agent, request, result));
+            }
             AgentCommand::Stop { agent } => {
                 if let Some(sim_agent) = self.agents.get_mut(&agent) {
                     if sim_agent.alive {
@@ -86,6 +134,30 @@ impl Sim {
             }
         }
     }
+}
+
+/// The simulated host's confinement: `path` must lie in `workspace`, without `..` (the real
+/// host also resolves symlinks; the simulation has none). The path relative to the workspace.
+fn confined(workspace: &str, path: &Path) -> Result<String, FileError> {
+    let refused = || {
+        FileError::new(
+            FileErrorKind::Refused,
+            "the path is outside the session's workspace",
+        )
+    };
+    let relative = path.strip_prefix(workspace).map_err(|_| refused())?;
+    let mut parts = Vec::new();
+    for component in relative.components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            _ => return Err(refused()),
+        }
+    }
+    if parts.is_empty() {
+        return Err(refused());
+    }
+    Ok(parts.join("/"))
 }
 
 /// The built-in echo agent's answers to one message from the gateway.

@@ -57,6 +57,9 @@ pub struct Sim {
     pub agents: BTreeMap<AgentId, SimAgent>,
     /// How spawned agents behave.
     pub agent_mode: AgentMode,
+    /// The simulated agent host's files, by absolute path (`/sim/sessions/{id}/workspace/...`):
+    /// what agents with `fs = true` read and write through `fs/*`.
+    pub files: BTreeMap<String, String>,
     config: CoreConfig,
     seed: u64,
     started: Instant,
@@ -84,6 +87,7 @@ impl Sim {
             hold_storage: false,
             agents: BTreeMap::new(),
             agent_mode: AgentMode::Echo,
+            files: BTreeMap::new(),
             config,
             seed,
             started: now,
@@ -377,6 +381,12 @@ impl Sim {
                         self.gateway
                             .handle_agent_line(agent, line.as_bytes(), self.now)
                     }
+                    AgentInput::FileRead(agent, request, result) => self
+                        .gateway
+                        .handle_agent_file_read(agent, request, result, self.now),
+                    AgentInput::FileWritten(agent, request, result) => self
+                        .gateway
+                        .handle_agent_file_written(agent, request, result, self.now),
                     AgentInput::Exited(agent) => self.gateway.handle_agent_exited(agent, self.now),
                 }
             }

@@ -3,6 +3,7 @@
 
 mod agents;
 mod auth;
+mod client_fs;
 mod heartbeat;
 mod http;
 mod limits;
