@@ -32,4 +32,10 @@ pub enum AgentCommand {
         /// The process to stop.
         agent: AgentId,
     },
+    /// Kill the agent at once (stdin closed, SIGKILL, no grace): it ignored `session/cancel`
+    /// for its cancel grace. `Gateway::handle_agent_exited` follows.
+    Kill {
+        /// The process to kill.
+        agent: AgentId,
+    },
 }

@@ -76,7 +76,7 @@ impl Sim {
                     }
                 }
             }
-            AgentCommand::Stop { agent } => {
+            AgentCommand::Stop { agent } | AgentCommand::Kill { agent } => {
                 if let Some(sim_agent) = self.agents.get_mut(&agent) {
                     if sim_agent.alive {
                         sim_agent.alive = false;
