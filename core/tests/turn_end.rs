@@ -168,7 +168,10 @@ fn a_hung_turn_is_cancelled_at_its_timeout_and_the_agent_killed_after_the_grace(
     assert_eq!(statuses(&messages), ["error"]);
     assert!(!s.sim.agents[&agent].alive, "the agent was killed");
     // Its late answer is ignored; the next run_turn starts a fresh process.
-    s.sim.agent_send(agent, &json!({"jsonrpc": "2.0", "id": 2, "result": {"stopReason": "cancelled"}}));
+    s.sim.agent_send(
+        agent,
+        &json!({"jsonrpc": "2.0", "id": 2, "result": {"stopReason": "cancelled"}}),
+    );
     assert!(ends(&s.sim.take_messages(s.id)).is_empty());
     s.running("again");
     assert_ne!(s.agent(), agent);
@@ -182,7 +185,10 @@ fn a_timed_out_turn_whose_agent_honours_the_cancel_ends_turn_timeout() {
     s.sim.advance(TIMEOUT);
     assert_eq!(s.last_method(agent), json!("session/cancel"));
     let prompt = s.prompt_id(agent);
-    s.sim.agent_send(agent, &json!({"jsonrpc": "2.0", "id": prompt, "result": {"stopReason": "cancelled"}}));
+    s.sim.agent_send(
+        agent,
+        &json!({"jsonrpc": "2.0", "id": prompt, "result": {"stopReason": "cancelled"}}),
+    );
     let messages = s.sim.take_messages(s.id);
     let ended = ends(&messages);
     assert_eq!(ended.len(), 1, "{messages:?}");
@@ -221,7 +227,10 @@ fn a_stopped_turn_the_agent_answers_with_an_error_ends_cancelled() {
     let agent = s.agent();
     s.send(json!({"type": "stop_turn", "requestId": "s"}));
     let prompt = s.prompt_id(agent);
-    s.sim.agent_send(agent, &json!({"jsonrpc": "2.0", "id": prompt, "error": {"code": -32603, "message": "aborted"}}));
+    s.sim.agent_send(
+        agent,
+        &json!({"jsonrpc": "2.0", "id": prompt, "error": {"code": -32603, "message": "aborted"}}),
+    );
     let messages = s.sim.take_messages(s.id);
     let ended = ends(&messages);
     assert_eq!(ended.len(), 1, "{messages:?}");
@@ -277,9 +286,17 @@ fn a_second_steer_while_one_is_queued_is_refused() {
     // The queued steer still runs once the stopped turn ends.
     let agent = s.agent();
     let prompt = s.prompt_id(agent);
-    s.sim.agent_send(agent, &json!({"jsonrpc": "2.0", "id": prompt, "result": {"stopReason": "cancelled"}}));
+    s.sim.agent_send(
+        agent,
+        &json!({"jsonrpc": "2.0", "id": prompt, "result": {"stopReason": "cancelled"}}),
+    );
     let messages = s.sim.take_messages(s.id);
-    assert!(messages.iter().any(|m| m["type"] == "turn_started" && m["text"] == "a"), "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["type"] == "turn_started" && m["text"] == "a"),
+        "{messages:?}"
+    );
 }
 
 #[test]

@@ -230,7 +230,9 @@ impl Session {
 
     /// A `run_turn` still waiting for the activation to answer it (`delete_session` answers it).
     pub(crate) fn take_pending_requester(&mut self) -> Option<(ConnectionId, Option<String>)> {
-        self.next_turn.as_mut().and_then(|next| next.reply_to.take())
+        self.next_turn
+            .as_mut()
+            .and_then(|next| next.reply_to.take())
     }
 
     /// The connection is gone: a queued turn no longer answers it.

@@ -162,7 +162,10 @@ impl Session {
             return;
         }
         turn.cancelling = true;
-        let grace = ctx.config.agent_options(&self.record.agent_type).cancel_grace;
+        let grace = ctx
+            .config
+            .agent_options(&self.record.agent_type)
+            .cancel_grace;
         turn.cancel_deadline = ctx.now.checked_add(grace);
         if let Some(agent) = self.agent.as_mut() {
             agent.acp.cancel(ctx.now);
@@ -253,8 +256,7 @@ impl Session {
         }
         if turn.cancelling && turn.cancel_deadline.is_some_and(|at| at <= ctx.now) {
             let grace = self.options(ctx).cancel_grace.as_millis();
-            let message =
-                format!("the agent ignored session/cancel for {grace} ms and was killed");
+            let message = format!("the agent ignored session/cancel for {grace} ms and was killed");
             out.push(SessionOutput::Count(Counter::AgentFailure));
             // The turn ends now, not when the host confirms the exit: the process's reports
             // go nowhere from here on, and the next run_turn starts a fresh one.

@@ -16,6 +16,7 @@ mod shutdown;
 mod shutdown_under_load;
 mod storage_health;
 mod tenants;
+mod turn_end;
 mod upgrade;
 mod websocket;
 
