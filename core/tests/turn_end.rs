@@ -3,6 +3,16 @@
 //! cancel for the grace is killed, `stop_turn` always ends the turn within the grace, and the
 //! holes of the review (a second steer, `stop_turn` during activation, a stopped turn the agent
 //! answers with an error, the agent's own error code).
+//!
+//! The property (`property::every_request_is_answered_once_and_every_accepted_turn_ends_once`):
+//! under random interleavings of `create_session`, `run_turn`, `steer`, `stop_turn`,
+//! `delete_session`, `join_session`, reconnects, agents that answer, answer with an error, exit
+//! or hang (time passes), slow process starts (`Sim::hold_spawns`) and clean or unclean
+//! restarts, every request with a `requestId` gets at most one reply, and at the end (spawns
+//! reported, time past every timeout and grace) exactly one on every connection still open; every
+//! `turn_accepted` turn has at most one end (`turn_complete`/`turn_error`) in its session's log,
+//! and exactly one at the end, unless its session was deleted or a restart cut it off (real
+//! storage recovery closes those `INTERRUPTED`; a later end of such a turn would count twice).
 
 mod common;
 
@@ -312,4 +322,366 @@ fn a_steer_queued_behind_a_turn_that_fails_ends_too() {
     assert_eq!(ended[0]["code"], "AGENT_UNRESPONSIVE");
     assert_eq!(ended[1]["turnId"], steer_id);
     assert_eq!(ended[1]["type"], "turn_error");
+}
+
+#[test]
+fn delete_session_during_activation_answers_the_pending_run_turn() {
+    let mut s = setup();
+    s.sim.hold_spawns = true;
+    let replies = s.send(json!({"type": "run_turn", "text": "x", "requestId": "t"}));
+    assert_eq!(
+        reply(&replies, "t"),
+        &Value::Null,
+        "not answered before the spawn"
+    );
+    let messages = s.send(json!({"type": "delete_session", "requestId": "d"}));
+    let answer = reply(&messages, "t");
+    assert_eq!(answer["type"], "error", "{messages:?}");
+    assert_eq!(answer["code"], "SESSION_NOT_FOUND");
+    assert_eq!(reply(&messages, "d")["type"], "session_deleted");
+    // The late spawn goes nowhere and answers nothing again.
+    s.sim.release_spawns();
+    let after = s.sim.take_messages(s.id);
+    assert!(after.iter().all(|m| m["requestId"] != "t"), "{after:?}");
+}
+
+// ------------------------------------------------------------------ the exactly-once property
+
+mod property {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const CLIENTS: usize = 2;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Create(usize),
+        RunTurn(usize, usize),
+        Steer(usize, usize),
+        StopTurn(usize, usize),
+        Delete(usize, usize),
+        Join(usize, usize),
+        Reconnect(usize),
+        /// The agent of session N answers what it was asked (handshake and prompts).
+        AgentAnswers(usize),
+        /// The agent of session N answers its prompt with an error.
+        AgentErrors(usize),
+        AgentExits(usize),
+        /// The agent of session N stays silent (it hangs): time passes.
+        Advance(u64),
+        ReleaseSpawns,
+        Restart(bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let c = 0..CLIENTS;
+        let s = 0usize..2;
+        prop_oneof![
+            1 => c.clone().prop_map(Op::Create),
+            4 => (c.clone(), s.clone()).prop_map(|(c, s)| Op::RunTurn(c, s)),
+            3 => (c.clone(), s.clone()).prop_map(|(c, s)| Op::Steer(c, s)),
+            2 => (c.clone(), s.clone()).prop_map(|(c, s)| Op::StopTurn(c, s)),
+            1 => (c.clone(), s.clone()).prop_map(|(c, s)| Op::Delete(c, s)),
+            1 => (c.clone(), s.clone()).prop_map(|(c, s)| Op::Join(c, s)),
+            1 => c.prop_map(Op::Reconnect),
+            4 => s.clone().prop_map(Op::AgentAnswers),
+            1 => s.clone().prop_map(Op::AgentErrors),
+            1 => s.prop_map(Op::AgentExits),
+            2 => prop_oneof![Just(500u64), Just(2_000), Just(10_000), Just(31_000)].prop_map(Op::Advance),
+            2 => Just(Op::ReleaseSpawns),
+            1 => (any::<bool>(), 0..4u8).prop_filter("rare", |(_, n)| *n == 0).prop_map(|(clean, _)| Op::Restart(clean)),
+        ]
+    }
+
+    struct World {
+        sim: Sim,
+        clients: Vec<ConnectionId>,
+        sessions: Vec<String>,
+        next_request: u64,
+        /// requestId → (connection, replies seen).
+        requests: BTreeMap<String, (ConnectionId, usize)>,
+        /// Connections closed (disconnected, or by a restart): their open requests are void.
+        closed: BTreeSet<ConnectionId>,
+        /// turnId → session, for every `turn_accepted`.
+        accepted: BTreeMap<String, String>,
+        /// Turns a restart cut off (recovery closes them `INTERRUPTED` in real storage).
+        interrupted: BTreeSet<String>,
+        /// Sessions deleted: their turns need no end.
+        deleted: BTreeSet<String>,
+        /// (agent, JSON-RPC id) answered already.
+        answered: BTreeSet<(AgentId, String)>,
+    }
+
+    impl World {
+        fn new(seed: u64) -> Self {
+            // Clients that never answer a heartbeat stay connected for the whole schedule.
+            let config = CoreConfig {
+                heartbeat_interval: Duration::from_secs(3600),
+                rate_limit_messages: 0,
+                ..config()
+            };
+            let mut sim = Sim::new(config, seed, Instant::now());
+            sim.agent_mode = AgentMode::Manual;
+            let clients = (0..CLIENTS).map(|_| open_ws(&mut sim)).collect();
+            let mut world = World {
+                sim,
+                clients,
+                sessions: Vec::new(),
+                next_request: 0,
+                requests: BTreeMap::new(),
+                closed: BTreeSet::new(),
+                accepted: BTreeMap::new(),
+                interrupted: BTreeSet::new(),
+                deleted: BTreeSet::new(),
+                answered: BTreeSet::new(),
+            };
+            world.create(0);
+            world.create(1);
+            world
+        }
+
+        fn request(&mut self, client: usize, mut message: Value) {
+            self.next_request += 1;
+            let request_id = format!("r{}", self.next_request);
+            message["requestId"] = json!(request_id);
+            let connection = self.clients[client];
+            self.requests.insert(request_id, (connection, 0));
+            self.sim
+                .send(connection, &client::text(&message.to_string()));
+        }
+
+        fn create(&mut self, client: usize) {
+            self.request(
+                client,
+                json!({"type": "create_session", "agentType": "echo"}),
+            );
+            self.collect();
+        }
+
+        fn session(&self, index: usize) -> Option<String> {
+            self.sessions
+                .get(index % self.sessions.len().max(1))
+                .cloned()
+        }
+
+        /// Reads every client's messages and checks each reply is the first for its request.
+        fn collect(&mut self) {
+            for connection in self.clients.clone() {
+                for message in self.sim.take_messages(connection) {
+                    if let Some(request_id) = message["requestId"].as_str() {
+                        let entry = self
+                            .requests
+                            .get_mut(request_id)
+                            .unwrap_or_else(|| panic!("a reply to an unknown request: {message}"));
+                        assert_eq!(entry.0, connection, "a reply on the wrong connection");
+                        entry.1 += 1;
+                        assert_eq!(entry.1, 1, "a second reply to {request_id}: {message}");
+                        match message["type"].as_str() {
+                            Some("turn_accepted") => {
+                                let turn = message["turnId"].as_str().unwrap_or_default();
+                                let session = message["sessionId"].as_str().unwrap_or_default();
+                                self.accepted.insert(turn.into(), session.into());
+                            }
+                            Some("session_created") => {
+                                if let Some(id) = message["session"]["id"].as_str() {
+                                    self.sessions.push(id.into());
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            self.check_ends(false);
+        }
+
+        /// Every accepted turn has at most one end (exactly one when `all`) in its session's log.
+        fn check_ends(&self, all: bool) {
+            let mut ends: BTreeMap<&str, usize> = BTreeMap::new();
+            for log in self.sim.store.events.values() {
+                for event in log {
+                    if matches!(event.event_type.as_str(), "turn_complete" | "turn_error") {
+                        if let Some(turn) = event.turn_id.as_deref() {
+                            *ends.entry(turn).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            for (turn, session) in &self.accepted {
+                if self.deleted.contains(session) {
+                    continue;
+                }
+                let count = ends.get(turn.as_str()).copied().unwrap_or(0)
+                    + usize::from(self.interrupted.contains(turn));
+                assert!(count <= 1, "turn {turn} ended {count} times");
+                if all {
+                    assert_eq!(count, 1, "turn {turn} of {session} never ended");
+                }
+            }
+        }
+
+        /// Turns without an end so far (a restart cuts them off).
+        fn open_turns(&self) -> Vec<String> {
+            let ended: BTreeSet<&str> = self
+                .sim
+                .store
+                .events
+                .values()
+                .flatten()
+                .filter(|e| matches!(e.event_type.as_str(), "turn_complete" | "turn_error"))
+                .filter_map(|e| e.turn_id.as_deref())
+                .collect();
+            self.accepted
+                .keys()
+                .filter(|turn| !ended.contains(turn.as_str()))
+                .cloned()
+                .collect()
+        }
+
+        fn agent_answers(&mut self, index: usize, error: bool) {
+            let Some(session) = self.session(index) else {
+                return;
+            };
+            let Some(agent) = self.sim.agent_of(&session) else {
+                return;
+            };
+            let written = self.sim.agents[&agent].written.clone();
+            for message in written {
+                let Some(id) = message.get("id").filter(|id| !id.is_null()) else {
+                    continue;
+                };
+                if message.get("method").is_none() || !self.answered.insert((agent, id.to_string()))
+                {
+                    continue;
+                }
+                let answer = match message["method"].as_str() {
+                    Some("initialize") => {
+                        json!({"protocolVersion": 1, "agentCapabilities": {}})
+                    }
+                    Some("session/new") => json!({"sessionId": "s"}),
+                    Some("session/prompt") if error => {
+                        self.sim.agent_send(
+                            agent,
+                            &json!({"jsonrpc": "2.0", "id": id,
+                            "error": {"code": -32603, "message": "no"}}),
+                        );
+                        continue;
+                    }
+                    Some("session/prompt") => json!({"stopReason": "end_turn"}),
+                    _ => continue,
+                };
+                self.sim.agent_send(
+                    agent,
+                    &json!({"jsonrpc": "2.0", "id": id, "result": answer}),
+                );
+            }
+        }
+
+        fn apply(&mut self, op: &Op) {
+            match *op {
+                Op::Create(c) => self.create(c),
+                Op::RunTurn(c, s) | Op::Steer(c, s) => {
+                    if let Some(session) = self.session(s) {
+                        let kind = if matches!(op, Op::Steer(..)) {
+                            "steer"
+                        } else {
+                            "run_turn"
+                        };
+                        self.request(c, json!({"type": kind, "sessionId": session, "text": "t"}));
+                    }
+                }
+                Op::StopTurn(c, s) => {
+                    if let Some(session) = self.session(s) {
+                        self.request(c, json!({"type": "stop_turn", "sessionId": session}));
+                    }
+                }
+                Op::Delete(c, s) => {
+                    if let Some(session) = self.session(s) {
+                        self.deleted.insert(session.clone());
+                        self.request(c, json!({"type": "delete_session", "sessionId": session}));
+                    }
+                }
+                Op::Join(c, s) => {
+                    if let Some(session) = self.session(s) {
+                        self.request(c, json!({"type": "join_session", "sessionId": session}));
+                    }
+                }
+                Op::Reconnect(c) => {
+                    let old = self.clients[c];
+                    self.collect();
+                    self.sim.disconnect(old);
+                    self.closed.insert(old);
+                    self.clients[c] = open_ws(&mut self.sim);
+                }
+                Op::AgentAnswers(s) => self.agent_answers(s, false),
+                Op::AgentErrors(s) => self.agent_answers(s, true),
+                Op::AgentExits(s) => {
+                    if let Some(agent) = self.session(s).and_then(|s| self.sim.agent_of(&s)) {
+                        self.sim.agent_exit(agent);
+                    }
+                }
+                Op::Advance(ms) => self.sim.advance(Duration::from_millis(ms)),
+                Op::ReleaseSpawns => self.sim.release_spawns(),
+                Op::Restart(clean) => {
+                    self.collect();
+                    let cut_off = self.open_turns();
+                    self.interrupted.extend(cut_off);
+                    self.closed.extend(self.clients.iter().copied());
+                    self.sim.restart(clean);
+                    self.answered.clear();
+                    self.clients = (0..CLIENTS).map(|_| open_ws(&mut self.sim)).collect();
+                }
+            }
+            self.collect();
+        }
+
+        /// Lets everything settle: spawns reported, time past every timeout and grace.
+        fn settle(&mut self) {
+            for _ in 0..4 {
+                self.sim.release_spawns();
+                self.sim.advance(Duration::from_secs(31));
+                self.collect();
+            }
+            for (request_id, (connection, replies)) in &self.requests {
+                if !self.closed.contains(connection) {
+                    assert!(
+                        !self.sim.is_closed(*connection),
+                        "the gateway closed a client"
+                    );
+                    assert_eq!(*replies, 1, "request {request_id} was never answered");
+                }
+            }
+            self.check_ends(true);
+        }
+    }
+
+    #[test]
+    fn a_delete_during_activation_in_the_world() {
+        let mut world = World::new(1);
+        world.sim.hold_spawns = true;
+        world.apply(&Op::RunTurn(0, 0));
+        world.apply(&Op::Delete(1, 0));
+        world.settle();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_request_is_answered_once_and_every_accepted_turn_ends_once(
+            seed in 0u64..1000,
+            hold_spawns in any::<bool>(),
+            ops in prop::collection::vec(op(), 1..60),
+        ) {
+            let mut world = World::new(seed);
+            world.sim.hold_spawns = hold_spawns;
+            for op in &ops {
+                world.apply(op);
+            }
+            world.settle();
+        }
+    }
 }

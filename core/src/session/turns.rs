@@ -437,11 +437,22 @@ impl Session {
     ) {
         self.flush_coalescer(ctx, out);
         let turn = self.turn.take();
-        let pending = if turn.is_none() {
+        let mut pending = if turn.is_none() {
             self.next_turn.take()
         } else {
             None
         };
+        // A run_turn not answered yet (the process never reported its start) is answered with
+        // the error instead: its turn was never accepted.
+        if let Some((to, request_id)) = pending.as_mut().and_then(|next| next.reply_to.take()) {
+            let frame = crate::session::error_frame(
+                ErrorCode::AgentUnavailable,
+                &format!("the agent could not be started: {message}"),
+                request_id.as_deref(),
+            );
+            out.push(SessionOutput::Reply { to, frame });
+            pending = None;
+        }
         let turn_id = turn
             .as_ref()
             .map(|t| t.id.clone())

@@ -58,8 +58,12 @@ impl Sim {
                         alive: true,
                     },
                 );
-                self.agent_inputs
-                    .push_back(AgentInput::Spawned(agent, workspace));
+                if self.hold_spawns {
+                    self.held_spawns.push((agent, workspace));
+                } else {
+                    self.agent_inputs
+                        .push_back(AgentInput::Spawned(agent, workspace));
+                }
             }
             AgentCommand::Write { agent, line } => {
                 let Some(sim_agent) = self.agents.get_mut(&agent) else {

@@ -57,6 +57,9 @@ pub struct Sim {
     pub agents: BTreeMap<AgentId, SimAgent>,
     /// How spawned agents behave.
     pub agent_mode: AgentMode,
+    /// Hold each agent's `Spawned` report until `release_spawns` (a process slow to start).
+    pub hold_spawns: bool,
+    held_spawns: Vec<(AgentId, String)>,
     config: CoreConfig,
     seed: u64,
     started: Instant,
@@ -84,6 +87,8 @@ impl Sim {
             hold_storage: false,
             agents: BTreeMap::new(),
             agent_mode: AgentMode::Echo,
+            hold_spawns: false,
+            held_spawns: Vec::new(),
             config,
             seed,
             started: now,
@@ -102,6 +107,7 @@ impl Sim {
         }
         self.agents.clear();
         self.agent_inputs.clear();
+        self.held_spawns.clear();
         self.written.clear();
         self.seed += 1;
         let records = self.store.recover(clean, self.seed * 1000);
@@ -117,6 +123,15 @@ impl Sim {
                 break;
             };
             self.gateway.handle_storage(completion, self.now);
+            self.pump();
+        }
+    }
+
+    /// Reports every `Spawned` held back by `hold_spawns`, oldest first.
+    pub fn release_spawns(&mut self) {
+        for (agent, workspace) in std::mem::take(&mut self.held_spawns) {
+            self.gateway
+                .handle_agent_spawned(agent, &workspace, self.now);
             self.pump();
         }
     }
