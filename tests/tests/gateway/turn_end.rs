@@ -71,9 +71,9 @@ fn end_of(events: &[String]) -> Value {
 fn last_status(events: &[String]) -> Value {
     events
         .iter()
+        .rev()
         .map(|e| parse(e))
-        .filter(|e| e["type"] == "session_state")
-        .last()
+        .find(|e| e["type"] == "session_state")
         .map(|e| e["status"].clone())
         .unwrap_or(Value::Null)
 }
