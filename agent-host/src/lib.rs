@@ -345,6 +345,13 @@ impl AgentHost {
                 }
                 None
             }
+            AgentCommand::Kill { agent } => {
+                if let Some(handle) = self.agents.get(&agent) {
+                    handle.budget.closed.store(true, Ordering::SeqCst);
+                    self.send(Command::Kill(agent));
+                }
+                None
+            }
         }
     }
 

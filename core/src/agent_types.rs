@@ -59,6 +59,12 @@ pub enum AgentCommand {
         /// The process to stop.
         agent: AgentId,
     },
+    /// Kill the agent at once (stdin closed, SIGKILL, no grace): it ignored `session/cancel`
+    /// for its cancel grace. `Gateway::handle_agent_exited` follows.
+    Kill {
+        /// The process to kill.
+        agent: AgentId,
+    },
 }
 
 /// Why the agent host did not serve a file request; the agent gets it as a JSON-RPC error.

@@ -16,9 +16,6 @@ pub struct AcpConfig {
     /// How long `initialize`, and then `session/new` (or `session/resume`/`session/load`), may
     /// each take; during `session/load` every replayed update restarts it. Default 30 s.
     pub init_timeout: Duration,
-    /// How long a whole turn (from `prompt` to its response, permission waits included) may take.
-    /// Default: no limit.
-    pub turn_timeout: Option<Duration>,
     /// Advertise `fs.readTextFile`/`fs.writeTextFile`, and surface the agent's `fs/*` requests as
     /// [`ControlEvent`]s for the host to answer. Default false: they are answered -32601.
     pub fs_capability: bool,
@@ -30,7 +27,6 @@ impl Default for AcpConfig {
     fn default() -> Self {
         AcpConfig {
             init_timeout: Duration::from_secs(30),
-            turn_timeout: None,
             fs_capability: false,
             terminal_capability: false,
         }

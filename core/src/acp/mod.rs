@@ -188,8 +188,9 @@ impl Pending {
 }
 
 #[derive(Debug)]
+/// A prompt in flight. It has no deadline here: the session owns the turn's timeout and the
+/// cancel grace (`session/turns.rs`), the one mechanism for both.
 struct Turn {
-    deadline: Option<Instant>,
     cancel_sent: bool,
 }
 
@@ -308,7 +309,7 @@ impl AcpClient {
     }
 
     /// Sends `session/prompt` with one text block.
-    pub fn prompt(&mut self, text: &str, now: Instant) -> Result<(), AcpError> {
+    pub fn prompt(&mut self, text: &str, _now: Instant) -> Result<(), AcpError> {
         let State::Ready { session_id } = &self.state else {
             return Err(AcpError::NotReady);
         };
@@ -320,13 +321,7 @@ impl AcpClient {
             vec![ContentBlock::Text(TextContent::new(text))],
         );
         self.request(Pending::Prompt, params);
-        self.turn = Some(Turn {
-            deadline: self
-                .config
-                .turn_timeout
-                .and_then(|timeout| now.checked_add(timeout)),
-            cancel_sent: false,
-        });
+        self.turn = Some(Turn { cancel_sent: false });
         self.tool_titles.clear();
         Ok(())
     }
@@ -458,7 +453,8 @@ impl AcpClient {
         }
     }
 
-    /// Fails the client if the handshake step or the turn in flight is past its deadline.
+    /// Fails the client if the handshake step is past its deadline (a turn's timeout is the
+    /// session's).
     pub fn handle_timeout(&mut self, now: Instant) {
         match &self.state {
             State::Handshake {
@@ -468,17 +464,6 @@ impl AcpClient {
                 let secs = self.config.init_timeout.as_secs_f64();
                 self.fail(format!("the agent did not answer {step} within {secs} s"));
             }
-            State::Ready { .. } => {
-                let overdue = self
-                    .turn
-                    .as_ref()
-                    .and_then(|turn| turn.deadline)
-                    .is_some_and(|deadline| deadline <= now);
-                if overdue {
-                    let secs = self.config.turn_timeout.unwrap_or_default().as_secs_f64();
-                    self.fail(format!("the agent did not finish the turn within {secs} s"));
-                }
-            }
             _ => {}
         }
     }
@@ -487,7 +472,6 @@ impl AcpClient {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
             State::Handshake { deadline } => *deadline,
-            State::Ready { .. } => self.turn.as_ref().and_then(|turn| turn.deadline),
             _ => None,
         }
     }

@@ -829,23 +829,7 @@ fn the_handshake_times_out() {
 }
 
 #[test]
-fn the_turn_times_out() {
-    let (mut client, now) = ready_client(AcpConfig {
-        turn_timeout: Some(Duration::from_secs(60)),
-        ..AcpConfig::default()
-    });
-    assert_eq!(client.poll_timeout(), None, "no deadline between turns");
-    client.prompt("hang", now).unwrap_or_default();
-    assert_eq!(client.poll_timeout(), Some(now + Duration::from_secs(60)));
-    client.handle_timeout(now + Duration::from_secs(59));
-    assert!(events(&mut client).is_empty());
-    client.handle_timeout(now + Duration::from_secs(61));
-    assert!(failed_message(&mut client).contains("did not finish the turn"));
-    assert!(client.is_closed());
-}
-
-#[test]
-fn without_a_turn_timeout_a_turn_has_no_deadline() {
+fn a_turn_has_no_deadline_in_the_client_the_session_owns_it() {
     let (mut client, now) = ready_client(AcpConfig::default());
     client.prompt("hang", now).unwrap_or_default();
     assert_eq!(client.poll_timeout(), None);
@@ -919,10 +903,7 @@ proptest! {
         actions in prop::collection::vec(0u8..6, 0..24),
     ) {
         let now = Instant::now();
-        let mut client = AcpClient::new(AcpConfig {
-            turn_timeout: Some(Duration::from_secs(1)),
-            ..AcpConfig::default()
-        });
+        let mut client = AcpClient::new(AcpConfig::default());
         client.start("/w", now);
         for (i, line) in lines.iter().enumerate() {
             let at = now + Duration::from_millis(i as u64 * 100);

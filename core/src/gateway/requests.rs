@@ -324,14 +324,23 @@ impl Gateway {
         &mut self,
         ctx: &RequestContext,
         request: &SessionRef,
-        _now: Instant,
+        now: Instant,
     ) -> Handled {
         let (id, identity) = (ctx.connection, &ctx.identity);
         let request_id = ctx.request_id.as_deref();
         let session_id = self.requested_session(ctx, &request.session_id)?;
-        let Some(session) = self.sessions.remove(&session_id) else {
+        let Some(mut session) = self.sessions.remove(&session_id) else {
             return Err(Refusal::session_not_found());
         };
+        // A run_turn still waiting for the activation is answered now: it never will be else.
+        if let Some((to, pending_request)) = session.take_pending_requester() {
+            let frame = crate::session::error_frame(
+                ErrorCode::SessionNotFound,
+                "the session was deleted",
+                pending_request.as_deref(),
+            );
+            self.send(to, frame, now);
+        }
         if let Some(agent) = session.agent_id() {
             self.agents.remove(&agent);
             self.agent_command(crate::gateway::AgentCommand::Stop { agent });

@@ -352,8 +352,11 @@ pub struct TurnComplete<'a> {
 /// `INTERRUPTED` for a turn a crash cut off).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct TurnError<'a> {
-    /// `AGENT_UNAVAILABLE` (the agent exited, broke the protocol, timed out or answered the
-    /// prompt with an error), `SHUTTING_DOWN`, or `INTERRUPTED` (written at recovery).
+    /// `AGENT_UNAVAILABLE` (the agent exited, broke the protocol or its handshake timed out),
+    /// `AGENT_ERROR` (the agent answered the prompt with an error: `message` is the agent's),
+    /// `TURN_TIMEOUT` (the turn ran past its timeout), `AGENT_UNRESPONSIVE` (the agent ignored
+    /// `session/cancel` for the cancel grace and was killed), `SHUTTING_DOWN`, or `INTERRUPTED`
+    /// (written at recovery).
     pub code: &'a str,
     /// What happened, for humans (e.g. why the gateway stopped the agent).
     pub message: &'a str,

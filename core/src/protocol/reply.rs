@@ -40,6 +40,13 @@ pub enum ErrorCode {
     AgentUnavailable,
     /// The gateway is draining and takes no new work.
     ShuttingDown,
+    /// `turn_error` only: the turn ran past its agent type's `turn_timeout_ms` and was
+    /// cancelled; the agent is stopped and the session goes to `error`.
+    TurnTimeout,
+    /// `turn_error` only: the agent ignored `session/cancel` (from `stop_turn`, `steer` or a
+    /// turn timeout) for its agent type's `cancel_grace_ms` and was killed; the session goes to
+    /// `error`.
+    AgentUnresponsive,
     /// Anything else (e.g. storage cannot read or write); the detail goes to the log only.
     Internal,
 }

@@ -269,9 +269,21 @@ impl Session {
                 self.publish(ctx, turn_id.as_deref(), body, out);
                 self.resume_running(ctx, out);
             }
+            AgentEvent::TurnComplete { .. } if self.turn_timed_out() => {
+                self.end_timed_out_turn(ctx, out);
+            }
             AgentEvent::TurnComplete { stop_reason } => self.complete_turn(ctx, &stop_reason, out),
-            AgentEvent::TurnError { message, .. } => {
-                self.fail_turn(ctx, ErrorCode::AgentUnavailable, &message, false, out);
+            AgentEvent::TurnError { .. } if self.turn_timed_out() => {
+                self.end_timed_out_turn(ctx, out);
+            }
+            // A stopped turn ends `cancelled`, even when the agent answers the cancel with an
+            // error (PROTOCOL section 5).
+            AgentEvent::TurnError { .. } if self.turn_cancelling() => {
+                self.complete_turn(ctx, "cancelled", out);
+            }
+            // The agent's own code (`AGENT_ERROR`) and message, unchanged.
+            AgentEvent::TurnError { code, message } => {
+                self.end_turn_with_error(ctx, &code, &message, false, out);
             }
             AgentEvent::Failed { message } => {
                 out.push(SessionOutput::Count(Counter::AgentFailure));

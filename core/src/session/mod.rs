@@ -141,8 +141,14 @@ struct Turn {
     tool_calls: Vec<Value>,
     usage: Option<Value>,
     started_at_ms: i64,
-    /// `stop_turn`, `steer` or shutdown asked the agent to cancel.
+    /// `stop_turn`, `steer`, a timeout or shutdown asked the agent to cancel.
     cancelling: bool,
+    /// When the turn is cancelled for running too long (its agent type's `turn_timeout`).
+    deadline: Option<std::time::Instant>,
+    /// The turn ran past `deadline`: it ends `TURN_TIMEOUT` however the agent answers.
+    timed_out: bool,
+    /// Once cancelling: when the agent is killed if the turn has not ended (`cancel_grace`).
+    cancel_deadline: Option<std::time::Instant>,
 }
 
 /// A turn the gateway accepted (its id drawn by the gateway), not started yet.
@@ -239,6 +245,13 @@ impl Session {
         &mut self.scheduled
     }
 
+    /// A `run_turn` still waiting for the activation to answer it (`delete_session` answers it).
+    pub(crate) fn take_pending_requester(&mut self) -> Option<(ConnectionId, Option<String>)> {
+        self.next_turn
+            .as_mut()
+            .and_then(|next| next.reply_to.take())
+    }
+
     /// The connection is gone: a queued turn no longer answers it.
     pub(crate) fn forget_requester(&mut self, connection: ConnectionId) {
         if let Some(next) = self.next_turn.as_mut() {
@@ -301,5 +314,11 @@ impl AgentLink {
     fn stop(&self, out: &mut Vec<SessionOutput>) {
         out.push(SessionOutput::AgentUnlinked(self.id));
         out.push(SessionOutput::Agent(AgentCommand::Stop { agent: self.id }));
+    }
+
+    /// Kills the process at once (it ignored `session/cancel`); its reports go nowhere.
+    fn kill(&self, out: &mut Vec<SessionOutput>) {
+        out.push(SessionOutput::AgentUnlinked(self.id));
+        out.push(SessionOutput::Agent(AgentCommand::Kill { agent: self.id }));
     }
 }

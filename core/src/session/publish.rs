@@ -201,6 +201,7 @@ impl Session {
             self.idle_since
                 .map(|since| since + config.idle_session_timeout),
             self.stop_deadline,
+            self.turn_deadline(),
             self.agent
                 .as_ref()
                 .and_then(|agent| agent.acp.poll_timeout()),
@@ -245,6 +246,9 @@ impl Session {
         {
             agent.acp.handle_timeout(now);
             self.drain_agent(ctx, out);
+        }
+        if self.turn_deadline().is_some_and(|at| at <= now) {
+            self.turn_timeout(ctx, out);
         }
         if self
             .idle_since

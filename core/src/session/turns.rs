@@ -31,6 +31,14 @@ impl Session {
     ) -> Handled {
         let reply_to = next.reply_to.clone();
         if steer && self.turn.is_some() {
+            if self.next_turn.is_some() {
+                // One steer waits at a time: a second would be a turn accepted behind a turn
+                // that has not started; the client steers again once `turn_started` came.
+                return Err(Refusal::new(
+                    ErrorCode::InvalidState,
+                    "a steer is already queued; steer again once its turn has started",
+                ));
+            }
             // Cancel the running turn; the steering text is prompted as soon as it has ended.
             let turn_id = next.id.clone();
             self.next_turn = Some(NextTurn {
@@ -126,6 +134,9 @@ impl Session {
             usage: None,
             started_at_ms: ctx.unix_ms,
             cancelling: false,
+            deadline: ctx.now.checked_add(self.options(ctx).turn_timeout),
+            timed_out: false,
+            cancel_deadline: None,
         });
         out.push(SessionOutput::Count(Counter::TurnStarted));
         let body = EventBody::TurnStarted(TurnStarted {
@@ -147,7 +158,7 @@ impl Session {
     }
 
     /// Asks the agent to cancel the running turn; it ends with `stopReason: "cancelled"`.
-    fn cancel_turn(&mut self, ctx: &SessionContext<'_>, out: &mut Vec<SessionOutput>) {
+    pub(super) fn cancel_turn(&mut self, ctx: &SessionContext<'_>, out: &mut Vec<SessionOutput>) {
         let Some(turn) = self.turn.as_mut() else {
             return;
         };
@@ -155,6 +166,11 @@ impl Session {
             return;
         }
         turn.cancelling = true;
+        let grace = ctx
+            .config
+            .agent_options(&self.record.agent_type)
+            .cancel_grace;
+        turn.cancel_deadline = ctx.now.checked_add(grace);
         if let Some(agent) = self.agent.as_mut() {
             agent.acp.cancel(ctx.now);
         }
@@ -170,6 +186,10 @@ impl Session {
         out: &mut Vec<SessionOutput>,
     ) -> Handled {
         let Some(turn_id) = self.turn.as_ref().map(|t| t.id.clone()) else {
+            if self.record.status == SessionStatus::Activating && self.next_turn.is_some() {
+                self.stop_pending_turn(ctx, to, request_id, out);
+                return Ok(());
+            }
             return Err(Refusal::new(ErrorCode::InvalidState, "no turn is running"));
         };
         let frame = encode_frame(&SessionReply::TurnStopping {
@@ -181,6 +201,100 @@ impl Session {
         self.cancel_turn(ctx, out);
         self.update_idle(ctx.now);
         Ok(())
+    }
+
+    /// `stop_turn` while the agent process for a turn is still starting: the `run_turn` is
+    /// answered `turn_accepted` (if it was not yet), the stop `turn_stopping`, and the turn ends
+    /// `turn_complete` `cancelled` before it started; the process still starts (`ready`).
+    fn stop_pending_turn(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        to: ConnectionId,
+        request_id: Option<&str>,
+        out: &mut Vec<SessionOutput>,
+    ) {
+        let Some(next) = self.next_turn.take() else {
+            return;
+        };
+        self.turn_accepted(next.reply_to, &next.id, out);
+        let frame = encode_frame(&SessionReply::TurnStopping {
+            request_id,
+            session_id: &self.record.id,
+            turn_id: &next.id,
+        });
+        out.push(SessionOutput::Reply { to, frame });
+        let body = EventBody::TurnComplete(TurnComplete {
+            stop_reason: "cancelled",
+            final_text: "",
+            final_text_truncated: false,
+        });
+        self.publish(ctx, Some(&next.id), body, out);
+        self.update_idle(ctx.now);
+    }
+
+    /// The agent type's options (turn timeout, cancel grace).
+    pub(super) fn options<'c>(&self, ctx: &SessionContext<'c>) -> &'c crate::config::AgentOptions {
+        ctx.config.agent_options(&self.record.agent_type)
+    }
+
+    /// The running turn's deadlines: past its timeout it is cancelled; past the cancel grace
+    /// the agent is killed and the turn ends `AGENT_UNRESPONSIVE` at once.
+    pub(super) fn turn_deadline(&self) -> Option<std::time::Instant> {
+        let turn = self.turn.as_ref()?;
+        if turn.cancelling {
+            turn.cancel_deadline
+        } else {
+            turn.deadline
+        }
+    }
+
+    /// Deadlines of the running turn up to `ctx.now` have passed.
+    pub(super) fn turn_timeout(&mut self, ctx: &SessionContext<'_>, out: &mut Vec<SessionOutput>) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        if !turn.cancelling && turn.deadline.is_some_and(|at| at <= ctx.now) {
+            turn.timed_out = true;
+            self.cancel_turn(ctx, out);
+            return;
+        }
+        if turn.cancelling && turn.cancel_deadline.is_some_and(|at| at <= ctx.now) {
+            let grace = self.options(ctx).cancel_grace.as_millis();
+            let message = format!("the agent ignored session/cancel for {grace} ms and was killed");
+            out.push(SessionOutput::Count(Counter::AgentFailure));
+            // The turn ends now, not when the host confirms the exit: the process's reports
+            // go nowhere from here on, and the next run_turn starts a fresh one.
+            let agent = self.agent.take();
+            if let Some(link) = &agent {
+                link.kill(out);
+            }
+            self.fail_turn(ctx, ErrorCode::AgentUnresponsive, &message, true, out);
+        }
+    }
+
+    /// The agent answered a turn that ran past its timeout (after the cancel): it ends
+    /// `TURN_TIMEOUT`, the process is stopped and the session goes to `error`.
+    pub(super) fn end_timed_out_turn(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        out: &mut Vec<SessionOutput>,
+    ) {
+        let timeout = self.options(ctx).turn_timeout.as_millis();
+        let message = format!("the turn did not finish within {timeout} ms and was cancelled");
+        if let Some(link) = self.agent.take() {
+            link.stop(out);
+        }
+        self.fail_turn(ctx, ErrorCode::TurnTimeout, &message, true, out);
+    }
+
+    /// Whether the running turn ran past its timeout.
+    pub(super) fn turn_timed_out(&self) -> bool {
+        self.turn.as_ref().is_some_and(|turn| turn.timed_out)
+    }
+
+    /// Whether the running turn was asked to stop (by `stop_turn` or `steer`).
+    pub(super) fn turn_cancelling(&self) -> bool {
+        self.turn.as_ref().is_some_and(|turn| turn.cancelling)
     }
 
     /// `answer_question` (its `optionId`/`cancelled` checked by the gateway) from `user_id`.
@@ -309,24 +423,47 @@ impl Session {
         agent_broken: bool,
         out: &mut Vec<SessionOutput>,
     ) {
-        self.flush_coalescer(ctx, out);
-        let turn = self.turn.take();
-        let pending = if turn.is_none() {
-            self.next_turn.take()
-        } else {
-            None
-        };
-        let turn_id = turn
-            .as_ref()
-            .map(|t| t.id.clone())
-            .or_else(|| pending.as_ref().map(|n| n.id.clone()));
         let code_text = serde_json::to_value(code)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
+        self.end_turn_with_error(ctx, &code_text, message, agent_broken, out);
+    }
+
+    /// [`Session::fail_turn`] with the code as text (the agent's own, `AGENT_ERROR`).
+    pub(crate) fn end_turn_with_error(
+        &mut self,
+        ctx: &SessionContext<'_>,
+        code_text: &str,
+        message: &str,
+        agent_broken: bool,
+        out: &mut Vec<SessionOutput>,
+    ) {
+        self.flush_coalescer(ctx, out);
+        let turn = self.turn.take();
+        let mut pending = if turn.is_none() {
+            self.next_turn.take()
+        } else {
+            None
+        };
+        // A run_turn not answered yet (the process never reported its start) is answered with
+        // the error instead: its turn was never accepted.
+        if let Some((to, request_id)) = pending.as_mut().and_then(|next| next.reply_to.take()) {
+            let frame = crate::session::error_frame(
+                ErrorCode::AgentUnavailable,
+                &format!("the agent could not be started: {message}"),
+                request_id.as_deref(),
+            );
+            out.push(SessionOutput::Reply { to, frame });
+            pending = None;
+        }
+        let turn_id = turn
+            .as_ref()
+            .map(|t| t.id.clone())
+            .or_else(|| pending.as_ref().map(|n| n.id.clone()));
         if let Some(turn_id) = &turn_id {
             let body = EventBody::TurnError(TurnError {
-                code: &code_text,
+                code: code_text,
                 message,
             });
             self.publish(ctx, Some(turn_id), body, out);
@@ -353,6 +490,18 @@ impl Session {
         } else {
             None
         };
+        // A steer queued behind a turn that failed (the session is in `error`) never starts:
+        // it was accepted, so it ends too.
+        if self.turn.is_none() && self.record.status == SessionStatus::Error {
+            if let Some(next) = self.next_turn.take() {
+                let body = EventBody::TurnError(TurnError {
+                    code: "AGENT_UNAVAILABLE",
+                    message: "not started: the turn it was queued behind failed",
+                });
+                self.publish(ctx, Some(&next.id), body, out);
+                out.push(SessionOutput::Count(Counter::TurnFailed));
+            }
+        }
         if let Some(next) = next {
             if ctx.draining {
                 // A queued turn that will not start still ends visibly.

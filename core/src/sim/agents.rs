@@ -65,8 +65,12 @@ impl Sim {
                         workspace: workspace.clone(),
                     },
                 );
-                self.agent_inputs
-                    .push_back(AgentInput::Spawned(agent, workspace));
+                if self.hold_spawns {
+                    self.held_spawns.push((agent, workspace));
+                } else {
+                    self.agent_inputs
+                        .push_back(AgentInput::Spawned(agent, workspace));
+                }
             }
             AgentCommand::Write { agent, line } => {
                 let Some(sim_agent) = self.agents.get_mut(&agent) else {
@@ -124,7 +128,7 @@ impl Sim {
                 self.agent_inputs
                     .push_back(AgentInput::FileWritten(agent, request, result));
             }
-            AgentCommand::Stop { agent } => {
+            AgentCommand::Stop { agent } | AgentCommand::Kill { agent } => {
                 if let Some(sim_agent) = self.agents.get_mut(&agent) {
                     if sim_agent.alive {
                         sim_agent.alive = false;

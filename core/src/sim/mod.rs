@@ -60,6 +60,9 @@ pub struct Sim {
     /// The simulated agent host's files, by absolute path (`/sim/sessions/{id}/workspace/...`):
     /// what agents with `fs = true` read and write through `fs/*`.
     pub files: BTreeMap<String, String>,
+    /// Hold each agent's `Spawned` report until `release_spawns` (a process slow to start).
+    pub hold_spawns: bool,
+    held_spawns: Vec<(AgentId, String)>,
     config: CoreConfig,
     seed: u64,
     started: Instant,
@@ -88,6 +91,8 @@ impl Sim {
             agents: BTreeMap::new(),
             agent_mode: AgentMode::Echo,
             files: BTreeMap::new(),
+            hold_spawns: false,
+            held_spawns: Vec::new(),
             config,
             seed,
             started: now,
@@ -106,6 +111,7 @@ impl Sim {
         }
         self.agents.clear();
         self.agent_inputs.clear();
+        self.held_spawns.clear();
         self.written.clear();
         self.seed += 1;
         let records = self.store.recover(clean, self.seed * 1000);
@@ -121,6 +127,15 @@ impl Sim {
                 break;
             };
             self.gateway.handle_storage(completion, self.now);
+            self.pump();
+        }
+    }
+
+    /// Reports every `Spawned` held back by `hold_spawns`, oldest first.
+    pub fn release_spawns(&mut self) {
+        for (agent, workspace) in std::mem::take(&mut self.held_spawns) {
+            self.gateway
+                .handle_agent_spawned(agent, &workspace, self.now);
             self.pump();
         }
     }

@@ -18,6 +18,7 @@ mod shutdown;
 mod shutdown_under_load;
 mod storage_health;
 mod tenants;
+mod turn_end;
 mod upgrade;
 mod websocket;
 
