@@ -117,6 +117,31 @@ pub enum SessionReply<'a> {
         /// The question answered (`permission_resolved` follows to every joined client).
         question_id: &'a str,
     },
+    /// `set_mode`: the agent is in the mode now (`current_mode_update` follows to every joined
+    /// client).
+    ModeSet {
+        /// The request's `requestId`, if it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
+        request_id: Option<&'a str>,
+        /// The session whose agent changed mode.
+        session_id: &'a str,
+        /// The mode the agent is in now.
+        mode_id: &'a str,
+    },
+    /// `set_config_option`: the agent's options now (`config_option_update` follows to every
+    /// joined client).
+    ConfigOptionSet {
+        /// The request's `requestId`, if it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
+        request_id: Option<&'a str>,
+        /// The session whose agent's option changed.
+        session_id: &'a str,
+        /// Every option with its value now, as the agent answered (ACP `SessionConfigOption`s:
+        /// `{id, name, description?, category?, type, currentValue, options?}`).
+        config_options: &'a Value,
+    },
 }
 
 /// Stored events as a JSON array of their payloads, byte for byte (each payload is the JSON

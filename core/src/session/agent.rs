@@ -112,6 +112,7 @@ impl Session {
         }
         self.drain_agent(ctx, out);
         self.agent = None;
+        self.fail_pending_controls(out);
         if state::is_active(self.record.status) {
             let message = "the agent process exited";
             self.fail_turn(ctx, ErrorCode::AgentUnavailable, message, true, out);
@@ -142,10 +143,15 @@ impl Session {
                 continue;
             }
             let Some(event) = link.acp.poll_event() else {
-                break;
+                let Some(control) = link.acp.poll_control() else {
+                    break;
+                };
+                self.control_event(ctx, control, out);
+                continue;
             };
             self.agent_event(ctx, agent, event, out);
         }
+        self.fail_pending_controls(out);
         self.update_idle(ctx.now);
     }
 
@@ -178,7 +184,9 @@ impl Session {
                     _ => {
                         if let Some(turn) = self.turn.as_mut() {
                             match kind {
-                                "tool_call" => turn.tool_calls.push(Value::Object(fields.clone())),
+                                "tool_call" | "tool_call_update" => {
+                                    record_tool_call(&mut turn.tool_calls, &fields)
+                                }
                                 "usage" => turn.usage = Some(Value::Object(fields.clone())),
                                 _ => {}
                             }
@@ -238,5 +246,33 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// Keeps the turn's tool calls at their latest state (for `get_history`): a `tool_call`'s
+/// fields, with each later `tool_call_update`'s fields written over them (`truncated` stays once
+/// set). An update of a call the turn has not seen is kept as it is.
+pub(super) fn record_tool_call(calls: &mut Vec<Value>, fields: &serde_json::Map<String, Value>) {
+    let id = fields.get("toolCallId");
+    let known = calls
+        .iter_mut()
+        .filter_map(Value::as_object_mut)
+        .find(|call| call.get("toolCallId") == id);
+    match known {
+        Some(call) => {
+            let was_truncated = call.get("truncated") == Some(&Value::Bool(true));
+            for (key, value) in fields {
+                call.insert(key.clone(), value.clone());
+            }
+            if was_truncated {
+                call.insert("truncated".into(), Value::Bool(true));
+            }
+            let mut sorted = Value::Object(std::mem::take(call));
+            sorted.sort_all_objects();
+            if let Value::Object(sorted) = sorted {
+                *call = sorted;
+            }
+        }
+        None => calls.push(Value::Object(fields.clone())),
     }
 }

@@ -17,6 +17,7 @@
 //! - `state.rs`: the transition table.
 
 mod agent;
+mod controls;
 pub mod publish;
 pub mod replay;
 pub mod state;
@@ -108,6 +109,8 @@ pub(crate) struct Session {
     stop_deadline: Option<Instant>,
     /// The deadline this session is scheduled at in the gateway's timers.
     scheduled: Option<Instant>,
+    /// `set_mode` / `set_config_option` requests waiting for the agent's answer.
+    pending_controls: Vec<controls::PendingControl>,
 }
 
 struct AgentLink {
@@ -153,6 +156,7 @@ impl Session {
             idle_since: None,
             stop_deadline: None,
             scheduled: None,
+            pending_controls: Vec::new(),
         }
     }
 
