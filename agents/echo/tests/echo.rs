@@ -752,7 +752,10 @@ fn session_resume_answers_without_replay() {
     initialize(&mut agent);
     let cwd = agent.workspace.clone();
     let answer = agent.request(1, "session/resume", json!({"sessionId":session,"cwd":cwd}));
-    assert!(answer.get("result").is_some(), "no update came before it: {answer}");
+    assert!(
+        answer.get("result").is_some(),
+        "no update came before it: {answer}"
+    );
     assert_eq!(answer["result"]["modes"]["currentModeId"], json!("ask"));
     agent.prompt(2, &session, "recall");
     assert_eq!(
