@@ -325,7 +325,7 @@ fn tool_content_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
         "items": {
-            "oneOf": [
+            "anyOf": [
                 {
                     "type": "object",
                     "properties": {

@@ -3,6 +3,7 @@
 
 mod agents;
 mod auth;
+mod controls;
 mod heartbeat;
 mod http;
 mod limits;
