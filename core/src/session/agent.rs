@@ -9,6 +9,7 @@ use crate::ids::AgentId;
 use crate::protocol::event::{
     agent_update_body, EventBody, PermissionRequested, PermissionResolved, QuestionOption,
 };
+use crate::protocol::session_reply::{OpenQuestion, OpenQuestionOption};
 use crate::protocol::ErrorCode;
 use crate::session::state::{self, SessionStatus};
 use crate::session::{error_frame, Counter, Session, SessionContext, SessionOutput};
@@ -216,6 +217,19 @@ impl Session {
                         .collect(),
                 });
                 self.publish(ctx, turn_id.as_deref(), body, out);
+                self.remember_question(OpenQuestion {
+                    question_id,
+                    tool_call_id,
+                    title,
+                    options: options
+                        .into_iter()
+                        .map(|o| OpenQuestionOption {
+                            kind: o.kind,
+                            name: o.name,
+                            option_id: o.option_id,
+                        })
+                        .collect(),
+                });
                 if self.record.status == SessionStatus::Running {
                     self.transition(ctx, SessionStatus::Waiting, out);
                 }

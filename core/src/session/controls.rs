@@ -12,7 +12,9 @@ use crate::protocol::event::{
 };
 use crate::protocol::refusal::{Handled, Refusal};
 use crate::protocol::request::ConfigValue;
-use crate::protocol::session_reply::SessionReply;
+use crate::protocol::session_reply::{
+    AgentControls, JoinSnapshot, OpenQuestion, RunningTurn, SessionReply,
+};
 use crate::protocol::{encode_frame, ErrorCode};
 use crate::session::{error_frame, Session, SessionContext, SessionOutput};
 
@@ -33,6 +35,60 @@ pub(crate) fn sorted_json<T: Serialize>(value: &T) -> Value {
 }
 
 impl Session {
+    /// What `session_joined` carries besides the session (issue 13 item 4): the running turn
+    /// (its agent text as published so far: the gateway flushes the coalescer first), the
+    /// unanswered questions and the agent's controls.
+    pub(crate) fn snapshot(&self) -> JoinSnapshot {
+        let turn = self.turn.as_ref().map(|turn| RunningTurn {
+            turn_id: turn.id.clone(),
+            text: turn.text.clone(),
+            user_id: turn.user_id.clone(),
+            started_at: turn.started_at_ms,
+            agent_text: turn.final_text.clone(),
+            agent_text_truncated: turn.final_text_truncated,
+        });
+        let acp = self
+            .agent
+            .as_ref()
+            .map(|link| &link.acp)
+            .filter(|acp| acp.is_ready());
+        let questions = match acp {
+            Some(acp) => {
+                let pending: Vec<&str> = acp.pending_questions().collect();
+                self.questions
+                    .iter()
+                    .filter(|question| pending.contains(&question.question_id.as_str()))
+                    .cloned()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let agent = acp.map(|acp| AgentControls {
+            current_mode_id: acp.current_mode().map(str::to_owned),
+            available_modes: sorted_json(&acp.available_modes()),
+            config_options: acp.config_options().map(|options| sorted_json(&options)),
+            available_commands: acp
+                .available_commands()
+                .map(|commands| sorted_json(&commands)),
+        });
+        JoinSnapshot {
+            turn,
+            questions,
+            agent,
+        }
+    }
+
+    /// A question the agent asked; the answered ones are forgotten (the ACP client knows which
+    /// are pending).
+    pub(super) fn remember_question(&mut self, question: OpenQuestion) {
+        if let Some(acp) = self.agent.as_ref().map(|link| &link.acp) {
+            let pending: Vec<&str> = acp.pending_questions().collect();
+            self.questions
+                .retain(|known| pending.contains(&known.question_id.as_str()));
+        }
+        self.questions.push(question);
+    }
+
     /// `set_mode`: sent to the agent; answered when the agent answers.
     pub(crate) fn set_mode(
         &mut self,

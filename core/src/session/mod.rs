@@ -111,6 +111,8 @@ pub(crate) struct Session {
     scheduled: Option<Instant>,
     /// `set_mode` / `set_config_option` requests waiting for the agent's answer.
     pending_controls: Vec<controls::PendingControl>,
+    /// The agent's questions as asked (those its client still has pending are unanswered).
+    questions: Vec<crate::protocol::session_reply::OpenQuestion>,
 }
 
 struct AgentLink {
@@ -157,6 +159,7 @@ impl Session {
             stop_deadline: None,
             scheduled: None,
             pending_controls: Vec::new(),
+            questions: Vec::new(),
         }
     }
 

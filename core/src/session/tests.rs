@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::protocol::refusal::Handled;
 use crate::protocol::request::ConfigValue;
+use crate::protocol::session_reply::JoinSnapshot as JoinSnapshotOf;
 use crate::protocol::ErrorCode;
 use crate::storage::SessionStatus;
 
@@ -577,4 +578,51 @@ fn set_mode_and_set_config_option_answer_with_the_agents_result() {
         .collect();
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert_eq!(answers[0]["code"], "AGENT_UNAVAILABLE");
+}
+
+#[test]
+fn the_snapshot_shows_the_running_turn_its_open_questions_and_the_agents_controls() {
+    let mut h = Harness::new();
+    assert_eq!(h.session.snapshot(), JoinSnapshotOf::default());
+    running_with_controls(&mut h);
+    h.text_chunk("Hello ");
+    h.text_chunk("world");
+    h.update(json!({"sessionUpdate":"available_commands_update",
+        "availableCommands":[{"name":"web","description":"Search"}]}));
+    h.agent_says(json!({"jsonrpc":"2.0","id":7,"method":"session/request_permission","params":{
+        "sessionId":"acp-1","toolCall":{"toolCallId":"t1","title":"Write x"},
+        "options":[{"optionId":"yes","name":"Yes","kind":"allow_once"}]}}));
+    let snapshot = h.session.snapshot();
+    let turn = snapshot.turn.clone().unwrap_or_else(|| panic!("a turn runs"));
+    assert_eq!(turn.turn_id, "turn-p");
+    assert_eq!(turn.text, "p");
+    assert_eq!(turn.user_id, "u-1");
+    assert_eq!(turn.agent_text, "Hello world");
+    assert_eq!(snapshot.questions.len(), 1);
+    assert_eq!(snapshot.questions[0].question_id, "q1");
+    assert_eq!(snapshot.questions[0].title, "Write x");
+    assert_eq!(snapshot.questions[0].options[0].option_id, "yes");
+    let agent = snapshot.agent.clone().unwrap_or_else(|| panic!("the agent runs"));
+    assert_eq!(agent.current_mode_id.as_deref(), Some("ask"));
+    assert_eq!(agent.available_modes[1]["id"], "code");
+    assert_eq!(
+        agent.config_options.as_ref().map(|o| o[0]["currentValue"].clone()),
+        Some(json!("normal"))
+    );
+    assert_eq!(
+        agent.available_commands,
+        Some(json!([{"description":"Search","name":"web"}]))
+    );
+
+    // Answered: no longer open.
+    let (answered, _) = h.run(|s, ctx, out| {
+        s.answer_question(ctx, CONNECTION, None, "u-1", "q1", Some("yes"), out)
+    });
+    assert!(answered.is_ok());
+    assert!(h.session.snapshot().questions.is_empty());
+    // The turn ends: no turn in the snapshot; the controls stay.
+    h.agent_says(json!({"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn"}}));
+    let snapshot = h.session.snapshot();
+    assert!(snapshot.turn.is_none());
+    assert!(snapshot.agent.is_some());
 }
