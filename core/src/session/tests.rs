@@ -589,11 +589,16 @@ fn the_snapshot_shows_the_running_turn_its_open_questions_and_the_agents_control
     h.text_chunk("world");
     h.update(json!({"sessionUpdate":"available_commands_update",
         "availableCommands":[{"name":"web","description":"Search"}]}));
-    h.agent_says(json!({"jsonrpc":"2.0","id":7,"method":"session/request_permission","params":{
+    h.agent_says(
+        json!({"jsonrpc":"2.0","id":7,"method":"session/request_permission","params":{
         "sessionId":"acp-1","toolCall":{"toolCallId":"t1","title":"Write x"},
-        "options":[{"optionId":"yes","name":"Yes","kind":"allow_once"}]}}));
+        "options":[{"optionId":"yes","name":"Yes","kind":"allow_once"}]}}),
+    );
     let snapshot = h.session.snapshot();
-    let turn = snapshot.turn.clone().unwrap_or_else(|| panic!("a turn runs"));
+    let turn = snapshot
+        .turn
+        .clone()
+        .unwrap_or_else(|| panic!("a turn runs"));
     assert_eq!(turn.turn_id, "turn-p");
     assert_eq!(turn.text, "p");
     assert_eq!(turn.user_id, "u-1");
@@ -602,11 +607,17 @@ fn the_snapshot_shows_the_running_turn_its_open_questions_and_the_agents_control
     assert_eq!(snapshot.questions[0].question_id, "q1");
     assert_eq!(snapshot.questions[0].title, "Write x");
     assert_eq!(snapshot.questions[0].options[0].option_id, "yes");
-    let agent = snapshot.agent.clone().unwrap_or_else(|| panic!("the agent runs"));
+    let agent = snapshot
+        .agent
+        .clone()
+        .unwrap_or_else(|| panic!("the agent runs"));
     assert_eq!(agent.current_mode_id.as_deref(), Some("ask"));
     assert_eq!(agent.available_modes[1]["id"], "code");
     assert_eq!(
-        agent.config_options.as_ref().map(|o| o[0]["currentValue"].clone()),
+        agent
+            .config_options
+            .as_ref()
+            .map(|o| o[0]["currentValue"].clone()),
         Some(json!("normal"))
     );
     assert_eq!(
@@ -615,9 +626,8 @@ fn the_snapshot_shows_the_running_turn_its_open_questions_and_the_agents_control
     );
 
     // Answered: no longer open.
-    let (answered, _) = h.run(|s, ctx, out| {
-        s.answer_question(ctx, CONNECTION, None, "u-1", "q1", Some("yes"), out)
-    });
+    let (answered, _) = h
+        .run(|s, ctx, out| s.answer_question(ctx, CONNECTION, None, "u-1", "q1", Some("yes"), out));
     assert!(answered.is_ok());
     assert!(h.session.snapshot().questions.is_empty());
     // The turn ends: no turn in the snapshot; the controls stay.

@@ -161,3 +161,62 @@ fn the_agents_commands_mode_and_options_are_typed_events() {
         assert_eq!(options[0]["configOptions"][0]["currentValue"], "fast");
     });
 }
+
+#[test]
+fn a_join_mid_turn_gets_the_picture_of_the_session() {
+    with_each_gateway(&["--dev"], |gateway| {
+        let (mut first, id) = joined_session(gateway);
+        // Nothing runs yet: no turn, no questions, no agent.
+        let mut second = Client::dev(gateway);
+        let joined = second.join(&id);
+        for absent in ["turn", "questions", "agent"] {
+            assert!(joined.get(absent).is_none(), "{joined}");
+        }
+
+        // A turn whose first chunk arrived and that then waits a minute.
+        let accepted = first.run_turn(&id, "slow 3 60000");
+        first.events_until(&id, |e| e["type"] == "text_delta");
+        let joined = second.join(&id);
+        let turn = &joined["turn"];
+        assert_eq!(turn["turnId"], accepted["turnId"], "{joined}");
+        assert_eq!(turn["text"], "slow 3 60000");
+        assert!(turn["userId"].is_string(), "{joined}");
+        assert!(
+            turn["startedAt"].as_i64().is_some_and(|at| at > 0),
+            "{joined}"
+        );
+        assert_eq!(turn["agentText"], "chunk 1 of 3\n");
+        let agent = &joined["agent"];
+        assert_eq!(agent["currentModeId"], "ask", "{joined}");
+        assert_eq!(
+            agent["availableModes"],
+            json!([{"id":"ask","name":"Ask"},{"id":"code","name":"Code"}])
+        );
+        assert_eq!(agent["configOptions"][0]["id"], "speed");
+        assert!(joined.get("questions").is_none(), "{joined}");
+        first.call(json!({"type":"stop_turn","sessionId":id}));
+        first.turn_events(&id);
+
+        // A question waits for its answer: the join shows it.
+        first.run_turn(&id, "permission");
+        let asked = parsed(&first.events_until(&id, |e| e["type"] == "permission_requested"));
+        let asked = asked.last().cloned().unwrap_or_default();
+        let joined = second.join(&id);
+        let questions = joined["questions"].as_array().expect("questions");
+        assert_eq!(questions.len(), 1, "{joined}");
+        assert_eq!(questions[0]["questionId"], asked["questionId"]);
+        assert_eq!(questions[0]["toolCallId"], asked["toolCallId"]);
+        assert_eq!(questions[0]["title"], asked["title"]);
+        assert_eq!(questions[0]["options"], asked["options"]);
+        assert_eq!(joined["turn"]["text"], "permission");
+        let question_id = asked["questionId"].as_str().unwrap_or_default();
+        let answered = first.call(json!({"type":"answer_question","sessionId":id,
+            "questionId":question_id,"optionId":"allow"}));
+        assert_eq!(answered["type"], "question_answered", "{answered}");
+        first.turn_events(&id);
+        let joined = second.join(&id);
+        assert!(joined.get("turn").is_none(), "{joined}");
+        assert!(joined.get("questions").is_none(), "{joined}");
+        assert_eq!(joined["agent"]["currentModeId"], "ask", "{joined}");
+    });
+}
