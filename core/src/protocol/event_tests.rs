@@ -174,6 +174,15 @@ fn session_events_are_byte_identical() {
             json!({"update": {"sessionUpdate": "x", "a": null}}),
         ),
         ("text_delta", json!({"text": "no turn"})),
+        // Issue 13: tool calls in full (the mapping's keys, sorted).
+        (
+            "tool_call",
+            json!({"content": [{"newText": "b", "oldText": "a", "path": "/a", "type": "diff"}, {"terminalId": "term", "type": "terminal"}], "input": {"path": "/a"}, "kind": "edit", "locations": [{"line": 3, "path": "/a"}], "rawOutput": {"ok": true}, "status": "completed", "title": "Edit", "toolCallId": "c2", "truncated": true}),
+        ),
+        (
+            "tool_call_update",
+            json!({"content": [], "input": "x", "kind": "edit", "locations": [], "rawOutput": [1], "status": "failed", "title": "T", "toolCallId": "c2", "truncated": true}),
+        ),
     ];
     for (kind, fields) in updates {
         let fields = map(fields);
@@ -298,6 +307,45 @@ fn session_events_are_byte_identical() {
             }),
         ),
         "turn_error",
+    );
+    // Issue 13: the agent's controls as typed events.
+    let commands = json!([{"description": "Search", "input": {"hint": "q"}, "name": "web"}]);
+    check(
+        old_event("available_commands_update", t, |w| {
+            w.field("availableCommands", &commands);
+        }),
+        event(
+            t,
+            EventBody::AvailableCommandsUpdate(AvailableCommandsUpdate {
+                available_commands: &commands,
+            }),
+        ),
+        "available_commands_update",
+    );
+    check(
+        old_event("current_mode_update", None, |w| {
+            w.field("currentModeId", "code");
+        }),
+        event(
+            None,
+            EventBody::CurrentModeUpdate(CurrentModeUpdate {
+                current_mode_id: "code",
+            }),
+        ),
+        "current_mode_update",
+    );
+    let options = json!([{"currentValue": "fast", "id": "speed", "name": "Speed", "options": [], "type": "select"}]);
+    check(
+        old_event("config_option_update", t, |w| {
+            w.field("configOptions", &options);
+        }),
+        event(
+            t,
+            EventBody::ConfigOptionUpdate(ConfigOptionUpdate {
+                config_options: &options,
+            }),
+        ),
+        "config_option_update",
     );
     golden_done();
 }

@@ -569,7 +569,9 @@ fn set_mode_and_set_config_option_answer_with_the_agents_result() {
 
     // The agent exits with a request pending: AGENT_UNAVAILABLE, exactly once.
     let value = ConfigValue::Bool(true);
-    h.run(|s, ctx, out| s.set_config_option(ctx, CONNECTION, Some("c-2"), "x", &value, out));
+    let (sent, _) =
+        h.run(|s, ctx, out| s.set_config_option(ctx, CONNECTION, Some("c-2"), "x", &value, out));
+    assert!(sent.is_ok());
     let agent = h.session.agent_id().unwrap_or(AgentId(0));
     let (_, out) = h.run(|s, ctx, out| s.agent_gone(ctx, agent, out));
     let answers: Vec<Value> = replies(&out)
