@@ -10,7 +10,10 @@ use serde_json::{json, Map, Value};
 
 use super::*;
 use crate::protocol::encode_frame_with_payload;
-use crate::protocol::session_reply::{HistoryTurn, SessionReply, StoredEvents};
+use crate::protocol::session_reply::{
+    AgentControls, HistoryTurn, OpenQuestion, OpenQuestionOption, RunningTurn, SessionReply,
+    StoredEvents,
+};
 use crate::protocol::{ServerMessage, SessionMeta};
 use crate::storage::{SessionRecord, SessionStatus, StoredEvent, TurnRecord};
 
@@ -623,6 +626,78 @@ fn tenant_notifications_and_replies_are_byte_identical() {
                 has_more: true,
             }),
             "history",
+        );
+        // Issue 13: the agent's controls and the join's snapshot.
+        check(
+            old_reply("mode_set", request_id, |w| {
+                w.field("sessionId", "s-1").field("modeId", "code");
+            }),
+            reply(&SessionReply::ModeSet {
+                request_id,
+                session_id: "s-1",
+                mode_id: "code",
+            }),
+            "mode_set",
+        );
+        let options = json!([{"currentValue": true, "id": "x", "name": "X", "type": "boolean"}]);
+        check(
+            old_reply("config_option_set", request_id, |w| {
+                w.field("sessionId", "s-1").field("configOptions", &options);
+            }),
+            reply(&SessionReply::ConfigOptionSet {
+                request_id,
+                session_id: "s-1",
+                config_options: &options,
+            }),
+            "config_option_set",
+        );
+        let turn = RunningTurn {
+            turn_id: "t-2".into(),
+            text: "go".into(),
+            user_id: "u-1".into(),
+            started_at: 5,
+            agent_text: "so far".into(),
+            agent_text_truncated: false,
+        };
+        let questions = [OpenQuestion {
+            question_id: "q1".into(),
+            tool_call_id: "c1".into(),
+            title: "May I?".into(),
+            options: vec![OpenQuestionOption {
+                kind: "allow_once".into(),
+                name: "Yes".into(),
+                option_id: "y".into(),
+            }],
+        }];
+        let agent = AgentControls {
+            current_mode_id: Some("ask".into()),
+            available_modes: json!([{"id": "ask", "name": "Ask"}]),
+            config_options: Some(options.clone()),
+            available_commands: None,
+        };
+        check(
+            old_reply("session_joined", request_id, |w| {
+                w.field("session", &meta)
+                    .field("epoch", "00ff")
+                    .field("lastSeq", &9)
+                    .field("recovered", &false)
+                    .field("turn", &json!({"turnId": "t-2", "text": "go", "userId": "u-1", "startedAt": 5, "agentText": "so far"}))
+                    .field("questions", &json!([{"questionId": "q1", "toolCallId": "c1", "title": "May I?", "options": [{"kind": "allow_once", "name": "Yes", "optionId": "y"}]}]))
+                    .field("agent", &json!({"currentModeId": "ask", "availableModes": [{"id": "ask", "name": "Ask"}], "configOptions": options}))
+                    .field("events", &json!([]));
+            }),
+            reply(&SessionReply::SessionJoined {
+                request_id,
+                session: meta.clone(),
+                epoch: "00ff",
+                last_seq: 9,
+                recovered: false,
+                turn: Some(&turn),
+                questions: &questions,
+                agent: Some(&agent),
+                events: StoredEvents(&[]),
+            }),
+            "joined_snapshot",
         );
     }
     golden_done();
