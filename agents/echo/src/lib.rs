@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod controls;
 mod memory;
 mod script;
 
+use controls::Controls;
 use memory::{memory_base, remember_answer, valid_session_id, Memory, Role};
 use script::{script, text_chunk};
 
@@ -127,6 +129,8 @@ impl Turn {
 struct Session {
     memory: Memory,
     turn: Option<Turn>,
+    /// Its mode and configuration option.
+    controls: Controls,
 }
 
 struct Agent<W: Write> {
@@ -359,6 +363,7 @@ impl<W: Write> Agent<W> {
             "session/load" if self.restore => self.open_session(&id, params, true),
             "session/resume" if self.restore => self.open_session(&id, params, false),
             "session/prompt" => self.prompt(id, params),
+            "session/set_mode" | "session/set_config_option" => self.set_control(&id, method, params),
             _ => self.respond_error(&id, -32601, "Method not found"),
         }
     }
@@ -396,9 +401,16 @@ impl<W: Write> Agent<W> {
             file,
             messages: Vec::new(),
         };
-        self.sessions
-            .insert(session_id.clone(), Session { memory, turn: None });
-        self.respond(id, json!({ "sessionId": session_id }));
+        self.sessions.insert(
+            session_id.clone(),
+            Session {
+                memory,
+                turn: None,
+                controls: Controls::default(),
+            },
+        );
+        let result = Controls::default().session_result(json!({ "sessionId": session_id }));
+        self.respond(id, result);
     }
 
     /// `session/load` (`replay`: every remembered message as a `user_message_chunk` or
@@ -434,8 +446,14 @@ impl<W: Write> Agent<W> {
                         "error": {"code": -32002, "message": "Resource not found", "data": {"sessionId": session_id}},
                     }));
                 };
-                self.sessions
-                    .insert(session_id.clone(), Session { memory, turn: None });
+                self.sessions.insert(
+                    session_id.clone(),
+                    Session {
+                        memory,
+                        turn: None,
+                        controls: Controls::default(),
+                    },
+                );
             }
         }
         if replay {
@@ -452,7 +470,31 @@ impl<W: Write> Agent<W> {
                 self.update(&session_id, text_chunk(kind, &text));
             }
         }
-        self.respond(id, json!({}));
+        let result = self.sessions.get(&session_id).map_or_else(
+            || json!({}),
+            |session| session.controls.session_result(json!({})),
+        );
+        self.respond(id, result);
+    }
+
+    /// `session/set_mode` and `session/set_config_option`: the answer, or error `-32602`.
+    fn set_control(&mut self, id: &Value, method: &str, params: &Value) {
+        let session_id = params
+            .get("sessionId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return self.respond_error(id, -32602, "Invalid params: unknown sessionId");
+        };
+        let result = if method == "session/set_mode" {
+            session.controls.set_mode(params).map(|()| json!({}))
+        } else {
+            session.controls.set_config_option(params)
+        };
+        match result {
+            Ok(result) => self.respond(id, result),
+            Err(message) => self.respond_error(id, -32602, &message),
+        }
     }
 
     fn prompt(&mut self, id: Value, params: &Value) {
@@ -488,7 +530,12 @@ impl<W: Write> Agent<W> {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        let steps = script(&text, &tool_call_id, &session.memory);
+        let mut steps = script(&text, &tool_call_id, &session.memory);
+        if text.split_whitespace().collect::<Vec<_>>() == ["controls"] {
+            for (index, update) in session.controls.announce().into_iter().enumerate() {
+                steps.insert(index, Step::Update(update));
+            }
+        }
         session.memory.remember(Role::User, &text);
         session.turn = Some(Turn {
             prompt_id: id,

@@ -128,6 +128,9 @@ pub(crate) fn script(text: &str, tool_call_id: &str, memory: &Memory) -> VecDequ
             Step::Finish("end_turn"),
         ],
         "hang" => vec![Step::Hang],
+        // The updates come from the session's controls (lib.rs): here only the turn's end.
+        "controls" if args.is_empty() => vec![Step::Finish("end_turn")],
+        "diff" if args.is_empty() => diff(tool_call_id),
         "unknown" => vec![
             Step::Update(json!({
                 "sessionUpdate": "echo_unknown_kind",
@@ -143,6 +146,31 @@ pub(crate) fn script(text: &str, tool_call_id: &str, memory: &Memory) -> VecDequ
 fn echo(text: &str) -> Vec<Step> {
     vec![
         Step::Update(text_chunk("agent_message_chunk", text)),
+        Step::Finish("end_turn"),
+    ]
+}
+
+/// The `diff` command: an edit with a location, a diff and a terminal, and its raw output.
+fn diff(tool_call_id: &str) -> Vec<Step> {
+    let diff = json!({"type": "diff", "path": "echo.txt", "oldText": "old\n", "newText": "new\n"});
+    vec![
+        Step::Update(json!({
+            "sessionUpdate": "tool_call",
+            "toolCallId": tool_call_id,
+            "title": "Edit echo.txt",
+            "kind": "edit",
+            "status": "in_progress",
+            "locations": [{"path": "echo.txt", "line": 1}],
+            "content": [diff],
+            "rawInput": {"path": "echo.txt", "newText": "new\n"},
+        })),
+        Step::Update(json!({
+            "sessionUpdate": "tool_call_update",
+            "toolCallId": tool_call_id,
+            "status": "completed",
+            "content": [diff, {"type": "terminal", "terminalId": "echo-terminal"}],
+            "rawOutput": {"written": 4},
+        })),
         Step::Finish("end_turn"),
     ]
 }

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::controls::Controls;
 use crate::memory::{remember_answer, valid_session_id, Memory, Role};
 use crate::{Agent, MAX_REMEMBERED_ANSWER};
 
@@ -148,7 +149,9 @@ fn load_replays_resume_does_not_and_recall_answers_across_agents() {
         &mut third,
         request(1, "session/resume", json!({"sessionId":"echo-1","cwd":cwd})),
     );
-    assert_eq!(out, vec![json!({"jsonrpc":"2.0","id":1,"result":{}})]);
+    // The answer carries the session's controls (modes and options), nothing else.
+    let opened = Controls::default().session_result(json!({}));
+    assert_eq!(out, vec![json!({"jsonrpc":"2.0","id":1,"result":opened})]);
     let out = exchange(&mut third, prompt(2, "echo-1", "recall"));
     assert_eq!(
         out[0].pointer("/params/update/content/text"),
@@ -198,7 +201,10 @@ fn an_unwritable_workspace_still_serves_the_session() {
             json!({"sessionId":"echo-1","cwd":"/proc"}),
         ),
     );
-    assert_eq!(out[0]["result"], json!({}));
+    assert_eq!(
+        out[0]["result"],
+        Controls::default().session_result(json!({}))
+    );
     let mut other = Agent::new(Vec::new());
     let out = exchange(
         &mut other,
@@ -245,4 +251,152 @@ fn without_restore_it_advertises_and_serves_neither_load_nor_resume() {
     let out = exchange(&mut agent, prompt(5, "echo-1", "recall"));
     let text = out[0]["params"]["update"]["content"]["text"].clone();
     assert_eq!(text, json!("I remember 1 prompt:\n1. hello"));
+}
+
+/// An agent with session `echo-1` open in a fresh workspace (kept alive by the returned dir).
+fn agent_with_session() -> (Agent<Vec<u8>>, tempfile::TempDir, Value) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cwd = dir.path().to_str().unwrap_or_default().to_owned();
+    let mut agent = Agent::new(Vec::new());
+    exchange(
+        &mut agent,
+        request(0, "initialize", json!({"protocolVersion":1})),
+    );
+    let new = exchange(
+        &mut agent,
+        request(1, "session/new", json!({"cwd":cwd,"mcpServers":[]})),
+    );
+    let result = new[0]["result"].clone();
+    (agent, dir, result)
+}
+
+#[test]
+fn sessions_offer_modes_and_an_option_that_set_mode_and_set_config_option_change() {
+    let (mut agent, _dir, opened) = agent_with_session();
+    assert_eq!(opened["modes"]["currentModeId"], json!("ask"));
+    assert_eq!(
+        opened["modes"]["availableModes"],
+        json!([{"id":"ask","name":"Ask"},{"id":"code","name":"Code"}])
+    );
+    assert_eq!(opened["configOptions"][0]["id"], json!("speed"));
+    assert_eq!(opened["configOptions"][0]["currentValue"], json!("normal"));
+
+    let out = exchange(
+        &mut agent,
+        request(
+            2,
+            "session/set_mode",
+            json!({"sessionId":"echo-1","modeId":"code"}),
+        ),
+    );
+    assert_eq!(out, vec![json!({"jsonrpc":"2.0","id":2,"result":{}})]);
+    let out = exchange(
+        &mut agent,
+        request(
+            3,
+            "session/set_mode",
+            json!({"sessionId":"echo-1","modeId":"yolo"}),
+        ),
+    );
+    assert_eq!(out[0]["error"]["code"], json!(-32602));
+    assert_eq!(
+        out[0]["error"]["message"],
+        json!("Invalid params: no mode \"yolo\"")
+    );
+
+    let out = exchange(
+        &mut agent,
+        request(
+            4,
+            "session/set_config_option",
+            json!({"sessionId":"echo-1","configId":"speed","value":"fast"}),
+        ),
+    );
+    assert_eq!(
+        out[0]["result"]["configOptions"][0]["currentValue"],
+        json!("fast")
+    );
+    let out = exchange(
+        &mut agent,
+        request(
+            5,
+            "session/set_config_option",
+            json!({"sessionId":"echo-1","configId":"color","value":"red"}),
+        ),
+    );
+    assert_eq!(out[0]["error"]["code"], json!(-32602));
+    let out = exchange(
+        &mut agent,
+        request(
+            6,
+            "session/set_mode",
+            json!({"sessionId":"echo-9","modeId":"code"}),
+        ),
+    );
+    assert_eq!(out[0]["error"]["code"], json!(-32602));
+
+    // A resume reports the session's controls as they are now.
+    let out = exchange(
+        &mut agent,
+        request(
+            7,
+            "session/resume",
+            json!({"sessionId":"echo-1","cwd":"/","mcpServers":[]}),
+        ),
+    );
+    assert_eq!(out[0]["result"]["modes"]["currentModeId"], json!("code"));
+    assert_eq!(
+        out[0]["result"]["configOptions"][0]["currentValue"],
+        json!("fast")
+    );
+}
+
+#[test]
+fn controls_announces_commands_mode_and_options() {
+    let (mut agent, _dir, _) = agent_with_session();
+    let out = exchange(&mut agent, prompt(2, "echo-1", "controls"));
+    let kinds: Vec<&str> = out
+        .iter()
+        .filter_map(|m| m["params"]["update"]["sessionUpdate"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "available_commands_update",
+            "current_mode_update",
+            "config_option_update"
+        ]
+    );
+    assert_eq!(
+        out[0]["params"]["update"]["availableCommands"][0]["name"],
+        json!("recall")
+    );
+    assert_eq!(out[1]["params"]["update"]["currentModeId"], json!("code"));
+    assert_eq!(
+        out[2]["params"]["update"]["configOptions"][0]["currentValue"],
+        json!("fast")
+    );
+    assert_eq!(out[3]["result"], json!({"stopReason":"end_turn"}));
+}
+
+#[test]
+fn diff_reports_an_edit_in_full() {
+    let (mut agent, _dir, _) = agent_with_session();
+    let out = exchange(&mut agent, prompt(2, "echo-1", "diff"));
+    let call = &out[0]["params"]["update"];
+    assert_eq!(call["sessionUpdate"], json!("tool_call"));
+    assert_eq!(call["kind"], json!("edit"));
+    assert_eq!(call["locations"], json!([{"path":"echo.txt","line":1}]));
+    assert_eq!(
+        call["content"],
+        json!([{"type":"diff","path":"echo.txt","oldText":"old\n","newText":"new\n"}])
+    );
+    let update = &out[1]["params"]["update"];
+    assert_eq!(update["status"], json!("completed"));
+    assert_eq!(
+        update["content"][1],
+        json!({"type":"terminal","terminalId":"echo-terminal"})
+    );
+    assert_eq!(update["rawOutput"], json!({"written": 4}));
+    assert_eq!(out[2]["result"], json!({"stopReason":"end_turn"}));
 }

@@ -733,7 +733,9 @@ fn session_load_replays_the_conversation_then_answers() {
     );
     let answer = agent.next();
     assert_eq!(answer["id"], json!(1), "{answer}");
-    assert_eq!(answer["result"], json!({}));
+    // The answer carries the session's modes and options (README, "Modes and options").
+    assert_eq!(answer["result"]["modes"]["currentModeId"], json!("ask"));
+    assert_eq!(answer["result"]["configOptions"][0]["id"], json!("speed"));
     // The loaded session takes prompts and remembers on.
     agent.prompt(2, &session, "recall");
     assert_eq!(
@@ -750,7 +752,11 @@ fn session_resume_answers_without_replay() {
     initialize(&mut agent);
     let cwd = agent.workspace.clone();
     let answer = agent.request(1, "session/resume", json!({"sessionId":session,"cwd":cwd}));
-    assert_eq!(answer["result"], json!({}), "no update came before it");
+    assert!(
+        answer.get("result").is_some(),
+        "no update came before it: {answer}"
+    );
+    assert_eq!(answer["result"]["modes"]["currentModeId"], json!("ask"));
     agent.prompt(2, &session, "recall");
     assert_eq!(
         agent.chunk_text(&session),

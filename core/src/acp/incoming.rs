@@ -31,6 +31,7 @@ impl AcpClient {
             .and_then(|params| params.remove("update"))
             .unwrap_or(Value::Null);
         let mapped = mapping::map_update(update);
+        let is_state = mapped.state.is_some();
         if let Some(change) = mapped.state {
             self.apply_state(change);
         }
@@ -40,6 +41,10 @@ impl AcpClient {
             self.state = State::Handshake {
                 deadline: now.checked_add(self.config.init_timeout),
             };
+            return;
+        }
+        if is_state {
+            // Surfaced as a ControlEvent (poll_control), published as its typed event.
             return;
         }
         if let Some((id, title)) = mapped.tool_title {

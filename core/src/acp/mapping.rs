@@ -5,16 +5,19 @@
 //! `Plan`, `UsageUpdate`, ...), which must deserialize for the update to map to its event. The
 //! schema's scalar fields come from the typed value (`toolCallId`, `title`, `kind` and `status` by
 //! their wire names, `used`, `size`, the chunk's text); the JSON the gateway forwards without
-//! interpreting it (`rawInput` as `input`, a tool call update's `content`, a plan's `entries`,
+//! interpreting it (`rawInput` as `input`, `rawOutput`, a plan's `entries`,
 //! `cost`) is forwarded as the agent wrote it, so the published bytes do not depend on how the
 //! schema types re-serialize (they drop `null`s and unknown fields, and skip invalid list items).
+//! A tool call's `content` and `locations` are published as the schema types read them (so they
+//! have ACP's shape: text, `diff` with `path`/`oldText`/`newText`, `terminal` references).
 //!
 //! A known kind whose payload does not have the shape the gateway event needs (a non-text content
 //! chunk, a `tool_call` without a `toolCallId`, a `usage_update` whose numbers are missing, ...)
 //! is kept whole as `agent_update`, exactly like an unknown kind: nothing the agent says is
 //! dropped. `current_mode_update`, `available_commands_update` and `config_option_update` are
-//! published as `agent_update` too (as before), and their typed content is returned beside the
-//! event as a [`StateChange`].
+//! returned as a typed [`StateChange`] (the client surfaces them as `ControlEvent`s, and the
+//! session publishes its typed events); they are not published as `agent_update` (one that
+//! does not deserialize still is).
 //!
 //! Key order: the schema crate turns on serde_json's `preserve_order`, so a `Map` keeps insertion
 //! order. The gateway has always published these fields, and the agent's JSON inside them, with
@@ -126,9 +129,16 @@ fn text_chunk(update: &Value, kind: &'static str) -> Option<Mapped> {
     Some(event(kind, fields))
 }
 
+/// The bound of each of a tool call's opaque fields (`content`, `locations`, `input`,
+/// `rawOutput`): about this many bytes of JSON. A field over it is cut (see [`bound`]) and the
+/// event carries `truncated: true`.
+pub(crate) const MAX_TOOL_FIELD_BYTES: usize = 64 * 1024;
+
 /// ACP `ToolCall`: `toolCallId` and `title` are required; `kind` defaults to `other` and
-/// `status` to `pending` (the schema's defaults, also for a value it does not know); `rawInput`
-/// becomes `input`.
+/// `status` to `pending` (the schema's defaults, also for a value it does not know); `content`
+/// and `locations` are published as the schema types read them (an invalid item is skipped),
+/// when not empty; `rawInput` becomes `input`, and `rawOutput` is published as the agent wrote
+/// both. Each of these is bounded ([`MAX_TOOL_FIELD_BYTES`]).
 fn tool_call(update: &Value) -> Option<Mapped> {
     let call: ToolCall = typed(update)?;
     let id = call.tool_call_id.0.to_string();
@@ -137,16 +147,35 @@ fn tool_call(update: &Value) -> Option<Mapped> {
     fields.insert("title".into(), Value::String(call.title.clone()));
     fields.insert("kind".into(), Value::String(wire_name(&call.kind)));
     fields.insert("status".into(), Value::String(wire_name(&call.status)));
-    if let Some(input) = call.raw_input.filter(|input| !input.is_null()) {
-        fields.insert("input".into(), input);
+    let mut truncated = false;
+    if !call.content.is_empty() {
+        insert_bounded(
+            &mut fields,
+            "content",
+            to_json(&call.content),
+            &mut truncated,
+        );
+    }
+    if !call.locations.is_empty() {
+        insert_bounded(
+            &mut fields,
+            "locations",
+            to_json(&call.locations),
+            &mut truncated,
+        );
+    }
+    raw_fields(update, &mut fields, &mut truncated);
+    if truncated {
+        fields.insert("truncated".into(), Value::Bool(true));
     }
     let mut mapped = event("tool_call", fields);
     mapped.tool_title = Some((id, call.title));
     Some(mapped)
 }
 
-/// ACP `ToolCallUpdate`: only `toolCallId` is required; every other field is optional. `status`
-/// is published when the schema knows it; `content` as the agent wrote it.
+/// ACP `ToolCallUpdate`: only `toolCallId` is required; every other field is optional and, when
+/// present, replaces the call's value (`content` and `locations` as whole lists). `kind` and
+/// `status` are published when the schema knows them; the rest as for [`tool_call`].
 fn tool_call_update(update: &Value) -> Option<Mapped> {
     let call: ToolCallUpdate = typed(update)?;
     let mut fields = Map::new();
@@ -154,11 +183,128 @@ fn tool_call_update(update: &Value) -> Option<Mapped> {
         "toolCallId".into(),
         Value::String(call.tool_call_id.0.to_string()),
     );
+    if let Some(title) = call.fields.title {
+        fields.insert("title".into(), Value::String(title));
+    }
+    if let Some(kind) = call.fields.kind {
+        fields.insert("kind".into(), Value::String(wire_name(&kind)));
+    }
     if let Some(status) = call.fields.status {
         fields.insert("status".into(), Value::String(wire_name(&status)));
     }
-    copy_field(update, &mut fields, "content", "content");
+    let mut truncated = false;
+    if let Some(content) = call.fields.content {
+        insert_bounded(&mut fields, "content", to_json(&content), &mut truncated);
+    }
+    if let Some(locations) = call.fields.locations {
+        insert_bounded(
+            &mut fields,
+            "locations",
+            to_json(&locations),
+            &mut truncated,
+        );
+    }
+    raw_fields(update, &mut fields, &mut truncated);
+    if truncated {
+        fields.insert("truncated".into(), Value::Bool(true));
+    }
     Some(event("tool_call_update", fields))
+}
+
+/// `rawInput` (as `input`) and `rawOutput`, as the agent wrote them, bounded; absent if absent
+/// or `null`.
+fn raw_fields(update: &Value, fields: &mut Map<String, Value>, truncated: &mut bool) {
+    for (key, as_key) in [("rawInput", "input"), ("rawOutput", "rawOutput")] {
+        match update.get(key) {
+            None | Some(Value::Null) => {}
+            Some(value) => insert_bounded(fields, as_key, value.clone(), truncated),
+        }
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn insert_bounded(
+    fields: &mut Map<String, Value>,
+    key: &str,
+    mut value: Value,
+    truncated: &mut bool,
+) {
+    *truncated |= bound_hard(&mut value);
+    fields.insert(key.into(), value);
+}
+
+/// Cuts `value` to about `budget` bytes of JSON, keeping its shape (so a cut value still has
+/// its schema's shape): strings are cut (at a character boundary) to what is left, and once
+/// nothing is left the remaining items of lists are dropped; object keys are kept (their values
+/// cut the same way). Returns whether anything was cut.
+pub(crate) fn bound(value: &mut Value, budget: &mut usize) -> bool {
+    match value {
+        Value::String(text) => {
+            if text.len() + 2 <= *budget {
+                *budget -= text.len() + 2;
+                return false;
+            }
+            let mut end = budget.saturating_sub(2).min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            *budget = 0;
+            true
+        }
+        Value::Array(items) => {
+            let mut cut = false;
+            let mut keep = items.len();
+            for (index, item) in items.iter_mut().enumerate() {
+                if *budget == 0 {
+                    keep = index;
+                    break;
+                }
+                *budget = budget.saturating_sub(1);
+                cut |= bound(item, budget);
+            }
+            cut |= keep < items.len();
+            items.truncate(keep);
+            cut
+        }
+        Value::Object(entries) => {
+            let mut cut = false;
+            for (key, entry) in entries.iter_mut() {
+                *budget = budget.saturating_sub(key.len() + 3);
+                cut |= bound(entry, budget);
+            }
+            cut
+        }
+        scalar => {
+            *budget = budget.saturating_sub(scalar.to_string().len());
+            false
+        }
+    }
+}
+
+/// [`bound`], then, if the value is still over twice the bound (an object of very many keys:
+/// only the agent's opaque `rawInput`/`rawOutput` can be one), its JSON text cut to the bound,
+/// as a string. Returns whether anything was cut.
+fn bound_hard(value: &mut Value) -> bool {
+    let mut budget = MAX_TOOL_FIELD_BYTES;
+    let cut = bound(value, &mut budget);
+    if budget > 0 {
+        return cut;
+    }
+    let mut text = value.to_string();
+    if text.len() <= 2 * MAX_TOOL_FIELD_BYTES {
+        return cut;
+    }
+    let mut end = MAX_TOOL_FIELD_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    *value = Value::String(text);
+    true
 }
 
 /// ACP `Plan`: `entries` must be a list (the schema's type would read anything else as empty).

@@ -234,7 +234,7 @@ fn every_update_kind_maps_to_its_gateway_event() {
         (
             json!({"sessionUpdate":"tool_call","toolCallId":"call_1","title":"Reading project files","kind":"read","status":"pending","locations":[{"path":"/p/README.md"}],"rawInput":{"path":"/p/README.md"}}),
             "tool_call",
-            json!({"toolCallId":"call_1","title":"Reading project files","kind":"read","status":"pending","input":{"path":"/p/README.md"}}),
+            json!({"toolCallId":"call_1","title":"Reading project files","kind":"read","status":"pending","locations":[{"path":"/p/README.md"}],"input":{"path":"/p/README.md"}}),
         ),
         (
             // kind and status default per the ACP schema; no rawInput, no input.
@@ -245,12 +245,24 @@ fn every_update_kind_maps_to_its_gateway_event() {
         (
             json!({"sessionUpdate":"tool_call_update","toolCallId":"call_1","status":"completed","content":[{"type":"content","content":{"type":"text","text":"# My Project"}}],"rawOutput":{"content":"# My Project"}}),
             "tool_call_update",
-            json!({"toolCallId":"call_1","status":"completed","content":[{"type":"content","content":{"type":"text","text":"# My Project"}}]}),
+            json!({"toolCallId":"call_1","status":"completed","content":[{"type":"content","content":{"type":"text","text":"# My Project"}}],"rawOutput":{"content":"# My Project"}}),
         ),
         (
             json!({"sessionUpdate":"tool_call_update","toolCallId":"call_1","title":"renamed"}),
             "tool_call_update",
-            json!({"toolCallId":"call_1"}),
+            json!({"toolCallId":"call_1","title":"renamed"}),
+        ),
+        (
+            // A diff, a terminal and a location with its line; kind and rawInput change.
+            json!({"sessionUpdate":"tool_call_update","toolCallId":"call_1","kind":"edit","content":[{"type":"diff","path":"/p/a.rs","oldText":"a","newText":"b"},{"type":"terminal","terminalId":"term_1"}],"locations":[{"path":"/p/a.rs","line":3}],"rawInput":{"path":"/p/a.rs"}}),
+            "tool_call_update",
+            json!({"toolCallId":"call_1","kind":"edit","content":[{"type":"diff","path":"/p/a.rs","oldText":"a","newText":"b"},{"type":"terminal","terminalId":"term_1"}],"locations":[{"path":"/p/a.rs","line":3}],"input":{"path":"/p/a.rs"}}),
+        ),
+        (
+            // Emptied lists are published: they replace the call's lists.
+            json!({"sessionUpdate":"tool_call_update","toolCallId":"call_1","content":[],"locations":[]}),
+            "tool_call_update",
+            json!({"toolCallId":"call_1","content":[],"locations":[]}),
         ),
         (
             json!({"sessionUpdate":"plan","entries":[{"content":"a","priority":"high","status":"pending"}]}),
@@ -279,9 +291,7 @@ fn unknown_and_unmappable_updates_are_kept_whole() {
     let (mut client, now) = ready_client(AcpConfig::default());
     let kept = [
         json!({"sessionUpdate":"user_message_chunk","content":{"type":"text","text":"me"}}),
-        json!({"sessionUpdate":"available_commands_update","availableCommands":[{"name":"web","description":"search"}]}),
-        json!({"sessionUpdate":"current_mode_update","currentModeId":"architect"}),
-        json!({"sessionUpdate":"config_option_update","configOptions":[]}),
+        json!({"sessionUpdate":"current_mode_update"}),
         json!({"sessionUpdate":"session_info_update","title":"Fixing the build"}),
         json!({"sessionUpdate":"brand_new_kind","x":[1,2,3]}),
         json!({"sessionUpdate":"agent_message_chunk","content":{"type":"image","data":"aGk=","mimeType":"image/png"}}),
@@ -1264,33 +1274,22 @@ fn set_mode_and_set_config_option_answer_with_control_events() {
 }
 
 #[test]
-fn state_updates_stay_agent_updates_and_are_control_events_too() {
+fn state_updates_are_control_events_not_agent_updates() {
     let (mut client, now) = ready_client(AcpConfig::default());
     let mode = json!({"sessionUpdate":"current_mode_update","currentModeId":"architect"});
-    update(&mut client, mode.clone(), now);
-    assert_eq!(
-        one_update(&mut client),
-        ("agent_update", json!({ "update": mode }))
-    );
+    update(&mut client, mode, now);
     let commands = json!({"sessionUpdate":"available_commands_update","availableCommands":[{"name":"web","description":"search"}]});
-    update(&mut client, commands.clone(), now);
-    assert_eq!(
-        one_update(&mut client),
-        ("agent_update", json!({ "update": commands }))
-    );
+    update(&mut client, commands, now);
     let options =
         json!({"sessionUpdate":"config_option_update","configOptions":config_options_json("fast")});
-    update(&mut client, options.clone(), now);
-    assert_eq!(
-        one_update(&mut client),
-        ("agent_update", json!({ "update": options }))
-    );
+    update(&mut client, options, now);
     // A newer mode replaces the waiting one and moves to the back.
     let newer = json!({"sessionUpdate":"current_mode_update","currentModeId":"code"});
-    update(&mut client, newer.clone(), now);
+    update(&mut client, newer, now);
     assert_eq!(
-        one_update(&mut client),
-        ("agent_update", json!({ "update": newer }))
+        events(&mut client),
+        vec![],
+        "no agent_update for state kinds"
     );
     let all = controls(&mut client);
     assert_eq!(all.len(), 3, "{all:?}");
@@ -1317,6 +1316,56 @@ fn state_updates_stay_agent_updates_and_are_control_events_too() {
         ("agent_update", json!({ "update": bad }))
     );
     assert!(controls(&mut client).is_empty());
+}
+
+#[test]
+fn tool_call_fields_are_bounded_and_flagged() {
+    let (mut client, now) = ready_client(AcpConfig::default());
+    let big = "é".repeat(40 * 1024); // 80 KiB of UTF-8
+    update(
+        &mut client,
+        json!({"sessionUpdate":"tool_call","toolCallId":"c","title":"T","content":[{"type":"diff","path":"/p/x","oldText":big,"newText":big}],"rawInput":{"a":big},"rawOutput":[big, big]}),
+        now,
+    );
+    let (kind, fields) = one_update(&mut client);
+    assert_eq!(kind, "tool_call");
+    assert_eq!(fields["truncated"], json!(true));
+    for key in ["content", "input", "rawOutput"] {
+        let size = fields[key].to_string().len();
+        assert!(size <= 64 * 1024 + 64, "{key} is {size} bytes");
+        assert!(size >= 60 * 1024, "{key} is {size} bytes");
+    }
+    // The diff keeps its shape: both texts present, cut on a character boundary.
+    let diff = &fields["content"][0];
+    assert_eq!(diff["type"], "diff");
+    assert_eq!(diff["path"], "/p/x");
+    assert!(diff["newText"].is_string() && diff["oldText"].is_string());
+    assert_eq!(fields["rawOutput"].as_array().map(Vec::len), Some(1));
+    // Small fields are not cut, and not flagged.
+    update(
+        &mut client,
+        json!({"sessionUpdate":"tool_call_update","toolCallId":"c","rawOutput":{"ok":true}}),
+        now,
+    );
+    assert_eq!(
+        one_update(&mut client),
+        (
+            "tool_call_update",
+            json!({"toolCallId":"c","rawOutput":{"ok":true}})
+        )
+    );
+    // An object of very many keys is cut to its JSON text, as a string.
+    let many: Map<String, Value> = (0..20_000).map(|i| (format!("key{i}"), json!(i))).collect();
+    update(
+        &mut client,
+        json!({"sessionUpdate":"tool_call_update","toolCallId":"c","rawInput":many}),
+        now,
+    );
+    let (_, fields) = one_update(&mut client);
+    assert_eq!(fields["truncated"], json!(true));
+    assert!(fields["input"]
+        .as_str()
+        .is_some_and(|s| s.len() <= 64 * 1024));
 }
 
 #[test]

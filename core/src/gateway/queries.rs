@@ -10,7 +10,9 @@ use std::time::Instant;
 use crate::ids::{ConnectionId, SessionId};
 use crate::protocol::refusal::Handled;
 use crate::protocol::request::{GetEvents, GetHistory, JoinSession, RequestContext, SessionRef};
-use crate::protocol::session_reply::{HistoryTurn, SessionMeta, SessionReply, StoredEvents};
+use crate::protocol::session_reply::{
+    HistoryTurn, JoinSnapshot, SessionMeta, SessionReply, StoredEvents,
+};
 use crate::protocol::{encode_frame, ErrorCode};
 use crate::storage::{
     QueryResult, StorageCommand, StorageCompletion, StorageError, StorageQuery, StoredEvent,
@@ -30,6 +32,8 @@ pub(crate) enum PendingQuery {
         request_id: Option<String>,
         after_seq: u64,
         up_to: u64,
+        /// The session's picture measured with `up_to`.
+        snapshot: Box<JoinSnapshot>,
     },
     Events {
         connection: ConnectionId,
@@ -104,9 +108,15 @@ impl Gateway {
                 now,
             );
         }
+        // Deltas still being coalesced are published first: the snapshot's agent text is then
+        // exactly the deltas up to `lastSeq`.
+        self.drive(&session_id, now, |session, sctx, out| {
+            session.flush_coalescer(sctx, out)
+        });
         let Some(session) = self.sessions.get(&session_id) else {
             return Err(crate::protocol::refusal::Refusal::session_not_found());
         };
+        let snapshot = session.snapshot();
         let last_seq = session.record().last_seq;
         let epoch_now = session.record().epoch.as_str();
         let after_seq = request.after_seq;
@@ -132,6 +142,7 @@ impl Gateway {
                         request_id: ctx.request_id.clone(),
                         after_seq: after,
                         up_to: last_seq,
+                        snapshot: Box::new(snapshot),
                     },
                 );
                 self.storage(StorageCommand::Query {
@@ -157,7 +168,9 @@ impl Gateway {
                 };
                 self.metrics.count_replay(result);
                 let request_id = ctx.request_id.as_deref();
-                self.send_joined(id, &session_id, request_id, &[], last_seq, recovered, now);
+                let events: &[StoredEvent] = &[];
+                let replay = (events, last_seq, recovered);
+                self.send_joined(id, &session_id, request_id, replay, &snapshot, now);
             }
         }
         if let Some(client) = self.client_state_mut(id) {
@@ -338,6 +351,7 @@ impl Gateway {
                 request_id,
                 after_seq,
                 up_to,
+                snapshot,
                 ..
             } => {
                 let Some((connection, waiting)) = self
@@ -361,15 +375,9 @@ impl Gateway {
                 let recovered = events.is_some();
                 self.metrics
                     .count_replay(if recovered { "recovered" } else { "reload" });
-                self.send_joined(
-                    connection,
-                    &session_id,
-                    request_id.as_deref(),
-                    events.as_deref().unwrap_or(&[]),
-                    up_to,
-                    recovered,
-                    now,
-                );
+                let replay = (events.as_deref().unwrap_or(&[]), up_to, recovered);
+                let request_id = request_id.as_deref();
+                self.send_joined(connection, &session_id, request_id, replay, &snapshot, now);
                 for frame in waiting {
                     self.send(connection, frame, now);
                 }
@@ -452,15 +460,15 @@ impl Gateway {
     /// `session_joined {session, epoch, lastSeq, recovered, events}` whose `lastSeq` is the one
     /// measured at the join (the frames that waited for a replay carry the events after it).
     /// The events are the stored payloads, byte for byte as they were published.
-    #[allow(clippy::too_many_arguments)]
+    /// `replay` is the replayed events, `lastSeq` and `recovered`; `snapshot` the session's
+    /// picture measured with that `lastSeq`.
     fn send_joined(
         &mut self,
         id: ConnectionId,
         session_id: &SessionId,
         request_id: Option<&str>,
-        events: &[StoredEvent],
-        last_seq: u64,
-        recovered: bool,
+        (events, last_seq, recovered): (&[StoredEvent], u64, bool),
+        snapshot: &JoinSnapshot,
         now: Instant,
     ) {
         let Some(session) = self.sessions.get(session_id) else {
@@ -474,6 +482,9 @@ impl Gateway {
             session: meta.clone(),
             last_seq,
             recovered,
+            turn: snapshot.turn.as_ref(),
+            questions: &snapshot.questions,
+            agent: snapshot.agent.as_ref(),
             events: StoredEvents(events),
         });
         self.send(id, frame, now);

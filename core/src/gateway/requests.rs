@@ -139,6 +139,8 @@ impl Gateway {
             ClientRequest::Steer(request) => self.run_turn(ctx, &request, true, now),
             ClientRequest::StopTurn(request) => self.stop_turn(ctx, &request, now),
             ClientRequest::AnswerQuestion(request) => self.answer_question(ctx, &request, now),
+            ClientRequest::SetMode(request) => self.set_mode(ctx, &request, now),
+            ClientRequest::SetConfigOption(request) => self.set_config_option(ctx, &request, now),
         }
     }
 

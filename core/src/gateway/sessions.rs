@@ -15,7 +15,9 @@ use bytes::Bytes;
 
 use crate::ids::{AgentId, ConnectionId, SessionId, TimerKey};
 use crate::protocol::refusal::{Handled, Refusal};
-use crate::protocol::request::{AnswerQuestion, RequestContext, RunTurn, SessionRef};
+use crate::protocol::request::{
+    AnswerQuestion, RequestContext, RunTurn, SessionRef, SetConfigOption, SetMode,
+};
 use crate::protocol::ServerMessage;
 use crate::protocol::{encode_frame, ErrorCode};
 use crate::session::{Counter, NextTurn, Session, SessionContext, SessionOutput};
@@ -340,6 +342,44 @@ impl Gateway {
                 user_id,
                 question_id,
                 option_id,
+                out,
+            )
+        })
+        .unwrap_or_else(|| Err(Refusal::session_not_found()))
+    }
+
+    /// `set_mode`: handed to the session, which asks its agent.
+    pub(crate) fn set_mode(
+        &mut self,
+        ctx: &RequestContext,
+        request: &SetMode,
+        now: Instant,
+    ) -> Handled {
+        let session_id = self.requested_session(ctx, &request.session_id)?;
+        let request_id = ctx.request_id.as_deref();
+        self.drive(&session_id, now, |session, sctx, out| {
+            session.set_mode(sctx, ctx.connection, request_id, &request.mode_id, out)
+        })
+        .unwrap_or_else(|| Err(Refusal::session_not_found()))
+    }
+
+    /// `set_config_option`: handed to the session, which asks its agent.
+    pub(crate) fn set_config_option(
+        &mut self,
+        ctx: &RequestContext,
+        request: &SetConfigOption,
+        now: Instant,
+    ) -> Handled {
+        let session_id = self.requested_session(ctx, &request.session_id)?;
+        let request_id = ctx.request_id.as_deref();
+        self.drive(&session_id, now, |session, sctx, out| {
+            let config_id = request.config_id.as_str();
+            session.set_config_option(
+                sctx,
+                ctx.connection,
+                request_id,
+                config_id,
+                &request.value,
                 out,
             )
         })

@@ -67,7 +67,7 @@ impl JsonSchema for SessionEvent<'_> {
     /// `oneOf` an object per event type: `type` is the kind, then the header, then the body's
     /// own fields; nothing else (the server's messages are exactly known).
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        let bodies: [(&str, Schema); 14] = [
+        let bodies: [(&str, Schema); 17] = [
             ("session_state", SessionState::json_schema(generator)),
             ("turn_started", TurnStarted::json_schema(generator)),
             ("text_delta", Delta::json_schema(generator)),
@@ -88,6 +88,18 @@ impl JsonSchema for SessionEvent<'_> {
             ("turn_complete", TurnComplete::json_schema(generator)),
             ("turn_error", TurnError::json_schema(generator)),
             ("file_changed", FileChanged::json_schema(generator)),
+            (
+                "available_commands_update",
+                AvailableCommandsUpdate::json_schema(generator),
+            ),
+            (
+                "current_mode_update",
+                CurrentModeUpdate::json_schema(generator),
+            ),
+            (
+                "config_option_update",
+                ConfigOptionUpdate::json_schema(generator),
+            ),
         ];
         let variants: Vec<Value> = bodies
             .into_iter()
@@ -175,6 +187,12 @@ pub enum EventBody<'a> {
     TurnError(TurnError<'a>),
     /// `file_changed`: the agent wrote a file of the workspace through `fs/write_text_file`.
     FileChanged(FileChanged<'a>),
+    /// `available_commands_update`.
+    AvailableCommandsUpdate(AvailableCommandsUpdate<'a>),
+    /// `current_mode_update`.
+    CurrentModeUpdate(CurrentModeUpdate<'a>),
+    /// `config_option_update`.
+    ConfigOptionUpdate(ConfigOptionUpdate<'a>),
 }
 
 impl EventBody<'_> {
@@ -195,6 +213,9 @@ impl EventBody<'_> {
             EventBody::TurnComplete(_) => "turn_complete",
             EventBody::TurnError(_) => "turn_error",
             EventBody::FileChanged(_) => "file_changed",
+            EventBody::AvailableCommandsUpdate(_) => "available_commands_update",
+            EventBody::CurrentModeUpdate(_) => "current_mode_update",
+            EventBody::ConfigOptionUpdate(_) => "config_option_update",
         }
     }
 
@@ -231,35 +252,134 @@ pub struct Delta<'a> {
     pub text: &'a str,
 }
 
-/// `tool_call` (ACP `ToolCall`; `rawInput` becomes `input`).
+/// `tool_call` (ACP `ToolCall`; `rawInput` becomes `input`). `content`, `locations`, `input`
+/// and `rawOutput` are each bounded (about 64 KiB of JSON: strings cut, lists shortened), and
+/// `truncated` says when one was cut.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolCall<'a> {
+    /// What the call produced (ACP `ToolCallContent` items: `{type: "content", content}` with a
+    /// content block, `{type: "diff", path, oldText?, newText}`, `{type: "terminal",
+    /// terminalId}`); absent if none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "tool_content_schema")]
+    pub content: Option<&'a Value>,
     /// The tool's input as the agent gave it (ACP `rawInput`), any JSON; absent if it gave none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<&'a Value>,
     /// The kind of tool (ACP: `read`, `edit`, `execute`, `fetch`, `other`, …).
     pub kind: &'a str,
+    /// The files the call works on (ACP `ToolCallLocation`: `{path, line?}`); absent if none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "tool_locations_schema")]
+    pub locations: Option<&'a Value>,
+    /// The tool's output as the agent gave it (ACP `rawOutput`), any JSON; absent if it gave
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_output: Option<&'a Value>,
     /// The call's status (ACP: `pending`, `in_progress`, `completed`, `failed`).
     pub status: &'a str,
     /// A human-readable description of the call.
     pub title: &'a str,
     /// The call's id, unique within the turn; `tool_call_update`s refer to it.
     pub tool_call_id: &'a str,
+    /// Present and `true` when `content`, `locations`, `input` or `rawOutput` was cut to its
+    /// bound.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
-/// `tool_call_update` (ACP `ToolCallUpdate`).
+/// `tool_call_update` (ACP `ToolCallUpdate`): the fields that changed; each replaces the call's
+/// value (`content` and `locations` as whole lists). Bounded as in `tool_call`.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolCallUpdate<'a> {
-    /// The call's output so far, as the agent gave it (ACP content blocks); absent if unchanged.
+    /// The call's output now (as `tool_call`'s `content`); absent if unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "tool_content_schema")]
     pub content: Option<&'a Value>,
+    /// The tool's input (ACP `rawInput`); absent if unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<&'a Value>,
+    /// The kind of tool; absent if unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'a str>,
+    /// The files the call works on; absent if unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "tool_locations_schema")]
+    pub locations: Option<&'a Value>,
+    /// The tool's output (ACP `rawOutput`); absent if unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_output: Option<&'a Value>,
     /// The call's new status; absent if unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<&'a str>,
+    /// The call's new title; absent if unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<&'a str>,
     /// The `toolCallId` of the `tool_call` this updates.
     pub tool_call_id: &'a str,
+    /// Present and `true` when one of the fields above was cut to its bound.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// A tool call's `content`: ACP `ToolCallContent` items.
+fn tool_content_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        "type": { "const": "content" },
+                        "content": { "type": "object", "description": "An ACP content block (`text`, `image`, `resource`, …)." }
+                    },
+                    "required": ["type", "content"]
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "type": { "const": "diff" },
+                        "path": { "type": "string", "description": "The file's absolute path." },
+                        "oldText": { "type": ["string", "null"], "description": "The text before; absent for a new file." },
+                        "newText": { "type": "string", "description": "The text after." }
+                    },
+                    "required": ["type", "path", "newText"]
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "type": { "const": "terminal" },
+                        "terminalId": { "type": "string", "description": "The agent's terminal." }
+                    },
+                    "required": ["type", "terminalId"]
+                },
+                {
+                    "type": "object",
+                    "properties": { "type": { "type": "string" } },
+                    "required": ["type"],
+                    "description": "Another ACP tool call content kind."
+                }
+            ]
+        }
+    })
+}
+
+/// A tool call's `locations`: ACP `ToolCallLocation` items.
+fn tool_locations_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "path": { "type": "string", "description": "A file's absolute path." },
+                "line": { "type": "integer", "minimum": 0, "description": "A line in it, if known." }
+            },
+            "required": ["path"]
+        }
+    })
 }
 
 /// `plan`: the agent's plan entries, as the agent gave them.
@@ -370,6 +490,68 @@ pub struct FileChanged<'a> {
     pub path: &'a str,
 }
 
+/// `available_commands_update` (ACP's): the commands the agent offers now, replacing the
+/// previous list.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AvailableCommandsUpdate<'a> {
+    /// ACP `AvailableCommand`s: `{name, description, input?}` (`input: {hint}` for a command
+    /// that takes text after its name); a client offers them as `/name`.
+    #[schemars(schema_with = "commands_schema")]
+    pub available_commands: &'a Value,
+}
+
+/// `current_mode_update` (ACP's): the agent's session mode now (after `set_mode`, or the agent's
+/// own change).
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CurrentModeUpdate<'a> {
+    /// The mode's id, one of `session_joined`'s `agent.availableModes`.
+    pub current_mode_id: &'a str,
+}
+
+/// `config_option_update` (ACP's): the agent's session configuration options now.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigOptionUpdate<'a> {
+    /// Every option with its current value (ACP `SessionConfigOption`s).
+    #[schemars(schema_with = "config_options_schema")]
+    pub config_options: &'a Value,
+}
+
+/// ACP `AvailableCommand`s.
+pub(crate) fn commands_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "name": { "type": "string", "description": "The command's name, without `/`." },
+                "description": { "type": "string", "description": "What it does, for humans." },
+                "input": { "type": ["object", "null"], "description": "`{hint}` when it takes text after its name." }
+            },
+            "required": ["name", "description"]
+        }
+    })
+}
+
+/// ACP `SessionConfigOption`s.
+pub(crate) fn config_options_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "id": { "type": "string", "description": "The option's id, for `set_config_option`'s `configId`." },
+                "name": { "type": "string", "description": "Its label, for humans." },
+                "type": { "type": "string", "description": "`select` (with `options`) or `boolean`." },
+                "currentValue": { "type": ["string", "boolean"], "description": "Its value now." }
+            },
+            "required": ["id", "name", "type", "currentValue"]
+        }
+    })
+}
+
 static NULL: Value = Value::Null;
 
 /// The body of an agent update as the ACP mapping produced it (`kind` and its fields; see
@@ -377,6 +559,7 @@ static NULL: Value = Value::Null;
 /// its fields, which the mapping never produces.
 pub fn agent_update_body<'a>(kind: &str, fields: &'a Map<String, Value>) -> EventBody<'a> {
     let text = |key: &str| fields.get(key).and_then(Value::as_str);
+    let truncated = || fields.get("truncated") == Some(&Value::Bool(true));
     let typed = match kind {
         "text_delta" => text("text").map(|text| EventBody::TextDelta(Delta { text })),
         "thinking_delta" => text("text").map(|text| EventBody::ThinkingDelta(Delta { text })),
@@ -388,11 +571,15 @@ pub fn agent_update_body<'a>(kind: &str, fields: &'a Map<String, Value>) -> Even
         ) {
             (Some(kind), Some(status), Some(title), Some(tool_call_id)) => {
                 Some(EventBody::ToolCall(ToolCall {
+                    content: fields.get("content"),
                     input: fields.get("input"),
                     kind,
+                    locations: fields.get("locations"),
+                    raw_output: fields.get("rawOutput"),
                     status,
                     title,
                     tool_call_id,
+                    truncated: truncated(),
                 }))
             }
             _ => None,
@@ -400,8 +587,14 @@ pub fn agent_update_body<'a>(kind: &str, fields: &'a Map<String, Value>) -> Even
         "tool_call_update" => text("toolCallId").map(|tool_call_id| {
             EventBody::ToolCallUpdate(ToolCallUpdate {
                 content: fields.get("content"),
+                input: fields.get("input"),
+                kind: text("kind"),
+                locations: fields.get("locations"),
+                raw_output: fields.get("rawOutput"),
                 status: text("status"),
+                title: text("title"),
                 tool_call_id,
+                truncated: truncated(),
             })
         }),
         "plan" => fields

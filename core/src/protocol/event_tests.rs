@@ -10,7 +10,10 @@ use serde_json::{json, Map, Value};
 
 use super::*;
 use crate::protocol::encode_frame_with_payload;
-use crate::protocol::session_reply::{HistoryTurn, SessionReply, StoredEvents};
+use crate::protocol::session_reply::{
+    AgentControls, HistoryTurn, OpenQuestion, OpenQuestionOption, RunningTurn, SessionReply,
+    StoredEvents,
+};
 use crate::protocol::{ServerMessage, SessionMeta};
 use crate::storage::{SessionRecord, SessionStatus, StoredEvent, TurnRecord};
 
@@ -174,6 +177,15 @@ fn session_events_are_byte_identical() {
             json!({"update": {"sessionUpdate": "x", "a": null}}),
         ),
         ("text_delta", json!({"text": "no turn"})),
+        // Issue 13: tool calls in full (the mapping's keys, sorted).
+        (
+            "tool_call",
+            json!({"content": [{"newText": "b", "oldText": "a", "path": "/a", "type": "diff"}, {"terminalId": "term", "type": "terminal"}], "input": {"path": "/a"}, "kind": "edit", "locations": [{"line": 3, "path": "/a"}], "rawOutput": {"ok": true}, "status": "completed", "title": "Edit", "toolCallId": "c2", "truncated": true}),
+        ),
+        (
+            "tool_call_update",
+            json!({"content": [], "input": "x", "kind": "edit", "locations": [], "rawOutput": [1], "status": "failed", "title": "T", "toolCallId": "c2", "truncated": true}),
+        ),
     ];
     for (kind, fields) in updates {
         let fields = map(fields);
@@ -298,6 +310,45 @@ fn session_events_are_byte_identical() {
             }),
         ),
         "turn_error",
+    );
+    // Issue 13: the agent's controls as typed events.
+    let commands = json!([{"description": "Search", "input": {"hint": "q"}, "name": "web"}]);
+    check(
+        old_event("available_commands_update", t, |w| {
+            w.field("availableCommands", &commands);
+        }),
+        event(
+            t,
+            EventBody::AvailableCommandsUpdate(AvailableCommandsUpdate {
+                available_commands: &commands,
+            }),
+        ),
+        "available_commands_update",
+    );
+    check(
+        old_event("current_mode_update", None, |w| {
+            w.field("currentModeId", "code");
+        }),
+        event(
+            None,
+            EventBody::CurrentModeUpdate(CurrentModeUpdate {
+                current_mode_id: "code",
+            }),
+        ),
+        "current_mode_update",
+    );
+    let options = json!([{"currentValue": "fast", "id": "speed", "name": "Speed", "options": [], "type": "select"}]);
+    check(
+        old_event("config_option_update", t, |w| {
+            w.field("configOptions", &options);
+        }),
+        event(
+            t,
+            EventBody::ConfigOptionUpdate(ConfigOptionUpdate {
+                config_options: &options,
+            }),
+        ),
+        "config_option_update",
     );
     golden_done();
 }
@@ -458,6 +509,9 @@ fn tenant_notifications_and_replies_are_byte_identical() {
                     epoch: "00ff",
                     last_seq: 9,
                     recovered: true,
+                    turn: None,
+                    questions: &[],
+                    agent: None,
                     events: StoredEvents(evs),
                 }),
                 "joined",
@@ -573,6 +627,78 @@ fn tenant_notifications_and_replies_are_byte_identical() {
                 has_more: true,
             }),
             "history",
+        );
+        // Issue 13: the agent's controls and the join's snapshot.
+        check(
+            old_reply("mode_set", request_id, |w| {
+                w.field("sessionId", "s-1").field("modeId", "code");
+            }),
+            reply(&SessionReply::ModeSet {
+                request_id,
+                session_id: "s-1",
+                mode_id: "code",
+            }),
+            "mode_set",
+        );
+        let options = json!([{"currentValue": true, "id": "x", "name": "X", "type": "boolean"}]);
+        check(
+            old_reply("config_option_set", request_id, |w| {
+                w.field("sessionId", "s-1").field("configOptions", &options);
+            }),
+            reply(&SessionReply::ConfigOptionSet {
+                request_id,
+                session_id: "s-1",
+                config_options: &options,
+            }),
+            "config_option_set",
+        );
+        let turn = RunningTurn {
+            turn_id: "t-2".into(),
+            text: "go".into(),
+            user_id: "u-1".into(),
+            started_at: 5,
+            agent_text: "so far".into(),
+            agent_text_truncated: false,
+        };
+        let questions = [OpenQuestion {
+            question_id: "q1".into(),
+            tool_call_id: "c1".into(),
+            title: "May I?".into(),
+            options: vec![OpenQuestionOption {
+                kind: "allow_once".into(),
+                name: "Yes".into(),
+                option_id: "y".into(),
+            }],
+        }];
+        let agent = AgentControls {
+            current_mode_id: Some("ask".into()),
+            available_modes: json!([{"id": "ask", "name": "Ask"}]),
+            config_options: Some(options.clone()),
+            available_commands: None,
+        };
+        check(
+            old_reply("session_joined", request_id, |w| {
+                w.field("session", &meta)
+                    .field("epoch", "00ff")
+                    .field("lastSeq", &9)
+                    .field("recovered", &false)
+                    .field("turn", &json!({"turnId": "t-2", "text": "go", "userId": "u-1", "startedAt": 5, "agentText": "so far"}))
+                    .field("questions", &json!([{"questionId": "q1", "toolCallId": "c1", "title": "May I?", "options": [{"kind": "allow_once", "name": "Yes", "optionId": "y"}]}]))
+                    .field("agent", &json!({"currentModeId": "ask", "availableModes": [{"id": "ask", "name": "Ask"}], "configOptions": options}))
+                    .field("events", &json!([]));
+            }),
+            reply(&SessionReply::SessionJoined {
+                request_id,
+                session: meta.clone(),
+                epoch: "00ff",
+                last_seq: 9,
+                recovered: false,
+                turn: Some(&turn),
+                questions: &questions,
+                agent: Some(&agent),
+                events: StoredEvents(&[]),
+            }),
+            "joined_snapshot",
         );
     }
     golden_done();

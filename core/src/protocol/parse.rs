@@ -66,18 +66,24 @@ pub enum FieldRule {
     U64,
     /// A non-negative integer, `null` or absent.
     OptionalU64,
+    /// A string or a boolean, required.
+    StringOrBool,
 }
 
 impl FieldRule {
     /// Whether the field must be present (and not `null`).
     pub fn is_required(self) -> bool {
-        matches!(self, FieldRule::String | FieldRule::U64)
+        matches!(
+            self,
+            FieldRule::String | FieldRule::U64 | FieldRule::StringOrBool
+        )
     }
 
     fn check(self, value: Option<&Value>) -> bool {
         match (self, value) {
             (FieldRule::String | FieldRule::OptionalString, Some(Value::String(_))) => true,
             (FieldRule::OptionalBool, Some(Value::Bool(_))) => true,
+            (FieldRule::StringOrBool, Some(Value::String(_) | Value::Bool(_))) => true,
             (FieldRule::U64 | FieldRule::OptionalU64, Some(Value::Number(number))) => {
                 number.as_u64().is_some()
             }
@@ -93,6 +99,7 @@ impl FieldRule {
         match self {
             FieldRule::String | FieldRule::OptionalString => format!("{name} must be a string"),
             FieldRule::OptionalBool => format!("{name} must be a boolean"),
+            FieldRule::StringOrBool => format!("{name} must be a string or a boolean"),
             FieldRule::U64 | FieldRule::OptionalU64 => {
                 format!("{name} must be a non-negative integer")
             }
@@ -135,6 +142,12 @@ pub fn field_rules(kind: RequestKind) -> &'static [(&'static str, FieldRule)] {
             ("questionId", String),
             ("optionId", OptionalString),
             ("cancelled", OptionalBool),
+        ],
+        K::SetMode => &[("sessionId", String), ("modeId", String)],
+        K::SetConfigOption => &[
+            ("sessionId", String),
+            ("configId", String),
+            ("value", StringOrBool),
         ],
     }
 }

@@ -38,6 +38,9 @@ pub enum ErrorCode {
     InvalidState,
     /// The agent type is unknown, or its process could not be started or failed.
     AgentUnavailable,
+    /// The agent answered the request (`set_mode`, `set_config_option`) with an error; the
+    /// message is the agent's.
+    AgentRefused,
     /// The gateway is draining and takes no new work.
     ShuttingDown,
     /// `turn_error` only: the turn ran past its agent type's `turn_timeout_ms` and was

@@ -17,7 +17,8 @@ pub enum Permission {
     Read,
     /// Create a session (all roles but `viewer`).
     Create,
-    /// Rename a session, run and stop turns, answer questions (all roles but `viewer`).
+    /// Rename a session, run and stop turns, answer questions, set the agent's mode and options
+    /// (all roles but `viewer`).
     Write,
     /// Archive and unarchive a session (all roles but `viewer`).
     Archive,
@@ -92,6 +93,14 @@ pub enum ClientRequest {
     /// Answers the agent's pending question (a permission request); answered
     /// `question_answered`.
     AnswerQuestion(AnswerQuestion),
+    /// Sets the agent's session mode (ACP `session/set_mode`); answered `mode_set` once the
+    /// agent has, or `AGENT_REFUSED` with the agent's message. `INVALID_STATE` while the
+    /// session's agent is not running (ready, running or waiting).
+    SetMode(SetMode),
+    /// Sets one of the agent's session configuration options (ACP
+    /// `session/set_config_option`); answered `config_option_set` with every option once the
+    /// agent has, or `AGENT_REFUSED`. `INVALID_STATE` while the session's agent is not running.
+    SetConfigOption(SetConfigOption),
 }
 
 /// `authenticate`.
@@ -214,6 +223,38 @@ pub struct AnswerQuestion {
     pub cancelled: Option<bool>,
 }
 
+/// `set_mode`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetMode {
+    /// The session whose agent changes mode.
+    pub session_id: String,
+    /// One of the modes the agent offers (the `availableModes` of `session_joined`'s `agent`).
+    pub mode_id: String,
+}
+
+/// `set_config_option`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetConfigOption {
+    /// The session whose agent's option changes.
+    pub session_id: String,
+    /// The option's `id`, from the agent's `configOptions`.
+    pub config_id: String,
+    /// The new value: a value id (a `select` option's `value`) or a boolean.
+    pub value: ConfigValue,
+}
+
+/// A configuration option's value.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    /// A boolean option's value.
+    Bool(bool),
+    /// A value id (e.g. a `select` option's `value`).
+    Id(String),
+}
+
 /// The type of a client message, known before its fields are checked: authentication and the
 /// role are checked on it first, so a request with bad fields is refused as it was before
 /// (`NOT_AUTHENTICATED`, `FORBIDDEN`) ahead of its field errors.
@@ -251,11 +292,15 @@ pub enum RequestKind {
     StopTurn,
     /// `answer_question`.
     AnswerQuestion,
+    /// `set_mode`.
+    SetMode,
+    /// `set_config_option`.
+    SetConfigOption,
 }
 
 impl RequestKind {
     /// Every client message type.
-    pub const ALL: [RequestKind; 16] = [
+    pub const ALL: [RequestKind; 18] = [
         RequestKind::Ping,
         RequestKind::Authenticate,
         RequestKind::ListSessions,
@@ -272,6 +317,8 @@ impl RequestKind {
         RequestKind::Steer,
         RequestKind::StopTurn,
         RequestKind::AnswerQuestion,
+        RequestKind::SetMode,
+        RequestKind::SetConfigOption,
     ];
 
     /// The wire name (the message's `type`).
@@ -293,6 +340,8 @@ impl RequestKind {
             RequestKind::Steer => "steer",
             RequestKind::StopTurn => "stop_turn",
             RequestKind::AnswerQuestion => "answer_question",
+            RequestKind::SetMode => "set_mode",
+            RequestKind::SetConfigOption => "set_config_option",
         }
     }
 
@@ -312,6 +361,7 @@ impl RequestKind {
             ListSessions | JoinSession | LeaveSession | GetEvents | GetHistory => Permission::Read,
             CreateSession => Permission::Create,
             RenameSession | RunTurn | StopTurn | AnswerQuestion => Permission::Write,
+            SetMode | SetConfigOption => Permission::Write,
             ArchiveSession | UnarchiveSession => Permission::Archive,
             DeleteSession => Permission::Delete,
             Steer => Permission::Steer,
@@ -339,6 +389,8 @@ impl ClientRequest {
             ClientRequest::Steer(_) => RequestKind::Steer,
             ClientRequest::StopTurn(_) => RequestKind::StopTurn,
             ClientRequest::AnswerQuestion(_) => RequestKind::AnswerQuestion,
+            ClientRequest::SetMode(_) => RequestKind::SetMode,
+            ClientRequest::SetConfigOption(_) => RequestKind::SetConfigOption,
         }
     }
 

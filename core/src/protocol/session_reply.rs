@@ -40,6 +40,16 @@ pub enum SessionReply<'a> {
         /// `false` when it was not asked, or the gap could not be replayed (another epoch, too
         /// many events): then reload with `get_events`.
         recovered: bool,
+        /// The running turn as of `lastSeq`; absent when no turn runs.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        turn: Option<&'a RunningTurn>,
+        /// The agent's questions still unanswered, oldest first; absent when none.
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        questions: &'a [OpenQuestion],
+        /// The agent's mode, options and commands; absent while the session has no running
+        /// agent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent: Option<&'a AgentControls>,
         /// The replayed events, byte for byte as they were published (empty unless
         /// `recovered`).
         events: StoredEvents<'a>,
@@ -117,6 +127,124 @@ pub enum SessionReply<'a> {
         /// The question answered (`permission_resolved` follows to every joined client).
         question_id: &'a str,
     },
+    /// `set_mode`: the agent is in the mode now (`current_mode_update` follows to every joined
+    /// client).
+    ModeSet {
+        /// The request's `requestId`, if it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
+        request_id: Option<&'a str>,
+        /// The session whose agent changed mode.
+        session_id: &'a str,
+        /// The mode the agent is in now.
+        mode_id: &'a str,
+    },
+    /// `set_config_option`: the agent's options now (`config_option_update` follows to every
+    /// joined client).
+    ConfigOptionSet {
+        /// The request's `requestId`, if it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
+        request_id: Option<&'a str>,
+        /// The session whose agent's option changed.
+        session_id: &'a str,
+        /// Every option with its value now, as the agent answered (ACP `SessionConfigOption`s:
+        /// `{id, name, description?, category?, type, currentValue, options?}`).
+        config_options: &'a Value,
+    },
+}
+
+/// What a UI needs to draw a session at once, measured with `session_joined`'s `lastSeq` (the
+/// live events after it change it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JoinSnapshot {
+    /// The running turn, if one runs.
+    pub turn: Option<RunningTurn>,
+    /// The agent's unanswered questions.
+    pub questions: Vec<OpenQuestion>,
+    /// The agent's controls, while it runs.
+    pub agent: Option<AgentControls>,
+}
+
+/// `session_joined`'s `turn`: the turn that runs, as of `lastSeq`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningTurn {
+    /// The turn's id (its events carry it as `turnId`).
+    pub turn_id: String,
+    /// The user's prompt, as in `turn_started`.
+    pub text: String,
+    /// Who started the turn.
+    pub user_id: String,
+    /// When the turn started, in Unix milliseconds.
+    pub started_at: i64,
+    /// The agent's message text so far (every `text_delta` of the turn up to `lastSeq`, joined),
+    /// cut at 64 KiB; later deltas follow live: append them.
+    pub agent_text: String,
+    /// Present and `true` when `agentText` was cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub agent_text_truncated: bool,
+}
+
+/// `session_joined`'s `questions`: a `permission_requested` not answered yet.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenQuestion {
+    /// The question's id, for `answer_question`.
+    pub question_id: String,
+    /// The tool call the agent asks permission for.
+    pub tool_call_id: String,
+    /// What the agent asks, for humans.
+    pub title: String,
+    /// The answers the agent offers, as in `permission_requested`.
+    pub options: Vec<OpenQuestionOption>,
+}
+
+/// One option of an open question (as `permission_requested`'s).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenQuestionOption {
+    /// `allow_once`, `allow_always`, `reject_once` or `reject_always`.
+    pub kind: String,
+    /// The option's label, for humans.
+    pub name: String,
+    /// The id to send as `answer_question`'s `optionId`.
+    pub option_id: String,
+}
+
+/// `session_joined`'s `agent`: the agent's session controls now.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentControls {
+    /// The agent's current mode (for `set_mode`); absent if it has no modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_mode_id: Option<String>,
+    /// The modes the agent offers (ACP `SessionMode`s: `{id, name, description?}`).
+    #[schemars(schema_with = "modes_schema")]
+    pub available_modes: Value,
+    /// The agent's configuration options (as `config_option_update`'s); absent if it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::protocol::event::config_options_schema")]
+    pub config_options: Option<Value>,
+    /// The commands the agent offers (as `available_commands_update`'s); absent until it said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::protocol::event::commands_schema")]
+    pub available_commands: Option<Value>,
+}
+
+fn modes_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "id": { "type": "string", "description": "The mode's id, for `set_mode`." },
+                "name": { "type": "string", "description": "Its label, for humans." },
+                "description": { "type": "string" }
+            },
+            "required": ["id", "name"]
+        }
+    })
 }
 
 /// Stored events as a JSON array of their payloads, byte for byte (each payload is the JSON

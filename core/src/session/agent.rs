@@ -10,6 +10,7 @@ use crate::protocol::event::{
     agent_update_body, EventBody, FileChanged, PermissionRequested, PermissionResolved,
     QuestionOption,
 };
+use crate::protocol::session_reply::{OpenQuestion, OpenQuestionOption};
 use crate::protocol::ErrorCode;
 use crate::session::state::{self, SessionStatus};
 use crate::session::{error_frame, Counter, Session, SessionContext, SessionOutput};
@@ -161,6 +162,7 @@ impl Session {
         }
         self.drain_agent(ctx, out);
         self.agent = None;
+        self.fail_pending_controls(out);
         if state::is_active(self.record.status) {
             let message = "the agent process exited";
             self.fail_turn(ctx, ErrorCode::AgentUnavailable, message, true, out);
@@ -190,15 +192,24 @@ impl Session {
                 out.push(SessionOutput::Agent(AgentCommand::Write { agent, line }));
                 continue;
             }
-            if let Some(control) = link.acp.poll_control() {
-                control_command(agent, control, out);
-                continue;
-            }
             let Some(event) = link.acp.poll_event() else {
-                break;
+                let Some(control) = link.acp.poll_control() else {
+                    break;
+                };
+                // The agent's file requests go to the host; modes and options to the session.
+                if matches!(
+                    control,
+                    ControlEvent::ReadTextFile { .. } | ControlEvent::WriteTextFile { .. }
+                ) {
+                    control_command(agent, control, out);
+                } else {
+                    self.control_event(ctx, control, out);
+                }
+                continue;
             };
             self.agent_event(ctx, agent, event, out);
         }
+        self.fail_pending_controls(out);
         self.update_idle(ctx.now);
     }
 
@@ -225,7 +236,9 @@ impl Session {
                     _ => {
                         if let Some(turn) = self.turn.as_mut() {
                             match kind {
-                                "tool_call" => turn.tool_calls.push(Value::Object(fields.clone())),
+                                "tool_call" | "tool_call_update" => {
+                                    record_tool_call(&mut turn.tool_calls, &fields)
+                                }
                                 "usage" => turn.usage = Some(Value::Object(fields.clone())),
                                 _ => {}
                             }
@@ -255,6 +268,19 @@ impl Session {
                         .collect(),
                 });
                 self.publish(ctx, turn_id.as_deref(), body, out);
+                self.remember_question(OpenQuestion {
+                    question_id,
+                    tool_call_id,
+                    title,
+                    options: options
+                        .into_iter()
+                        .map(|o| OpenQuestionOption {
+                            kind: o.kind,
+                            name: o.name,
+                            option_id: o.option_id,
+                        })
+                        .collect(),
+                });
                 if self.record.status == SessionStatus::Running {
                     self.transition(ctx, SessionStatus::Waiting, out);
                 }
@@ -301,7 +327,7 @@ impl Session {
 }
 
 /// The agent's file requests go to the agent host (the core does no file I/O); the other
-/// control events are not published yet.
+/// control events are the session's (`controls.rs`).
 fn control_command(agent: AgentId, control: ControlEvent, out: &mut Vec<SessionOutput>) {
     let command = match control {
         ControlEvent::ReadTextFile {
@@ -339,4 +365,32 @@ fn rpc_error(error: FileError) -> schema::Error {
         FileErrorKind::Failed => -32603,
     };
     schema::Error::new(code, error.message)
+}
+
+/// Keeps the turn's tool calls at their latest state (for `get_history`): a `tool_call`'s
+/// fields, with each later `tool_call_update`'s fields written over them (`truncated` stays once
+/// set). An update of a call the turn has not seen is kept as it is.
+pub(super) fn record_tool_call(calls: &mut Vec<Value>, fields: &serde_json::Map<String, Value>) {
+    let id = fields.get("toolCallId");
+    let known = calls
+        .iter_mut()
+        .filter_map(Value::as_object_mut)
+        .find(|call| call.get("toolCallId") == id);
+    match known {
+        Some(call) => {
+            let was_truncated = call.get("truncated") == Some(&Value::Bool(true));
+            for (key, value) in fields {
+                call.insert(key.clone(), value.clone());
+            }
+            if was_truncated {
+                call.insert("truncated".into(), Value::Bool(true));
+            }
+            let mut sorted = Value::Object(std::mem::take(call));
+            sorted.sort_all_objects();
+            if let Value::Object(sorted) = sorted {
+                *call = sorted;
+            }
+        }
+        None => calls.push(Value::Object(fields.clone())),
+    }
 }

@@ -19,6 +19,7 @@
 //! - `state.rs`: the transition table.
 
 mod agent;
+mod controls;
 pub mod memory;
 pub mod publish;
 pub mod replay;
@@ -122,6 +123,10 @@ pub(crate) struct Session {
     awaiting_transcript: bool,
     /// The transcript that prefixes the next prompt (`memory.rs`).
     transcript: Option<String>,
+    /// `set_mode` / `set_config_option` requests waiting for the agent's answer.
+    pending_controls: Vec<controls::PendingControl>,
+    /// The agent's questions as asked (those its client still has pending are unanswered).
+    questions: Vec<crate::protocol::session_reply::OpenQuestion>,
 }
 
 struct AgentLink {
@@ -176,6 +181,8 @@ impl Session {
             had_history: false,
             awaiting_transcript: false,
             transcript: None,
+            pending_controls: Vec::new(),
+            questions: Vec::new(),
         }
     }
 

@@ -7,6 +7,9 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::protocol::refusal::Handled;
+use crate::protocol::request::ConfigValue;
+use crate::protocol::session_reply::JoinSnapshot as JoinSnapshotOf;
+use crate::protocol::ErrorCode;
 use crate::storage::SessionStatus;
 
 const CONNECTION: ConnectionId = ConnectionId(7);
@@ -431,3 +434,210 @@ fn a_draining_gateway_hears_of_every_ended_turn() {
 
 #[path = "memory_tests.rs"]
 mod memory_tests;
+fn stored_tool_calls(out: &[SessionOutput]) -> Option<Value> {
+    out.iter().find_map(|o| match o {
+        SessionOutput::Storage(StorageCommand::UpsertTurn { turn, .. }) => turn
+            .tool_calls_json
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok()),
+        _ => None,
+    })
+}
+
+#[test]
+fn history_keeps_every_tool_call_at_its_latest_state() {
+    let mut h = Harness::new();
+    h.start_running("tools");
+    let out = h.update(json!({"sessionUpdate":"tool_call","toolCallId":"c1","title":"Edit a.rs",
+        "kind":"edit","status":"pending","locations":[{"path":"/w/a.rs"}],"rawInput":{"path":"a.rs"}}));
+    assert_eq!(kinds(&out), ["tool_call"]);
+    h.update(json!({"sessionUpdate":"tool_call","toolCallId":"c2","title":"Read","kind":"read"}));
+    let out = h.update(json!({"sessionUpdate":"tool_call_update","toolCallId":"c1","status":"completed",
+        "content":[{"type":"diff","path":"/w/a.rs","oldText":"a","newText":"b"}],"rawOutput":{"ok":true}}));
+    let events = published(&out);
+    assert_eq!(events[0]["type"], "tool_call_update");
+    assert_eq!(events[0]["content"][0]["newText"], "b");
+    assert_eq!(events[0]["rawOutput"], json!({"ok": true}));
+    h.update(json!({"sessionUpdate":"tool_call_update","toolCallId":"c1","title":"Edited a.rs"}));
+    h.update(json!({"sessionUpdate":"tool_call_update","toolCallId":"c2","status":"failed"}));
+    let out = h.agent_says(json!({"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn"}}));
+    let calls = stored_tool_calls(&out).unwrap_or(Value::Null);
+    assert_eq!(
+        calls,
+        json!([
+            {"content":[{"newText":"b","oldText":"a","path":"/w/a.rs","type":"diff"}],
+             "input":{"path":"a.rs"},"kind":"edit","locations":[{"path":"/w/a.rs"}],
+             "rawOutput":{"ok":true},"status":"completed","title":"Edited a.rs","toolCallId":"c1"},
+            {"kind":"read","status":"failed","title":"Read","toolCallId":"c2"}
+        ])
+    );
+}
+
+/// A running turn whose agent offered modes `ask`/`code` and a `speed` option.
+fn running_with_controls(h: &mut Harness) {
+    let (accepted, _) = h.run_turn("p", false);
+    assert!(accepted.is_ok());
+    let agent = h.session.agent_id().unwrap_or(AgentId(0));
+    h.run(|session, ctx, out| session.agent_spawned(ctx, agent, "/w", out));
+    h.agent_says(
+        json!({"jsonrpc":"2.0","id":0,"result":{"protocolVersion":1,"agentCapabilities":{}}}),
+    );
+    h.agent_says(json!({"jsonrpc":"2.0","id":1,"result":{"sessionId":"acp-1",
+        "modes":{"currentModeId":"ask","availableModes":[{"id":"ask","name":"Ask"},{"id":"code","name":"Code"}]},
+        "configOptions":[{"id":"speed","name":"Speed","type":"select","currentValue":"normal",
+            "options":[{"value":"normal","name":"Normal"},{"value":"fast","name":"Fast"}]}]}}));
+}
+
+#[test]
+fn the_agents_state_updates_are_typed_events() {
+    let mut h = Harness::new();
+    running_with_controls(&mut h);
+    let out = h.update(json!({"sessionUpdate":"available_commands_update",
+        "availableCommands":[{"name":"web","description":"Search","input":{"hint":"query"}}]}));
+    let events = published(&out);
+    assert_eq!(kinds(&out), ["available_commands_update"]);
+    assert_eq!(
+        events[0]["availableCommands"],
+        json!([{"description":"Search","input":{"hint":"query"},"name":"web"}])
+    );
+    assert_eq!(events[0]["turnId"], "turn-p");
+    let out = h.update(json!({"sessionUpdate":"current_mode_update","currentModeId":"code"}));
+    assert_eq!(published(&out)[0]["type"], "current_mode_update");
+    assert_eq!(published(&out)[0]["currentModeId"], "code");
+    let out = h.update(
+        json!({"sessionUpdate":"config_option_update","configOptions":[
+        {"id":"speed","name":"Speed","type":"select","currentValue":"fast","options":[]}]}),
+    );
+    assert_eq!(kinds(&out), ["config_option_update"]);
+    assert_eq!(
+        published(&out)[0]["configOptions"][0]["currentValue"],
+        "fast"
+    );
+    // A malformed one stays an agent_update.
+    let out = h.update(json!({"sessionUpdate":"current_mode_update"}));
+    assert_eq!(kinds(&out), ["agent_update"]);
+}
+
+#[test]
+fn set_mode_and_set_config_option_answer_with_the_agents_result() {
+    let mut h = Harness::new();
+    // No agent: refused at once.
+    let (refused, _) = h.run(|s, ctx, out| s.set_mode(ctx, CONNECTION, Some("m-0"), "code", out));
+    assert!(matches!(refused, Err(r) if r.code == ErrorCode::InvalidState));
+    running_with_controls(&mut h);
+
+    let (sent, out) = h.run(|s, ctx, out| s.set_mode(ctx, CONNECTION, Some("m-1"), "code", out));
+    assert!(sent.is_ok());
+    let lines = agent_lines(&out);
+    assert_eq!(lines[0]["method"], "session/set_mode");
+    assert_eq!(lines[0]["params"]["modeId"], "code");
+    assert!(replies(&out).is_empty(), "answered when the agent answers");
+    let id = lines[0]["id"].clone();
+    let out = h.agent_says(json!({"jsonrpc":"2.0","id":id,"result":{}}));
+    assert_eq!(
+        replies(&out),
+        [json!({"type":"mode_set","requestId":"m-1","sessionId":"s-1","modeId":"code"})]
+    );
+    assert_eq!(kinds(&out), ["current_mode_update"]);
+
+    // The agent refuses: AGENT_REFUSED with its message.
+    let (_, out) = h.run(|s, ctx, out| s.set_mode(ctx, CONNECTION, Some("m-2"), "yolo", out));
+    let id = agent_lines(&out)[0]["id"].clone();
+    let out = h.agent_says(
+        json!({"jsonrpc":"2.0","id":id,"error":{"code":-32602,"message":"no mode yolo"}}),
+    );
+    let reply = &replies(&out)[0];
+    assert_eq!(reply["type"], "error");
+    assert_eq!(reply["code"], "AGENT_REFUSED");
+    assert_eq!(reply["requestId"], "m-2");
+    assert!(reply["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("no mode yolo")));
+    assert!(kinds(&out).is_empty());
+
+    // A config option: answered with every option, and published.
+    let value = ConfigValue::Id("fast".into());
+    let (_, out) = h
+        .run(|s, ctx, out| s.set_config_option(ctx, CONNECTION, Some("c-1"), "speed", &value, out));
+    let line = &agent_lines(&out)[0];
+    assert_eq!(line["method"], "session/set_config_option");
+    assert_eq!(line["params"]["value"], "fast");
+    let id = line["id"].clone();
+    let out = h.agent_says(json!({"jsonrpc":"2.0","id":id,"result":{"configOptions":[
+        {"id":"speed","name":"Speed","type":"select","currentValue":"fast","options":[]}]}}));
+    let reply = &replies(&out)[0];
+    assert_eq!(reply["type"], "config_option_set");
+    assert_eq!(reply["configOptions"][0]["currentValue"], "fast");
+    assert_eq!(kinds(&out), ["config_option_update"]);
+
+    // The agent exits with a request pending: AGENT_UNAVAILABLE, exactly once.
+    let value = ConfigValue::Bool(true);
+    let (sent, _) =
+        h.run(|s, ctx, out| s.set_config_option(ctx, CONNECTION, Some("c-2"), "x", &value, out));
+    assert!(sent.is_ok());
+    let agent = h.session.agent_id().unwrap_or(AgentId(0));
+    let (_, out) = h.run(|s, ctx, out| s.agent_gone(ctx, agent, out));
+    let answers: Vec<Value> = replies(&out)
+        .into_iter()
+        .filter(|r| r["requestId"] == "c-2")
+        .collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["code"], "AGENT_UNAVAILABLE");
+}
+
+#[test]
+fn the_snapshot_shows_the_running_turn_its_open_questions_and_the_agents_controls() {
+    let mut h = Harness::new();
+    assert_eq!(h.session.snapshot(), JoinSnapshotOf::default());
+    running_with_controls(&mut h);
+    h.text_chunk("Hello ");
+    h.text_chunk("world");
+    h.update(json!({"sessionUpdate":"available_commands_update",
+        "availableCommands":[{"name":"web","description":"Search"}]}));
+    h.agent_says(
+        json!({"jsonrpc":"2.0","id":7,"method":"session/request_permission","params":{
+        "sessionId":"acp-1","toolCall":{"toolCallId":"t1","title":"Write x"},
+        "options":[{"optionId":"yes","name":"Yes","kind":"allow_once"}]}}),
+    );
+    let snapshot = h.session.snapshot();
+    let turn = snapshot
+        .turn
+        .clone()
+        .unwrap_or_else(|| panic!("a turn runs"));
+    assert_eq!(turn.turn_id, "turn-p");
+    assert_eq!(turn.text, "p");
+    assert_eq!(turn.user_id, "u-1");
+    assert_eq!(turn.agent_text, "Hello world");
+    assert_eq!(snapshot.questions.len(), 1);
+    assert_eq!(snapshot.questions[0].question_id, "q1");
+    assert_eq!(snapshot.questions[0].title, "Write x");
+    assert_eq!(snapshot.questions[0].options[0].option_id, "yes");
+    let agent = snapshot
+        .agent
+        .clone()
+        .unwrap_or_else(|| panic!("the agent runs"));
+    assert_eq!(agent.current_mode_id.as_deref(), Some("ask"));
+    assert_eq!(agent.available_modes[1]["id"], "code");
+    assert_eq!(
+        agent
+            .config_options
+            .as_ref()
+            .map(|o| o[0]["currentValue"].clone()),
+        Some(json!("normal"))
+    );
+    assert_eq!(
+        agent.available_commands,
+        Some(json!([{"description":"Search","name":"web"}]))
+    );
+
+    // Answered: no longer open.
+    let (answered, _) = h
+        .run(|s, ctx, out| s.answer_question(ctx, CONNECTION, None, "u-1", "q1", Some("yes"), out));
+    assert!(answered.is_ok());
+    assert!(h.session.snapshot().questions.is_empty());
+    // The turn ends: no turn in the snapshot; the controls stay.
+    h.agent_says(json!({"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn"}}));
+    let snapshot = h.session.snapshot();
+    assert!(snapshot.turn.is_none());
+    assert!(snapshot.agent.is_some());
+}

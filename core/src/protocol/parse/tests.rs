@@ -15,7 +15,7 @@ fn valid(kind: RequestKind) -> Value {
     let mut message = json!({ "type": kind.name() });
     for (name, rule) in field_rules(kind) {
         message[*name] = match rule {
-            FieldRule::String | FieldRule::OptionalString => json!("x"),
+            FieldRule::String | FieldRule::OptionalString | FieldRule::StringOrBool => json!("x"),
             FieldRule::OptionalBool => json!(true),
             FieldRule::U64 | FieldRule::OptionalU64 => json!(3),
         };
@@ -89,6 +89,7 @@ fn the_first_bad_field_in_order_is_named_with_the_protocol_message() {
             let expected = match rule {
                 FieldRule::String | FieldRule::OptionalString => format!("{name} must be a string"),
                 FieldRule::OptionalBool => format!("{name} must be a boolean"),
+                FieldRule::StringOrBool => format!("{name} must be a string or a boolean"),
                 FieldRule::U64 | FieldRule::OptionalU64 => {
                     format!("{name} must be a non-negative integer")
                 }
@@ -270,4 +271,46 @@ fn permissions_by_role() {
     assert_eq!(RequestKind::GetHistory.permission(), Some(Read));
     assert_eq!(RequestKind::AnswerQuestion.permission(), Some(Write));
     assert_eq!(RequestKind::UnarchiveSession.permission(), Some(Archive));
+}
+
+#[test]
+fn set_mode_and_set_config_option_parse_with_their_values() {
+    assert_eq!(
+        parsed(json!({"type": "set_mode", "sessionId": "s", "modeId": "code"})),
+        Parsed::Request(ClientRequest::SetMode(SetMode {
+            session_id: "s".into(),
+            mode_id: "code".into()
+        }))
+    );
+    for (value, expected) in [
+        (json!("fast"), ConfigValue::Id("fast".into())),
+        (json!(false), ConfigValue::Bool(false)),
+    ] {
+        let message =
+            json!({"type": "set_config_option", "sessionId": "s", "configId": "c", "value": value});
+        assert_eq!(
+            parsed(message),
+            Parsed::Request(ClientRequest::SetConfigOption(SetConfigOption {
+                session_id: "s".into(),
+                config_id: "c".into(),
+                value: expected
+            }))
+        );
+    }
+    let message =
+        json!({"type": "set_config_option", "sessionId": "s", "configId": "c", "value": 3});
+    assert_eq!(
+        parsed(message),
+        Parsed::Invalid {
+            kind: RequestKind::SetConfigOption,
+            reason: "value must be a string or a boolean".into()
+        }
+    );
+    assert_eq!(
+        RequestKind::SetMode.permission(),
+        Some(Permission::Write),
+        "member and up"
+    );
+    assert!(role_allows("member", Permission::Write));
+    assert!(!role_allows("viewer", Permission::Write));
 }

@@ -146,6 +146,7 @@ fn every_error_code_has_its_wire_name() {
         ErrorCode::SessionNotFound,
         ErrorCode::InvalidState,
         ErrorCode::AgentUnavailable,
+        ErrorCode::AgentRefused,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
     ]
@@ -154,7 +155,7 @@ fn every_error_code_has_its_wire_name() {
     .collect();
     assert_eq!(
         names.join(","),
-        r#""INVALID_JSON","INVALID_MESSAGE","MESSAGE_TOO_LARGE","RATE_LIMITED","NOT_AUTHENTICATED","AUTH_FAILED","AUTH_RATE_LIMITED","FORBIDDEN","SESSION_NOT_FOUND","INVALID_STATE","AGENT_UNAVAILABLE","SHUTTING_DOWN","INTERNAL""#
+        r#""INVALID_JSON","INVALID_MESSAGE","MESSAGE_TOO_LARGE","RATE_LIMITED","NOT_AUTHENTICATED","AUTH_FAILED","AUTH_RATE_LIMITED","FORBIDDEN","SESSION_NOT_FOUND","INVALID_STATE","AGENT_UNAVAILABLE","AGENT_REFUSED","SHUTTING_DOWN","INTERNAL""#
     );
 }
 
