@@ -30,7 +30,7 @@ fn in_memory_prints_a_whole_conversation_in_order_and_deterministically() {
         r#""type":"welcome""#,
         r#""type":"connected""#,
         r#""type":"authenticated""#,
-        r#"client -> {"agentType":"echo""#,
+        r#"client -> {"type":"create_session","requestId":"r1","agentType":"echo""#,
         r#""type":"session_created""#,
         r#""type":"session_joined""#,
         r#""status":"activating""#,
