@@ -20,7 +20,8 @@
 //! }
 //! ```
 //!
-//! Added for issue 13 (not yet called by the session layer):
+//! Reopening a conversation, the agent's capabilities and controls, and its file requests (used by
+//! `session/memory.rs`, `session/controls.rs` and `session/agent.rs`):
 //!
 //! ```ignore
 //! impl AcpClient {
