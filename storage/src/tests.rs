@@ -149,6 +149,7 @@ fn turn(id: &str, final_text: Option<&str>) -> TurnRecord {
         tool_calls_json: None,
         started_at_ms: 1,
         completed_at_ms: final_text.map(|_| 2),
+        content_json: None,
     }
 }
 
