@@ -309,17 +309,27 @@ impl AcpClient {
     }
 
     /// Sends `session/prompt` with one text block.
-    pub fn prompt(&mut self, text: &str, _now: Instant) -> Result<(), AcpError> {
+    pub fn prompt(&mut self, text: &str, now: Instant) -> Result<(), AcpError> {
+        self.prompt_with(text, Vec::new(), now)
+    }
+
+    /// Sends `session/prompt` with a text block followed by `content` (images, resources: the
+    /// caller checked them against [`AcpClient::agent_features`]).
+    pub fn prompt_with(
+        &mut self,
+        text: &str,
+        content: Vec<ContentBlock>,
+        _now: Instant,
+    ) -> Result<(), AcpError> {
         let State::Ready { session_id } = &self.state else {
             return Err(AcpError::NotReady);
         };
         if self.turn.is_some() {
             return Err(AcpError::Busy);
         }
-        let params = PromptRequest::new(
-            session_id.clone(),
-            vec![ContentBlock::Text(TextContent::new(text))],
-        );
+        let mut prompt = vec![ContentBlock::Text(TextContent::new(text))];
+        prompt.extend(content);
+        let params = PromptRequest::new(session_id.clone(), prompt);
         self.request(Pending::Prompt, params);
         self.turn = Some(Turn { cancel_sent: false });
         self.tool_titles.clear();
