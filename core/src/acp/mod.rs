@@ -9,6 +9,7 @@
 //!     pub fn new(config: AcpConfig) -> Self;
 //!     pub fn start(&mut self, cwd: &str, now: Instant);            // initialize, then session/new
 //!     pub fn prompt(&mut self, text: &str, now: Instant) -> Result<(), AcpError>;
+//!     pub fn prompt_with(&mut self, text: &str, content: Vec<schema::ContentBlock>, now: Instant) -> Result<(), AcpError>;
 //!     pub fn cancel(&mut self, now: Instant);                       // session/cancel + pending permissions cancelled
 //!     pub fn answer_permission(&mut self, question_id: &str, option_id: Option<&str>) -> Result<(), AcpError>;
 //!     pub fn handle_line(&mut self, line: &[u8], now: Instant);
@@ -50,7 +51,8 @@
 //! - Our requests are numbered from 0: `initialize` (`protocolVersion: 1`, `clientCapabilities:
 //!   {fs: {readTextFile, writeTextFile}, terminal, auth: {terminal: false}}` from the
 //!   configuration, `clientInfo`), then `session/new` (`cwd`, `mcpServers: []`), then one
-//!   `session/prompt` per turn (`prompt: [{type: "text", text}]`). `session/cancel` is a
+//!   `session/prompt` per turn (`prompt: [{type: "text", text}]`, then
+//!   the turn's content blocks with [`AcpClient::prompt_with`]). `session/cancel` is a
 //!   notification.
 //! - [`AcpClient::start_with_session`] names an ACP session id the agent created earlier: if the
 //!   agent's `initialize` result advertises `sessionCapabilities.resume`, `session/resume` (the
