@@ -147,6 +147,9 @@ pub struct TurnRecord {
     pub started_at_ms: i64,
     /// When the turn ended, in epoch ms; `None` while it runs.
     pub completed_at_ms: Option<i64>,
+    /// JSON text of the prompt's content blocks besides its text (an array of `run_turn`'s
+    /// `content`), if it had any.
+    pub content_json: Option<String>,
 }
 
 /// A row of `tenant_members`: a user seen authenticating in a tenant, written the first time

@@ -73,6 +73,7 @@ fn run(label: &str, batch: usize, max_batch: usize, sync: Synchronous, n: u64) {
                 tool_calls_json: None,
                 started_at_ms: 0,
                 completed_at_ms: None,
+                content_json: None,
             },
         })
         .unwrap();

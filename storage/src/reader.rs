@@ -98,6 +98,7 @@ fn turn_from_row(row: &Row<'_>) -> rusqlite::Result<TurnRecord> {
         tool_calls_json: row.get(7)?,
         started_at_ms: row.get(8)?,
         completed_at_ms: row.get(9)?,
+        content_json: row.get(10)?,
     })
 }
 
@@ -157,7 +158,7 @@ pub fn run_query(conn: &Connection, query: &StorageQuery) -> rusqlite::Result<Qu
             };
             let mut st = conn.prepare_cached(
                 "SELECT turn_id, user_id, user_text, final_text, final_text_truncated, stop_reason,
-                        usage, tool_calls, started_at, completed_at
+                        usage, tool_calls, started_at, completed_at, content
                  FROM turns WHERE idx < ?1 ORDER BY idx DESC LIMIT ?2",
             )?;
             let rows = st.query_map(params![before_idx, i64::from(*limit) + 1], turn_from_row)?;

@@ -65,6 +65,9 @@ pub const SESSION_MIGRATIONS: &[&str] = &[
         started_at            INTEGER NOT NULL,
         completed_at          INTEGER
     );",
+    // v2: the content blocks (images, resources) the turn's prompt carried besides its text,
+    // as JSON text (an array); NULL for a text-only prompt.
+    "ALTER TABLE turns ADD COLUMN content TEXT;",
 ];
 
 /// Which kind of database a file is.

@@ -149,6 +149,7 @@ fn turn(id: &str, final_text: Option<&str>) -> TurnRecord {
         tool_calls_json: None,
         started_at_ms: 1,
         completed_at_ms: final_text.map(|_| 2),
+        content_json: None,
     }
 }
 
@@ -1159,4 +1160,69 @@ fn a_version_1_registry_gains_the_acp_session_id_column_and_keeps_its_rows() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, crate::schema::REGISTRY_MIGRATIONS.len() as i64);
+}
+
+#[test]
+fn a_version_1_session_log_gains_the_turn_content_column_and_keeps_its_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, _) = Harness::open(cfg(dir.path()));
+    h.submit(StorageCommand::UpsertSession {
+        session: session("t", "s", SessionStatus::Inactive, "E0"),
+    });
+    h.submit(event("s", 1));
+    h.flush(1);
+    drop(h);
+    // Back to a version 1 file holding a turn written before the column existed.
+    let path = crate::paths::session_path(dir.path(), "s").unwrap();
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "DROP TABLE turns;
+             DROP TABLE events;",
+        )
+        .unwrap();
+        c.execute_batch(crate::schema::SESSION_MIGRATIONS[0])
+            .unwrap();
+        c.execute(
+            "INSERT INTO turns (turn_id, user_id, user_text, final_text, final_text_truncated,
+                started_at, completed_at)
+             VALUES ('old', 'u', 'hello', 'hi', 0, 1, 2)",
+            [],
+        )
+        .unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+    }
+    let (mut h, report) = Harness::open(cfg(dir.path()));
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let blocks = r#"[{"type":"image","data":"AQID","mimeType":"image/png"}]"#;
+    let mut rich = turn("new", Some("seen"));
+    rich.content_json = Some(blocks.into());
+    h.submit(StorageCommand::UpsertTurn {
+        session_id: "s".into(),
+        turn: rich.clone(),
+    });
+    h.flush(2);
+    match h.query(
+        3,
+        StorageQuery::History {
+            session_id: "s".into(),
+            before_turn: None,
+            limit: 10,
+        },
+    ) {
+        Ok(QueryResult::History { turns, .. }) => {
+            assert_eq!(turns.len(), 2, "{turns:?}");
+            assert_eq!(turns[0].turn_id, "old");
+            assert_eq!(turns[0].user_text, "hello");
+            assert_eq!(turns[0].content_json, None);
+            assert_eq!(turns[1], rich);
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(h);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, crate::schema::SESSION_MIGRATIONS.len() as i64);
 }

@@ -60,14 +60,14 @@ fn apply(tx: &Connection, cmd: &StorageCommand) -> rusqlite::Result<Option<Strin
         StorageCommand::UpsertTurn { turn, .. } => {
             let mut st = tx.prepare_cached(
                 "INSERT INTO turns (turn_id, user_id, user_text, final_text, final_text_truncated,
-                    stop_reason, usage, tool_calls, started_at, completed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                    stop_reason, usage, tool_calls, started_at, completed_at, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (turn_id) DO UPDATE SET user_id = excluded.user_id,
                     user_text = excluded.user_text, final_text = excluded.final_text,
                     final_text_truncated = excluded.final_text_truncated,
                     stop_reason = excluded.stop_reason, usage = excluded.usage,
                     tool_calls = excluded.tool_calls, started_at = excluded.started_at,
-                    completed_at = excluded.completed_at",
+                    completed_at = excluded.completed_at, content = excluded.content",
             )?;
             st.execute(params![
                 turn.turn_id,
@@ -79,7 +79,8 @@ fn apply(tx: &Connection, cmd: &StorageCommand) -> rusqlite::Result<Option<Strin
                 turn.usage_json,
                 turn.tool_calls_json,
                 turn.started_at_ms,
-                turn.completed_at_ms
+                turn.completed_at_ms,
+                turn.content_json
             ])?;
         }
         StorageCommand::UpsertSession { session: s } => {

@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod blocks;
 mod controls;
 mod memory;
 mod script;
 
+use blocks::describe_blocks;
 use controls::Controls;
 use memory::{memory_base, remember_answer, valid_session_id, Memory, Role};
 use script::{script, text_chunk};
@@ -351,7 +353,7 @@ impl<W: Write> Agent<W> {
                     "protocolVersion": 1,
                     "agentCapabilities": {
                         "loadSession": self.restore,
-                        "promptCapabilities": {"image": false, "audio": false, "embeddedContext": false},
+                        "promptCapabilities": {"image": true, "audio": false, "embeddedContext": true},
                         "sessionCapabilities": if self.restore { json!({"resume": {}}) } else { json!({}) },
                     },
                     "authMethods": [],
@@ -531,6 +533,14 @@ impl<W: Write> Agent<W> {
             return;
         };
         let mut steps = script(&text, &tool_call_id, &session.memory);
+        if text.split_whitespace().collect::<Vec<_>>() == ["blocks"] {
+            let blocks = params.get("prompt").and_then(Value::as_array);
+            let answer = describe_blocks(blocks.map(Vec::as_slice).unwrap_or_default());
+            steps = VecDeque::from([
+                Step::Update(text_chunk("agent_message_chunk", &answer)),
+                Step::Finish("end_turn"),
+            ]);
+        }
         if text.split_whitespace().collect::<Vec<_>>() == ["controls"] {
             for (index, update) in session.controls.announce().into_iter().enumerate() {
                 steps.insert(index, Step::Update(update));

@@ -400,3 +400,64 @@ fn diff_reports_an_edit_in_full() {
     assert_eq!(update["rawOutput"], json!({"written": 4}));
     assert_eq!(out[2]["result"], json!({"stopReason":"end_turn"}));
 }
+
+#[test]
+fn blocks_describes_each_non_text_block_of_the_prompt() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut agent = Agent::new(Vec::new());
+    let out = exchange(
+        &mut agent,
+        request(0, "initialize", json!({"protocolVersion":1})),
+    );
+    let caps = &out[0]["result"]["agentCapabilities"]["promptCapabilities"];
+    assert_eq!(
+        caps,
+        &json!({"image": true, "audio": false, "embeddedContext": true})
+    );
+    let cwd = dir.path().to_string_lossy().into_owned();
+    let out = exchange(
+        &mut agent,
+        request(1, "session/new", json!({"cwd": cwd, "mcpServers": []})),
+    );
+    let session = out[0]["result"]["sessionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let answer = |agent: &mut Agent<Vec<u8>>, id: u64, prompt: Value| -> String {
+        let out = exchange(
+            agent,
+            request(
+                id,
+                "session/prompt",
+                json!({"sessionId": session, "prompt": prompt}),
+            ),
+        );
+        assert_eq!(
+            out.last().map(|m| m["result"]["stopReason"].clone()),
+            Some(json!("end_turn"))
+        );
+        out[0]["params"]["update"]["content"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        answer(&mut agent, 2, json!([{"type":"text","text":"blocks"}])),
+        "no blocks"
+    );
+    let prompt = json!([
+        {"type":"text","text":"blocks"},
+        {"type":"image","data":"AQID","mimeType":"image/png"},
+        {"type":"resource_link","uri":"file:///w/a.rs","name":"a.rs"},
+        {"type":"text","text":"\n"},
+        {"type":"resource","resource":{"uri":"file:///w/b.txt","text":"hi"}},
+        {"type":"resource","resource":{"uri":"file:///w/c.bin","blob":"AAAA"}},
+        {"type":"audio","data":"!!","mimeType":"audio/wav"},
+    ]);
+    assert_eq!(
+        answer(&mut agent, 3, prompt),
+        "image image/png 3 bytes\nresource_link a.rs file:///w/a.rs\n\
+         resource file:///w/b.txt text \"hi\"\nresource file:///w/c.bin blob 3 bytes\n\
+         audio audio/wav invalid base64"
+    );
+}

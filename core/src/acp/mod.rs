@@ -9,6 +9,7 @@
 //!     pub fn new(config: AcpConfig) -> Self;
 //!     pub fn start(&mut self, cwd: &str, now: Instant);            // initialize, then session/new
 //!     pub fn prompt(&mut self, text: &str, now: Instant) -> Result<(), AcpError>;
+//!     pub fn prompt_with(&mut self, text: &str, content: Vec<schema::ContentBlock>, now: Instant) -> Result<(), AcpError>;
 //!     pub fn cancel(&mut self, now: Instant);                       // session/cancel + pending permissions cancelled
 //!     pub fn answer_permission(&mut self, question_id: &str, option_id: Option<&str>) -> Result<(), AcpError>;
 //!     pub fn handle_line(&mut self, line: &[u8], now: Instant);
@@ -51,7 +52,8 @@
 //! - Our requests are numbered from 0: `initialize` (`protocolVersion: 1`, `clientCapabilities:
 //!   {fs: {readTextFile, writeTextFile}, terminal, auth: {terminal: false}}` from the
 //!   configuration, `clientInfo`), then `session/new` (`cwd`, `mcpServers: []`), then one
-//!   `session/prompt` per turn (`prompt: [{type: "text", text}]`). `session/cancel` is a
+//!   `session/prompt` per turn (`prompt: [{type: "text", text}]`, then
+//!   the turn's content blocks with [`AcpClient::prompt_with`]). `session/cancel` is a
 //!   notification.
 //! - [`AcpClient::start_with_session`] names an ACP session id the agent created earlier: if the
 //!   agent's `initialize` result advertises `sessionCapabilities.resume`, `session/resume` (the
@@ -310,17 +312,27 @@ impl AcpClient {
     }
 
     /// Sends `session/prompt` with one text block.
-    pub fn prompt(&mut self, text: &str, _now: Instant) -> Result<(), AcpError> {
+    pub fn prompt(&mut self, text: &str, now: Instant) -> Result<(), AcpError> {
+        self.prompt_with(text, Vec::new(), now)
+    }
+
+    /// Sends `session/prompt` with a text block followed by `content` (images, resources: the
+    /// caller checked them against [`AcpClient::agent_features`]).
+    pub fn prompt_with(
+        &mut self,
+        text: &str,
+        content: Vec<ContentBlock>,
+        _now: Instant,
+    ) -> Result<(), AcpError> {
         let State::Ready { session_id } = &self.state else {
             return Err(AcpError::NotReady);
         };
         if self.turn.is_some() {
             return Err(AcpError::Busy);
         }
-        let params = PromptRequest::new(
-            session_id.clone(),
-            vec![ContentBlock::Text(TextContent::new(text))],
-        );
+        let mut prompt = vec![ContentBlock::Text(TextContent::new(text))];
+        prompt.extend(content);
+        let params = PromptRequest::new(session_id.clone(), prompt);
         self.request(Pending::Prompt, params);
         self.turn = Some(Turn { cancel_sent: false });
         self.tool_titles.clear();

@@ -295,6 +295,7 @@ impl Gateway {
             id: crate::rng::format_uuid(self.rng.uuid_v4()),
             user_id: ctx.identity.user_id.clone(),
             text: request.text.clone(),
+            content: request.content.clone().unwrap_or_default(),
             reply_to: Some((ctx.connection, ctx.request_id.clone())),
         };
         self.drive(&session_id, now, |session, sctx, out| {

@@ -16,6 +16,8 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::protocol::request::PromptBlock;
+
 /// One session event: its header and its body. Its JSON Schema (written by hand below) is one
 /// object per event type: the header, `type` fixed to the kind, and the body's fields.
 #[derive(Debug, Serialize)]
@@ -242,6 +244,9 @@ pub struct TurnStarted<'a> {
     pub text: &'a str,
     /// The `userId` of who started the turn.
     pub user_id: &'a str,
+    /// The content blocks sent after the text, as in `run_turn`'s `content`; absent when none.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub content: &'a [PromptBlock],
 }
 
 /// `text_delta` and `thinking_delta`.

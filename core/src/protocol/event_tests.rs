@@ -138,6 +138,7 @@ fn session_events_are_byte_identical() {
             EventBody::TurnStarted(TurnStarted {
                 text: "hi \"there\"\n",
                 user_id: "u-1",
+                content: &[],
             }),
         ),
         "turn_started",
@@ -590,6 +591,7 @@ fn tenant_notifications_and_replies_are_byte_identical() {
                 tool_calls_json: Some(r#"[{"toolCallId":"c1","title":"x"}]"#.into()),
                 started_at_ms: 5,
                 completed_at_ms: Some(6),
+                content_json: None,
             },
             TurnRecord {
                 turn_id: "t-2".into(),
@@ -602,6 +604,7 @@ fn tenant_notifications_and_replies_are_byte_identical() {
                 tool_calls_json: None,
                 started_at_ms: 7,
                 completed_at_ms: None,
+                content_json: None,
             },
         ];
         let old_turns: Vec<Value> = turns.iter().map(|turn| {

@@ -68,6 +68,9 @@ pub enum FieldRule {
     OptionalU64,
     /// A string or a boolean, required.
     StringOrBool,
+    /// An array of prompt content blocks, `null` or absent (`run_turn`'s `content`; each block
+    /// checked by [`content::check`], which names the first offending part).
+    OptionalContent,
 }
 
 impl FieldRule {
@@ -88,9 +91,13 @@ impl FieldRule {
                 number.as_u64().is_some()
             }
             (
-                FieldRule::OptionalString | FieldRule::OptionalBool | FieldRule::OptionalU64,
+                FieldRule::OptionalString
+                | FieldRule::OptionalBool
+                | FieldRule::OptionalU64
+                | FieldRule::OptionalContent,
                 None | Some(Value::Null),
             ) => true,
+            (FieldRule::OptionalContent, Some(value)) => content::check(value).is_ok(),
             _ => false,
         }
     }
@@ -103,6 +110,16 @@ impl FieldRule {
             FieldRule::U64 | FieldRule::OptionalU64 => {
                 format!("{name} must be a non-negative integer")
             }
+            FieldRule::OptionalContent => format!("{name} must be an array of content blocks"),
+        }
+    }
+
+    /// Checks the field: `Err` with the protocol's message for it.
+    fn validate(self, value: Option<&Value>, name: &str) -> Result<(), String> {
+        match (self, value) {
+            (FieldRule::OptionalContent, Some(value)) if !value.is_null() => content::check(value),
+            _ if self.check(value) => Ok(()),
+            _ => Err(self.reason(name)),
         }
     }
 }
@@ -136,7 +153,11 @@ pub fn field_rules(kind: RequestKind) -> &'static [(&'static str, FieldRule)] {
             ("beforeTurn", OptionalString),
             ("limit", OptionalU64),
         ],
-        K::RunTurn | K::Steer => &[("sessionId", String), ("text", String)],
+        K::RunTurn | K::Steer => &[
+            ("sessionId", String),
+            ("text", String),
+            ("content", OptionalContent),
+        ],
         K::AnswerQuestion => &[
             ("sessionId", String),
             ("questionId", String),
@@ -190,11 +211,8 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, EnvelopeError> 
 /// The request of `kind` from its fields (`type` still among them).
 fn typed(kind: RequestKind, fields: Map<String, Value>) -> Parsed {
     for (name, rule) in field_rules(kind) {
-        if !rule.check(fields.get(*name)) {
-            return Parsed::Invalid {
-                kind,
-                reason: rule.reason(name),
-            };
+        if let Err(reason) = rule.validate(fields.get(*name), name) {
+            return Parsed::Invalid { kind, reason };
         }
     }
     match serde_json::from_value::<ClientRequest>(Value::Object(fields)) {
@@ -208,5 +226,6 @@ fn typed(kind: RequestKind, fields: Map<String, Value>) -> Parsed {
     }
 }
 
+mod content;
 #[cfg(test)]
 mod tests;

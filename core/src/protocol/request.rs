@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::ConnectionId;
 use crate::protocol::Identity;
@@ -204,6 +204,96 @@ pub struct RunTurn {
     pub session_id: String,
     /// The user's prompt.
     pub text: String,
+    /// Content blocks sent to the agent after the text (ACP `ContentBlock`s): images, audio,
+    /// resource links and embedded resources. Each kind only if the agent's
+    /// `promptCapabilities` allow it (`image`, `audio`, `embeddedContext`; a `resource_link` is
+    /// always allowed), else `INVALID_MESSAGE`. Absent or `null`: none.
+    #[serde(default)]
+    pub content: Option<Vec<PromptBlock>>,
+}
+
+/// A content block of a prompt besides its text, in ACP's wire shape (`session/prompt`'s
+/// `ContentBlock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PromptBlock {
+    /// An image; needs the agent's `promptCapabilities.image`.
+    Image(MediaBlock),
+    /// Audio; needs the agent's `promptCapabilities.audio`.
+    Audio(MediaBlock),
+    /// A reference to a resource the agent can read itself; always allowed.
+    ResourceLink(ResourceLinkBlock),
+    /// A resource's contents, embedded; needs the agent's `promptCapabilities.embeddedContext`.
+    Resource(EmbeddedResourceBlock),
+}
+
+impl PromptBlock {
+    /// The block's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PromptBlock::Image(_) => "image",
+            PromptBlock::Audio(_) => "audio",
+            PromptBlock::ResourceLink(_) => "resource_link",
+            PromptBlock::Resource(_) => "resource",
+        }
+    }
+}
+
+/// `image` and `audio` blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaBlock {
+    /// The bytes, base64 encoded (standard alphabet, padded).
+    pub data: String,
+    /// The MIME type, e.g. `image/png`.
+    pub mime_type: String,
+}
+
+/// A `resource_link` block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceLinkBlock {
+    /// The resource's URI.
+    pub uri: String,
+    /// The resource's name.
+    pub name: String,
+    /// The resource's MIME type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    /// A title for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// A description for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The resource's size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// A `resource` block: an embedded resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddedResourceBlock {
+    /// The resource's contents.
+    pub resource: ResourceContents,
+}
+
+/// An embedded resource's contents: exactly one of `text` and `blob`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceContents {
+    /// The resource's URI.
+    pub uri: String,
+    /// The contents as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The contents as bytes, base64 encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// The resource's MIME type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
 }
 
 /// `answer_question`: an option chosen, or the question cancelled.

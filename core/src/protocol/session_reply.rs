@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::protocol::request::PromptBlock;
 use crate::storage::{StoredEvent, TurnRecord};
 
 pub use crate::protocol::reply::SessionMeta;
@@ -298,6 +299,10 @@ pub struct HistoryTurn<'a> {
     pub user_id: Option<&'a str>,
     /// The user's prompt.
     pub user_text: &'a str,
+    /// The content blocks the prompt carried after its text (as in `turn_started`); absent when
+    /// none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<PromptBlock>,
 }
 
 impl<'a> From<&'a TurnRecord> for HistoryTurn<'a> {
@@ -317,6 +322,11 @@ impl<'a> From<&'a TurnRecord> for HistoryTurn<'a> {
             usage: parse(&turn.usage_json),
             user_id: turn.user_id.as_deref(),
             user_text: &turn.user_text,
+            content: turn
+                .content_json
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or_default(),
         }
     }
 }

@@ -66,6 +66,7 @@ fn turn(user: &str, answer: Option<&str>, stop_reason: &str) -> TurnRecord {
         tool_calls_json: None,
         started_at_ms: 1,
         completed_at_ms: Some(2),
+        content_json: None,
     }
 }
 

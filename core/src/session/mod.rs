@@ -141,6 +141,8 @@ struct Turn {
     id: String,
     user_id: String,
     text: String,
+    /// The prompt's content blocks after the text.
+    content: Vec<crate::protocol::request::PromptBlock>,
     final_text: String,
     final_text_truncated: bool,
     tool_calls: Vec<Value>,
@@ -161,6 +163,8 @@ pub(crate) struct NextTurn {
     pub(crate) id: String,
     pub(crate) user_id: String,
     pub(crate) text: String,
+    /// The prompt's content blocks after the text (`run_turn`'s `content`).
+    pub(crate) content: Vec<crate::protocol::request::PromptBlock>,
     /// Whom to answer `turn_accepted` once the agent process has started (activation only).
     pub(crate) reply_to: Option<(ConnectionId, Option<String>)>,
 }

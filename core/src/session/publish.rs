@@ -185,6 +185,9 @@ impl Session {
                 .then(|| serde_json::Value::Array(turn.tool_calls.clone()).to_string()),
             started_at_ms: turn.started_at_ms,
             completed_at_ms: completed.map(|(_, at)| at),
+            content_json: (!turn.content.is_empty())
+                .then(|| serde_json::to_string(&turn.content).ok())
+                .flatten(),
         };
         out.push(SessionOutput::Storage(StorageCommand::UpsertTurn {
             session_id: self.record.id.clone(),

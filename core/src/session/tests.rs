@@ -98,10 +98,21 @@ impl Harness {
     }
 
     fn run_turn(&mut self, text: &str, steer: bool) -> (Handled, Vec<SessionOutput>) {
+        self.run_turn_with(text, Vec::new(), steer)
+    }
+
+    /// `run_turn` (or `steer`) with content blocks after the text.
+    fn run_turn_with(
+        &mut self,
+        text: &str,
+        content: Vec<crate::protocol::request::PromptBlock>,
+        steer: bool,
+    ) -> (Handled, Vec<SessionOutput>) {
         let next = NextTurn {
             id: format!("turn-{text}"),
             user_id: "u-1".into(),
             text: text.into(),
+            content,
             reply_to: Some((CONNECTION, Some("r-1".into()))),
         };
         self.run(|session, ctx, out| session.run_turn(ctx, next, steer, out))
@@ -434,6 +445,9 @@ fn a_draining_gateway_hears_of_every_ended_turn() {
 
 #[path = "memory_tests.rs"]
 mod memory_tests;
+
+#[path = "prompt_tests.rs"]
+mod prompt_tests;
 fn stored_tool_calls(out: &[SessionOutput]) -> Option<Value> {
     out.iter().find_map(|o| match o {
         SessionOutput::Storage(StorageCommand::UpsertTurn { turn, .. }) => turn

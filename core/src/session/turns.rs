@@ -5,11 +5,13 @@
 //! session was not active), `session_state` `running`, `turn_started`, the turn's events, then
 //! `turn_complete` or `turn_error`, then `session_state` `ready` (or `error`).
 
-use crate::acp::AcpError;
+use crate::acp::schema::ContentBlock;
+use crate::acp::{AcpError, AgentFeatures};
 use crate::ids::ConnectionId;
 use crate::protocol::encode_frame;
 use crate::protocol::event::{EventBody, PermissionResolved, TurnComplete, TurnError, TurnStarted};
 use crate::protocol::refusal::{Handled, Refusal};
+use crate::protocol::request::PromptBlock;
 use crate::protocol::session_reply::SessionReply;
 use crate::protocol::ErrorCode;
 use crate::session::state::{self, SessionStatus};
@@ -30,6 +32,14 @@ impl Session {
         out: &mut Vec<SessionOutput>,
     ) -> Handled {
         let reply_to = next.reply_to.clone();
+        // With the agent running its capabilities are known: a block it cannot take is refused
+        // now. During an activation they are checked once `initialize` answered (`start_turn`).
+        let features = self.agent.as_ref().and_then(|a| a.acp.agent_features());
+        if let Some(features) = features {
+            if let Some(message) = refused_block(&features, &next.content) {
+                return Err(Refusal::new(ErrorCode::InvalidMessage, message));
+            }
+        }
         if steer && self.turn.is_some() {
             if self.next_turn.is_some() {
                 // One steer waits at a time: a second would be a turn accepted behind a turn
@@ -128,6 +138,7 @@ impl Session {
             id: next.id.clone(),
             user_id: next.user_id.clone(),
             text: next.text.clone(),
+            content: next.content.clone(),
             final_text: String::new(),
             final_text_truncated: false,
             tool_calls: Vec::new(),
@@ -142,12 +153,33 @@ impl Session {
         let body = EventBody::TurnStarted(TurnStarted {
             text: &next.text,
             user_id: &next.user_id,
+            content: &next.content,
         });
         self.publish(ctx, Some(&next.id), body, out);
         self.persist_turn(None, out);
+        // A turn accepted during an activation meets the agent's capabilities only now: a block
+        // the agent cannot take ends the turn (the agent stays up for the next one).
+        let features = self.agent.as_ref().and_then(|a| a.acp.agent_features());
+        let refused = match (&features, next.content.is_empty()) {
+            (_, true) => None,
+            (Some(features), false) => refused_block(features, &next.content),
+            (None, false) => Some("the agent's prompt capabilities are unknown".to_owned()),
+        };
+        let blocks = match refused {
+            Some(message) => Err(message),
+            None => acp_blocks(&next.content),
+        };
+        let blocks = match blocks {
+            Ok(blocks) => blocks,
+            Err(message) => {
+                self.fail_turn(ctx, ErrorCode::InvalidMessage, &message, false, out);
+                self.drain_agent(ctx, out);
+                return;
+            }
+        };
         let text = self.prompt_text(&next.text);
         let prompted = match self.agent.as_mut() {
-            Some(agent) => agent.acp.prompt(&text, ctx.now),
+            Some(agent) => agent.acp.prompt_with(&text, blocks, ctx.now),
             None => Err(AcpError::NotReady),
         };
         if let Err(error) = prompted {
@@ -519,6 +551,35 @@ impl Session {
         }
         self.update_idle(ctx.now);
     }
+}
+
+/// Why the agent cannot take one of `content`'s blocks (the first it cannot), from its
+/// `promptCapabilities`; `None` when it can take them all. A `resource_link` is always allowed.
+pub(crate) fn refused_block(features: &AgentFeatures, content: &[PromptBlock]) -> Option<String> {
+    content.iter().find_map(|block| {
+        let capability = match block {
+            PromptBlock::Image(_) if !features.image => "image",
+            PromptBlock::Audio(_) if !features.audio => "audio",
+            PromptBlock::Resource(_) if !features.embedded_context => "embeddedContext",
+            _ => return None,
+        };
+        Some(format!(
+            "the agent does not accept {} content (its promptCapabilities.{capability} is false)",
+            block.kind()
+        ))
+    })
+}
+
+/// The blocks in the ACP client's types (the wire shapes are the same).
+fn acp_blocks(content: &[PromptBlock]) -> Result<Vec<ContentBlock>, String> {
+    content
+        .iter()
+        .map(|block| {
+            serde_json::to_value(block)
+                .and_then(serde_json::from_value::<ContentBlock>)
+                .map_err(|error| format!("a {} block is not valid ACP: {error}", block.kind()))
+        })
+        .collect()
 }
 
 /// At most `max` bytes of `text`, cut on a character boundary.

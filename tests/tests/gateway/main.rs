@@ -10,6 +10,7 @@ mod http;
 mod limits;
 mod memory;
 mod metrics;
+mod prompts;
 mod real_agent;
 mod resume;
 mod sandbox;

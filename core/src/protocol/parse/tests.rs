@@ -18,6 +18,7 @@ fn valid(kind: RequestKind) -> Value {
             FieldRule::String | FieldRule::OptionalString | FieldRule::StringOrBool => json!("x"),
             FieldRule::OptionalBool => json!(true),
             FieldRule::U64 | FieldRule::OptionalU64 => json!(3),
+            FieldRule::OptionalContent => json!([]),
         };
     }
     message
@@ -93,6 +94,8 @@ fn the_first_bad_field_in_order_is_named_with_the_protocol_message() {
                 FieldRule::U64 | FieldRule::OptionalU64 => {
                     format!("{name} must be a non-negative integer")
                 }
+                // `[1]` is an array: its first block is named.
+                FieldRule::OptionalContent => format!("{name}[0] must be an object"),
             };
             assert_eq!(
                 parsed(message.clone()),
@@ -176,7 +179,8 @@ fn fields_land_in_their_types_and_extra_fields_are_ignored() {
         parsed(json!({"type": "steer", "sessionId": "s", "text": "go"})),
         Parsed::Request(ClientRequest::Steer(RunTurn {
             session_id: "s".into(),
-            text: "go".into()
+            text: "go".into(),
+            content: None,
         }))
     );
     assert_eq!(
@@ -313,4 +317,165 @@ fn set_mode_and_set_config_option_parse_with_their_values() {
     );
     assert!(role_allows("member", Permission::Write));
     assert!(!role_allows("viewer", Permission::Write));
+}
+
+#[test]
+fn content_blocks_parse_into_their_types() {
+    let message = json!({
+        "type": "run_turn", "sessionId": "s", "text": "look",
+        "content": [
+            {"type": "image", "data": "AQID", "mimeType": "image/png"},
+            {"type": "audio", "data": "", "mimeType": "audio/wav"},
+            {"type": "resource_link", "uri": "file:///a.rs", "name": "a.rs", "mimeType": null,
+             "size": 12, "extra": 1},
+            {"type": "resource", "resource": {"uri": "file:///b.txt", "text": "hi",
+             "mimeType": "text/plain"}},
+            {"type": "resource", "resource": {"uri": "file:///c.bin", "blob": "AA=="}},
+        ]
+    });
+    let Parsed::Request(ClientRequest::RunTurn(run)) = parsed(message.clone()) else {
+        panic!("{message}");
+    };
+    let content = run.content.unwrap_or_default();
+    assert_eq!(
+        content,
+        vec![
+            PromptBlock::Image(MediaBlock {
+                data: "AQID".into(),
+                mime_type: "image/png".into()
+            }),
+            PromptBlock::Audio(MediaBlock {
+                data: String::new(),
+                mime_type: "audio/wav".into()
+            }),
+            PromptBlock::ResourceLink(ResourceLinkBlock {
+                uri: "file:///a.rs".into(),
+                name: "a.rs".into(),
+                mime_type: None,
+                title: None,
+                description: None,
+                size: Some(12),
+            }),
+            PromptBlock::Resource(EmbeddedResourceBlock {
+                resource: ResourceContents {
+                    uri: "file:///b.txt".into(),
+                    text: Some("hi".into()),
+                    blob: None,
+                    mime_type: Some("text/plain".into()),
+                }
+            }),
+            PromptBlock::Resource(EmbeddedResourceBlock {
+                resource: ResourceContents {
+                    uri: "file:///c.bin".into(),
+                    text: None,
+                    blob: Some("AA==".into()),
+                    mime_type: None,
+                }
+            }),
+        ]
+    );
+    // They serialize back to ACP's shapes (extra fields and nulls dropped).
+    assert_eq!(
+        serde_json::to_value(&content[2]).unwrap_or_default(),
+        json!({"type": "resource_link", "uri": "file:///a.rs", "name": "a.rs", "size": 12})
+    );
+    assert_eq!(
+        serde_json::to_value(&content[3]).unwrap_or_default(),
+        json!({"type": "resource", "resource": {"uri": "file:///b.txt", "text": "hi",
+               "mimeType": "text/plain"}})
+    );
+    for kind in ["run_turn", "steer"] {
+        let message = json!({"type": kind, "sessionId": "s", "text": "t", "content": null});
+        assert!(matches!(parsed(message), Parsed::Request(_)));
+    }
+}
+
+#[test]
+fn bad_content_blocks_are_named_with_their_place() {
+    let cases = [
+        (
+            json!({"a": 1}),
+            "content must be an array of content blocks",
+        ),
+        (json!("x"), "content must be an array of content blocks"),
+        (json!(["x"]), "content[0] must be an object"),
+        (
+            json!([{"data": "AA=="}]),
+            "content[0].type must be one of image, audio, resource_link, resource",
+        ),
+        (
+            json!([{"type": "text", "text": "x"}]),
+            "content[0].type must be one of image, audio, resource_link, resource",
+        ),
+        (
+            json!([{"type": "image", "mimeType": "image/png"}]),
+            "content[0].data must be a string",
+        ),
+        (
+            json!([{"type": "image", "data": "not base64!", "mimeType": "image/png"}]),
+            "content[0].data must be base64",
+        ),
+        (
+            json!([{"type": "image", "data": "AA=="}]),
+            "content[0].mimeType must be a string",
+        ),
+        (
+            json!([{"type": "resource_link", "uri": "u", "name": "n"}, {"type": "audio", "data": "AA==", "mimeType": 3}]),
+            "content[1].mimeType must be a string",
+        ),
+        (
+            json!([{"type": "resource_link", "name": "n"}]),
+            "content[0].uri must be a string",
+        ),
+        (
+            json!([{"type": "resource_link", "uri": "u"}]),
+            "content[0].name must be a string",
+        ),
+        (
+            json!([{"type": "resource_link", "uri": "u", "name": "n", "title": 1}]),
+            "content[0].title must be a string",
+        ),
+        (
+            json!([{"type": "resource_link", "uri": "u", "name": "n", "size": -1}]),
+            "content[0].size must be a non-negative integer",
+        ),
+        (
+            json!([{"type": "resource", "uri": "u", "text": "t"}]),
+            "content[0].resource must be an object",
+        ),
+        (
+            json!([{"type": "resource", "resource": {"text": "t"}}]),
+            "content[0].resource.uri must be a string",
+        ),
+        (
+            json!([{"type": "resource", "resource": {"uri": "u"}}]),
+            "content[0].resource must have exactly one of text and blob",
+        ),
+        (
+            json!([{"type": "resource", "resource": {"uri": "u", "text": "t", "blob": "AA=="}}]),
+            "content[0].resource must have exactly one of text and blob",
+        ),
+        (
+            json!([{"type": "resource", "resource": {"uri": "u", "blob": "%%"}}]),
+            "content[0].resource.blob must be base64",
+        ),
+        (
+            json!([{"type": "resource", "resource": {"uri": "u", "text": 5}}]),
+            "content[0].resource.text must be a string",
+        ),
+    ];
+    for (content, reason) in cases {
+        for kind in [RequestKind::RunTurn, RequestKind::Steer] {
+            let message =
+                json!({"type": kind.name(), "sessionId": "s", "text": "t", "content": content});
+            assert_eq!(
+                parsed(message.clone()),
+                Parsed::Invalid {
+                    kind,
+                    reason: reason.to_owned()
+                },
+                "{message}"
+            );
+        }
+    }
 }
