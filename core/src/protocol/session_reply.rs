@@ -225,11 +225,11 @@ pub struct AgentControls {
     pub available_modes: Value,
     /// The agent's configuration options (as `config_option_update`'s); absent if it has none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::protocol::event::config_options_schema")]
+    #[schemars(schema_with = "crate::protocol::event::schema::config_options_schema")]
     pub config_options: Option<Value>,
     /// The commands the agent offers (as `available_commands_update`'s); absent until it said.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::protocol::event::commands_schema")]
+    #[schemars(schema_with = "crate::protocol::event::schema::commands_schema")]
     pub available_commands: Option<Value>,
 }
 
