@@ -255,12 +255,16 @@ fn an_agent_error_keeps_its_code_and_message() {
     s.running("work");
     let agent = s.agent();
     let prompt = s.prompt_id(agent);
-    s.sim.agent_send(agent, &json!({"jsonrpc": "2.0", "id": prompt, "error": {"code": -32603, "message": "model overloaded"}}));
+    s.sim.agent_send(agent, &json!({"jsonrpc": "2.0", "id": prompt, "error": {"code": -32042, "message": "model overloaded"}}));
     let messages = s.sim.take_messages(s.id);
     let ended = ends(&messages);
     assert_eq!(ended.len(), 1, "{messages:?}");
     assert_eq!(ended[0]["code"], "AGENT_ERROR");
     assert_eq!(ended[0]["message"], "model overloaded");
+    assert_eq!(
+        ended[0]["agentCode"], -32042,
+        "the agent's own JSON-RPC code"
+    );
     assert_eq!(statuses(&messages), ["ready"]);
 }
 

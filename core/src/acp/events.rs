@@ -91,6 +91,9 @@ pub enum AgentEvent {
         code: String,
         /// The agent's error message (with its `data` detail), cut to 1 KiB.
         message: String,
+        /// The agent's JSON-RPC error code; `None` when the response was a result the client
+        /// could not read.
+        agent_code: Option<i64>,
     },
     /// The agent broke the protocol, failed the handshake, timed out or exited while something
     /// was pending. The client is unusable from now on.

@@ -187,6 +187,10 @@ impl AcpClient {
                 truncate(&shown)
             ));
         };
+        let error_code = message
+            .get("error")
+            .and_then(|error| error.get("code"))
+            .and_then(Value::as_i64);
         let outcome = if let Some(error) = message.get("error") {
             Err(error_text(error))
         } else if let Some(result) = message.remove("result") {
@@ -267,11 +271,13 @@ impl AcpClient {
                         Err(message) => AgentEvent::TurnError {
                             code: AGENT_ERROR.into(),
                             message,
+                            agent_code: None,
                         },
                     },
                     Err(message) => AgentEvent::TurnError {
                         code: AGENT_ERROR.into(),
                         message,
+                        agent_code: error_code,
                     },
                 };
                 self.events.push_back(event);

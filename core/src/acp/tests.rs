@@ -194,7 +194,8 @@ fn an_error_response_to_the_prompt_is_a_turn_error() {
         events(&mut client),
         vec![AgentEvent::TurnError {
             code: "AGENT_ERROR".into(),
-            message: "model overloaded".into()
+            message: "model overloaded".into(),
+            agent_code: Some(-32603),
         }]
     );
     assert!(client.is_ready(), "a failed turn leaves the client usable");
@@ -210,7 +211,8 @@ fn an_error_response_to_the_prompt_is_a_turn_error() {
         events(&mut client),
         vec![AgentEvent::TurnError {
             code: "AGENT_ERROR".into(),
-            message: "Internal error: Session s not found".into()
+            message: "Internal error: Session s not found".into(),
+            agent_code: Some(-32603),
         }]
     );
     assert_eq!(client.prompt("y", now), Ok(()));
@@ -1613,7 +1615,7 @@ fn the_prompt_and_permission_messages_are_the_schemas() {
     );
     assert!(matches!(
         events(&mut client).as_slice(),
-        [AgentEvent::TurnError { code, message }] if code == AGENT_ERROR && message.contains("session/prompt result is invalid")
+        [AgentEvent::TurnError { code, message, agent_code: None }] if code == AGENT_ERROR && message.contains("session/prompt result is invalid")
     ));
     // A permission option kind ACP does not define is invalid params.
     feed(

@@ -331,6 +331,10 @@ pub struct TurnError<'a> {
     pub code: &'a str,
     /// What happened, for humans (e.g. why the gateway stopped the agent).
     pub message: &'a str,
+    /// With `AGENT_ERROR`: the agent's own JSON-RPC error code (e.g. `-32603`), when its error
+    /// response had one.
+    #[serde(rename = "agentCode", skip_serializing_if = "Option::is_none")]
+    pub agent_code: Option<i64>,
 }
 
 /// `file_changed`: the agent wrote a file through the client file system (`fs/write_text_file`,

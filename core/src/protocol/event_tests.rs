@@ -308,6 +308,7 @@ fn session_events_are_byte_identical() {
             EventBody::TurnError(TurnError {
                 code: "AGENT_UNAVAILABLE",
                 message: "the agent process exited",
+                agent_code: None,
             }),
         ),
         "turn_error",
@@ -822,6 +823,7 @@ fn storage_recovery_builds_the_turn_error_a_session_publishes() {
         EventBody::TurnError(TurnError {
             code: "AGENT_UNAVAILABLE",
             message: "the agent process exited",
+            agent_code: None,
         }),
     );
     assert_eq!(recovered, published.1);

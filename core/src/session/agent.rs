@@ -308,8 +308,12 @@ impl Session {
                 self.complete_turn(ctx, "cancelled", out);
             }
             // The agent's own code (`AGENT_ERROR`) and message, unchanged.
-            AgentEvent::TurnError { code, message } => {
-                self.end_turn_with_error(ctx, &code, &message, false, out);
+            AgentEvent::TurnError {
+                code,
+                message,
+                agent_code,
+            } => {
+                self.end_turn_with_error(ctx, &code, &message, agent_code, false, out);
             }
             AgentEvent::Failed { message } => {
                 out.push(SessionOutput::Count(Counter::AgentFailure));

@@ -305,7 +305,11 @@ pub fn turn_error_payload(
         seq,
         ts_ms,
         Some(turn_id),
-        EventBody::TurnError(TurnError { code, message }),
+        EventBody::TurnError(TurnError {
+            code,
+            message,
+            agent_code: None,
+        }),
     );
     encode_frame_with_payload(&event).1
 }

@@ -459,7 +459,7 @@ impl Session {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        self.end_turn_with_error(ctx, &code_text, message, agent_broken, out);
+        self.end_turn_with_error(ctx, &code_text, message, None, agent_broken, out);
     }
 
     /// [`Session::fail_turn`] with the code as text (the agent's own, `AGENT_ERROR`).
@@ -468,6 +468,7 @@ impl Session {
         ctx: &SessionContext<'_>,
         code_text: &str,
         message: &str,
+        agent_code: Option<i64>,
         agent_broken: bool,
         out: &mut Vec<SessionOutput>,
     ) {
@@ -497,6 +498,7 @@ impl Session {
             let body = EventBody::TurnError(TurnError {
                 code: code_text,
                 message,
+                agent_code,
             });
             self.publish(ctx, Some(turn_id), body, out);
             out.push(SessionOutput::Count(Counter::TurnFailed));
@@ -529,6 +531,7 @@ impl Session {
                 let body = EventBody::TurnError(TurnError {
                     code: "AGENT_UNAVAILABLE",
                     message: "not started: the turn it was queued behind failed",
+                    agent_code: None,
                 });
                 self.publish(ctx, Some(&next.id), body, out);
                 out.push(SessionOutput::Count(Counter::TurnFailed));
@@ -540,6 +543,7 @@ impl Session {
                 let body = EventBody::TurnError(TurnError {
                     code: "SHUTTING_DOWN",
                     message: "the gateway is shutting down",
+                    agent_code: None,
                 });
                 self.publish(ctx, Some(&next.id), body, out);
             } else {
