@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use diminuendo_core::session::memory::{TRANSCRIPT_FOOTER, TRANSCRIPT_HEADER};
-use diminuendo_core::sim::{client, AgentMode, Sim};
+use diminuendo_core::sim::{AgentMode, Sim};
 use diminuendo_core::{AgentId, ConnectionId, CoreConfig};
 use serde_json::{json, Value};
 
@@ -19,22 +19,6 @@ fn config() -> CoreConfig {
         idle_session_timeout: Duration::from_secs(60),
         ..dev()
     }
-}
-
-/// Sends a request; returns its reply and everything else that arrived.
-fn call(sim: &mut Sim, id: ConnectionId, mut message: Value) -> (Value, Vec<Value>) {
-    message["requestId"] = json!("r");
-    sim.send(id, &client::text(&message.to_string()));
-    let mut reply = Value::Null;
-    let mut others = Vec::new();
-    for received in sim.take_messages(id) {
-        if reply.is_null() && received["requestId"] == "r" {
-            reply = received;
-        } else {
-            others.push(received);
-        }
-    }
-    (reply, others)
 }
 
 fn create_and_join(sim: &mut Sim, id: ConnectionId) -> String {

@@ -20,22 +20,6 @@ fn config() -> CoreConfig {
     }
 }
 
-/// Sends a request with a requestId; returns its reply and everything else that arrived.
-fn call(sim: &mut Sim, id: ConnectionId, mut message: Value) -> (Value, Vec<Value>) {
-    message["requestId"] = json!("r");
-    sim.send(id, &client::text(&message.to_string()));
-    let mut reply = Value::Null;
-    let mut others = Vec::new();
-    for received in sim.take_messages(id) {
-        if reply.is_null() && received["requestId"] == "r" {
-            reply = received;
-        } else {
-            others.push(received);
-        }
-    }
-    (reply, others)
-}
-
 fn create(sim: &mut Sim, id: ConnectionId) -> String {
     let (reply, _) = call(
         sim,

@@ -115,3 +115,23 @@ pub fn drain(sim: &mut Sim, id: ConnectionId) {
         assert!(rounds < 1_000_000, "the connection never drained");
     }
 }
+
+/// Sends a request with a requestId; returns its reply and everything else that arrived.
+pub fn call(
+    sim: &mut Sim,
+    id: ConnectionId,
+    mut message: serde_json::Value,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    message["requestId"] = serde_json::json!("r");
+    sim.send(id, &client::text(&message.to_string()));
+    let mut reply = serde_json::Value::Null;
+    let mut others = Vec::new();
+    for received in sim.take_messages(id) {
+        if reply.is_null() && received["requestId"] == "r" {
+            reply = received;
+        } else {
+            others.push(received);
+        }
+    }
+    (reply, others)
+}
