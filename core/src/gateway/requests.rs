@@ -17,6 +17,7 @@ use crate::protocol::{
     self, role_allows, ClientMessage, EnvelopeError, ErrorCode, Parsed, ServerMessage,
 };
 use crate::session::state::SessionStatus;
+use crate::session::turns::truncate;
 use crate::session::Session;
 use crate::storage::{SessionRecord, StorageCommand};
 use crate::Gateway;
@@ -398,13 +399,4 @@ fn check_name(name: &str) -> Handled {
         )));
     }
     Ok(())
-}
-
-/// At most `max` bytes of `text`, cut on a character boundary (for echoing client input).
-pub(crate) fn truncate(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
