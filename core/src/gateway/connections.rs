@@ -225,13 +225,8 @@ impl Gateway {
         request_id: Option<&str>,
         now: Instant,
     ) {
-        let error = ServerMessage::Error {
-            code,
-            message,
-            request_id,
-            retry_after_ms: None,
-        };
-        self.send_message(id, &error, now);
+        let frame = crate::protocol::reply::error_frame(code, message, request_id);
+        self.send(id, frame, now);
     }
 
     /// Forgets the connection and tells the adapter to close its socket.

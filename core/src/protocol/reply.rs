@@ -255,5 +255,19 @@ pub enum ServerMessage<'a> {
     },
 }
 
+/// An `error` frame answering one request.
+pub(crate) fn error_frame(
+    code: ErrorCode,
+    message: &str,
+    request_id: Option<&str>,
+) -> bytes::Bytes {
+    crate::protocol::encode_frame(&ServerMessage::Error {
+        code,
+        message,
+        request_id,
+        retry_after_ms: None,
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -37,9 +37,9 @@ use serde_json::Value;
 use crate::acp::AcpClient;
 use crate::config::CoreConfig;
 use crate::ids::{AgentId, ConnectionId};
+use crate::protocol::encode_frame_with_payload;
 use crate::protocol::event::{EventBody, SessionEvent, TurnError};
 pub use crate::protocol::session_reply::SessionMeta;
-use crate::protocol::{encode_frame, encode_frame_with_payload, ErrorCode, ServerMessage};
 use crate::storage::{SessionRecord, StorageCommand};
 use crate::topic::Topic;
 use crate::AgentCommand;
@@ -277,15 +277,7 @@ impl Session {
     }
 }
 
-/// An `error` frame answering one request.
-pub(crate) fn error_frame(code: ErrorCode, message: &str, request_id: Option<&str>) -> Bytes {
-    encode_frame(&ServerMessage::Error {
-        code,
-        message,
-        request_id,
-        retry_after_ms: None,
-    })
-}
+pub(crate) use crate::protocol::reply::error_frame;
 
 /// The code of the `turn_error` that closes a turn a crash cut off (PROTOCOL section 6).
 pub const INTERRUPTED: &str = "INTERRUPTED";
