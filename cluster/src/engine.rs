@@ -375,6 +375,17 @@ impl Engine {
     }
 
     pub fn handle(&mut self, cmd: ClusterCommand) {
+        // While NATS is unreachable, requests are refused at once rather than buffered by the
+        // client (a buffered write could land long after its caller was told it failed).
+        if state_from(self.shared.state.load(Ordering::Acquire)) != ConnectionState::Connected {
+            // Appends go through their writer (which checks too), so they stay in order.
+            if !matches!(cmd, ClusterCommand::Append { .. }) {
+                if let Some(refusal) = cmd.refusal(ClusterError::Unavailable) {
+                    self.out.send(refusal);
+                    return;
+                }
+            }
+        }
         let t = self.cfg.op_timeout;
         let out = self.out.clone();
         match cmd {
@@ -712,7 +723,7 @@ impl Engine {
                 let task = tokio::spawn(async move {
                     let sub = bounded(t, async {
                         let sub = client.subscribe(subject).await.map_err(nats_err)?;
-                        client.flush().await.map_err(nats_err)?;
+                        round_trip(&client).await?;
                         Ok(sub)
                     })
                     .await;
@@ -770,7 +781,7 @@ impl Engine {
                 let task = tokio::spawn(async move {
                     let sub = bounded(t, async {
                         let sub = client.subscribe(subject).await.map_err(nats_err)?;
-                        client.flush().await.map_err(nats_err)?;
+                        round_trip(&client).await?;
                         Ok(sub)
                     })
                     .await;
@@ -864,7 +875,7 @@ impl Engine {
                 let task = tokio::spawn(async move {
                     let sub = bounded(t, async {
                         let sub = client.subscribe(subject).await.map_err(nats_err)?;
-                        client.flush().await.map_err(nats_err)?;
+                        round_trip(&client).await?;
                         Ok(sub)
                     })
                     .await;
@@ -893,7 +904,8 @@ impl Engine {
                         client
                             .publish(tenant_subject(&tenant_id), payload)
                             .await
-                            .map_err(nats_err)
+                            .map_err(nats_err)?;
+                        client.flush().await.map_err(nats_err)
                     })
                     .await;
                     if let Err(error) = result {
@@ -1005,6 +1017,23 @@ impl SendJob for mpsc::UnboundedSender<WriterJob> {
                 }),
             }
         }
+    }
+}
+
+/// Returns once the server has processed everything this client sent before (a subscription is
+/// then active for every other client): a message to a fresh inbox of our own, received back.
+/// (`Client::flush` only writes the socket.)
+async fn round_trip(client: &Client) -> Result<(), ClusterError> {
+    let inbox = client.new_inbox();
+    let mut probe = client.subscribe(inbox.clone()).await.map_err(nats_err)?;
+    client
+        .publish(inbox, Bytes::new())
+        .await
+        .map_err(nats_err)?;
+    client.flush().await.map_err(nats_err)?;
+    match probe.next().await {
+        Some(_) => Ok(()),
+        None => Err(ClusterError::Nats("the connection closed".into())),
     }
 }
 
@@ -1155,6 +1184,9 @@ impl Writer {
                 ClusterError::LogNotOpen
             });
         };
+        if state_from(self.shared.state.load(Ordering::Acquire)) != ConnectionState::Connected {
+            return Err(ClusterError::Unavailable);
+        }
         let started = Instant::now();
         let mut headers = HeaderMap::new();
         headers.insert(SEQ_HEADER, seq.to_string());

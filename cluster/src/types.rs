@@ -165,7 +165,10 @@ pub enum ClusterError {
     LogNotOpen,
     /// A forwarded command found nobody serving the session.
     NoResponders,
-    /// No answer within the operation timeout.
+    /// NATS is not reachable now (the connection is down or not yet made): nothing was sent.
+    Unavailable,
+    /// No answer within the operation timeout. For a write this means the outcome is unknown (a
+    /// message buffered by the client may still reach the server): read before retrying.
     Timeout,
     /// A stored value is not what this build writes.
     Corrupt(String),
@@ -195,6 +198,7 @@ impl fmt::Display for ClusterError {
             }
             ClusterError::LogNotOpen => f.write_str("cluster: the session's log is not open here"),
             ClusterError::NoResponders => f.write_str("cluster: no instance serves the session"),
+            ClusterError::Unavailable => f.write_str("cluster: NATS is unreachable"),
             ClusterError::Timeout => f.write_str("cluster: NATS did not answer in time"),
             ClusterError::Corrupt(m) => write!(f, "cluster: unreadable value: {m}"),
             ClusterError::Closed => f.write_str("cluster: the engine has stopped"),
@@ -432,4 +436,88 @@ pub enum ClusterCompletion {
         what: String,
         error: ClusterError,
     },
+}
+
+impl ClusterCommand {
+    /// The answer that refuses this command with `error` without doing it; `None` for the
+    /// commands that are never refused (subscriptions are kept and resumed by the client across
+    /// reconnections; `CloseLog` is local).
+    pub fn refusal(&self, error: ClusterError) -> Option<ClusterCompletion> {
+        use ClusterCommand as C;
+        use ClusterCompletion as D;
+        Some(match self {
+            C::RegistryCreate { token, .. }
+            | C::RegistryUpdate { token, .. }
+            | C::RegistryDelete { token, .. } => D::Registry {
+                token: *token,
+                result: Err(error),
+            },
+            C::RegistryGet { token, .. } => D::RegistryEntry {
+                token: *token,
+                result: Err(error),
+            },
+            C::RegistryList { token, .. } => D::RegistryList {
+                token: *token,
+                result: Err(error),
+            },
+            C::AcquireLease {
+                token, session_id, ..
+            }
+            | C::RenewLease { token, session_id }
+            | C::ReleaseLease { token, session_id } => D::Lease {
+                token: *token,
+                session_id: session_id.clone(),
+                result: Err(error),
+            },
+            C::GetLease { token, .. } => D::LeaseHolder {
+                token: *token,
+                result: Err(error),
+            },
+            C::OpenLog {
+                token, session_id, ..
+            } => D::LogOpened {
+                token: *token,
+                session_id: session_id.clone(),
+                result: Err(error),
+            },
+            C::Append {
+                session_id, seq, ..
+            } => D::Appended {
+                session_id: session_id.clone(),
+                seq: *seq,
+                result: Err(error),
+            },
+            C::Fetch { token, .. } => D::Fetched {
+                token: *token,
+                result: Err(error),
+            },
+            C::Forward { token, .. } => D::Forwarded {
+                token: *token,
+                result: Err(error),
+            },
+            C::ListInstances { token } => D::Instances {
+                token: *token,
+                result: Err(error),
+            },
+            C::PurgeLog { token, .. } => D::Purged {
+                token: *token,
+                result: Err(error),
+            },
+            C::Reply { request, .. } => D::Failed {
+                what: format!("reply to request {request}"),
+                error,
+            },
+            C::Notify { tenant_id, .. } => D::Failed {
+                what: format!("notification to tenant {tenant_id}"),
+                error,
+            },
+            C::CloseLog { .. }
+            | C::Subscribe { .. }
+            | C::Unsubscribe { .. }
+            | C::ServeCommands { .. }
+            | C::StopServing { .. }
+            | C::WatchTenant { .. }
+            | C::UnwatchTenant { .. } => return None,
+        })
+    }
 }
