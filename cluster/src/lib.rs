@@ -20,9 +20,12 @@
 
 #![forbid(unsafe_code)]
 
+mod buckets;
 mod config;
 pub mod encode;
 mod engine;
+mod log;
+mod messaging;
 mod types;
 
 pub use config::ClusterConfig;
