@@ -221,25 +221,36 @@ pub(crate) async fn read_ordered(
         })
         .await
         .map_err(nats_err)?;
-    if consumer.cached_info().num_pending == 0 {
-        return Ok((Vec::new(), false));
-    }
-    let mut messages = consumer.messages().await.map_err(nats_err)?;
-    let mut out = Vec::new();
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(nats_err)?;
-        let pending = message.info().map_err(nats_err)?.pending;
-        if keep(&message) {
-            if out.len() == limit {
-                return Ok((out, true));
+    // The consumer is deleted once read (else it lingers on the server for its 30 s inactivity
+    // threshold); in the background, after the read's messages stream is dropped.
+    let name = consumer.cached_info().name.clone();
+    let cleanup = stream.clone();
+    let result = async move {
+        if consumer.cached_info().num_pending == 0 {
+            return Ok((Vec::new(), false));
+        }
+        let mut messages = consumer.messages().await.map_err(nats_err)?;
+        let mut out = Vec::new();
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(nats_err)?;
+            let pending = message.info().map_err(nats_err)?.pending;
+            if keep(&message) {
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(message);
             }
-            out.push(message);
+            if pending == 0 {
+                return Ok((out, false));
+            }
         }
-        if pending == 0 {
-            return Ok((out, false));
-        }
+        Err(ClusterError::Nats("the consumer ended early".into()))
     }
-    Err(ClusterError::Nats("the consumer ended early".into()))
+    .await;
+    tokio::spawn(async move {
+        let _ = cleanup.delete_consumer(&name).await;
+    });
+    result
 }
 
 impl Engine {

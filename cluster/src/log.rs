@@ -248,22 +248,85 @@ pub(crate) async fn fetch(
             Ok::<_, ClusterError>((events, more))
         }
     };
-    if let Some(start_sequence) = start {
-        let (events, more) = read(DeliverPolicy::ByStartSequence { start_sequence }).await?;
-        // A hint is trusted only when it provably skipped nothing wanted: the first event read
-        // is the one after `after_seq`, or nothing was read and the log ends at `after_seq`.
-        match events.first() {
-            Some(first) if first.seq == after_seq + 1 => return Ok((events, more)),
-            None => {
-                let last = last_event(stream, &subject).await?;
-                if last.is_none_or(|l| l.seq <= after_seq) {
-                    return Ok((events, more));
-                }
+    if after_seq == 0 {
+        return read(DeliverPolicy::All).await;
+    }
+    let Some(last) = last_event(stream, &subject).await? else {
+        return Ok((Vec::new(), false));
+    };
+    if last.seq <= after_seq {
+        return Ok((Vec::new(), false));
+    }
+    let start_sequence = locate(stream, &subject, after_seq, start, &last).await?;
+    let (events, more) = read(DeliverPolicy::ByStartSequence { start_sequence }).await?;
+    if events
+        .first()
+        .is_some_and(|first| first.seq == after_seq + 1)
+    {
+        return Ok((events, more));
+    }
+    // Only a log whose seqs are not contiguous along the subject gets here: read it from its
+    // first message instead of trusting the search.
+    read(DeliverPolicy::All).await
+}
+
+/// The seq and stream sequence of the subject's first message at or after stream sequence `at`.
+async fn next_at(
+    stream: &stream::Stream,
+    subject: &str,
+    at: u64,
+) -> Result<Option<(u64, u64)>, ClusterError> {
+    match stream.direct_get_next_for_subject(subject, Some(at)).await {
+        Ok(m) => {
+            let event = parse_event(Some(&m.headers), Bytes::new(), Some(m.sequence))?;
+            Ok(Some((event.seq, m.sequence)))
+        }
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(nats_err(e)),
+    }
+}
+
+/// Where to start reading events after `after_seq` (`0 < after_seq < last.seq`) without reading
+/// the subject from its first message: a binary search over stream sequences with direct gets
+/// ("the subject's next message at or after X"), O(log n) round trips. Seqs grow by one along
+/// the subject, so the event after `after_seq` is at most `last.seq - after_seq - 1` messages
+/// before the last one: that bounds the search from above; `hint` (a remembered position, may
+/// be stale) from below once a probe confirms it.
+async fn locate(
+    stream: &stream::Stream,
+    subject: &str,
+    after_seq: u64,
+    hint: Option<u64>,
+    last: &LogEvent,
+) -> Result<u64, ClusterError> {
+    let last_stream_seq = last.stream_seq.unwrap_or(1);
+    // Invariant: the first message at or after `hi` has a seq > after_seq, and every message
+    // before `lo` has a seq <= after_seq.
+    let mut hi = last_stream_seq
+        .saturating_sub(last.seq - after_seq - 1)
+        .max(1);
+    let mut lo = 1;
+    if let Some(h) = hint.filter(|h| *h >= 1 && *h <= hi) {
+        if let Some((seq, at)) = next_at(stream, subject, h).await? {
+            if seq == after_seq + 1 {
+                return Ok(at);
             }
-            _ => {}
+            if seq <= after_seq {
+                lo = at + 1;
+            } else {
+                hi = h;
+            }
         }
     }
-    read(DeliverPolicy::All).await
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match next_at(stream, subject, mid).await? {
+            Some((seq, at)) if seq == after_seq + 1 => return Ok(at),
+            Some((seq, at)) if seq <= after_seq => lo = at + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(hi)
 }
 
 /// Appends one session's events in order, each anchored on the previous one's stream sequence.

@@ -285,6 +285,22 @@ fn append_and_fetch_are_byte_identical_with_seq_and_epoch() {
         (vec![], false)
     );
 
+    // An instance that never saw the log finds a range by searching, not by reading it all.
+    let mut c = Node::start(Node::config(&nats.url(), "gw-c"));
+    for (after, limit, want) in [
+        (150u64, 20u32, 151..=170u64),
+        (1, 2, 2..=3),
+        (199, 10, 200..=200),
+        (0, 3, 1..=3),
+    ] {
+        let (events, _) = c.fetch(t, s, after, None, limit).expect("fetch");
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            want.collect::<Vec<_>>()
+        );
+        assert!(events.iter().all(|e| e.payload[..] == payload(e.seq)[..]));
+    }
+
     // A position hint (a registry entry's log mark) is used when right, ignored when stale.
     let (events, _) = b
         .fetch(t, s, 99, Some(stream_seqs[99]), 5)
