@@ -151,7 +151,9 @@ impl Engine {
                     instance: self.cfg.instance_id.clone(),
                     fence,
                 };
+                let gate = self.lease_gate(&session_id);
                 tokio::spawn(async move {
+                    let _turn = gate.lock().await;
                     let key = encode(&session_id);
                     let result = bounded(t, async {
                         let bytes: Bytes = serde_json::to_vec(&value).map_err(nats_err)?.into();
@@ -185,7 +187,9 @@ impl Engine {
                 let kv = self.nats.owners.clone();
                 let leases = self.leases.clone();
                 let shared = self.shared.clone();
+                let gate = self.lease_gate(&session_id);
                 tokio::spawn(async move {
+                    let _turn = gate.lock().await;
                     let held = leases.lock().ok().and_then(|m| m.get(&session_id).cloned());
                     let result = match held {
                         None => Err(ClusterError::LeaseLost),
@@ -228,12 +232,11 @@ impl Engine {
             }
             ClusterCommand::ReleaseLease { token, session_id } => {
                 let kv = self.nats.owners.clone();
-                let held = self
-                    .leases
-                    .lock()
-                    .ok()
-                    .and_then(|mut m| m.remove(&session_id));
+                let leases = self.leases.clone();
+                let gate = self.lease_gate(&session_id);
                 tokio::spawn(async move {
+                    let _turn = gate.lock().await;
+                    let held = leases.lock().ok().and_then(|mut m| m.remove(&session_id));
                     let result = match held {
                         None => Err(ClusterError::LeaseLost),
                         Some((_, revision)) => {
@@ -283,6 +286,15 @@ impl Engine {
                 });
             }
             _ => {}
+        }
+    }
+
+    /// Lease operations of one session run one at a time, in submission order: a renewal sent
+    /// while the previous one is still in flight must use that one's new revision.
+    fn lease_gate(&self, session_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.lease_gates.lock() {
+            Ok(mut gates) => gates.entry(session_id.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
         }
     }
 }

@@ -157,6 +157,10 @@ pub(crate) struct Engine {
     pub shared: Arc<Shared>,
     /// session → (our lease value, its revision).
     pub(crate) leases: Arc<Mutex<HashMap<String, (LeaseValue, u64)>>>,
+    /// session → the gate its lease operations pass one at a time.
+    pub(crate) lease_gates: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The registry watch and the liveness heartbeat.
+    background: Vec<AbortHandle>,
     pub(crate) writers: HashMap<String, mpsc::UnboundedSender<WriterJob>>,
     pub(crate) subscriptions: HashMap<String, AbortHandle>,
     pub(crate) replies: Arc<Mutex<HashMap<u64, Subject>>>,
@@ -261,6 +265,8 @@ impl Engine {
             out,
             shared,
             leases: Arc::default(),
+            lease_gates: Arc::default(),
+            background: Vec::new(),
             writers: HashMap::new(),
             subscriptions: HashMap::new(),
             replies: Arc::default(),
@@ -270,13 +276,13 @@ impl Engine {
     }
 
     /// Starts the background tasks: the registry watch feeding the cache, the liveness entry.
-    pub fn start_background(&self) {
+    pub fn start_background(&mut self) {
         let registry = self.nats.registry.clone();
         let shared = self.shared.clone();
-        tokio::spawn(watch_registry(registry, shared));
+        let watch = tokio::spawn(watch_registry(registry, shared));
         let instances = self.nats.instances.clone();
         let cfg = self.cfg.clone();
-        tokio::spawn(async move {
+        let heartbeat = tokio::spawn(async move {
             let started = unix_ms();
             let key = encode(&cfg.instance_id);
             loop {
@@ -294,6 +300,18 @@ impl Engine {
                 tokio::time::sleep(cfg.instance_heartbeat).await;
             }
         });
+        self.background = vec![watch.abort_handle(), heartbeat.abort_handle()];
+    }
+
+    /// At shutdown: stops the background tasks and removes this instance's liveness entry
+    /// (best effort, bounded), so `/health` elsewhere stops listing it at once.
+    pub async fn stop(&mut self) {
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        let forget = self.nats.instances.delete(encode(&self.cfg.instance_id));
+        let _ = tokio::time::timeout(Duration::from_secs(1), forget).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.nats.client.flush()).await;
     }
 
     pub fn handle(&mut self, cmd: ClusterCommand) {

@@ -429,7 +429,18 @@ fn run(
         let mut queued = Vec::new();
         let mut attempt = 0u32;
         let nats = loop {
-            match ensure_layout(&js, &config).await {
+            let attempt_layout = ensure_layout(&js, &config);
+            tokio::pin!(attempt_layout);
+            let result = loop {
+                tokio::select! {
+                    r = &mut attempt_layout => break r,
+                    msg = rx.recv() => match msg {
+                        None | Some(Msg::Shutdown) => return,
+                        Some(Msg::Cmd(cmd)) => queued.push(cmd),
+                    },
+                }
+            };
+            match result {
                 Ok(n) => break n,
                 Err(e) => {
                     attempt += 1;
@@ -486,5 +497,5 @@ async fn serve(
             }
         }
     }
-    let _ = engine.nats.client.flush().await;
+    engine.stop().await;
 }

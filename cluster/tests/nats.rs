@@ -134,6 +134,26 @@ fn lease_acquire_renew_expire_take_over_and_fencing() {
         matches!(b.acquire(s, 2), Err(ClusterError::LeaseHeld(_))),
         "a renewed lease does not expire"
     );
+    // Renewals sent back to back run one after the other, each on the previous one's revision.
+    let tokens: Vec<u64> = (0..5)
+        .map(|_| {
+            let token = a.token();
+            a.submit(ClusterCommand::RenewLease {
+                token,
+                session_id: s.into(),
+            });
+            token
+        })
+        .collect();
+    for token in tokens {
+        let r = a.wait_for("renewal", |c| match c {
+            ClusterCompletion::Lease {
+                token: tk, result, ..
+            } if *tk == token => Some(result.clone()),
+            _ => None,
+        });
+        assert!(r.is_ok(), "{r:?}");
+    }
 
     // A is the owner: it appends.
     assert_eq!(a.open_log(t, s).expect("open"), None, "empty log");
@@ -520,6 +540,20 @@ fn commands_forwarded_to_the_owner_and_tenant_notifications() {
         .collect();
     names.sort();
     assert_eq!(names, ["gw-a", "gw-b"]);
+    // A stopped instance removes its entry.
+    drop(b);
+    let token = a.token();
+    a.submit(ClusterCommand::ListInstances { token });
+    let list = a.wait_for("instances", |c| match c {
+        ClusterCompletion::Instances { token: t, result } if *t == token => Some(result.clone()),
+        _ => None,
+    });
+    let names: Vec<String> = list
+        .expect("instances")
+        .into_iter()
+        .map(|i| i.instance)
+        .collect();
+    assert_eq!(names, ["gw-a"]);
 }
 
 #[test]
@@ -658,4 +692,52 @@ fn start_refuses_bad_settings_and_waits_for_a_late_server() {
     });
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(cluster.connection_state(), ConnectionState::Connected);
+}
+
+#[test]
+fn credentials_reach_the_server() {
+    let nats = NatsServer::start_with(&["--user", "gw", "--pass", "s3cret"]);
+    let mut good = Node::config(&nats.url(), "auth-ok");
+    good.user_password = Some(("gw".into(), "s3cret".into()));
+    let mut a = Node::start(good);
+    assert!(a.list("t").expect("list").is_empty());
+
+    struct NoWake;
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+    let mut bad = Node::config(&nats.url(), "auth-bad");
+    bad.user_password = Some(("gw".into(), "wrong".into()));
+    let cluster = Cluster::start(bad, std::sync::Arc::new(NoWake)).expect("start");
+    cluster
+        .submit(ClusterCommand::ListInstances { token: 1 })
+        .expect("submit");
+    // The instance with the right password is seen; the other never connects (its request
+    // waits for a layout it cannot create, so no answer comes).
+    let instances = poll_until("the good instance's liveness entry", WAIT, || {
+        let token = a.token();
+        a.submit(ClusterCommand::ListInstances { token });
+        let list = a.wait_for("instances", |c| match c {
+            ClusterCompletion::Instances { token: tk, result } if *tk == token => {
+                Some(result.clone())
+            }
+            _ => None,
+        });
+        list.ok().filter(|l| !l.is_empty())
+    });
+    assert_eq!(
+        instances
+            .iter()
+            .map(|i| i.instance.as_str())
+            .collect::<Vec<_>>(),
+        ["auth-ok"]
+    );
+    assert_ne!(cluster.connection_state(), ConnectionState::Connected);
+    let mut out = Vec::new();
+    cluster.drain_completions(&mut out);
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, ClusterCompletion::Instances { .. })),
+        "{out:?}"
+    );
 }

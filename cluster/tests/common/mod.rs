@@ -32,15 +32,22 @@ fn free_port() -> u16 {
 
 pub struct NatsServer {
     child: Option<Child>,
+    extra: Vec<String>,
     pub port: u16,
     pub store: tempfile::TempDir,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// With extra command-line options (authentication, ...).
+    pub fn start_with(extra: &[&str]) -> NatsServer {
         let store = tempfile::tempdir().expect("tempdir");
         let mut server = NatsServer {
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             port: free_port(),
             store,
         };
@@ -59,6 +66,7 @@ impl NatsServer {
             .arg(self.port.to_string())
             .arg("-sd")
             .arg(self.store.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
