@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::kv::{self};
@@ -163,7 +163,9 @@ pub(crate) struct Engine {
     background: Vec<AbortHandle>,
     pub(crate) writers: HashMap<String, mpsc::UnboundedSender<WriterJob>>,
     pub(crate) subscriptions: HashMap<String, AbortHandle>,
-    pub(crate) replies: Arc<Mutex<HashMap<u64, Subject>>>,
+    /// Requests awaiting the core's `Reply`: id → (reply subject, when it arrived). Entries
+    /// older than twice the operation timeout (the requester has given up) are dropped.
+    pub(crate) replies: Arc<Mutex<BTreeMap<u64, (Subject, Instant)>>>,
     pub(crate) next_request: Arc<AtomicU64>,
     /// session → (seq → stream sequence): positions learned from appends and fetches, so a
     /// fetch starts near its first event instead of at the subject's first message.

@@ -2,7 +2,7 @@
 //! tenant notifications.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use bytes::Bytes;
@@ -105,7 +105,14 @@ impl Engine {
                         let Some(reply) = m.reply else { continue };
                         let request = next.fetch_add(1, Ordering::Relaxed);
                         if let Ok(mut r) = replies.lock() {
-                            r.insert(request, reply);
+                            let now = Instant::now();
+                            while let Some(entry) = r.first_entry() {
+                                if now.duration_since(entry.get().1) < t * 2 {
+                                    break;
+                                }
+                                entry.remove();
+                            }
+                            r.insert(request, (reply, now));
                         }
                         out.send(ClusterCompletion::CommandRequest {
                             session_id: session_id.clone(),
@@ -124,7 +131,8 @@ impl Engine {
                     .replies
                     .lock()
                     .ok()
-                    .and_then(|mut r| r.remove(&request));
+                    .and_then(|mut r| r.remove(&request))
+                    .map(|(subject, _)| subject);
                 let client = self.nats.client.clone();
                 tokio::spawn(async move {
                     let result = match reply {

@@ -647,6 +647,16 @@ fn nats_restart_recovers_by_itself_with_state_intact() {
         revision: rev,
     })
     .expect("CAS on the revision from before the restart");
+    // B's cache follows writes made after the restart (its watch came back by itself).
+    poll_until(
+        "B's cache to see the update after the restart",
+        WAIT,
+        || {
+            b.cluster
+                .cached_session(t, s)
+                .filter(|e| e.meta.name == "updated after")
+        },
+    );
     assert!(a.cluster.stats().reconnects >= 1);
 }
 
