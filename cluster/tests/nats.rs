@@ -751,3 +751,126 @@ fn credentials_reach_the_server() {
         "{out:?}"
     );
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with the `openssl` command.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=diminuendo test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[test]
+fn tls_with_a_private_ca() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    make_certs(certs.path());
+    let p = |f: &str| certs.path().join(f).display().to_string();
+    let nats = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &p("server.pem"),
+        "--tlskey",
+        &p("server.key"),
+    ]);
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+
+    let mut good = Node::config(&url, "tls-ok");
+    good.tls_ca = Some(certs.path().join("ca.pem"));
+    let mut a = Node::start(good);
+    a.registry(|token| ClusterCommand::RegistryCreate {
+        token,
+        meta: meta("t", "s", "over tls", 1),
+    })
+    .expect("a write over TLS");
+
+    // Without the CA the server is not trusted: never connected, nothing answered.
+    struct NoWake;
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+    let untrusting =
+        Cluster::start(Node::config(&url, "tls-bad"), std::sync::Arc::new(NoWake)).expect("start");
+    untrusting
+        .submit(ClusterCommand::ListInstances { token: 1 })
+        .expect("submit");
+    let seen = poll_until("the trusted instance's liveness entry", WAIT, || {
+        let token = a.token();
+        a.submit(ClusterCommand::ListInstances { token });
+        a.wait_for("instances", |c| match c {
+            ClusterCompletion::Instances { token: tk, result } if *tk == token => {
+                Some(result.clone())
+            }
+            _ => None,
+        })
+        .ok()
+        .filter(|l| !l.is_empty())
+    });
+    assert_eq!(
+        seen.iter().map(|i| i.instance.as_str()).collect::<Vec<_>>(),
+        ["tls-ok"]
+    );
+    assert_ne!(untrusting.connection_state(), ConnectionState::Connected);
+}
