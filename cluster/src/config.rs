@@ -69,6 +69,35 @@ impl ClusterConfig {
         }
     }
 
+    /// Refuses settings that would break the design: no instance id, a lease that never expires
+    /// (a zero max age means "forever" to JetStream), intervals under 100 ms (JetStream's
+    /// smallest max age), replicas outside 1..=5.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.instance_id.is_empty() {
+            return Err("--cluster-instance: empty".into());
+        }
+        let min = Duration::from_millis(100);
+        if self.lease_renewal < min {
+            return Err(format!(
+                "lease renewal {:?}: at least 100 ms",
+                self.lease_renewal
+            ));
+        }
+        if self.instance_heartbeat < min {
+            return Err(format!(
+                "instance heartbeat {:?}: at least 100 ms",
+                self.instance_heartbeat
+            ));
+        }
+        if self.op_timeout.is_zero() {
+            return Err("operation timeout: zero".into());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!("--cluster-replicas {}: 1 to 5", self.replicas));
+        }
+        Ok(())
+    }
+
     /// The `dim_owners` bucket's max age: three renewal intervals.
     pub fn lease_max_age(&self) -> Duration {
         self.lease_renewal * 3

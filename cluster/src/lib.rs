@@ -95,6 +95,9 @@ impl Cluster {
     /// becomes [`ConnectionState::Connected`] (reported as a completion). Commands submitted
     /// before then wait for it (each bounded by `op_timeout` once started).
     pub fn start(config: ClusterConfig, wake: Arc<dyn Wake>) -> Result<Cluster, ClusterError> {
+        config
+            .validate()
+            .map_err(|m| ClusterError::Nats(format!("cluster settings: {m}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (ctx, crx) = crossbeam_channel::unbounded();
         let wake_pending = Arc::new(AtomicBool::new(false));

@@ -671,6 +671,19 @@ fn start_refuses_bad_settings_and_waits_for_a_late_server() {
         std::sync::Arc::new(NoWake),
     );
     assert!(bad.is_err());
+    for broken in [
+        ClusterConfig::new("nats://127.0.0.1:1", ""),
+        ClusterConfig {
+            lease_renewal: Duration::ZERO,
+            ..ClusterConfig::new("nats://127.0.0.1:1", "x")
+        },
+        ClusterConfig {
+            replicas: 0,
+            ..ClusterConfig::new("nats://127.0.0.1:1", "x")
+        },
+    ] {
+        assert!(Cluster::start(broken, std::sync::Arc::new(NoWake)).is_err());
+    }
     let mut c = ClusterConfig::new("nats://127.0.0.1:1", "x");
     c.creds_file = Some("/nonexistent/creds".into());
     match Cluster::start(c, std::sync::Arc::new(NoWake)) {
