@@ -181,6 +181,10 @@ pub fn event_subject(tenant_id: &str, session_id: &str) -> String {
     format!("dim.ev.{}.{}", encode(tenant_id), encode(session_id))
 }
 /// See README (Layout).
+pub fn live_subject(tenant_id: &str, session_id: &str) -> String {
+    format!("dim.live.{}.{}", encode(tenant_id), encode(session_id))
+}
+/// See README (Layout).
 pub fn command_subject(session_id: &str) -> String {
     format!("dim.cmd.{}", encode(session_id))
 }

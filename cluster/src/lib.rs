@@ -53,9 +53,12 @@ pub mod layout {
     pub const EVENTS: &str = "DIM_EVENTS";
     /// Its subjects.
     pub const EVENT_SUBJECTS: &str = "dim.ev.>";
+    /// Where the stream republishes every stored event (`dim.live.<tenant>.<session>`), for
+    /// live delivery.
+    pub const LIVE_SUBJECTS: &str = "dim.live.>";
 }
 
-pub use engine::{command_subject, event_subject, registry_key, tenant_subject};
+pub use engine::{command_subject, event_subject, live_subject, registry_key, tenant_subject};
 
 /// Counters for metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -343,6 +346,13 @@ async fn ensure_layout(
         storage: stream::StorageType::File,
         num_replicas: config.replicas,
         allow_direct: true,
+        // Live delivery comes from here, not from the publishes: JetStream republishes only
+        // what it stored, so a refused (fenced) append never reaches a live subscriber.
+        republish: Some(stream::Republish {
+            source: layout::EVENT_SUBJECTS.to_string(),
+            destination: layout::LIVE_SUBJECTS.to_string(),
+            headers_only: false,
+        }),
         ..Default::default()
     })
     .await

@@ -19,7 +19,7 @@ impl Engine {
                 tenant_id,
                 session_id,
             } => {
-                let subject = event_subject(&tenant_id, &session_id);
+                let subject = live_subject(&tenant_id, &session_id);
                 if self.subscriptions.contains_key(&subject) {
                     out.send(ClusterCompletion::Subscribed {
                         tenant_id,
@@ -56,7 +56,13 @@ impl Engine {
                         }
                     };
                     while let Some(m) = sub.next().await {
-                        match parse_event(m.headers.as_ref(), m.payload, None) {
+                        // The republished copy names its stream sequence.
+                        let stream_seq = m
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("Nats-Sequence"))
+                            .and_then(|v| v.as_str().parse::<u64>().ok());
+                        match parse_event(m.headers.as_ref(), m.payload, stream_seq) {
                             Ok(event) => out.send(ClusterCompletion::LiveEvent {
                                 tenant_id: tenant_id.clone(),
                                 session_id: session_id.clone(),
@@ -74,7 +80,7 @@ impl Engine {
             ClusterCommand::Unsubscribe {
                 tenant_id,
                 session_id,
-            } => self.untrack(&event_subject(&tenant_id, &session_id)),
+            } => self.untrack(&live_subject(&tenant_id, &session_id)),
             ClusterCommand::ServeCommands { session_id } => {
                 let subject = command_subject(&session_id);
                 if self.subscriptions.contains_key(&subject) {

@@ -109,8 +109,7 @@ pub struct LeaseInfo {
 pub struct LogEvent {
     pub seq: u64,
     pub epoch: String,
-    /// Its sequence in `DIM_EVENTS`; `None` on live delivery (plain subscriptions do not carry
-    /// it).
+    /// Its sequence in `DIM_EVENTS` (on live delivery too: the republished copy carries it).
     pub stream_seq: Option<u64>,
     /// The exact frame bytes the owner published.
     pub payload: Bytes,

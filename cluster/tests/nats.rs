@@ -887,3 +887,40 @@ fn tls_with_a_private_ca() {
     );
     assert_ne!(untrusting.connection_state(), ConnectionState::Connected);
 }
+
+#[test]
+fn a_refused_append_never_reaches_live_subscribers() {
+    // A publish reaches plain subscribers of its subject even when the stream refuses it, so
+    // live delivery listens to what the stream republishes once stored, never to the publishes.
+    let nats = NatsServer::start();
+    let mut a = Node::start(Node::config(&nats.url(), "gw-a"));
+    let mut b = Node::start(Node::config(&nats.url(), "gw-b"));
+    let (t, s) = ("t", "refused");
+    b.subscribe(t, s);
+    a.open_log(t, s).expect("open");
+    b.open_log(t, s).expect("open");
+    let first = b.append(t, s, 1, "e", b"from b").expect("b appends");
+    assert!(matches!(
+        a.append(t, s, 1, "e", b"from a, refused"),
+        Err(ClusterError::Fenced { .. })
+    ));
+    let second = b.append(t, s, 2, "e", b"from b 2").expect("b appends");
+    let mut got = Vec::new();
+    while got.last().map(|e: &LogEvent| e.seq) != Some(2) {
+        got.push(b.wait_for("live", |c| match c {
+            ClusterCompletion::LiveEvent { event, .. } => Some(event.clone()),
+            _ => None,
+        }));
+    }
+    let bodies: Vec<&[u8]> = got.iter().map(|e| &e.payload[..]).collect();
+    assert_eq!(
+        bodies,
+        [&b"from b"[..], b"from b 2"],
+        "only stored events, in order"
+    );
+    assert_eq!(
+        got.iter().map(|e| e.stream_seq).collect::<Vec<_>>(),
+        [Some(first), Some(second)],
+        "live events carry their stream sequence"
+    );
+}
