@@ -51,8 +51,14 @@ impl NatsServer {
             port: free_port(),
             store,
         };
-        server.spawn();
-        server
+        // The free port may be taken by someone else before the server binds it: try another.
+        for _ in 0..3 {
+            if server.try_spawn() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("nats-server would not start on three free ports");
     }
 
     pub fn url(&self) -> String {
@@ -60,6 +66,15 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "nats-server exited at start (port {})",
+            self.port
+        );
+    }
+
+    /// Starts the server and waits until it listens; false if it exited first.
+    fn try_spawn(&mut self) -> bool {
         let bin = nats_server_binary();
         let child = Command::new(&bin)
             .args(["-js", "-a", "127.0.0.1", "-p"])
@@ -85,20 +100,21 @@ impl NatsServer {
                 "nats-server did not start listening"
             );
             if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("nats-server exited at start: {status}");
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                    return false;
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// Stops the server with SIGTERM (a clean shutdown) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY-free: kill(2) through libc on the PID we spawned.
-            let pid = child.id() as i32;
-            unsafe_free_sigterm(pid);
+            // SIGTERM to the PID this helper spawned (with the kill command: no unsafe code).
+            sigterm(child.id());
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -121,7 +137,7 @@ impl NatsServer {
     }
 }
 
-fn unsafe_free_sigterm(pid: i32) {
+fn sigterm(pid: u32) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())
