@@ -423,7 +423,12 @@ impl Writer {
             let ack = js
                 .send_publish(subject.clone(), publish)
                 .await
-                .map_err(|e| (e.kind(), nats_err(e)));
+                .map_err(|e| match e.kind() {
+                    jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                        ClusterError::TooLarge(e.to_string())
+                    }
+                    _ => nats_err(e),
+                });
             match ack {
                 Ok(ack) => ack.await.map_err(|e| {
                     if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
@@ -432,7 +437,7 @@ impl Writer {
                         nats_err(e)
                     }
                 }),
-                Err((_, e)) => Err(e),
+                Err(e) => Err(e),
             }
         })
         .await;
@@ -461,6 +466,8 @@ impl Writer {
                 warn!(subject, seq, "append refused: fenced");
                 Err(ClusterError::Fenced { last })
             }
+            // Refused by the client before sending: the anchor still holds.
+            Err(e @ ClusterError::TooLarge(_)) => Err(e),
             Err(e) => {
                 // Whether it landed is unknown: the next append must not guess an anchor.
                 self.anchor = None;

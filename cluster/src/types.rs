@@ -169,6 +169,8 @@ pub enum ClusterError {
     /// No answer within the operation timeout. For a write this means the outcome is unknown (a
     /// message buffered by the client may still reach the server): read before retrying.
     Timeout,
+    /// The message is larger than the server's `max_payload`; nothing was sent.
+    TooLarge(String),
     /// A stored value is not what this build writes.
     Corrupt(String),
     /// The engine has stopped.
@@ -199,6 +201,7 @@ impl fmt::Display for ClusterError {
             ClusterError::NoResponders => f.write_str("cluster: no instance serves the session"),
             ClusterError::Unavailable => f.write_str("cluster: NATS is unreachable"),
             ClusterError::Timeout => f.write_str("cluster: NATS did not answer in time"),
+            ClusterError::TooLarge(m) => write!(f, "cluster: too large: {m}"),
             ClusterError::Corrupt(m) => write!(f, "cluster: unreadable value: {m}"),
             ClusterError::Closed => f.write_str("cluster: the engine has stopped"),
             ClusterError::Nats(m) => write!(f, "cluster: {m}"),

@@ -260,6 +260,12 @@ fn append_and_fetch_are_byte_identical_with_seq_and_epoch() {
     );
     a.open_log(t, s).expect("open");
     b.open_log(t, "other").expect("open other");
+    // A frame over the server's max_payload (1 MiB) is refused before sending; the log stays
+    // open and the next append needs no reopening.
+    assert!(matches!(
+        a.append(t, s, 1, "e", &vec![b'x'; 2 << 20]),
+        Err(ClusterError::TooLarge(_))
+    ));
     let payload = |seq: u64| -> Vec<u8> {
         format!("{{\"type\":\"text_delta\",\"seq\":{seq},\"text\":\"h\u{e9}llo \\n\\\"{seq}\\\" \u{1f600}\"}}\n")
             .into_bytes()
