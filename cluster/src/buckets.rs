@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::encode::{decode, encode};
 use crate::engine::*;
 use crate::layout;
-use crate::log::header;
+use crate::log::{header, WriterJob};
 use crate::types::*;
 
 impl Engine {
@@ -188,6 +188,8 @@ impl Engine {
                 let leases = self.leases.clone();
                 let shared = self.shared.clone();
                 let gate = self.lease_gate(&session_id);
+                // A lost lease also stops the session's appends here, whatever the core does next.
+                let writer = self.writers.get(&session_id).cloned();
                 tokio::spawn(async move {
                     let _turn = gate.lock().await;
                     let held = leases.lock().ok().and_then(|m| m.get(&session_id).cloned());
@@ -219,6 +221,9 @@ impl Engine {
                             Err(ClusterError::LeaseLost) => {
                                 map.remove(&session_id);
                                 shared.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+                                if let Some(w) = &writer {
+                                    let _ = w.send(WriterJob::LeaseLost);
+                                }
                             }
                             Err(_) => {}
                         }

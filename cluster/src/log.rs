@@ -153,6 +153,8 @@ pub(crate) enum WriterJob {
         epoch: String,
         payload: Bytes,
     },
+    /// The lease is lost: refuse every later append (as fenced) until the next `Open`.
+    LeaseLost,
 }
 
 pub(crate) const SEQ_HEADER: &str = "Dim-Seq";
@@ -203,6 +205,7 @@ impl SendJob for mpsc::UnboundedSender<WriterJob> {
                     seq,
                     result: Err(ClusterError::Closed),
                 }),
+                WriterJob::LeaseLost => {}
             }
         }
     }
@@ -348,6 +351,10 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<WriterJob>) {
         while let Some(job) = rx.recv().await {
             match job {
+                WriterJob::LeaseLost => {
+                    self.anchor = None;
+                    self.fenced = true;
+                }
                 WriterJob::Open {
                     token,
                     tenant_id,

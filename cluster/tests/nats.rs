@@ -160,21 +160,17 @@ fn lease_acquire_renew_expire_take_over_and_fencing() {
     a.append(t, s, 1, "e1", b"{\"seq\":1}").expect("append 1");
     a.append(t, s, 2, "e1", b"{\"seq\":2}").expect("append 2");
 
-    // A stops renewing (it is "slow"); the lease expires and B takes over.
+    // A stops renewing (it is "slow", and does not know yet); the lease expires and B takes
+    // over.
     poll_until("A's lease to expire and B to acquire", WAIT, || {
         b.acquire(s, 2).ok()
     });
-    assert_eq!(
-        a.renew(s),
-        Err(ClusterError::LeaseLost),
-        "A learns it lost the lease"
-    );
     let tail = b.open_log(t, s).expect("open").expect("tail");
     assert_eq!((tail.seq, tail.epoch.as_str()), (2, "e1"));
     b.append(t, s, 3, "e1", b"{\"seq\":3,\"by\":\"b\"}")
         .expect("B appends");
 
-    // A, fenced off, can never append again.
+    // A, still unaware, is fenced off by the stream: it can never append again.
     match a.append(t, s, 3, "e1", b"{\"seq\":3,\"by\":\"a\"}") {
         Err(ClusterError::Fenced { last }) => {
             let last = last.expect("the log's last event");
@@ -187,6 +183,11 @@ fn lease_acquire_renew_expire_take_over_and_fencing() {
         a.append(t, s, 4, "e1", b"{}"),
         Err(ClusterError::Fenced { .. })
     ));
+    assert_eq!(
+        a.renew(s),
+        Err(ClusterError::LeaseLost),
+        "A learns it lost the lease"
+    );
     let (events, _) = b.fetch(t, s, 0, None, 100).expect("fetch");
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2, 3], "nothing of A's after the take-over");
@@ -218,6 +219,23 @@ fn lease_acquire_renew_expire_take_over_and_fencing() {
         _ => None,
     });
     assert_eq!(holder.expect("read").expect("held").value.instance, "gw-a");
+
+    // An owner that learns of the loss by its renewal stops appending at once, even before
+    // the new owner appended anything (the stream could not refuse it yet).
+    let s2 = "sess-2";
+    a.acquire(s2, 1).expect("A acquires");
+    a.open_log(t, s2).expect("open");
+    a.append(t, s2, 1, "e1", b"1").expect("append");
+    poll_until("A's second lease to expire and B to acquire", WAIT, || {
+        b.acquire(s2, 2).ok()
+    });
+    assert_eq!(a.renew(s2), Err(ClusterError::LeaseLost));
+    assert_eq!(
+        a.append(t, s2, 2, "e1", b"2"),
+        Err(ClusterError::Fenced { last: None }),
+        "refused here, without publishing"
+    );
+    assert_eq!(b.fetch(t, s2, 0, None, 10).expect("fetch").0.len(), 1);
 }
 
 #[test]
