@@ -21,7 +21,8 @@ pub struct ClusterConfig {
     pub user_password: Option<(String, String)>,
     /// `--cluster-token`: token authentication.
     pub token: Option<String>,
-    /// `--cluster-tls-ca`: extra root certificates (PEM) to verify the server with.
+    /// `--cluster-tls-ca`: root certificates (PEM) to verify the server with, instead of the
+    /// system's.
     pub tls_ca: Option<PathBuf>,
     /// `--cluster-tls-cert` / `--cluster-tls-key`: a client certificate and its key (PEM), for
     /// servers that verify clients.
