@@ -250,11 +250,6 @@ impl Node {
         });
     }
 
-    pub fn peek_count(&mut self) -> usize {
-        self.cluster.drain_completions(&mut self.pending);
-        self.pending.len()
-    }
-
     /// Completions received so far and not taken.
     pub fn drain(&mut self) -> Vec<ClusterCompletion> {
         self.cluster.drain_completions(&mut self.pending);
