@@ -1,0 +1,96 @@
+// Starts a real gateway binary for the tests and stops it by its PID.
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
+
+/** The binary under test: `DIMINUENDO_BIN`, else the workspace's debug tokio binary. */
+export const binary = process.env.DIMINUENDO_BIN ?? join(repo, "target/debug/diminuendo-tokio");
+
+/** A fresh data directory (removed by `removeDataDir`). */
+export function makeDataDir() {
+  return mkdtempSync(join(tmpdir(), "diminuendo-client-test-"));
+}
+
+export function removeDataDir(dir) {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * Starts the gateway in dev mode on `listen` (default a free loopback port) with `dataDir`, and
+ * resolves once it printed `listening on ADDR` (within `timeoutMs`).
+ */
+export function startGateway({ dataDir, listen = "127.0.0.1:0", args = [], timeoutMs = 30_000 }) {
+  const child = spawn(binary, ["--dev", "--listen", listen, "--data-dir", join(dataDir, "data"), ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let log = "";
+  child.stderr.on("data", (chunk) => {
+    log += chunk;
+    if (log.length > 200_000) log = log.slice(-100_000);
+  });
+  const exited = new Promise((resolveExit) => child.once("exit", (code, signal) => resolveExit({ code, signal })));
+  const gateway = {
+    child,
+    pid: child.pid,
+    exited,
+    log: () => log,
+    address: undefined,
+    url: undefined,
+    /** Sends `signal` to the process (by its PID) and resolves with its exit. */
+    async stop(signal = "SIGTERM") {
+      if (child.exitCode === null && child.signalCode === null) process.kill(child.pid, signal);
+      return exited;
+    },
+  };
+  return new Promise((resolveStart, rejectStart) => {
+    let out = "";
+    const timer = setTimeout(() => {
+      gateway.stop("SIGKILL");
+      rejectStart(new Error(`${binary} printed no listening line in ${timeoutMs} ms; log:\n${log}`));
+    }, timeoutMs);
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      const match = /listening on (\S+)/.exec(out);
+      if (match && !gateway.address) {
+        clearTimeout(timer);
+        gateway.address = match[1];
+        gateway.url = `ws://${match[1]}/ws`;
+        resolveStart(gateway);
+      }
+    });
+    child.once("error", (error) => {
+      clearTimeout(timer);
+      rejectStart(error);
+    });
+    exited.then(({ code, signal }) => {
+      if (!gateway.address) {
+        clearTimeout(timer);
+        rejectStart(new Error(`${binary} exited (${code ?? signal}) before listening; log:\n${log}`));
+      }
+    });
+  });
+}
+
+/** Resolves once `predicate()` is true (checked after every `emitter` event), or rejects after `timeoutMs`. */
+export function waitFor(predicate, { timeoutMs = 20_000, what = "a condition", poll = 20 } = {}) {
+  return new Promise((resolveWait, rejectWait) => {
+    const deadline = Date.now() + timeoutMs;
+    const check = () => {
+      let ok = false;
+      try {
+        ok = predicate();
+      } catch (error) {
+        rejectWait(error);
+        return;
+      }
+      if (ok) resolveWait();
+      else if (Date.now() > deadline) rejectWait(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
+      else setTimeout(check, poll);
+    };
+    check();
+  });
+}
