@@ -3,6 +3,8 @@
 // gateway stopped (SIGTERM, and SIGKILL) and started again on the same data directory while a turn
 // streams. Every gateway is stopped by its PID in an after hook.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { after, afterEach, before, describe, test } from "node:test";
 import WebSocket from "ws";
 
@@ -128,6 +130,15 @@ describe(`the client against ${binary}`, () => {
     assert.equal(history.turns.length, 1);
     assert.equal(history.turns[0].turnId, turnId);
     assert.equal(history.turns[0].finalText, streamText(50, 8));
+  });
+
+  test("the README's example (examples/hello.mjs) talks to the agent", async () => {
+    const gw = await gateway({ dataDir: dataDir() });
+    const example = fileURLToPath(new URL("../examples/hello.mjs", import.meta.url));
+    // spawnSync kills the example by its PID when the timeout passes.
+    const run = spawnSync(process.execPath, [example, gw.url], { encoding: "utf8", timeout: 20_000 });
+    assert.equal(run.status, 0, run.stderr);
+    assert.equal(run.stdout, "Hello, agent!");
   });
 
   test("a permission request answered with one of its options", async () => {
