@@ -596,7 +596,9 @@ export class DiminuendoClient extends Emitter<ClientEvents> implements StreamHos
     if (socket) {
       socket.onmessage = null;
       socket.onclose = null;
-      socket.onerror = null;
+      // Not null: the `ws` package throws an 'error' nobody listens to (e.g. closing while
+      // connecting).
+      socket.onerror = () => {};
       socket.onopen = null;
     }
   }

@@ -66,6 +66,8 @@ export class SessionStream extends Emitter<SessionStreamEvents> {
   #reloading = false;
   /** Bumped at every (re)join: a fill or reload of an older generation stops. */
   #generation = 0;
+  /** Bumped when a fill is abandoned (a reload reads everything anyway). */
+  #fillGeneration = 0;
 
   /** @internal Made by the client. */
   constructor(sessionId: string, host: StreamHost) {
@@ -99,14 +101,20 @@ export class SessionStream extends Emitter<SessionStreamEvents> {
    * it are delivered first (or `reload` is emitted when the gateway cannot replay them).
    */
   join(options: { afterSeq?: number; epoch?: string } = {}): Promise<SessionJoinedReply> {
+    // Joined already: a join without a position resumes from where the stream is, so nothing
+    // in flight is skipped.
+    const resume = options.afterSeq === undefined && this.#status === "joined" && this.#snapshot !== undefined;
     const generation = ++this.#generation;
+    this.#fillGeneration++;
+    this.#filling = false;
     this.#status = "joining";
     this.#held = [];
-    const afterSeq = options.afterSeq;
+    const afterSeq = resume ? this.#tracker.lastSeq : options.afterSeq;
+    const epoch = resume ? this.#epoch : options.epoch;
     const message: RequestOf<"join_session"> = { type: "join_session", sessionId: this.sessionId };
     if (afterSeq !== undefined) {
       message.afterSeq = afterSeq;
-      if (options.epoch !== undefined) message.epoch = options.epoch;
+      if (epoch !== undefined) message.epoch = epoch;
     }
     return this.#host
       .streamRequest(message, (reply) => {
@@ -140,6 +148,12 @@ export class SessionStream extends Emitter<SessionStreamEvents> {
   reload(options: { pageSize?: number } = {}): Promise<SessionEvent[]> {
     const pageSize = options.pageSize ?? DEFAULT_PAGE;
     const generation = this.#generation;
+    // A gap being filled is part of what the reload reads: stop the fill, hold live events.
+    if (this.#filling) {
+      this.#fillGeneration++;
+      this.#filling = false;
+      this.#host.setCatchingUp(this.sessionId, false);
+    }
     this.#reloading = true;
     const events: SessionEvent[] = [];
     let epoch: string | undefined;
@@ -214,6 +228,7 @@ export class SessionStream extends Emitter<SessionStreamEvents> {
   rejoin(): boolean {
     if (this.#snapshot === undefined || (this.#status !== "joined" && this.#status !== "joining")) return false;
     const generation = ++this.#generation;
+    this.#fillGeneration++;
     this.#status = "joining";
     this.#held = [];
     this.#filling = false;
@@ -328,12 +343,14 @@ export class SessionStream extends Emitter<SessionStreamEvents> {
     this.#filling = true;
     this.#host.setCatchingUp(this.sessionId, true);
     const generation = this.#generation;
+    const fillGeneration = ++this.#fillGeneration;
+    const stale = () => generation !== this.#generation || fillGeneration !== this.#fillGeneration;
     const step = (): void => {
       const before = this.#tracker.lastSeq;
       let outcome: "more" | "done" | "stuck" | "epoch" = "done";
       this.#host
         .streamRequest({ type: "get_events", sessionId: this.sessionId, afterSeq: before, limit: DEFAULT_PAGE }, (reply) => {
-          if (generation !== this.#generation) return;
+          if (stale()) return;
           if (this.#epoch !== undefined && reply.epoch !== this.#epoch) {
             this.#epoch = reply.epoch;
             this.#tracker.lastSeq = reply.lastSeq;
@@ -358,7 +375,7 @@ export class SessionStream extends Emitter<SessionStreamEvents> {
         })
         .then(
           () => {
-            if (generation !== this.#generation) return;
+            if (stale()) return;
             if (outcome === "more") {
               step();
               return;
@@ -380,7 +397,7 @@ export class SessionStream extends Emitter<SessionStreamEvents> {
             this.#drainHeld();
           },
           (error: unknown) => {
-            if (generation !== this.#generation) return;
+            if (stale()) return;
             this.#filling = false;
             if (error instanceof ConnectionClosedError) return; // the re-join replays from lastSeq
             // The gap cannot be read: skip to the first held event and say so.

@@ -141,6 +141,18 @@ describe(`the client against ${binary}`, () => {
     assert.equal(run.stdout, "Hello, agent!");
   });
 
+  test("close() while the connection opens: no stray error, connect() rejects, a new connect() works", async () => {
+    const gw = await gateway({ dataDir: dataDir() });
+    const c = client({ url: gw.url });
+    const connecting = c.connect();
+    c.close();
+    await assert.rejects(connecting, (error) => error.name === "ConnectionClosedError");
+    assert.equal(c.state, "closed");
+    await c.connect();
+    assert.equal(c.state, "open");
+    assert.equal((await c.ping()).type, "pong");
+  });
+
   test("a permission request answered with one of its options", async () => {
     const gw = await gateway({ dataDir: dataDir() });
     const c = client({ url: gw.url });

@@ -437,6 +437,45 @@ describe("session streams", () => {
     client.close();
   });
 
+  test("join() on a joined stream resumes from where it is, so an event in flight is not skipped", async () => {
+    const { client, socket, events, stream } = await joined("s1", 0);
+    socket.deliver(delta("s1", 1));
+    const again = stream.join();
+    const request = socket.lastSent("join_session");
+    assert.equal(request.afterSeq, 1);
+    assert.equal(request.epoch, "e1");
+    socket.deliver(delta("s1", 2)); // published before the second join was measured
+    socket.reply("join_session", {
+      type: "session_joined",
+      session: meta("s1", 2),
+      epoch: "e1",
+      lastSeq: 2,
+      recovered: true,
+      events: [delta("s1", 2)],
+    });
+    await again;
+    assert.deepEqual(seqs(events), [1, 2]);
+    client.close();
+  });
+
+  test("reload() during a gap fill takes over the fill; the fill's late page changes nothing", async () => {
+    const { client, socket, events, stream } = await joined("s1", 0);
+    socket.deliver(delta("s1", 3));
+    const fill = socket.lastSent("get_events");
+    assert.equal(client.state, "catching-up");
+    const reloading = stream.reload();
+    const page = socket.sent.filter((m) => m.type === "get_events").at(-1);
+    assert.notEqual(page.requestId, fill.requestId);
+    socket.deliver({ type: "events", requestId: fill.requestId, sessionId: "s1", epoch: "e1", lastSeq: 3, hasMore: false, events: [delta("s1", 1), delta("s1", 2)] });
+    socket.deliver({ type: "events", requestId: page.requestId, sessionId: "s1", epoch: "e1", lastSeq: 3, hasMore: false, events: [delta("s1", 1), delta("s1", 2), delta("s1", 3)] });
+    assert.deepEqual(seqs(await reloading), [1, 2, 3]);
+    assert.deepEqual(seqs(events), [], "the abandoned fill delivered nothing");
+    assert.equal(client.state, "open");
+    socket.deliver(delta("s1", 4));
+    assert.deepEqual(seqs(events), [4]);
+    client.close();
+  });
+
   test("a left stream is not re-joined; a deleted session's stream stops", async () => {
     const { client, sockets, timers, stream } = await joined("s1", 0);
     const leaving = stream.leave();
