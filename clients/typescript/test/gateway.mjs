@@ -20,11 +20,12 @@ export function removeDataDir(dir) {
 }
 
 /**
- * Starts the gateway in dev mode on `listen` (default a free loopback port) with `dataDir`, and
+ * Starts the gateway (in dev mode unless `dev: false`) on `listen` (default a free loopback port) with `dataDir`, and
  * resolves once it printed `listening on ADDR` (within `timeoutMs`).
  */
-export function startGateway({ dataDir, listen = "127.0.0.1:0", args = [], timeoutMs = 30_000 }) {
-  const child = spawn(binary, ["--dev", "--listen", listen, "--data-dir", join(dataDir, "data"), ...args], {
+export function startGateway({ dataDir, listen = "127.0.0.1:0", args = [], dev = true, timeoutMs = 30_000 }) {
+  const mode = dev ? ["--dev"] : [];
+  const child = spawn(binary, [...mode, "--listen", listen, "--data-dir", join(dataDir, "data"), ...args], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   let log = "";

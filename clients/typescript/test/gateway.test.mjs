@@ -4,6 +4,7 @@
 // streams. Every gateway is stopped by its PID in an after hook.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { after, afterEach, before, describe, test } from "node:test";
 import WebSocket from "ws";
@@ -43,6 +44,15 @@ afterEach(async () => {
 after(() => {
   for (const dir of dataDirs) removeDataDir(dir);
 });
+
+const SECRET = "a-test-secret-of-at-least-32-bytes-long";
+
+/** An HS256 JWT signed with `secret`. */
+function jwt(claims, secret = SECRET) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims })}`;
+  return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
+}
 
 /** The echo agent's `stream N SIZE` text: byte i is 'a' + i % 26. */
 function streamText(count, size) {
@@ -151,6 +161,35 @@ describe(`the client against ${binary}`, () => {
     await c.connect();
     assert.equal(c.state, "open");
     assert.equal((await c.ping()).type, "pong");
+  });
+
+  test("with a token: in the bearer subprotocol, in an authenticate message; a bad one stops the client", async () => {
+    const gw = await gateway({ dataDir: dataDir(), dev: false, args: ["--jwt-secret", SECRET] });
+    const claims = { sub: "user-7", email: "u7@example.com", tenant_id: "acme", role: "member" };
+    const expected = { userId: "user-7", email: "u7@example.com", tenantId: "acme", role: "member" };
+
+    const viaSubprotocol = client({ url: gw.url, token: jwt(claims) });
+    assert.deepEqual(await viaSubprotocol.connect(), expected);
+    assert.equal(viaSubprotocol.welcome.requiresAuth, true);
+    const session = await viaSubprotocol.createSession();
+    assert.equal(session.tenantId, "acme");
+
+    let calls = 0;
+    const viaMessage = client({ url: gw.url, token: async () => (calls++, jwt(claims)), tokenVia: "message" });
+    assert.deepEqual(await viaMessage.connect(), expected);
+    assert.equal(calls, 1);
+    assert.ok((await viaMessage.listSessions()).some((s) => s.id === session.id));
+
+    const errors = [];
+    const bad = client({ url: gw.url, token: jwt(claims, "another-secret-of-at-least-32-bytes!!") });
+    bad.on("error", (error) => errors.push(error));
+    await assert.rejects(bad.connect(), (error) => error instanceof GatewayError && error.code === "AUTH_FAILED");
+    assert.equal(bad.state, "closed");
+    assert.ok(errors.some((error) => error instanceof GatewayError && error.code === "AUTH_FAILED"));
+
+    const none = client({ url: gw.url });
+    await assert.rejects(none.connect(), (error) => error instanceof GatewayError && error.code === "NOT_AUTHENTICATED");
+    assert.equal(none.state, "closed");
   });
 
   test("a permission request answered with one of its options", async () => {
