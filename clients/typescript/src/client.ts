@@ -297,6 +297,14 @@ export class DiminuendoClient extends Emitter<ClientEvents> implements StreamHos
   }
 
   /** @internal */
+  schedule(callback: () => void, ms: number): void {
+    const generation = this.#socketGeneration;
+    this.#timers.setTimeout(() => {
+      if (generation === this.#socketGeneration && this.#authenticated) callback();
+    }, ms);
+  }
+
+  /** @internal */
   setCatchingUp(sessionId: string, catchingUp: boolean): void {
     if (catchingUp) this.#catchingUp.add(sessionId);
     else this.#catchingUp.delete(sessionId);

@@ -41,6 +41,8 @@ export interface StreamHost {
     message: RequestOf<T>,
     sync: (reply: T extends "join_session" ? SessionJoinedReply : T extends "get_events" ? EventsReply : unknown) => void,
   ): Promise<unknown>;
+  /** Runs `callback` after `ms` on the client's timers (dropped when the connection is lost). */
+  schedule(callback: () => void, ms: number): void;
   /** Marks the session as catching up (or done) for the connection state. */
   setCatchingUp(sessionId: string, catchingUp: boolean): void;
 }
@@ -249,6 +251,16 @@ export class SessionStream extends Emitter<SessionStreamEvents> {
         (error: unknown) => {
           if (generation !== this.#generation) return;
           if (error instanceof ConnectionClosedError) return; // the next connection re-joins
+          // Rate limited or no answer in time: try again later; anything else (the session was
+          // deleted, the role lost the right) ends the stream.
+          const transient = !(error instanceof GatewayError) || error.code === "RATE_LIMITED";
+          if (transient) {
+            const delay = error instanceof GatewayError && error.retryAfterMs !== undefined ? error.retryAfterMs : 1000;
+            this.#host.schedule(() => {
+              if (generation === this.#generation) this.rejoin();
+            }, delay);
+            return;
+          }
           this.#status = "left";
           this.#stopCatchingUp();
           this.emit("error", error instanceof Error ? error : new Error(String(error)));

@@ -371,6 +371,41 @@ describe("session streams", () => {
     client.close();
   });
 
+  test("a re-join answered RATE_LIMITED is retried after retryAfterMs; SESSION_NOT_FOUND ends the stream", async () => {
+    const env = await joined("s1", 0);
+    const other = env.client.session("s2");
+    const otherErrors = [];
+    other.on("error", (error) => otherErrors.push(error));
+    const joiningOther = other.join();
+    env.socket.reply("join_session", { type: "session_joined", session: meta("s2"), epoch: "e1", lastSeq: 0, recovered: false, events: [] });
+    await joiningOther;
+    env.socket.deliver(delta("s1", 1));
+    env.socket.serverClose(1006);
+    env.timers.advance(1000);
+    const socket = env.sockets[1];
+    socket.handshake();
+    const joins = socket.sent.filter((m) => m.type === "join_session");
+    assert.deepEqual(joins.map((m) => m.sessionId), ["s1", "s2"]);
+    socket.deliver({ type: "error", requestId: joins[0].requestId, code: "RATE_LIMITED", message: "slow down", retryAfterMs: 250 });
+    socket.deliver({ type: "error", requestId: joins[1].requestId, code: "SESSION_NOT_FOUND", message: "no such session" });
+    await flush();
+    assert.equal(otherErrors.length, 1);
+    assert.equal(otherErrors[0].code, "SESSION_NOT_FOUND");
+    assert.equal(other.joined, false);
+    assert.equal(env.client.state, "catching-up");
+    env.timers.advance(249);
+    assert.equal(socket.sent.filter((m) => m.type === "join_session").length, 2);
+    env.timers.advance(1);
+    const retry = socket.lastSent("join_session");
+    assert.equal(retry.sessionId, "s1");
+    assert.equal(retry.afterSeq, 1);
+    socket.reply("join_session", { type: "session_joined", session: meta("s1", 2), epoch: "e1", lastSeq: 2, recovered: true, events: [delta("s1", 2)] });
+    await flush();
+    assert.deepEqual(seqs(env.events), [1, 2]);
+    assert.equal(env.client.state, "open");
+    env.client.close();
+  });
+
   test("server_shutdown's reconnectAfterMs is the first wait", async () => {
     const { client, sockets, timers } = await joined("s1", 0);
     const reconnects = [];
