@@ -1,5 +1,6 @@
 // Starts a real gateway binary for the tests and stops it by its PID.
 import { spawn } from "node:child_process";
+import net from "node:net";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -93,5 +94,54 @@ export function waitFor(predicate, { timeoutMs = 20_000, what = "a condition", p
       else setTimeout(check, poll);
     };
     check();
+  });
+}
+
+/**
+ * A TCP proxy on loopback in front of `address` whose connections the test can cut (a network
+ * drop the gateway does not cause) and refuse for a while.
+ */
+export function startProxy(address) {
+  const [host, port] = [address.slice(0, address.lastIndexOf(":")), Number(address.slice(address.lastIndexOf(":") + 1))];
+  const sockets = new Set();
+  let refusing = false;
+  const server = net.createServer((downstream) => {
+    if (refusing) {
+      downstream.destroy();
+      return;
+    }
+    const upstream = net.connect(port, host);
+    sockets.add(downstream);
+    sockets.add(upstream);
+    const drop = () => {
+      downstream.destroy();
+      upstream.destroy();
+      sockets.delete(downstream);
+      sockets.delete(upstream);
+    };
+    downstream.on("error", drop).on("close", drop);
+    upstream.on("error", drop).on("close", drop);
+    downstream.pipe(upstream);
+    upstream.pipe(downstream);
+  });
+  return new Promise((resolveProxy) => {
+    server.listen(0, "127.0.0.1", () => {
+      const { port: proxyPort } = server.address();
+      resolveProxy({
+        url: `ws://127.0.0.1:${proxyPort}/ws`,
+        /** Drops every connection at once, without a close frame. */
+        cut() {
+          for (const socket of sockets) socket.destroy();
+          sockets.clear();
+        },
+        refuse(value) {
+          refusing = value;
+        },
+        close() {
+          this.cut();
+          return new Promise((done) => server.close(() => done()));
+        },
+      });
+    });
   });
 }

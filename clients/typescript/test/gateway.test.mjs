@@ -10,11 +10,12 @@ import { after, afterEach, before, describe, test } from "node:test";
 import WebSocket from "ws";
 
 import { DiminuendoClient, GatewayError } from "../dist/index.js";
-import { binary, makeDataDir, removeDataDir, startGateway, waitFor } from "./gateway.mjs";
+import { binary, makeDataDir, removeDataDir, startGateway, startProxy, waitFor } from "./gateway.mjs";
 
 const gateways = new Set();
 const clients = new Set();
 const dataDirs = new Set();
+const proxies = new Set();
 
 async function gateway(options) {
   const started = await startGateway(options);
@@ -37,6 +38,8 @@ function dataDir() {
 afterEach(async () => {
   for (const made of clients) made.close();
   clients.clear();
+  for (const proxy of proxies) await proxy.close();
+  proxies.clear();
   for (const started of gateways) await started.stop("SIGKILL");
   gateways.clear();
 });
@@ -246,6 +249,50 @@ describe(`the client against ${binary}`, () => {
     c.on("session_deleted", (id) => deleted.push(id));
     await c.deleteSession(session.id);
     await waitFor(() => deleted.includes(session.id), { what: "session_deleted" });
+  });
+
+  test("the connection cut while a turn streams: the re-join replays what was missed, no duplicate, no gap", async () => {
+    const gw = await gateway({ dataDir: dataDir() });
+    const proxy = await startProxy(gw.address);
+    proxies.add(proxy);
+    const c = client({ url: proxy.url, reconnect: { initialDelayMs: 20, maxDelayMs: 100 } });
+    const observer = client({ url: gw.url });
+    await Promise.all([c.connect(), observer.connect()]);
+    const session = await c.createSession();
+    const stream = c.session(session.id);
+    const seen = collect(stream);
+    const joins = [];
+    stream.on("joined", (reply) => joins.push(reply));
+    await stream.join();
+    const turnId = await c.runTurn(session.id, "slow 30 30");
+    await waitFor(() => seen.events.filter((e) => e.type === "text_delta").length >= 3, { what: "the turn to stream" });
+
+    // Cut the link and keep it down until the session has moved on by a few events.
+    proxy.refuse(true);
+    proxy.cut();
+    const cutAt = stream.lastSeq;
+    await waitFor(() => c.state === "reconnecting", { what: "the client to notice" });
+    let lastSeq = cutAt;
+    await waitFor(
+      () => {
+        observer.getEvents(session.id, 0).then((page) => (lastSeq = page.lastSeq), () => {});
+        return lastSeq >= cutAt + 3;
+      },
+      { what: "the session to move on", poll: 50 },
+    );
+    proxy.refuse(false);
+
+    const end = await seen.turnEnd(turnId);
+    assert.equal(end.type, "turn_complete");
+    assert.equal(seen.text(turnId), slowText(30));
+    assertContiguous(seen.events);
+    assert.deepEqual(seen.reloads, []);
+    const resumed = joins[joins.length - 1];
+    assert.equal(resumed.recovered, true);
+    assert.ok(resumed.events.length >= 3, `the re-join replayed ${resumed.events.length} events`);
+    assert.equal(resumed.events[0].seq, cutAt + 1);
+    const log = await c.getEvents(session.id, 0);
+    assert.deepEqual(seen.events, log.events.slice(0, seen.events.length));
   });
 
   test("SIGTERM while a turn streams, the gateway started again on the same data directory: no duplicate, no gap", async () => {
