@@ -85,7 +85,7 @@ impl Gateway {
             };
             match answer {
                 Answer::Respond(response, head_only) => {
-                    let route = head.route;
+                    let route = self.metrics_route(&head);
                     let closing = head.wants_close || self.draining;
                     let response = if closing { response.close() } else { response };
                     let closes = response.closes();

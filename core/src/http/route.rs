@@ -16,17 +16,22 @@ pub enum Route {
     Health,
     /// `/metrics`: the Prometheus text exposition.
     Metrics,
+    /// `/` and `/assets/*`: the web console, when it is on (`CoreConfig::console`). Not a
+    /// result of [`Route::from_path`]: the paths are the asset table's; this names them in
+    /// metrics.
+    Console,
 }
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 6] = [
+    pub const ALL: [Route; 7] = [
         Route::WebSocket,
         Route::Echo,
         Route::Livez,
         Route::Readyz,
         Route::Health,
         Route::Metrics,
+        Route::Console,
     ];
 
     /// The route of a request path (without its query), matched exactly; `None` for any other
@@ -52,6 +57,7 @@ impl Route {
             Route::Readyz => "/readyz",
             Route::Health => "/health",
             Route::Metrics => "/metrics",
+            Route::Console => "console",
         }
     }
 }

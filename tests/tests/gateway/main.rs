@@ -4,6 +4,7 @@
 mod agents;
 mod auth;
 mod client_fs;
+mod console;
 mod controls;
 mod heartbeat;
 mod http;
