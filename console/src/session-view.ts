@@ -62,7 +62,12 @@ export class SessionView {
     this.log = h("div", { class: "log", "data-testid": "log" });
     this.planElement = h("div", { class: "plan", hidden: true, "data-testid": "plan" });
     this.usageElement = h("div", { class: "usage", hidden: true, "data-testid": "usage" });
-    this.element = h("div", { class: "session-view" }, this.usageElement, this.planElement, this.log);
+    this.element = h(
+      "div",
+      { class: "session-view" },
+      h("div", { class: "panels" }, this.usageElement, this.planElement),
+      this.log,
+    );
   }
 
   /** Forgets everything drawn (before a reload redraws the session from its first event). */
@@ -343,7 +348,7 @@ export class SessionView {
           const status = typeof e.status === "string" ? e.status : "pending";
           return h(
             "li",
-            { class: `plan-entry status-${status}`, "data-status": status },
+            { class: "plan-entry", "data-status": status },
             h("span", { class: `status status-${status}` }, status),
             " ",
             String(e.content ?? ""),
