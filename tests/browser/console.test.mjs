@@ -1,8 +1,9 @@
 // The web console in a real browser: Debian's Chromium (/usr/bin/chromium, or $CHROMIUM) driven by
 // playwright-core against the real gateway binary ($DIMINUENDO_BINARY, default
-// target/debug/diminuendo-tokio). Nothing here downloads a browser. Every wait is for a condition
-// on the page (with a timeout), never a sleep. Screenshots go to $DIMINUENDO_SCREENSHOTS (the
-// README's are made with DIMINUENDO_SCREENSHOTS=docs/screenshots), else target/browser-screenshots.
+// target/debug/diminuendo-tokio; relative paths are from the repository root). Nothing here
+// downloads a browser. Every wait is for a condition on the page (with a timeout), never a sleep.
+// Screenshots go to $DIMINUENDO_SCREENSHOTS (the README's are made with
+// DIMINUENDO_SCREENSHOTS=docs/screenshots), else target/browser-screenshots.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
