@@ -88,23 +88,6 @@ function clearError(): void {
 
 // ------------------------------------------------------------------ sign-in
 
-/** Whether the gateway asks for a token: its `welcome` says so. */
-function probeRequiresAuth(): Promise<boolean> {
-  return new Promise((resolve, reject) => {
-    const socket = new WebSocket(wsUrl, ["diminuendo.v1"]);
-    socket.onmessage = (message) => {
-      try {
-        const welcome = JSON.parse(String(message.data)) as { type?: string; requiresAuth?: boolean };
-        resolve(welcome.requiresAuth === true);
-      } catch (error) {
-        reject(error);
-      }
-      socket.close();
-    };
-    socket.onerror = () => reject(new Error(`cannot reach ${wsUrl}`));
-  });
-}
-
 function showSignIn(message?: string): void {
   const token = h("textarea", { id: "token", rows: 4, placeholder: "eyJhbGciOi…", "data-testid": "token", "aria-label": "Token" });
   const form = h(
@@ -205,9 +188,8 @@ async function start(token?: string): Promise<void> {
   next.on("session_updated", (meta) => upsertSession(meta));
   next.on("session_deleted", (id) => removeSession(id));
   next.on("error", (error) => {
-    if (error instanceof GatewayError && error.code === "AUTH_FAILED" && token) {
-      sessionStorage.removeItem(TOKEN_KEY);
-      showSignIn(`The gateway refused the token: ${error.message}`);
+    if (isAuthError(error)) {
+      refuseToken(next, token, error);
       return;
     }
     showError(error);
@@ -215,13 +197,25 @@ async function start(token?: string): Promise<void> {
   try {
     await next.connect();
   } catch (error) {
-    if (token && error instanceof GatewayError) {
-      sessionStorage.removeItem(TOKEN_KEY);
-      showSignIn(`The gateway refused the token: ${error.message}`);
-    } else {
-      showError(error);
-    }
+    if (isAuthError(error)) refuseToken(next, token, error);
+    else showError(error);
   }
+}
+
+/** The gateway wants a token (`NOT_AUTHENTICATED`) or refused the one given. */
+function isAuthError(error: unknown): error is GatewayError {
+  return (
+    error instanceof GatewayError &&
+    (error.code === "NOT_AUTHENTICATED" || error.code === "AUTH_FAILED" || error.code === "AUTH_RATE_LIMITED")
+  );
+}
+
+function refuseToken(current: DiminuendoClient, token: string | undefined, error: GatewayError): void {
+  if (client !== current) return;
+  current.close();
+  client = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  showSignIn(token ? `The gateway refused the token (${error.code}): ${error.message}` : undefined);
 }
 
 async function refreshSessions(): Promise<void> {
@@ -336,6 +330,9 @@ function openSession(current: DiminuendoClient, id: string): Opened {
         for (const event of events) view.apply(event);
       })
       .catch(showError);
+  });
+  stream.on("error", (error) => {
+    if (sessions.has(id)) showError(error);
   });
   const meta = sessions.get(id);
   stream.join(meta ? { afterSeq: 0, epoch: meta.epoch } : { afterSeq: 0 }).catch(showError);
@@ -458,21 +455,10 @@ window.addEventListener("hashchange", routeFromHash);
 
 // ------------------------------------------------------------------ boot
 
+/** Connects with the token of this tab's earlier sign-in, or none (dev mode); a gateway that
+ * needs a token answers `NOT_AUTHENTICATED`, and the sign-in form is shown. */
 async function boot(): Promise<void> {
-  let requiresAuth: boolean;
-  try {
-    requiresAuth = await probeRequiresAuth();
-  } catch (error) {
-    layout();
-    showError(error);
-    return;
-  }
-  const token = sessionStorage.getItem(TOKEN_KEY) ?? undefined;
-  if (requiresAuth && !token) {
-    showSignIn();
-    return;
-  }
-  await start(requiresAuth ? token : undefined);
+  await start(sessionStorage.getItem(TOKEN_KEY) ?? undefined);
 }
 
 void boot();
