@@ -21,11 +21,17 @@ interface ToolCallState {
   rawOutput: unknown;
 }
 
-/** A run of the agent's text between two other items (a tool call, a question). */
+/** A run of the agent's text between two other items (a tool call, a question). Blocks before
+ * the last blank line outside a code fence are final: drawn once; only the rest is redrawn as
+ * text streams in, so a long answer costs its last block per frame, not its whole length. */
 interface Segment {
   text: string;
   element: HTMLElement;
   dirty: boolean;
+  /** How much of `text` is drawn for good. */
+  stable: number;
+  /** The nodes drawn from `text` after `stable` (replaced at every redraw). */
+  tail: Node[];
 }
 
 interface TurnView {
@@ -102,6 +108,8 @@ export class SessionView {
             text: "",
             element: h("div", { class: "agent-text markdown", "data-testid": "agent-text" }),
             dirty: false,
+            stable: 0,
+            tail: [],
           };
           turn.body.appendChild(turn.segment.element);
         }
@@ -278,7 +286,18 @@ export class SessionView {
     const segment = turn.segment;
     if (!segment || !segment.dirty) return;
     segment.dirty = false;
-    segment.element.replaceChildren(renderMarkdown(segment.text));
+    for (const node of segment.tail) node.parentNode?.removeChild(node);
+    const boundary = segment.text.lastIndexOf("\n\n");
+    if (boundary > segment.stable) {
+      const settled = segment.text.slice(segment.stable, boundary);
+      if (fences(settled) % 2 === 0) {
+        segment.element.appendChild(renderMarkdown(settled));
+        segment.stable = boundary;
+      }
+    }
+    const tail = renderMarkdown(segment.text.slice(segment.stable));
+    segment.tail = [...tail.childNodes];
+    segment.element.appendChild(tail);
     segment.element.dataset.length = String(segment.text.length);
   }
 
@@ -371,6 +390,11 @@ export class SessionView {
     if (c && typeof c.amount === "number") parts.push(`cost ${c.amount} ${String(c.currency ?? "")}`.trim());
     this.usageElement.replaceChildren(h("span", { class: "panel-title" }, "Usage"), " ", parts.join(" · "));
   }
+}
+
+/** How many code fence lines `text` has (an odd count: it ends inside a fence). */
+function fences(text: string): number {
+  return text.split("\n").filter((line) => /^ {0,3}(```|~~~)/.test(line)).length;
 }
 
 function json(value: unknown): string {
