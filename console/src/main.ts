@@ -33,7 +33,8 @@ interface Opened {
 const connection = h("span", { id: "connection", class: "connection", "data-state": "connecting", "data-testid": "connection" }, "connecting…");
 const identityLabel = h("span", { id: "identity", class: "identity", "data-testid": "identity" });
 const signOutButton = h("button", { class: "link", hidden: true, onclick: () => signOut() }, "sign out");
-const banner = h("div", { class: "banner", hidden: true, role: "alert", "data-testid": "banner" });
+const banner = h("div", { class: "banner", hidden: true, role: "alert", title: "Click to dismiss", "data-testid": "banner" });
+banner.addEventListener("click", () => clearError());
 
 const agentSelect = h("select", { id: "agent-type", "data-testid": "agent-type", "aria-label": "Agent type" });
 const newName = h("input", { id: "new-name", type: "text", placeholder: "Session name (optional)", maxlength: 200, "data-testid": "new-name" });
@@ -274,6 +275,7 @@ function drawSessionHeader(): void {
   const meta = selected ? sessions.get(selected) : undefined;
   if (!meta) return;
   sessionTitle.textContent = meta.name;
+  document.title = `${meta.name} · Diminuendo`;
   sessionMetaLine.replaceChildren(
     h("span", { class: `badge status-${meta.status}`, "data-testid": "session-status" }, meta.status),
     ` ${meta.agentType} · ${meta.id}`,
@@ -298,6 +300,7 @@ function select(id: string | null): void {
   selected = id;
   drawSessions();
   if (!id || !client) {
+    document.title = "Diminuendo console";
     sessionPane.hidden = true;
     emptyPane.hidden = false;
     viewSlot.replaceChildren();

@@ -171,16 +171,24 @@ test("the console in Chromium: sessions, streaming, Markdown, permissions, a res
         "",
         "- one",
         "- two",
+        "",
+        "```html",
+        '<iframe src="javascript:window.__pwned=5"></iframe>',
+        "```",
       ].join("\n");
       const turn = await runTurn(page, prompt);
       const text = turn.locator('[data-testid="agent-text"]');
       assert.equal(await text.locator("h3").textContent(), "Heading");
       assert.equal(await text.locator("strong").textContent(), "bold");
-      assert.equal(await text.locator("code").textContent(), "code");
+      assert.equal(await text.locator("p code").textContent(), "code");
       assert.equal(await text.locator("li").count(), 2);
       assert.equal(await text.locator('a[href="https://example.com"]').count(), 1);
       assert.equal(await text.locator("a[href^=javascript]").count(), 0);
-      assert.equal(await page.locator('[data-testid="log"] img, [data-testid="log"] script').count(), 0);
+      assert.equal(await page.locator('[data-testid="log"] :is(img, script, iframe)').count(), 0);
+      assert.equal(
+        await text.locator("pre code").textContent(),
+        '<iframe src="javascript:window.__pwned=5"></iframe>',
+      );
       const rendered = await text.textContent();
       assert.ok(rendered.includes('<img src=x onerror="window.__pwned=1">'), rendered);
       assert.ok(rendered.includes("<script>window.__pwned=2</script>"), rendered);
@@ -259,6 +267,14 @@ test("the console in Chromium: sessions, streaming, Markdown, permissions, a res
       // The other tab drew the same conversation from the session's replay.
       const turns = await page.locator('[data-testid="turn"]').count();
       await second.waitForFunction((n) => document.querySelectorAll('[data-testid="turn"][data-state="complete"]').length === n, turns);
+      // A name is text too.
+      const hostile = '<img src=x onerror="window.__pwned=4">';
+      await second.click('[data-testid="rename"]');
+      await second.fill('[data-testid="rename-input"]', hostile);
+      await second.click('[data-testid="rename-save"]');
+      await page.waitForFunction((name) => document.querySelector('[data-testid="session-title"]')?.textContent === name, hostile);
+      assert.equal(await page.locator('[data-testid="session-list"] img').count(), 0);
+      assert.equal(await page.evaluate(() => window.__pwned), undefined);
       await second.click('[data-testid="rename"]');
       await second.fill('[data-testid="rename-input"]', "Renamed elsewhere");
       await second.click('[data-testid="rename-save"]');
