@@ -72,7 +72,7 @@ function killGateway(gateway) {
 }
 
 async function launch() {
-  return chromium.launch({ executablePath, headless: true, args: ["--no-sandbox"] });
+  return chromium.launch({ executablePath, headless: true, args: ["--no-sandbox", "--disable-dev-shm-usage"] });
 }
 
 /** A page that records errors and Content-Security-Policy violations. */
