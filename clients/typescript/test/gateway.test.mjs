@@ -57,6 +57,14 @@ function jwt(claims, secret = SECRET) {
   return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
 }
 
+/** `diminuendo_events_persisted_total` from the gateway's /metrics. */
+async function eventsPersisted(address) {
+  const text = await (await fetch(`http://${address}/metrics`)).text();
+  const match = /^diminuendo_events_persisted_total (\d+)$/m.exec(text);
+  if (!match) throw new Error(`no diminuendo_events_persisted_total in /metrics:\n${text}`);
+  return Number(match[1]);
+}
+
 /** The echo agent's `stream N SIZE` text: byte i is 'a' + i % 26. */
 function streamText(count, size) {
   let text = "";
@@ -356,6 +364,18 @@ describe(`the client against ${binary}`, () => {
     await stream.join();
     const turnId = await c.runTurn(session.id, "slow 50 50");
     await waitFor(() => seen.events.filter((e) => e.type === "text_delta").length >= 3, { what: "the turn to stream" });
+    // Events are published before storage commits them, and a crash loses what was not committed
+    // (then a turn_started may be lost with its turn). Kill once the turn's start is on disk,
+    // which /metrics counts (this gateway has no other session).
+    const started = seen.events.find((e) => e.type === "turn_started" && e.turnId === turnId);
+    let persisted = 0;
+    await waitFor(
+      () => {
+        eventsPersisted(address).then((count) => (persisted = count), () => {});
+        return persisted >= started.seq;
+      },
+      { what: "the turn's start to be committed", poll: 25 },
+    );
     await first.stop("SIGKILL");
     await gateway({ dataDir: dir, listen: address });
     await waitFor(() => seen.reloads.length > 0 && c.state === "open", { what: "the reload report" });
