@@ -26,16 +26,22 @@ import { SessionStream, type StreamHost } from "./session.js";
 /** The connection as an indicator shows it. */
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "catching-up" | "closed";
 
-/** The part of the WebSocket API the client uses (the browser's, or the `ws` package's). */
+/**
+ * The part of the WebSocket API the client uses (the browser's, or the `ws` package's). The
+ * handlers take `any` so that both implementations' own event types fit; the client reads only
+ * `data` (a string for a text message) and `code`/`reason`.
+ */
+/* eslint-disable @typescript-eslint/no-explicit-any */
 export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
 }
+/* eslint-enable @typescript-eslint/no-explicit-any */
 
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
@@ -426,14 +432,14 @@ export class DiminuendoClient extends Emitter<ClientEvents> implements StreamHos
       if (!current() || this.#authenticated) return;
       this.#abandon(socket, 4000, "not authenticated in time");
     }, this.#options.connectTimeoutMs ?? 15_000);
-    socket.onmessage = (event) => {
+    socket.onmessage = (event: { data: unknown }) => {
       if (!current()) return;
       this.#onMessage(event.data, token);
     };
-    socket.onclose = (event) => {
+    socket.onclose = (event: { code?: unknown; reason?: unknown }) => {
       if (!current()) return;
       this.#dropSocket();
-      this.#lost(event.code, event.reason);
+      this.#lost(typeof event.code === "number" ? event.code : 1006, typeof event.reason === "string" ? event.reason : "");
     };
     socket.onerror = () => {
       // a close follows

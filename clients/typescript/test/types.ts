@@ -1,6 +1,6 @@
 // Compile-time checks of the public types (`npm run check-types`, part of `npm test`): requests
 // infer their reply types, and the generated unions narrow on `type`. Nothing here runs.
-import { DiminuendoClient, type Reply, type ServerMessage, type SessionEvent } from "../src/index.js";
+import { DiminuendoClient, type Reply, type ServerMessage, type SessionEvent, type WebSocketConstructor } from "../src/index.js";
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 const check = <T extends true>(): T => true as T;
@@ -38,3 +38,7 @@ export function narrow(event: SessionEvent, message: ServerMessage): string {
   if (message.type === "server_shutdown") return String(message.reconnectAfterMs);
   return event.sessionId + event.seq;
 }
+
+// The browser's WebSocket fits the `WebSocket` option.
+export const browserSocket: WebSocketConstructor = WebSocket;
+export const withBrowserSocket = new DiminuendoClient({ url: "ws://127.0.0.1:8080/ws", WebSocket });
