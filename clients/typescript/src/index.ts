@@ -1,7 +1,7 @@
 // @diminuendo/client: a client for the Diminuendo gateway (browsers and Node 20+). See API.md.
 export * from "./generated/protocol.js";
 export { DiminuendoClient } from "./client.js";
-export type { ClientEvents, ClientOptions, ConnectionState, Timers, WebSocketConstructor, WebSocketLike } from "./client.js";
+export type { ClientEvents, ClientOptions, ConnectionState, Timers, WebSocketConstructor, WebSocketLike } from "./options.js";
 export { SessionStream } from "./session.js";
 export type { ReloadInfo, ReloadReason, SessionStreamEvents } from "./session.js";
 export { ConnectionClosedError, DiminuendoError, GatewayError, RequestTimeoutError } from "./errors.js";
