@@ -219,12 +219,6 @@ test("the console in Chromium: sessions, streaming, Markdown, permissions, a res
       assert.equal(await thinking.locator('details[data-testid="thinking"]').count(), 1);
       assert.equal(await thinking.locator('details[data-testid="thinking"][open]').count(), 0, "collapsed");
       assert.equal(await thinking.locator(".thinking-text").textContent(), "about it");
-      const diff = await runTurn(page, "diff");
-      const call = diff.locator('[data-testid="tool-call"]');
-      assert.equal(await call.getAttribute("data-status"), "completed");
-      assert.equal(await call.locator('[data-testid="tool-status"]').textContent(), "completed");
-      assert.deepEqual(await call.locator(".diff .del").allTextContents(), ["- old"]);
-      assert.deepEqual(await call.locator(".diff .add").allTextContents(), ["+ new"]);
       await runTurn(page, "plan");
       assert.deepEqual(
         await page.locator('[data-testid="plan"] li').evaluateAll((items) => items.map((li) => li.dataset.status)),
@@ -232,7 +226,14 @@ test("the console in Chromium: sessions, streaming, Markdown, permissions, a res
       );
       await runTurn(page, "usage");
       assert.match(await page.textContent('[data-testid="usage"]'), /1,234 \/ 200,000 tokens/);
-      await runTurn(page, "tools");
+      const tools = await runTurn(page, "tools");
+      assert.equal(await tools.locator(".tool-output").textContent(), "# Echo\n");
+      const diff = await runTurn(page, "diff");
+      const call = diff.locator('[data-testid="tool-call"]');
+      assert.equal(await call.getAttribute("data-status"), "completed");
+      assert.equal(await call.locator('[data-testid="tool-status"]').textContent(), "completed");
+      assert.deepEqual(await call.locator(".diff .del").allTextContents(), ["- old"]);
+      assert.deepEqual(await call.locator(".diff .add").allTextContents(), ["+ new"]);
       await screenshot(page, "tools");
     });
 
