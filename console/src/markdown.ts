@@ -40,7 +40,8 @@ function parseBlocks(source: string): Block[] {
         body.push(lines[i]!);
         i++;
       }
-      i++; // the closing fence (or the end of a fence still streaming)
+      if (i >= lines.length && body[body.length - 1] === "") body.pop(); // still streaming
+      i++; // the closing fence
       blocks.push({ kind: "code", lang: fence[2] ?? "", text: body.join("\n") });
       continue;
     }
