@@ -292,8 +292,8 @@ function drawSessionHeader(): void {
 function routeFromHash(): void {
   const match = /^#\/s\/([\w-]+)$/.exec(location.hash);
   const id = match?.[1] ?? null;
-  if (id && sessions.has(id)) select(id);
-  else if (!id) select(null);
+  // A session deleted meanwhile (e.g. while reconnecting) is no longer shown.
+  select(id && sessions.has(id) ? id : null);
 }
 
 function select(id: string | null): void {
