@@ -192,6 +192,7 @@ impl Connection {
                 opened_at: now,
                 rate: SlidingWindow::default(),
                 joined: Vec::new(),
+                acp: (route == Route::Acp).then(Box::default),
             })),
         };
         self.state = State::WebSocket(WebSocketState {
@@ -199,8 +200,14 @@ impl Connection {
             close_sent: false,
             endpoint,
         });
-        if route != Route::WebSocket {
+        if route == Route::Echo {
             return Some(Upgraded::Echo);
+        }
+        if route == Route::Acp {
+            // ACP has no greeting: the client speaks first (`initialize`).
+            return Some(Upgraded::Client {
+                token: super::auth::upgrade_token(head),
+            });
         }
         let client_id = format_uuid(client_id);
         let welcome = ServerMessage::Welcome {

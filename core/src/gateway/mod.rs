@@ -4,6 +4,7 @@
 //! what they report. Inputs are the `handle_*` methods; outputs are drained after every input
 //! with `poll_event`, `poll_transmit` (+ `outbound`/`handle_sent`) and `poll_timeout`.
 
+mod acp;
 mod connections;
 pub mod durable;
 pub mod queries;

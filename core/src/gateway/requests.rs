@@ -105,7 +105,7 @@ impl Gateway {
 
     /// An authenticated connection's request: unknown types, then the role, then field
     /// errors, then the handler of the request's type.
-    fn request(&mut self, ctx: &RequestContext, body: Parsed, now: Instant) -> Handled {
+    pub(crate) fn request(&mut self, ctx: &RequestContext, body: Parsed, now: Instant) -> Handled {
         let (kind, request) = match body {
             Parsed::Unknown => return Err(Refusal::invalid("unknown message type")),
             Parsed::Invalid { kind, reason } => (kind, Err(Refusal::invalid(reason))),
@@ -145,7 +145,7 @@ impl Gateway {
         }
     }
 
-    fn send_refusal(
+    pub(crate) fn send_refusal(
         &mut self,
         id: ConnectionId,
         refusal: &Refusal,
