@@ -59,6 +59,10 @@ fn invalid_params(message: impl Into<String>) -> Error {
     Error::new(code::INVALID_PARAMS, message)
 }
 
+fn method_not_found(method: &str) -> Error {
+    Error::new(code::METHOD_NOT_FOUND, "Method not found").data(json!({ "method": method }))
+}
+
 fn internal(why: String) -> Error {
     Error::new(code::INTERNAL_ERROR, "Internal error")
         .data(json!({ "code": "INTERNAL", "details": why }))
@@ -164,18 +168,17 @@ impl Gateway {
                 MethodDispatchError::InvalidPayload { source, .. } => {
                     invalid_params(format!("Invalid params: {source}"))
                 }
-                _ => Error::new(
-                    code::METHOD_NOT_FOUND,
-                    format!("Method not found: {method}"),
-                ),
+                _ => method_not_found(method),
             })?;
         let initialized = self.acp_edge(id).is_some_and(|edge| edge.initialized);
-        if !initialized && !matches!(request, AcpRequest::InitializeRequest(_)) {
-            return Err(jsonrpc::gateway_error(
-                "INVALID_STATE",
-                "call initialize first",
-                None,
-            ));
+        let initialize = matches!(request, AcpRequest::InitializeRequest(_));
+        if initialized == initialize {
+            let why = if initialized {
+                "Invalid Request: initialize is allowed once per connection"
+            } else {
+                "Invalid Request: the first request must be initialize"
+            };
+            return Err(Error::new(code::INVALID_REQUEST, why));
         }
         let rid = Some(rid.clone());
         let (stage, message) = match request {
@@ -289,12 +292,7 @@ impl Gateway {
                 });
                 (Stage::SetConfigOption, message)
             }
-            _ => {
-                return Err(Error::new(
-                    code::METHOD_NOT_FOUND,
-                    format!("Method not found: {method} is not served by this gateway"),
-                ))
-            }
+            _ => return Err(method_not_found(method)),
         };
         self.acp_dispatch(id, identity, rid, stage, message, now);
         Ok(())

@@ -109,7 +109,7 @@ impl Gateway {
     }
 
     fn upgrade(&mut self, id: ConnectionId, route: Route, head: &RequestHead, now: Instant) {
-        let client_id = if route == Route::WebSocket && head.websocket_key.is_some() {
+        let client_id = if route != Route::Echo && head.websocket_key.is_some() {
             self.rng.uuid_v4()
         } else {
             0
