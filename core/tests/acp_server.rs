@@ -570,3 +570,52 @@ fn cancel_ends_the_prompt_cancelled() {
         "{end:?}"
     );
 }
+
+#[test]
+fn a_long_history_loads_page_by_page_at_the_pace_the_client_reads() {
+    let config = CoreConfig {
+        outbound_queue_limit: 64 * 1024,
+        ..config()
+    };
+    let mut sim = Sim::new(config, 1, Instant::now());
+    let first = open_acp(&mut sim);
+    let session_id = new_session(&mut sim, first);
+    for rid in 10..13 {
+        let prompt =
+            json!({"sessionId": session_id, "prompt": [{"type": "text", "text": "stream 150"}]});
+        let (_, done) = call(&mut sim, first, rid, "session/prompt", prompt);
+        assert_eq!(done["result"]["stopReason"], "end_turn", "{done}");
+    }
+    sim.disconnect(first);
+
+    let reader = open_acp(&mut sim);
+    // A client that reads 1500 bytes at a time.
+    sim.set_write_limit(reader, Some(1500));
+    send(
+        &mut sim,
+        reader,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "session/load",
+        "params": {"sessionId": session_id, "cwd": "/", "mcpServers": []}}),
+    );
+    let mut received = Vec::new();
+    for _ in 0..100_000 {
+        received.extend(sim.take_messages(reader));
+        if received.iter().any(|m| m["id"] == 2) || sim.is_closed(reader) {
+            break;
+        }
+        sim.unblock(reader);
+    }
+    assert!(!sim.is_closed(reader), "closed as a slow consumer");
+    let response = received.last().cloned().unwrap_or(Value::Null);
+    assert!(response.get("result").is_some(), "{response}");
+    let history = updates(&received);
+    // 3 turns of a prompt and 150 chunks.
+    assert_eq!(history.len(), 3 * 151);
+    let seqs: Vec<u64> = history
+        .iter()
+        .map(|u| u["_meta"]["diminuendo"]["seq"].as_u64().unwrap_or_default())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(history[151]["update"]["content"]["text"], "stream 150");
+    assert_eq!(history[152]["update"]["content"]["text"], "c0 ");
+}

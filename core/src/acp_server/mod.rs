@@ -40,6 +40,9 @@ pub(crate) struct AcpEdge {
     next_outgoing: i64,
     /// `session/request_permission` requests sent to the client and not answered, by their id.
     questions: HashMap<i64, Question>,
+    /// A `session/load` whose next page of events waits for the client to read the previous
+    /// one: its id, the session, the last `seq` sent.
+    deferred_load: Option<(Option<RequestId>, String, u64)>,
 }
 
 /// A gateway request made for one client request (or notification, with no `id`).
@@ -109,6 +112,16 @@ impl AcpEdge {
     pub(crate) fn take(&mut self, request_id: &str) -> Option<Pending> {
         let number = request_id.strip_prefix(REQUEST_PREFIX)?.parse().ok()?;
         self.pending.remove(&number)
+    }
+
+    /// A `session/load`'s next page waits until the client has read the previous one.
+    pub(crate) fn defer_load(&mut self, id: Option<RequestId>, session_id: String, after: u64) {
+        self.deferred_load = Some((id, session_id, after));
+    }
+
+    /// The load waiting for the client to read, if any (taken).
+    pub(crate) fn take_deferred_load(&mut self) -> Option<(Option<RequestId>, String, u64)> {
+        self.deferred_load.take()
     }
 
     /// A prompt whose turn `turn_id` was accepted: answered when the turn ends.

@@ -520,6 +520,40 @@ impl Gateway {
         );
     }
 
+    /// Asks for the next page of a `session/load`'s events.
+    fn acp_next_page(
+        &mut self,
+        id: ConnectionId,
+        identity: &Arc<Identity>,
+        rid: Option<RequestId>,
+        session_id: String,
+        after: u64,
+        now: Instant,
+    ) {
+        let message = json!({ "type": "get_events", "sessionId": session_id, "afterSeq": after });
+        let stage = Stage::LoadEvents { session_id };
+        self.acp_dispatch(id, identity, rid, stage, message, now);
+    }
+
+    /// The client read some of what waited for it: a `session/load` whose next page waited for
+    /// that goes on once nothing is left.
+    pub(crate) fn acp_written(&mut self, id: ConnectionId, now: Instant) {
+        if self.outbound_len(id) > 0 {
+            return;
+        }
+        let Some((rid, session_id, after)) =
+            self.acp_edge(id).and_then(AcpEdge::take_deferred_load)
+        else {
+            return;
+        };
+        let identity = self
+            .client_state(id)
+            .and_then(|client| client.identity().cloned());
+        if let Some(identity) = identity {
+            self.acp_next_page(id, &identity, rid, session_id, after, now);
+        }
+    }
+
     /// Replays stored events (a load): their `session/update`s only, since the questions and
     /// turns they show are over (the join's snapshot has the open ones).
     fn acp_replay(
@@ -592,16 +626,17 @@ impl Gateway {
                     return;
                 };
                 if has_more && last.is_some() {
-                    let message =
-                        json!({ "type": "get_events", "sessionId": session_id, "afterSeq": after });
-                    self.acp_dispatch(
-                        id,
-                        &identity,
-                        rid,
-                        Stage::LoadEvents { session_id },
-                        message,
-                        now,
-                    );
+                    // The next page waits until the client has read this one: a page is at most
+                    // half the outbound budget as events, and its notifications are larger (by
+                    // up to about 1.8 times for the smallest deltas), so a long history never
+                    // piles up past the slow-consumer limit.
+                    if self.outbound_len(id) > 0 {
+                        if let Some(edge) = self.acp_edge(id) {
+                            edge.defer_load(rid, session_id, after);
+                        }
+                        return;
+                    }
+                    self.acp_next_page(id, &identity, rid, session_id, after, now);
                 } else {
                     let message = json!({
                         "type": "join_session",
