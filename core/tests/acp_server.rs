@@ -619,3 +619,75 @@ fn a_long_history_loads_page_by_page_at_the_pace_the_client_reads() {
     assert_eq!(history[151]["update"]["content"]["text"], "stream 150");
     assert_eq!(history[152]["update"]["content"]["text"], "c0 ");
 }
+
+#[test]
+fn the_upgrade_heartbeats_and_rate_limit_are_the_connection_machines() {
+    let mut sim = Sim::new(config(), 1, Instant::now());
+    let id = sim.connect();
+    sim.send(
+        id,
+        &upgrade_with(
+            "/acp",
+            "Sec-WebSocket-Protocol: acp.v1, bearer.ignored-in-dev\r\n",
+        ),
+    );
+    let response = sim.take_response(id).expect("a response");
+    assert_eq!(response.status, 101);
+    assert_eq!(response.header("Sec-WebSocket-Protocol"), Some("acp.v1"));
+    assert!(response
+        .header("Acp-Connection-Id")
+        .is_some_and(|v| v.len() == 36));
+    assert!(sim.take_received(id).is_empty(), "no greeting");
+    // A heartbeat is the ping alone: no `/ws` message.
+    sim.advance(std::time::Duration::from_secs(31));
+    let frames = sim.take_frames(id);
+    assert_eq!(frames.iter().map(|f| f.opcode).collect::<Vec<_>>(), [0x9]);
+    // The rate window: 60 messages per 10 s; the 61st request is answered -32041, and a client
+    // that keeps going is closed with 4101.
+    for n in 0..60 {
+        send(
+            &mut sim,
+            id,
+            &json!({"jsonrpc": "2.0", "method": "nothing", "params": {"n": n}}),
+        );
+    }
+    assert!(sim.take_messages(id).is_empty());
+    let limited = exchange(
+        &mut sim,
+        id,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": 1}}),
+    );
+    assert_eq!(limited.len(), 1, "{limited:?}");
+    assert_eq!(limited[0]["error"]["code"], -32041);
+    assert_eq!(limited[0]["error"]["data"]["code"], "RATE_LIMITED");
+    for _ in 0..70 {
+        send(
+            &mut sim,
+            id,
+            &json!({"jsonrpc": "2.0", "method": "nothing"}),
+        );
+    }
+    let frames = sim.take_frames(id);
+    assert_eq!(frames.last().and_then(Frame::close_code), Some(4101));
+}
+
+#[test]
+fn outside_dev_mode_the_token_comes_with_the_upgrade() {
+    let mut sim = Sim::new(prod(), 1, Instant::now());
+    let (_, refused) = one_response(&mut sim, &upgrade_with("/acp", ""));
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("WWW-Authenticate"), Some("Bearer"));
+    // A token the gateway cannot verify (no key configured): upgraded, then 4001, as on /ws.
+    let id = sim.connect();
+    sim.send(id, &upgrade_with("/acp", "Authorization: Bearer x.y.z\r\n"));
+    assert_eq!(sim.take_response(id).map(|r| r.status), Some(101));
+    let frames = sim.take_frames(id);
+    assert!(
+        frames.iter().all(|f| f.opcode != 1),
+        "no /ws error message on /acp"
+    );
+    assert_eq!(frames.last().and_then(Frame::close_code), Some(4001));
+    // /ws is unchanged: upgraded without a token, to authenticate by message.
+    let (_, ws) = one_response(&mut sim, &upgrade_with("/ws", ""));
+    assert_eq!(ws.status, 101);
+}
