@@ -208,11 +208,27 @@ impl Gateway {
     /// Every message of the gateway protocol for one connection comes here: for an `/acp`
     /// client it is translated (`gateway/acp.rs`) instead of being sent as it is.
     pub(crate) fn send(&mut self, id: ConnectionId, bytes: Bytes, now: Instant) {
-        if self.connections.get(&id).is_some_and(Connection::is_acp) {
+        if !self.send_unless_acp(id, &bytes, now) {
             self.acp_deliver(id, &bytes, None, now);
-            return;
         }
-        self.send_raw(id, bytes, now);
+    }
+
+    /// Queues the frame unless `id` is an `/acp` client (one lookup on the `/ws` path); false
+    /// when it is one, and so still needs its translation.
+    pub(crate) fn send_unless_acp(
+        &mut self,
+        id: ConnectionId,
+        bytes: &Bytes,
+        now: Instant,
+    ) -> bool {
+        self.with_connection(id, now, |connection, env| {
+            if connection.is_acp() {
+                return false;
+            }
+            connection.send(bytes.clone(), now, env);
+            true
+        })
+        .unwrap_or(true)
     }
 
     /// Queues bytes for a connection as they are (an `/acp` client's JSON-RPC frames).

@@ -157,16 +157,10 @@ impl Gateway {
     fn fan_out(&mut self, subscribers: &mut Vec<ConnectionId>, frame: &Bytes, now: Instant) {
         let mut translated: Option<super::acp::TranslatedEvent> = None;
         for connection in subscribers.drain(..) {
-            if self
-                .connections
-                .get(&connection)
-                .is_some_and(crate::connection::Connection::is_acp)
-            {
+            if !self.send_unless_acp(connection, frame, now) {
                 let event =
                     translated.get_or_insert_with(|| super::acp::TranslatedEvent::new(frame));
                 self.acp_deliver(connection, frame, Some(event), now);
-            } else {
-                self.send_raw(connection, frame.clone(), now);
             }
         }
         self.fanout_scratch = std::mem::take(subscribers);
