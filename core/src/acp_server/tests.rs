@@ -311,27 +311,48 @@ fn permissions_and_their_resolution_are_acp_messages() {
 #[test]
 fn replies_become_the_results_of_their_methods() {
     let init = serde_json::to_value(
-        translate::initialize(&["echo".into(), "other".into()]).expect("init"),
+        translate::initialize(
+            &["echo".into(), "other".into()],
+            &[(
+                "other".into(),
+                crate::acp::AgentFeatures {
+                    image: true,
+                    ..Default::default()
+                },
+            )],
+        )
+        .expect("init"),
     )
     .expect("json");
     assert_eq!(init["protocolVersion"], 1);
     assert_eq!(init["agentCapabilities"]["loadSession"], true);
     assert_eq!(init["_meta"]["diminuendo"]["defaultAgentType"], "echo");
+    // The default type's agent has not answered yet: everything, checked per prompt.
+    assert_eq!(
+        init["agentCapabilities"]["promptCapabilities"],
+        json!({"image": true, "audio": true, "embeddedContext": true})
+    );
+    assert_eq!(
+        init["_meta"]["diminuendo"]["promptCapabilities"],
+        json!({"other": {"image": true, "audio": false, "embeddedContext": false}})
+    );
 
     let joined = json!({"type": "session_joined", "session": {"id": "s1", "agentType": "echo", "name": "n"},
         "lastSeq": 3, "epoch": "e", "events": [],
         "agent": {"currentModeId": "ask", "availableModes": [{"id": "ask", "name": "Ask"}],
                   "configOptions": [{"id": "speed", "name": "Speed", "type": "select", "currentValue": "normal",
                                      "options": [{"value": "normal", "name": "Normal"}]}]}});
-    let new = serde_json::to_value(translate::new_session(&joined).expect("new")).expect("json");
+    let new =
+        serde_json::to_value(translate::new_session(&joined, None).expect("new")).expect("json");
     assert_eq!(new["sessionId"], "s1");
     assert_eq!(new["modes"]["currentModeId"], "ask");
     assert_eq!(new["configOptions"][0]["id"], "speed");
     assert_eq!(new["_meta"]["diminuendo"]["lastSeq"], 3);
-    let load = serde_json::to_value(translate::load_session(&joined).expect("load")).expect("json");
+    let load =
+        serde_json::to_value(translate::load_session(&joined, None).expect("load")).expect("json");
     assert!(load.get("sessionId").is_none());
     assert_eq!(load["modes"]["availableModes"][0]["id"], "ask");
-    assert!(translate::resume_session(&json!({"session": {"id": "s"}})).is_ok());
+    assert!(translate::resume_session(&json!({"session": {"id": "s"}}), None).is_ok());
 
     let sessions: Vec<Value> = (0..5)
         .map(|i| json!({"id": format!("s{i}"), "name": "n", "updatedAt": 86_400_000 * i}))

@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use crate::acp::AgentFeatures;
+
 /// `value` read as the ACP type `T` (which is what gets serialized), or why it is not one.
 pub(crate) fn typed<T: DeserializeOwned + Serialize>(value: Value) -> Result<T, String> {
     serde_json::from_value(value).map_err(|error| error.to_string())
@@ -183,13 +185,45 @@ pub(crate) fn permission_resolved(
     .ok()
 }
 
-/// The `initialize` result: protocol version 1, what the gateway serves, the agent types.
-pub(crate) fn initialize(agent_types: &[String]) -> Result<InitializeResponse, String> {
+/// ACP's `promptCapabilities` for what an agent's `initialize` said; unknown (no agent of the
+/// type has answered yet): everything, which the gateway then checks per prompt (`-32602`).
+pub(crate) fn prompt_capabilities(features: Option<AgentFeatures>) -> Value {
+    let features = features.unwrap_or(AgentFeatures {
+        image: true,
+        audio: true,
+        embedded_context: true,
+        ..AgentFeatures::default()
+    });
+    json!({
+        "image": features.image,
+        "audio": features.audio,
+        "embeddedContext": features.embedded_context,
+    })
+}
+
+/// The `initialize` result: protocol version 1, what the gateway serves, the agent types (the
+/// first is the default), and the prompt capabilities of each type whose agent answered
+/// `initialize` in a running session (`known`): the default type's are the advertised ones.
+pub(crate) fn initialize(
+    agent_types: &[String],
+    known: &[(String, AgentFeatures)],
+) -> Result<InitializeResponse, String> {
+    let of_type = |name: &String| {
+        known
+            .iter()
+            .find(|(known, _)| known == name)
+            .map(|(_, features)| *features)
+    };
+    let advertised = prompt_capabilities(agent_types.first().and_then(of_type));
+    let per_type: Map<String, Value> = agent_types
+        .iter()
+        .filter_map(|name| Some((name.clone(), prompt_capabilities(Some(of_type(name)?)))))
+        .collect();
     typed(json!({
         "protocolVersion": 1,
         "agentCapabilities": {
             "loadSession": true,
-            "promptCapabilities": { "image": true, "audio": true, "embeddedContext": true },
+            "promptCapabilities": advertised,
             "mcpCapabilities": { "http": false, "sse": false },
             "sessionCapabilities": { "list": {}, "resume": {} },
         },
@@ -198,6 +232,7 @@ pub(crate) fn initialize(agent_types: &[String]) -> Result<InitializeResponse, S
         "_meta": { "diminuendo": {
             "agentTypes": agent_types,
             "defaultAgentType": agent_types.first(),
+            "promptCapabilities": per_type,
         } },
     }))
 }
@@ -222,18 +257,23 @@ fn controls(joined: &Value) -> Map<String, Value> {
     fields
 }
 
-fn session_meta(joined: &Value) -> Value {
+fn session_meta(joined: &Value, features: Option<AgentFeatures>) -> Value {
     let session = joined.get("session");
     json!({ "diminuendo": {
         "agentType": session.and_then(|s| s.get("agentType")),
         "name": session.and_then(|s| s.get("name")),
         "lastSeq": joined.get("lastSeq"),
         "epoch": joined.get("epoch"),
+        "promptCapabilities": prompt_capabilities(features),
     } })
 }
 
-/// The `session/new` result for the `session_joined` of the new session.
-pub(crate) fn new_session(joined: &Value) -> Result<NewSessionResponse, String> {
+/// The `session/new` result for the `session_joined` of the new session (`features`: its agent
+/// type's, when known; `_meta.diminuendo.promptCapabilities`).
+pub(crate) fn new_session(
+    joined: &Value,
+    features: Option<AgentFeatures>,
+) -> Result<NewSessionResponse, String> {
     let mut result = controls(joined);
     result.insert(
         "sessionId".into(),
@@ -243,21 +283,27 @@ pub(crate) fn new_session(joined: &Value) -> Result<NewSessionResponse, String> 
             .cloned()
             .unwrap_or_default(),
     );
-    result.insert("_meta".into(), session_meta(joined));
+    result.insert("_meta".into(), session_meta(joined, features));
     typed(Value::Object(result))
 }
 
 /// The `session/load` result for the join that ends a load.
-pub(crate) fn load_session(joined: &Value) -> Result<LoadSessionResponse, String> {
+pub(crate) fn load_session(
+    joined: &Value,
+    features: Option<AgentFeatures>,
+) -> Result<LoadSessionResponse, String> {
     let mut result = controls(joined);
-    result.insert("_meta".into(), session_meta(joined));
+    result.insert("_meta".into(), session_meta(joined, features));
     typed(Value::Object(result))
 }
 
 /// The `session/resume` result for its join.
-pub(crate) fn resume_session(joined: &Value) -> Result<ResumeSessionResponse, String> {
+pub(crate) fn resume_session(
+    joined: &Value,
+    features: Option<AgentFeatures>,
+) -> Result<ResumeSessionResponse, String> {
     let mut result = controls(joined);
-    result.insert("_meta".into(), session_meta(joined));
+    result.insert("_meta".into(), session_meta(joined, features));
     typed(Value::Object(result))
 }
 

@@ -212,6 +212,24 @@ fn a_turn_then_reconnect_and_load_the_history_while_ws_watches() {
             json!({"sessionId": session_id, "cwd": "/somewhere/else", "mcpServers": []}),
         );
         assert!(loaded.get("result").is_some(), "{loaded}");
+        // The echo agent's own prompt capabilities (its agent runs): no audio.
+        let echo_caps = json!({"image": true, "audio": false, "embeddedContext": true});
+        assert_eq!(
+            loaded["result"]["_meta"]["diminuendo"]["promptCapabilities"],
+            echo_caps
+        );
+        let (_, audio) = again.call(
+            "session/prompt",
+            json!({"sessionId": session_id, "prompt": [{"type": "text", "text": "hi"},
+                {"type": "audio", "data": "AAAA", "mimeType": "audio/wav"}]}),
+        );
+        assert_eq!(audio["error"]["code"], -32602, "{audio}");
+        let (_, init) =
+            Acp::connect(gateway, &[]).call("initialize", json!({"protocolVersion": 1}));
+        assert_eq!(
+            init["result"]["agentCapabilities"]["promptCapabilities"],
+            echo_caps
+        );
         assert_eq!(
             chunks(&history),
             pairs(&[

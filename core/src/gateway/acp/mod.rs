@@ -194,7 +194,8 @@ impl Gateway {
                 if let Some(edge) = self.acp_edge(id) {
                     edge.initialized = true;
                 }
-                let result = translate::initialize(&self.config.agent_types);
+                let result =
+                    translate::initialize(&self.config.agent_types, &self.known_features());
                 if let Some(rid) = rid {
                     self.acp_respond(id, &rid, result, now);
                 }
@@ -304,6 +305,34 @@ impl Gateway {
         };
         self.acp_dispatch(id, identity, rid, stage, message, now);
         Ok(())
+    }
+
+    /// The prompt capabilities known per agent type: those of a running agent of the type.
+    fn known_features(&self) -> Vec<(String, crate::acp::AgentFeatures)> {
+        let mut known: Vec<(String, crate::acp::AgentFeatures)> = Vec::new();
+        for session in self.sessions.values() {
+            let agent_type = &session.record().agent_type;
+            if known.iter().any(|(name, _)| name == agent_type) {
+                continue;
+            }
+            if let Some(features) = session.agent_features() {
+                known.push((agent_type.clone(), features));
+            }
+        }
+        known
+    }
+
+    /// What the agent of `session_id` takes in a prompt: its own running agent's answer, else
+    /// a running agent's of the same type, else unknown.
+    pub(super) fn session_features(&self, session_id: &str) -> Option<crate::acp::AgentFeatures> {
+        let session = self.sessions.get(session_id)?;
+        session.agent_features().or_else(|| {
+            let agent_type = &session.record().agent_type;
+            self.sessions
+                .values()
+                .filter(|other| &other.record().agent_type == agent_type)
+                .find_map(crate::session::Session::agent_features)
+        })
     }
 
     /// A session the client may drive here: its tenant's, and joined on this connection

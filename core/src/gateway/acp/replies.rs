@@ -216,7 +216,12 @@ impl Gateway {
                 }
             }
             (Stage::NewJoin, Some(rid)) => {
-                self.acp_respond(id, &rid, translate::new_session(reply), now);
+                self.acp_respond(
+                    id,
+                    &rid,
+                    translate::new_session(reply, self.session_features(&session_id)),
+                    now,
+                );
             }
             (Stage::List { offset }, Some(rid)) => {
                 let sessions = reply
@@ -264,9 +269,19 @@ impl Gateway {
                 }
                 if let Some(rid) = rid {
                     if stage == Stage::LoadJoin {
-                        self.acp_respond(id, &rid, translate::load_session(reply), now);
+                        self.acp_respond(
+                            id,
+                            &rid,
+                            translate::load_session(reply, self.session_features(&session_id)),
+                            now,
+                        );
                     } else {
-                        self.acp_respond(id, &rid, translate::resume_session(reply), now);
+                        self.acp_respond(
+                            id,
+                            &rid,
+                            translate::resume_session(reply, self.session_features(&session_id)),
+                            now,
+                        );
                     }
                 }
                 for question in reply
