@@ -1,0 +1,133 @@
+// The HTTP edges of /acp on a gateway that is not in dev mode: the upgrade's answers, origins,
+// authentication by `Authorization: Bearer` or the `bearer.<JWT>` subprotocol, and tenant
+// isolation between two tenants' ACP clients.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import { startGateway } from "../lib/gateway.js";
+import { connectAcp, rawSocket, initializeRequest } from "../lib/acp.js";
+
+const SECRET = "an-hs256-secret-of-at-least-32-bytes-for-the-tests";
+const ORIGIN = "https://app.example.com";
+
+function base64url(value) {
+  return Buffer.from(typeof value === "string" ? value : JSON.stringify(value)).toString("base64url");
+}
+
+function token(claims) {
+  const now = Math.floor(Date.now() / 1000);
+  const body = `${base64url({ alg: "HS256", typ: "JWT" })}.${base64url({ exp: now + 3600, role: "owner", ...claims })}`;
+  return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
+}
+
+const alice = token({ sub: "alice", tenant_id: "tenant-a" });
+const bob = token({ sub: "bob", tenant_id: "tenant-b" });
+
+let gateway;
+before(async () => {
+  gateway = await startGateway(["--jwt-secret", SECRET, "--allowed-origins", ORIGIN]);
+});
+after(async () => {
+  await gateway?.stop();
+});
+
+async function httpGet(path, headers = {}) {
+  const response = await fetch(gateway.httpUrl(path), { headers });
+  return { status: response.status, headers: response.headers, body: await response.text() };
+}
+
+test("GET /acp without an upgrade answers 426 with Upgrade: websocket", async () => {
+  const response = await httpGet("/acp");
+  assert.equal(response.status, 426);
+  assert.equal(response.headers.get("upgrade")?.toLowerCase(), "websocket");
+});
+
+test("a wrong path answers 404, for an upgrade too", async () => {
+  assert.equal((await httpGet("/acp/x")).status, 404);
+  assert.equal((await httpGet("/acpx")).status, 404);
+  const raw = rawSocket(gateway.url("/acp/"), { headers: { Authorization: `Bearer ${alice}` } });
+  await raw.until((r) => r.refused || r.closeEvent, "the refusal");
+  assert.equal(raw.refused?.status, 404, JSON.stringify(raw.refused));
+});
+
+test("an upgrade from an origin outside --allowed-origins answers 403", async () => {
+  const raw = rawSocket(gateway.url("/acp"), {
+    headers: { Authorization: `Bearer ${alice}`, Origin: "https://evil.example.com" },
+  });
+  await raw.until((r) => r.refused || r.closeEvent, "the refusal");
+  assert.equal(raw.refused?.status, 403, JSON.stringify(raw.refused));
+  // The allowed origin passes.
+  const client = connectAcp(gateway, { headers: { Authorization: `Bearer ${alice}`, Origin: ORIGIN } });
+  await client.initialize();
+  await client.close();
+});
+
+async function refusedOrClosed4001(headers, protocols) {
+  const raw = rawSocket(gateway.url("/acp"), { headers, protocols });
+  const opened = await raw.opened.then(
+    () => true,
+    () => false,
+  );
+  if (opened) raw.send(initializeRequest(1));
+  await raw.until((r) => r.refused || r.closeEvent || r.error, "a refusal or a close");
+  if (raw.refused) {
+    assert.equal(raw.refused.status, 401, JSON.stringify(raw.refused));
+  } else {
+    await raw.closed();
+    assert.equal(raw.closeEvent.code, 4001, JSON.stringify(raw.closeEvent));
+  }
+  assert.ok(
+    !raw.messages.some((m) => m.id === 1 && m.result),
+    `no initialize answered without authentication: ${JSON.stringify(raw.messages)}`,
+  );
+}
+
+test("without a token, or with a bad one, nothing is served (401 or close 4001)", async () => {
+  await refusedOrClosed4001({});
+  await refusedOrClosed4001({ Authorization: "Bearer example-token" });
+  await refusedOrClosed4001({ Authorization: `Bearer ${alice.slice(0, -4)}AAAA` });
+  assert.ok(gateway.alive());
+});
+
+test("a bearer token in the Authorization header authenticates", async () => {
+  const client = connectAcp(gateway, { headers: { Authorization: `Bearer ${alice}` } });
+  const init = await client.initialize();
+  assert.equal(init.agentCapabilities.loadSession, true);
+  const { sessionId } = await client.conn.newSession({ cwd: "/tmp", mcpServers: [] });
+  const result = await client.conn.prompt({ sessionId, prompt: [{ type: "text", text: "as alice" }] });
+  assert.equal(result.stopReason, "end_turn");
+  await client.close();
+});
+
+test("a bearer.<JWT> subprotocol authenticates (browsers)", async () => {
+  // The token next to `acp.v1`, which the server selects (a browser fails a handshake whose
+  // answer selects none of the offered subprotocols, and the token must not be echoed).
+  const raw = rawSocket(gateway.url("/acp"), { protocols: ["acp.v1", `bearer.${alice}`] });
+  await raw.opened;
+  assert.equal(raw.socket.protocol, "acp.v1", "the selected subprotocol is not the token");
+  raw.send(initializeRequest(1));
+  assert.equal((await raw.reply(1)).result?.protocolVersion, 1);
+  await raw.close();
+});
+
+test("a tenant's sessions are invisible to another tenant", async () => {
+  const a = connectAcp(gateway, { headers: { Authorization: `Bearer ${alice}` } });
+  await a.initialize();
+  const { sessionId } = await a.conn.newSession({ cwd: "/tmp", mcpServers: [] });
+  await a.conn.prompt({ sessionId, prompt: [{ type: "text", text: "secret of tenant a" }] });
+  const listedA = await a.conn.listSessions({});
+  assert.ok(listedA.sessions.some((s) => s.sessionId === sessionId));
+
+  const b = connectAcp(gateway, { headers: { Authorization: `Bearer ${bob}` } });
+  await b.initialize();
+  const listedB = await b.conn.listSessions({});
+  assert.ok(!listedB.sessions.some((s) => s.sessionId === sessionId), JSON.stringify(listedB));
+  await assert.rejects(b.conn.loadSession({ sessionId, cwd: "/tmp", mcpServers: [] }), (error) => {
+    assert.equal(typeof error.code, "number");
+    return true;
+  });
+  await assert.rejects(b.conn.prompt({ sessionId, prompt: [{ type: "text", text: "intrude" }] }));
+  assert.ok(!JSON.stringify(b.received).includes("secret of tenant a"), "nothing of tenant a reached tenant b");
+  await a.close();
+  await b.close();
+});
