@@ -469,11 +469,17 @@ fn a_permission_goes_to_acp_and_ws_and_the_first_answer_wins() {
             .any(|m| m["type"] == "permission_resolved" && m["optionId"] == "reject"),
         "{to_ws:?}"
     );
-    // Nothing for the ACP client to see: it answered.
-    assert!(sim
-        .take_messages(acp)
+    // The answering client sees the resolution too, and is not asked again.
+    let after = sim.take_messages(acp);
+    assert!(after
         .iter()
         .all(|m| m["method"] != "session/request_permission"));
+    let resolution: Vec<Value> = updates(&after)
+        .into_iter()
+        .filter_map(|u| u["_meta"]["diminuendo"].get("permissionResolved").cloned())
+        .collect();
+    assert_eq!(resolution.len(), 1, "{after:?}");
+    assert_eq!(resolution[0]["optionId"], "reject");
 
     // A second question, answered first on /ws: the ACP client sees it resolved.
     sim.agent_send(

@@ -38,8 +38,9 @@ pub(crate) struct AcpEdge {
     /// `session/prompt` requests whose turn was accepted, by turn id: answered at its end.
     prompts: HashMap<String, RequestId>,
     next_outgoing: i64,
-    /// `session/request_permission` requests sent to the client and not answered, by their id.
-    questions: HashMap<i64, Question>,
+    /// `session/request_permission` requests sent to the client whose question is not resolved
+    /// yet, by their id, and whether the client answered.
+    questions: HashMap<i64, (Question, bool)>,
     /// A `session/load` whose next page of events waits for the client to read the previous
     /// one: its id, the session, the last `seq` sent.
     deferred_load: Option<(Option<RequestId>, String, u64)>,
@@ -137,7 +138,7 @@ impl AcpEdge {
     /// A permission request sent to the client: its JSON-RPC id.
     pub(crate) fn ask(&mut self, question: Question) -> i64 {
         self.next_outgoing += 1;
-        self.questions.insert(self.next_outgoing, question);
+        self.questions.insert(self.next_outgoing, (question, false));
         self.next_outgoing
     }
 
@@ -145,24 +146,30 @@ impl AcpEdge {
     pub(crate) fn asked(&self, question_id: &str) -> bool {
         self.questions
             .values()
-            .any(|question| question.question_id == question_id)
+            .any(|(question, _)| question.question_id == question_id)
     }
 
-    /// The client answered our request `id`.
+    /// The client answered our request `id`: the question, the first time only (a second
+    /// answer, or one after the question was resolved, is nothing).
     pub(crate) fn answered(&mut self, id: &RequestId) -> Option<Question> {
-        match id {
-            RequestId::Number(number) => self.questions.remove(number),
-            _ => None,
+        let RequestId::Number(number) = id else {
+            return None;
+        };
+        let (question, answered) = self.questions.get_mut(number)?;
+        if std::mem::replace(answered, true) {
+            return None;
         }
+        Some(question.clone())
     }
 
-    /// The question was resolved (by anyone): the request still open with this client, taken.
+    /// The question was resolved (by anyone): the request this client was sent, answered or
+    /// not, taken; it is told how the question was resolved.
     pub(crate) fn resolved(&mut self, question_id: &str) -> Option<Question> {
         let id = self
             .questions
             .iter()
-            .find(|(_, question)| question.question_id == question_id)
+            .find(|(_, (question, _))| question.question_id == question_id)
             .map(|(id, _)| *id)?;
-        self.questions.remove(&id)
+        self.questions.remove(&id).map(|(question, _)| question)
     }
 }

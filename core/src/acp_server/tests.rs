@@ -422,7 +422,18 @@ fn the_edge_keeps_one_reply_per_request_and_each_question_once() {
         "resolved first: the answer is late"
     );
     let id = edge.ask(question.clone());
-    assert_eq!(edge.answered(&RequestId::Number(id)), Some(question));
+    assert_eq!(
+        edge.answered(&RequestId::Number(id)),
+        Some(question.clone())
+    );
+    assert_eq!(
+        edge.answered(&RequestId::Number(id)),
+        None,
+        "one answer counts"
+    );
+    assert_eq!(edge.answered(&RequestId::Str("1".into())), None);
+    // The answering client is told the resolution too (its answer may have lost).
+    assert_eq!(edge.resolved("q"), Some(question));
     assert_eq!(edge.resolved("q"), None);
     assert!(!edge.asked("q"));
 }
