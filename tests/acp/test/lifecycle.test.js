@@ -181,3 +181,49 @@ test("rich prompts: an image block reaches the agent; audio, which echo does not
   );
   await a.close();
 });
+
+test("a permission answered with the cancelled outcome cancels the turn", async () => {
+  const a = connectAcp(gateway, { onPermission: () => ({ outcome: { outcome: "cancelled" } }) });
+  const sessionId = await newSession(a);
+  const result = await a.conn.prompt({ sessionId, prompt: [{ type: "text", text: "permission" }] });
+  assert.equal(result.stopReason, "cancelled");
+  assert.ok(agentText(of(a, sessionId)).endsWith("permission: cancelled"));
+  await a.close();
+});
+
+test("a permission answer naming an option that was not offered does not leave the turn waiting", async () => {
+  // On /ws such an answer is refused (INVALID_MESSAGE) and the client can answer again; an
+  // ACP client has answered its request and will not answer it again unless asked again. So
+  // the gateway must either ask again or settle the question: the turn may not wait for its
+  // timeout (30 minutes).
+  let asked = 0;
+  const a = connectAcp(gateway, {
+    onPermission: () => {
+      asked += 1;
+      return { outcome: { outcome: "selected", optionId: asked === 1 ? "not-offered" : "allow" } };
+    },
+  });
+  const sessionId = await newSession(a);
+  let settled = null;
+  a.conn
+    .prompt({ sessionId, prompt: [{ type: "text", text: "permission" }] })
+    .then(
+      (result) => (settled = { result }),
+      (error) => (settled = { error }),
+    )
+    .finally(() => a.watch.notify());
+  await a.until(() => settled !== null, "the prompt to be answered", 10_000);
+  assert.ok(settled.result || settled.error, JSON.stringify(settled));
+  await a.close();
+});
+
+test("a prompt of content blocks only (no text) runs a turn", async () => {
+  const a = connectAcp(gateway);
+  const sessionId = await newSession(a);
+  const result = await a.conn.prompt({
+    sessionId,
+    prompt: [{ type: "resource_link", uri: "file:///notes/todo.txt", name: "todo.txt" }],
+  });
+  assert.equal(result.stopReason, "end_turn");
+  await a.close();
+});
