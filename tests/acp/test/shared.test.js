@@ -136,3 +136,32 @@ test("two /acp clients on one session: the second sees the first one's turn", as
   await a.close();
   await b.close();
 });
+
+test("a session deleted on /ws while an /acp prompt waits: the prompt is answered with an error", async () => {
+  // Every request gets exactly one answer (docs/PROTOCOL.md): a turn cut short by the session's
+  // deletion must not leave its session/prompt waiting for the connection's whole life.
+  const client = connectAcp(gateway);
+  await client.initialize();
+  const { sessionId } = await client.conn.newSession({ cwd: "/tmp", mcpServers: [] });
+  await client.conn.prompt({ sessionId, prompt: [{ type: "text", text: "warm up" }] });
+  let settled = null;
+  client.conn
+    .prompt({ sessionId, prompt: [{ type: "text", text: "hang" }] })
+    .then(
+      (result) => (settled = { result }),
+      (error) => (settled = { error }),
+    )
+    .finally(() => client.watch.notify());
+  await client.until(
+    (c) => c.updates.some((u) => u.update.sessionUpdate === "user_message_chunk" && u.update.content.text === "hang"),
+    "the hang turn to start",
+  );
+  const ws = await connectWs(gateway);
+  const deleted = await ws.call({ type: "delete_session", sessionId });
+  assert.equal(deleted.type, "session_deleted", JSON.stringify(deleted));
+  await client.until(() => settled !== null, "the prompt to be answered", 10_000);
+  assert.ok(settled.error, `an error answer: ${JSON.stringify(settled)}`);
+  assert.equal(typeof settled.error.code, "number", JSON.stringify(settled.error));
+  await ws.close();
+  await client.close();
+});
