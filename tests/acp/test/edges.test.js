@@ -131,3 +131,24 @@ test("a tenant's sessions are invisible to another tenant", async () => {
   await a.close();
   await b.close();
 });
+
+test("a viewer may load a session of its tenant but not prompt it or create one", async () => {
+  const viewer = token({ sub: "carol", tenant_id: "tenant-a", role: "viewer" });
+  const a = connectAcp(gateway, { headers: { Authorization: `Bearer ${alice}` } });
+  await a.initialize();
+  const { sessionId } = await a.conn.newSession({ cwd: "/tmp", mcpServers: [] });
+  await a.conn.prompt({ sessionId, prompt: [{ type: "text", text: "for everyone to read" }] });
+  const v = connectAcp(gateway, { headers: { Authorization: `Bearer ${viewer}` } });
+  await v.initialize();
+  await v.conn.loadSession({ sessionId, cwd: "/tmp", mcpServers: [] });
+  assert.ok(JSON.stringify(v.updates).includes("for everyone to read"));
+  const forbidden = (error) => {
+    assert.equal(error.code, -32040, JSON.stringify(error));
+    assert.equal(error.data?.code, "FORBIDDEN");
+    return true;
+  };
+  await assert.rejects(v.conn.prompt({ sessionId, prompt: [{ type: "text", text: "may I?" }] }), forbidden);
+  await assert.rejects(v.conn.newSession({ cwd: "/tmp", mcpServers: [] }), forbidden);
+  await a.close();
+  await v.close();
+});
