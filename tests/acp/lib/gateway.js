@@ -71,6 +71,13 @@ export class Gateway {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
+  /** Stops the process but keeps its directory for a successor (`startGateway(args, env, dir)`). */
+  async stopKeepingData() {
+    this.keepDir = true;
+    await this.stop();
+    return this.dir;
+  }
+
   async stop() {
     if (this.alive()) {
       this.child.kill("SIGTERM");
@@ -82,20 +89,21 @@ export class Gateway {
     } else {
       await this.exited;
     }
-    rmSync(this.dir, { recursive: true, force: true });
+    if (!this.keepDir) rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
 /**
  * Starts the gateway with `args` (e.g. `["--dev"]`). The test's own `DIMINUENDO_*` variables
- * are not passed on (they are settings' fallbacks), except those in `env`.
+ * are not passed on (they are settings' fallbacks), except those in `env`. `reuseDir`: the
+ * directory of a stopped predecessor (`stopKeepingData`), whose data it takes over.
  */
-export async function startGateway(args, env = {}) {
+export async function startGateway(args, env = {}, reuseDir = undefined) {
   const binary = binaryPath();
   if (!existsSync(binary)) {
     throw new Error(`gateway binary ${binary} not found (build it, or set DIMINUENDO_BIN)`);
   }
-  const dir = mkdtempSync(join(tmpdir(), "diminuendo-acp-test-"));
+  const dir = reuseDir ?? mkdtempSync(join(tmpdir(), "diminuendo-acp-test-"));
   const childEnv = {};
   for (const [key, value] of Object.entries(process.env)) {
     if (!key.startsWith("DIMINUENDO_")) childEnv[key] = value;
