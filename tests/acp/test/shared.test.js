@@ -165,3 +165,28 @@ test("a session deleted on /ws while an /acp prompt waits: the prompt is answere
   await ws.close();
   await client.close();
 });
+
+test("five /acp observers see one turn identically, in seq order", async () => {
+  const driver = connectAcp(gateway);
+  await driver.initialize();
+  const { sessionId } = await driver.conn.newSession({ cwd: "/tmp", mcpServers: [] });
+  const observers = [];
+  for (let i = 0; i < 5; i++) {
+    const observer = connectAcp(gateway);
+    await observer.initialize();
+    await observer.conn.resumeSession({ sessionId, cwd: "/tmp", mcpServers: [] });
+    observers.push(observer);
+  }
+  assert.equal((await driver.conn.prompt({ sessionId, prompt: [{ type: "text", text: "diff" }] })).stopReason, "end_turn");
+  const seen = (client) => client.updates.filter((u) => u.sessionId === sessionId);
+  const expected = seen(driver);
+  const seqs = expected.map((u) => u._meta?.diminuendo?.seq);
+  assert.ok(seqs.every((seq) => Number.isInteger(seq)), JSON.stringify(seqs));
+  assert.ok(seqs.every((seq, i) => i === 0 || seq >= seqs[i - 1]), `seq order: ${seqs}`);
+  for (const observer of observers) {
+    await observer.until((c) => seen(c).length >= expected.length, "the observer to see the whole turn");
+    assert.deepEqual(seen(observer), expected);
+    await observer.close();
+  }
+  await driver.close();
+});
