@@ -65,6 +65,19 @@ test("bad JSON before initialize answers -32700 too", async () => {
   await raw.close();
 });
 
+test("a request before initialize answers -32600, and initialize then works", async () => {
+  const raw = rawSocket(gateway.url("/acp"));
+  await raw.opened;
+  raw.send({ jsonrpc: "2.0", id: 1, method: "session/list", params: {} });
+  assertError(await raw.reply(1), -32600, 1);
+  raw.send(initializeRequest(2));
+  assert.equal((await raw.reply(2)).result?.protocolVersion, 1);
+  raw.send(initializeRequest(3));
+  assertError(await raw.reply(3), -32600, 3);
+  await stillServes(raw, 4);
+  await raw.close();
+});
+
 test("a batch array answers -32600 (batches are not supported), and the connection stays usable", async () => {
   const raw = await initialized();
   raw.send([
