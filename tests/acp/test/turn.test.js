@@ -99,6 +99,26 @@ test("the SDK's example agent runs a turn with a permission request answered", a
   const text = agentText(client.updates.filter((u) => u.sessionId === session.sessionId));
   assert.ok(text.startsWith("I'll help you with that."), text);
   assert.ok(text.endsWith("The changes have been applied."), text);
+  // Its agent advertised no prompt capabilities: an image is refused before anything starts,
+  // and the session's capabilities say so.
+  await assert.rejects(
+    client.conn.prompt({
+      sessionId: session.sessionId,
+      prompt: [
+        { type: "text", text: "look" },
+        { type: "image", data: Buffer.from("png").toString("base64"), mimeType: "image/png" },
+      ],
+    }),
+    (error) => {
+      assert.equal(error.code, -32602, JSON.stringify(error));
+      return true;
+    },
+  );
+  const other = connectAcp(gateway);
+  await other.initialize();
+  const resumed = await other.conn.resumeSession({ sessionId: session.sessionId, cwd: "/tmp", mcpServers: [] });
+  assert.equal(resumed._meta?.diminuendo?.promptCapabilities?.image, false, JSON.stringify(resumed));
+  await other.close();
   await client.close();
 });
 
