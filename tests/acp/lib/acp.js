@@ -206,9 +206,12 @@ export function normalizeUpdates(updates) {
  * `close` resolved with `{code, reason}` when the socket closes, `unexpected` with the HTTP
  * response when the server refused the upgrade.
  */
-export function rawSocket(url, { headers, protocols, maxPayload } = {}) {
-  const socket = new WebSocket(url, protocols, { headers, perMessageDeflate: false, maxPayload });
-  const raw = { socket, messages: [], texts: [], watch: new Watch(), closeEvent: null, refused: null };
+export function rawSocket(url, { headers, protocols, maxPayload, autoPong = true } = {}) {
+  const socket = new WebSocket(url, protocols, { headers, perMessageDeflate: false, maxPayload, autoPong });
+  const raw = { socket, messages: [], texts: [], watch: new Watch(), closeEvent: null, refused: null, upgrade: null };
+  socket.on("upgrade", (response) => {
+    raw.upgrade = { status: response.statusCode, headers: response.headers };
+  });
   socket.on("message", (data, isBinary) => {
     const text = isBinary ? null : data.toString("utf8");
     raw.texts.push(text);

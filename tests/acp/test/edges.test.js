@@ -105,6 +105,10 @@ test("a bearer.<JWT> subprotocol authenticates (browsers)", async () => {
   const raw = rawSocket(gateway.url("/acp"), { protocols: ["acp.v1", `bearer.${alice}`] });
   await raw.opened;
   assert.equal(raw.socket.protocol, "acp.v1", "the selected subprotocol is not the token");
+  // The 101 names the connection (the transports proposal, as the SDK's reference server does)
+  // and sets no cookie.
+  assert.match(raw.upgrade.headers["acp-connection-id"] ?? "", /^[0-9a-f-]{36}$/, JSON.stringify(raw.upgrade));
+  assert.equal(raw.upgrade.headers["set-cookie"], undefined);
   raw.send(initializeRequest(1));
   assert.equal((await raw.reply(1)).result?.protocolVersion, 1);
   await raw.close();

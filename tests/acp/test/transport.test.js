@@ -54,6 +54,14 @@ test("heartbeats on /acp are WebSocket pings only, never a JSON message", async 
   await raw.close();
 });
 
+test("a client that answers no ping is closed 4103", async () => {
+  const raw = rawSocket(gateway.url("/acp"), { autoPong: false });
+  await raw.opened;
+  raw.send(initializeRequest(0));
+  await raw.reply(0);
+  assert.equal((await raw.closed()).code, 4103);
+});
+
 test("an answer to no request of the gateway's, and a second initialize, break nothing", async () => {
   const raw = await initialized();
   raw.send({ jsonrpc: "2.0", id: 4242, result: { outcome: { outcome: "cancelled" } } });
