@@ -114,6 +114,13 @@ export async function startGateway(args, env = {}, reuseDir = undefined) {
     ["--listen", "127.0.0.1:0", "--data-dir", join(dir, "data"), ...args],
     { cwd: dir, env: childEnv, stdio: ["ignore", "pipe", "pipe"] },
   );
+  // Should the test process end without its after hooks (an uncaught error, the runner's
+  // timeout), the gateway still does not outlive it.
+  const reap = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  };
+  process.once("exit", reap);
+  child.once("exit", () => process.off("exit", reap));
   const log = [];
   child.stderr.on("data", (chunk) => log.push(chunk));
   const lines = createInterface({ input: child.stdout });
