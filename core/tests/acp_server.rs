@@ -697,3 +697,109 @@ fn outside_dev_mode_the_token_comes_with_the_upgrade() {
     let (_, ws) = one_response(&mut sim, &upgrade_with("/ws", ""));
     assert_eq!(ws.status, 101);
 }
+
+#[test]
+fn a_prompt_waiting_on_a_deleted_session_is_answered() {
+    let mut sim = Sim::new(config(), 1, Instant::now());
+    sim.agent_mode = AgentMode::Manual;
+    let acp = open_acp(&mut sim);
+    let session_id = new_session(&mut sim, acp);
+    send(
+        &mut sim,
+        acp,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "session/prompt",
+        "params": {"sessionId": session_id, "prompt": [{"type": "text", "text": "go"}]}}),
+    );
+    let agent = sim.agent_of(&session_id).expect("agent");
+    sim.agent_send(agent, &json!({"jsonrpc": "2.0", "id": 0, "result": {"protocolVersion": 1, "agentCapabilities": {}}}));
+    sim.agent_send(
+        agent,
+        &json!({"jsonrpc": "2.0", "id": 1, "result": {"sessionId": "s"}}),
+    );
+    sim.take_messages(acp);
+    let ws = open_ws(&mut sim);
+    send(
+        &mut sim,
+        ws,
+        &json!({"type": "delete_session", "sessionId": session_id, "requestId": "d"}),
+    );
+    assert!(sim
+        .take_messages(ws)
+        .iter()
+        .any(|m| m["type"] == "session_deleted"));
+    let answered = sim.take_messages(acp);
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert_eq!(answered[0]["id"], 2);
+    assert_eq!(answered[0]["error"]["code"], -32002);
+    assert_eq!(answered[0]["error"]["message"], "the session was deleted");
+}
+
+#[test]
+fn an_answer_naming_an_option_not_offered_counts_as_cancelled() {
+    let mut sim = Sim::new(config(), 1, Instant::now());
+    sim.agent_mode = AgentMode::Manual;
+    let acp = open_acp(&mut sim);
+    let session_id = new_session(&mut sim, acp);
+    send(
+        &mut sim,
+        acp,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "session/prompt",
+        "params": {"sessionId": session_id, "prompt": [{"type": "text", "text": "go"}]}}),
+    );
+    let agent = ask_permission(&mut sim, &session_id);
+    let request = permission_request(&sim.take_messages(acp));
+    send(
+        &mut sim,
+        acp,
+        &json!({"jsonrpc": "2.0", "id": request["id"],
+        "result": {"outcome": {"outcome": "selected", "optionId": "not-offered"}}}),
+    );
+    let answer = sim.agents[&agent]
+        .written
+        .last()
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(answer["id"], 0, "{answer}");
+    assert_eq!(answer["result"]["outcome"], json!({"outcome": "cancelled"}));
+}
+
+#[test]
+fn new_reads_the_agent_type_from_namespaced_meta_and_rate_refusals_say_when() {
+    let mut sim = Sim::new(
+        CoreConfig {
+            rate_limit_messages: 3,
+            ..config()
+        },
+        1,
+        Instant::now(),
+    );
+    let acp = open_acp(&mut sim);
+    let (_, unknown) = call(
+        &mut sim,
+        acp,
+        2,
+        "session/new",
+        json!({"cwd": "/", "mcpServers": [], "_meta": {"diminuendo": {"agentType": "nope"}}}),
+    );
+    assert_eq!(
+        unknown["error"]["data"]["code"], "AGENT_UNAVAILABLE",
+        "{unknown}"
+    );
+    let (_, named) = call(
+        &mut sim,
+        acp,
+        3,
+        "session/new",
+        json!({"cwd": "/", "mcpServers": [], "_meta": {"diminuendo": {"agentType": "echo", "name": "mine"}}}),
+    );
+    assert_eq!(
+        named["result"]["_meta"]["diminuendo"]["name"], "mine",
+        "{named}"
+    );
+    let (_, limited) = call(&mut sim, acp, 4, "session/list", json!({}));
+    assert_eq!(limited["error"]["code"], -32041, "{limited}");
+    let retry = limited["error"]["data"]["retryAfterMs"]
+        .as_u64()
+        .unwrap_or_default();
+    assert!(retry > 0 && retry <= 10_000, "{limited}");
+}

@@ -36,7 +36,7 @@ pub(crate) struct AcpEdge {
     /// Gateway requests made for this client, by the number in their `requestId`.
     pending: HashMap<u64, Pending>,
     /// `session/prompt` requests whose turn was accepted, by turn id: answered at its end.
-    prompts: HashMap<String, RequestId>,
+    prompts: HashMap<String, (RequestId, String)>,
     next_outgoing: i64,
     /// `session/request_permission` requests sent to the client whose question is not resolved
     /// yet, by their id, and whether the client answered.
@@ -98,6 +98,8 @@ pub(crate) struct Question {
     pub(crate) question_id: String,
     /// The tool call it is about.
     pub(crate) tool_call_id: String,
+    /// The ids of the options it offered.
+    pub(crate) options: Vec<String>,
 }
 
 impl AcpEdge {
@@ -125,14 +127,32 @@ impl AcpEdge {
         self.deferred_load.take()
     }
 
-    /// A prompt whose turn `turn_id` was accepted: answered when the turn ends.
-    pub(crate) fn await_turn(&mut self, turn_id: String, id: RequestId) {
-        self.prompts.insert(turn_id, id);
+    /// A prompt whose turn `turn_id` (of `session_id`) was accepted: answered when the turn
+    /// ends.
+    pub(crate) fn await_turn(&mut self, turn_id: String, session_id: String, id: RequestId) {
+        self.prompts.insert(turn_id, (id, session_id));
     }
 
     /// The prompt waiting for the end of `turn_id`, if this client sent it.
     pub(crate) fn turn_ended(&mut self, turn_id: &str) -> Option<RequestId> {
-        self.prompts.remove(turn_id)
+        self.prompts.remove(turn_id).map(|(id, _)| id)
+    }
+
+    /// The session was deleted: the prompts waiting for its turns (to be answered with an
+    /// error), taken, and its questions forgotten.
+    pub(crate) fn session_gone(&mut self, session_id: &str) -> Vec<RequestId> {
+        self.questions
+            .retain(|_, (question, _)| question.session_id != session_id);
+        let turns: Vec<String> = self
+            .prompts
+            .iter()
+            .filter(|(_, (_, session))| session == session_id)
+            .map(|(turn, _)| turn.clone())
+            .collect();
+        turns
+            .iter()
+            .filter_map(|turn| self.turn_ended(turn))
+            .collect()
     }
 
     /// A permission request sent to the client: its JSON-RPC id.

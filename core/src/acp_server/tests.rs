@@ -404,7 +404,7 @@ fn the_edge_keeps_one_reply_per_request_and_each_question_once() {
     assert!(edge.take("r1").is_none(), "not one of ours");
     assert!(edge.take("acp:x").is_none());
 
-    edge.await_turn("t1".into(), RequestId::Str("p".into()));
+    edge.await_turn("t1".into(), "s".into(), RequestId::Str("p".into()));
     assert_eq!(edge.turn_ended("t1"), Some(RequestId::Str("p".into())));
     assert_eq!(edge.turn_ended("t1"), None);
 
@@ -412,6 +412,7 @@ fn the_edge_keeps_one_reply_per_request_and_each_question_once() {
         session_id: "s".into(),
         question_id: "q".into(),
         tool_call_id: "c".into(),
+        options: vec!["allow".into()],
     };
     let id = edge.ask(question.clone());
     assert!(edge.asked("q"));
@@ -433,7 +434,15 @@ fn the_edge_keeps_one_reply_per_request_and_each_question_once() {
     );
     assert_eq!(edge.answered(&RequestId::Str("1".into())), None);
     // The answering client is told the resolution too (its answer may have lost).
-    assert_eq!(edge.resolved("q"), Some(question));
+    assert_eq!(edge.resolved("q"), Some(question.clone()));
     assert_eq!(edge.resolved("q"), None);
     assert!(!edge.asked("q"));
+
+    // A deleted session: its prompts are taken (to be answered), its questions forgotten.
+    edge.await_turn("t2".into(), "s".into(), RequestId::Number(7));
+    edge.await_turn("t3".into(), "other".into(), RequestId::Number(8));
+    edge.ask(question);
+    assert_eq!(edge.session_gone("s"), vec![RequestId::Number(7)]);
+    assert!(!edge.asked("q"));
+    assert_eq!(edge.turn_ended("t3"), Some(RequestId::Number(8)));
 }

@@ -352,6 +352,7 @@ impl Gateway {
             if let Some(client) = self.client_state_mut(subscriber) {
                 client.leave(&session_id);
             }
+            self.acp_session_deleted(subscriber, &session_id, now);
         }
         if let Some(tenant) = self.tenants.get_mut(identity.tenant_id.as_str()) {
             tenant.sessions.retain(|listed| *listed != session_id);

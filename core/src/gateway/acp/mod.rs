@@ -22,7 +22,6 @@ use serde_json::{json, Value};
 use crate::acp_server::jsonrpc::{self, code, Incoming};
 use crate::acp_server::translate;
 use crate::acp_server::{AcpEdge, Stage};
-use crate::connection::Connection;
 use crate::ids::ConnectionId;
 use crate::protocol::request::RequestContext;
 use crate::protocol::{self, ClientMessage, Identity};
@@ -105,14 +104,19 @@ impl Gateway {
     /// handled.
     pub(crate) fn acp_message(&mut self, id: ConnectionId, text: &str, now: Instant) {
         let parsed = jsonrpc::parse(text);
-        if !self.count_message(id, None, now) {
-            // Over the budget (the connection is closed with 4101 when it keeps going).
-            if let (Ok(Incoming::Request { id: rid, .. }), false) = (
-                &parsed,
-                self.connections.get(&id).is_none_or(Connection::is_closing),
-            ) {
-                let error =
-                    jsonrpc::gateway_error("RATE_LIMITED", "too many messages; slow down", None);
+        let counted = self
+            .with_connection(id, now, |connection, env| connection.count(now, env))
+            .unwrap_or(Err(None));
+        if let Err(retry_after) = counted {
+            // Over the budget; `None`: closed with 4101 as the client kept going.
+            if let (Ok(Incoming::Request { id: rid, .. }), Some(retry_after)) =
+                (&parsed, retry_after)
+            {
+                let error = jsonrpc::gateway_error(
+                    "RATE_LIMITED",
+                    "too many messages; slow down",
+                    Some(retry_after.as_millis() as u64),
+                );
                 self.acp_error(id, rid, error, now);
             }
             return;
@@ -204,11 +208,19 @@ impl Gateway {
             AcpRequest::NewSessionRequest(request) => {
                 check_cwd(&request.cwd)?;
                 let meta = request.meta.unwrap_or_default();
-                let agent_type = match meta.get("agentType") {
+                // `_meta.diminuendo.agentType` (namespaced, as the gateway's own `_meta`), or
+                // `_meta.agentType`; the same for `name`.
+                let field = |key: &str| {
+                    meta.get("diminuendo")
+                        .and_then(|ours| ours.get(key))
+                        .or_else(|| meta.get(key))
+                        .cloned()
+                };
+                let agent_type = match field("agentType") {
                     None | Some(Value::Null) => {
                         self.config.agent_types.first().cloned().unwrap_or_default()
                     }
-                    Some(Value::String(name)) => name.clone(),
+                    Some(Value::String(name)) => name,
                     Some(_) => return Err(invalid_params("_meta.agentType must be a string")),
                 };
                 if !self.config.agent_types.contains(&agent_type) {
@@ -223,8 +235,8 @@ impl Gateway {
                     })));
                 }
                 let mut message = json!({ "type": "create_session", "agentType": agent_type });
-                if let Some(name) = meta.get("name") {
-                    message["name"] = name.clone();
+                if let Some(name) = field("name") {
+                    message["name"] = name;
                 }
                 (Stage::NewCreate, message)
             }
@@ -305,6 +317,19 @@ impl Gateway {
         };
         self.acp_dispatch(id, identity, rid, stage, message, now);
         Ok(())
+    }
+
+    /// A session was deleted: an `/acp` client attached to it has its waiting prompts answered
+    /// (`-32002`, as every request gets one answer) and its questions forgotten.
+    pub(crate) fn acp_session_deleted(&mut self, id: ConnectionId, session_id: &str, now: Instant) {
+        let Some(prompts) = self.acp_edge(id).map(|edge| edge.session_gone(session_id)) else {
+            return;
+        };
+        for rid in prompts {
+            let error =
+                jsonrpc::gateway_error("SESSION_NOT_FOUND", "the session was deleted", None);
+            self.acp_error(id, &rid, error, now);
+        }
     }
 
     /// The prompt capabilities known per agent type: those of a running agent of the type.
@@ -428,6 +453,9 @@ impl Gateway {
             "sessionId": question.session_id,
             "questionId": question.question_id,
         });
+        // An error answer, or one naming an option that was not offered, counts as cancelled:
+        // the client is not asked twice, and the turn must not wait for an answer that will
+        // never come.
         let selected = result
             .ok()
             .and_then(|result| translate::typed::<RequestPermissionResponse>(result).ok())
@@ -436,7 +464,8 @@ impl Gateway {
                     Some(selected.option_id.to_string())
                 }
                 _ => None,
-            });
+            })
+            .filter(|option_id| question.options.contains(option_id));
         match selected {
             Some(option_id) => message["optionId"] = json!(option_id),
             None => message["cancelled"] = json!(true),

@@ -123,6 +123,13 @@ impl Gateway {
             session_id: session_id.to_owned(),
             question_id: text("questionId"),
             tool_call_id: text("toolCallId"),
+            options: question
+                .get("options")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|option| option.get("optionId")?.as_str().map(str::to_owned))
+                .collect(),
         });
         self.send_raw(
             id,
@@ -301,7 +308,7 @@ impl Gateway {
                         .map(str::to_owned),
                     self.acp_edge(id),
                 ) {
-                    edge.await_turn(turn_id, rid);
+                    edge.await_turn(turn_id, session_id, rid);
                 }
             }
             (Stage::SetMode, Some(rid)) => self.acp_respond(id, &rid, Ok(json!({})), now),
