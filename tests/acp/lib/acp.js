@@ -12,11 +12,11 @@ export const DEFAULT_TIMEOUT_MS = 20_000;
 export { acp };
 
 /**
- * How a session names its agent type in `session/new` (the issue: "agent type from `_meta`").
- * Kept in one place so that it follows docs/ACP.md.
+ * How a session names its agent type in `session/new` (the issue: "agent type from `_meta`"):
+ * namespaced as the gateway's own `_meta` (docs/ACP.md; `_meta.agentType` is accepted too).
  */
 export function agentTypeMeta(agentType) {
-  return { agentType };
+  return { diminuendo: { agentType } };
 }
 
 /** Waiters on a growing list: resolve when `predicate(list)` holds, reject at a deadline. */

@@ -139,6 +139,11 @@ test("session/new takes the client's cwd and MCP servers without using them", as
 test("session/new with an unknown agent type fails and names the agent types", async () => {
   const client = connectAcp(gateway);
   await client.initialize();
+  // The flat form `_meta.agentType` is read too.
+  await assert.rejects(
+    client.conn.newSession({ cwd: "/tmp", mcpServers: [], _meta: { agentType: "no-such-agent" } }),
+    (error) => error.code === -32602,
+  );
   await assert.rejects(
     client.conn.newSession({ cwd: "/tmp", mcpServers: [], _meta: agentTypeMeta("no-such-agent") }),
     (error) => {
