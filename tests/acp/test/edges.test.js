@@ -5,7 +5,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { startGateway } from "../lib/gateway.js";
-import { connectAcp, rawSocket, initializeRequest } from "../lib/acp.js";
+import { connectAcp, rawSocket, initializeRequest, acp } from "../lib/acp.js";
+import { startBridge } from "../lib/bridge.js";
 
 const SECRET = "an-hs256-secret-of-at-least-32-bytes-for-the-tests";
 const ORIGIN = "https://app.example.com";
@@ -157,4 +158,24 @@ test("a viewer may load a session of its tenant but not prompt it or create one"
   await assert.rejects(v.conn.newSession({ cwd: "/tmp", mcpServers: [] }), forbidden);
   await a.close();
   await v.close();
+});
+
+test("the stdio bridge authenticates with ACP_TOKEN (the bearer.<JWT> subprotocol)", async () => {
+  const bridge = startBridge(gateway.url("/acp"), { ACP_TOKEN: alice });
+  try {
+    await bridge.conn.initialize({ protocolVersion: acp.PROTOCOL_VERSION, clientCapabilities: {} });
+    const listed = await bridge.conn.listSessions({});
+    assert.ok(Array.isArray(listed.sessions));
+    assert.equal((await bridge.end()).code, 0, bridge.stderr());
+  } finally {
+    await bridge.kill();
+  }
+  // Without the token the gateway refuses the upgrade, and the bridge exits with an error.
+  const refused = startBridge(gateway.url("/acp"), { ACP_TOKEN: "" });
+  try {
+    const exit = await refused.exited;
+    assert.notEqual(exit.code, 0);
+  } finally {
+    await refused.kill();
+  }
 });
