@@ -10,7 +10,7 @@ import { checkAgentMessage } from "../lib/schema.js";
 
 let gateway;
 before(async () => {
-  gateway = await startGateway(["--dev", "--heartbeat-interval-ms", "100", "--rate-limit", "10"]);
+  gateway = await startGateway(["--dev", "--rate-limit", "10"]);
 });
 after(async () => {
   await gateway?.stop();
@@ -34,33 +34,45 @@ test("a binary message closes with 1003, invalid UTF-8 with 1007", async () => {
   assert.ok(gateway.alive());
 });
 
-test("heartbeats on /acp are WebSocket pings only, never a JSON message", async () => {
-  const raw = await initialized();
-  let pings = 0;
-  raw.socket.on("ping", () => {
-    pings += 1;
-    raw.watch.notify();
-  });
-  // Three heartbeat intervals of silence from the gateway's side.
-  await raw.until(() => pings >= 3, "three pings");
-  assert.deepEqual(
-    raw.messages.filter((m) => m.id !== 0),
-    [],
-    "nothing but the initialize answer was sent as a message",
-  );
-  // `ws` answered every ping, so the connection is alive and serves.
-  raw.send({ jsonrpc: "2.0", id: 1, method: "session/list", params: {} });
-  assert.ok(Array.isArray((await raw.reply(1)).result?.sessions));
-  await raw.close();
-});
+// Heartbeats every 200 ms, on a gateway of their own (a client that misses 2.5 of them is closed).
+async function withFastHeartbeats(body) {
+  const own = await startGateway(["--dev", "--heartbeat-interval-ms", "200"]);
+  try {
+    await body(own);
+  } finally {
+    await own.stop();
+  }
+}
 
-test("a client that answers no ping is closed 4103", async () => {
-  const raw = rawSocket(gateway.url("/acp"), { autoPong: false });
-  await raw.opened;
-  raw.send(initializeRequest(0));
-  await raw.reply(0);
-  assert.equal((await raw.closed()).code, 4103);
-});
+test("heartbeats on /acp are WebSocket pings only, never a JSON message", () =>
+  withFastHeartbeats(async (own) => {
+    const raw = await initialized(own);
+    let pings = 0;
+    raw.socket.on("ping", () => {
+      pings += 1;
+      raw.watch.notify();
+    });
+    // Three heartbeat intervals of silence from the gateway's side.
+    await raw.until(() => pings >= 3, "three pings");
+    assert.deepEqual(
+      raw.messages.filter((m) => m.id !== 0),
+      [],
+      "nothing but the initialize answer was sent as a message",
+    );
+    // `ws` answered every ping, so the connection is alive and serves.
+    raw.send({ jsonrpc: "2.0", id: 1, method: "session/list", params: {} });
+    assert.ok(Array.isArray((await raw.reply(1)).result?.sessions));
+    await raw.close();
+  }));
+
+test("a client that answers no ping is closed 4103", () =>
+  withFastHeartbeats(async (own) => {
+    const raw = rawSocket(own.url("/acp"), { autoPong: false });
+    await raw.opened;
+    raw.send(initializeRequest(0));
+    await raw.reply(0);
+    assert.equal((await raw.closed()).code, 4103);
+  }));
 
 test("an answer to no request of the gateway's, and a second initialize, break nothing", async () => {
   const raw = await initialized();
