@@ -227,3 +227,43 @@ test("a prompt of content blocks only (no text) runs a turn", async () => {
   assert.equal(result.stopReason, "end_turn");
   await a.close();
 });
+
+test("session/load during a flood of events on a slow disk: every event once, in seq order", async () => {
+  // Storage commits lag 300 ms behind what is published, so the stored pages end well before
+  // the live stream: the load must stitch them to the live events without a gap.
+  const own = await startGateway([
+    "--dev",
+    "--rate-limit",
+    "0",
+    "--coalesce-deltas",
+    "false",
+    "--storage-commit-delay-ms",
+    "300",
+  ]);
+  try {
+    const a = connectAcp(own);
+    const sessionId = await newSession(a);
+    const total = 5000;
+    const prompt = a.conn.prompt({ sessionId, prompt: [{ type: "text", text: `stream ${total} 1` }] });
+    await a.until((c) => agentText(of(c, sessionId)).length >= 1500, "1500 deltas");
+    const b = connectAcp(own);
+    await b.initialize();
+    await b.conn.loadSession({ sessionId, cwd: "/tmp", mcpServers: [] });
+    assert.equal((await prompt).stopReason, "end_turn");
+    await b.until((c) => agentText(of(c, sessionId)).length >= total, `all ${total} deltas on the loader`);
+    assert.equal(agentText(of(b, sessionId)), agentText(of(a, sessionId)));
+    // Each delta is one event: its seq appears once, and seqs never step back.
+    const seqs = of(b, sessionId)
+      .filter((u) => u.update.sessionUpdate === "agent_message_chunk")
+      .map((u) => u._meta.diminuendo.seq);
+    assert.equal(seqs.length, total);
+    assert.ok(
+      seqs.every((seq, i) => i === 0 || seq > seqs[i - 1]),
+      "every delta once, in seq order",
+    );
+    await a.close();
+    await b.close();
+  } finally {
+    await own.stop();
+  }
+});
