@@ -456,3 +456,82 @@ fn authentication_origins_and_tenants_as_on_ws() {
         assert_eq!(still["result"]["stopReason"], "end_turn");
     });
 }
+
+/// Reads server frames from `stream` until a close frame; returns its code.
+fn read_close_frame(stream: &mut std::net::TcpStream) -> u16 {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Parse what we have.
+        let mut offset = 0;
+        while buffer.len() >= offset + 2 {
+            let opcode = buffer[offset] & 0x0f;
+            let (len, header) = match buffer[offset + 1] & 0x7f {
+                126 if buffer.len() >= offset + 4 => (
+                    u16::from_be_bytes([buffer[offset + 2], buffer[offset + 3]]) as usize,
+                    4,
+                ),
+                127 if buffer.len() >= offset + 10 => {
+                    let mut be = [0u8; 8];
+                    be.copy_from_slice(&buffer[offset + 2..offset + 10]);
+                    (u64::from_be_bytes(be) as usize, 10)
+                }
+                126 | 127 => break,
+                len => (len as usize, 2),
+            };
+            if buffer.len() < offset + header + len {
+                break;
+            }
+            if opcode == 0x8 {
+                let payload = &buffer[offset + header..offset + header + len];
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+            offset += header + len;
+        }
+        let n = stream
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("no close frame: {e}"));
+        assert!(n > 0, "the stream ended before a close frame");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn an_oversized_message_gets_its_1009_even_while_the_client_still_sends() {
+    with_each_gateway(&["--dev"], |gateway| {
+        for path in ["/acp", "/ws"] {
+            let mut stream = diminuendo_tests::connect(gateway.addr());
+            let upgrade = format!(
+                "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            stream.write_all(upgrade.as_bytes()).expect("upgrade");
+            // A text frame announcing 2 MiB (over the 1 MiB limit), and a first part of it.
+            let mut frame = vec![0x81, 0x80 | 127];
+            frame.extend_from_slice(&(2u64 << 20).to_be_bytes());
+            frame.extend_from_slice(&[1, 2, 3, 4]);
+            frame.extend(std::iter::repeat_n(b'x', 256 * 1024));
+            stream.write_all(&frame).expect("the first part");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(stream.read(&mut byte).expect("the 101"), 1);
+                head.push(byte[0]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 101"), "{path}");
+            // The close frame arrives whole, though the gateway has unread bytes of ours.
+            assert_eq!(read_close_frame(&mut stream), 1009, "{path}");
+            // The rest of the message is taken (and discarded): no reset...
+            stream
+                .write_all(&vec![b'x'; 512 * 1024])
+                .unwrap_or_else(|e| panic!("{path}: the gateway reset the connection: {e}"));
+            // ...and the stream ends cleanly once we stop.
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .expect("shutdown");
+            let mut rest = Vec::new();
+            let ended = stream.read_to_end(&mut rest);
+            assert!(ended.is_ok(), "{path}: {ended:?}");
+        }
+    });
+}
