@@ -267,3 +267,18 @@ test("session/load during a flood of events on a slow disk: every event once, in
     await own.stop();
   }
 });
+
+test("the editor quits while the agent waits for a permission; after session/load it answers", async () => {
+  const a = connectAcp(gateway, { onPermission: () => new Promise(() => {}) });
+  const sessionId = await newSession(a);
+  const prompt = a.conn.prompt({ sessionId, prompt: [{ type: "text", text: "permission" }] });
+  prompt.catch(() => undefined);
+  await a.until((c) => c.permissions.length === 1, "the permission request");
+  await a.close();
+  const b = connectAcp(gateway);
+  await b.initialize();
+  await b.conn.loadSession({ sessionId, cwd: "/tmp", mcpServers: [] });
+  await b.until((c) => c.permissions.length === 1, "the open request asked again after the load");
+  await b.until((c) => agentText(of(c, sessionId)).endsWith("permission: allow"), "the turn to go on");
+  await b.close();
+});
