@@ -91,7 +91,9 @@ impl Gateway {
                     Bytes::from(text),
                 )
             }
-            Route::WebSocket | Route::Echo => return self.check_upgrade(route, head, head_only),
+            Route::WebSocket | Route::Acp | Route::Echo => {
+                return self.check_upgrade(route, head, head_only)
+            }
             // Never parsed from a path (see `console_answer`).
             Route::Console => Response::plain(404),
         };
@@ -148,6 +150,14 @@ impl Gateway {
         }
         if self.draining {
             return refuse(Response::plain(503).header("Retry-After", "5"));
+        }
+        if route == Route::Acp
+            && !self.config.dev_mode
+            && crate::connection::upgrade_token(head).is_none()
+        {
+            // ACP has no message of ours to authenticate with after the upgrade: the token
+            // must come with it.
+            return refuse(Response::plain(401).header("WWW-Authenticate", "Bearer"));
         }
         Answer::Upgrade(route, Box::new(head.clone()))
     }

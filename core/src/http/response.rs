@@ -111,6 +111,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         200 => "OK",
         304 => "Not Modified",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",

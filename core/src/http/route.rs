@@ -5,6 +5,9 @@
 pub enum Route {
     /// `/ws`: the WebSocket upgrade to the gateway protocol.
     WebSocket,
+    /// `/acp`: the WebSocket upgrade to ACP itself (one JSON-RPC 2.0 message per text message;
+    /// docs/ACP.md), on the same connection machine as `/ws`.
+    Acp,
     /// `/echo`: a WebSocket upgrade to the echo endpoint for the conformance suite (`404` unless
     /// enabled with `--conformance-echo`).
     Echo,
@@ -24,8 +27,9 @@ pub enum Route {
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 7] = [
+    pub const ALL: [Route; 8] = [
         Route::WebSocket,
+        Route::Acp,
         Route::Echo,
         Route::Livez,
         Route::Readyz,
@@ -39,6 +43,7 @@ impl Route {
     pub fn from_path(path: &str) -> Option<Route> {
         Some(match path {
             "/ws" => Route::WebSocket,
+            "/acp" => Route::Acp,
             "/echo" => Route::Echo,
             "/livez" => Route::Livez,
             "/readyz" => Route::Readyz,
@@ -52,6 +57,7 @@ impl Route {
     pub fn label(self) -> &'static str {
         match self {
             Route::WebSocket => "/ws",
+            Route::Acp => "/acp",
             Route::Echo => "/echo",
             Route::Livez => "/livez",
             Route::Readyz => "/readyz",
