@@ -10,6 +10,9 @@ pub struct CoreConfig {
     pub dev_mode: bool,
     /// Serve `/echo`, which echoes every message (for the conformance suite).
     pub conformance_echo: bool,
+    /// The web console's assets, served at their paths (`/` and `/assets/*`) with `ETag`s and
+    /// a strict Content-Security-Policy; `None` (the default) serves no console, so `/` is 404.
+    pub console: Option<crate::http::Assets>,
     /// Most connections at once, HTTP and WebSocket alike; a connection beyond it is answered 503
     /// (with `Connection: close`) to its first request.
     pub max_connections: usize,
@@ -124,6 +127,7 @@ impl Default for CoreConfig {
         CoreConfig {
             dev_mode: false,
             conformance_echo: false,
+            console: None,
             max_connections: 10_000,
             max_connections_per_ip: 256,
             trusted_proxies: Vec::new(),

@@ -81,3 +81,68 @@ pub fn connection(data: &[u8], start: Instant) {
     sim.advance(Duration::from_secs(120));
     let _ = sim.take_received(id);
 }
+
+/// An `/acp` client's messages (docs/ACP.md) in the in-memory driver, dev mode. Byte 0 is the
+/// mode: bit 0 skips the opening `initialize` and `session/new`, bit 1 makes the agent manual
+/// (lines starting `A:` are then written by the agent, e.g. a permission request), bit 2
+/// limits writes to 7 bytes. The rest is one message per line, sent as a text message, with
+/// `$SID` replaced by the session `session/new` created; time moves on every few lines.
+pub fn acp_messages(data: &[u8], start: Instant) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let config = CoreConfig {
+        dev_mode: true,
+        coalesce_deltas: false,
+        ..CoreConfig::default()
+    };
+    let mut sim = Sim::new(config, u64::from(mode), start);
+    if mode & 2 != 0 {
+        sim.agent_mode = crate::sim::AgentMode::Manual;
+    }
+    let id = sim.connect();
+    sim.send(id, &client::upgrade("/acp"));
+    let _ = sim.take_response(id);
+    let mut session_id = String::new();
+    if mode & 1 == 0 {
+        let init =
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":1}}"#;
+        sim.send(id, &client::text(init));
+        let new = r#"{"jsonrpc":"2.0","id":1,"method":"session/new","params":{"cwd":"/","mcpServers":[]}}"#;
+        sim.send(id, &client::text(new));
+        for message in sim.take_messages(id) {
+            if let Some(created) = message
+                .pointer("/result/sessionId")
+                .and_then(serde_json::Value::as_str)
+            {
+                session_id = created.to_owned();
+            }
+        }
+    }
+    if mode & 4 != 0 {
+        sim.set_write_limit(id, Some(7));
+    }
+    for (index, line) in rest.split(|&byte| byte == b'\n').enumerate() {
+        if sim.is_closed(id) {
+            break;
+        }
+        let text = String::from_utf8_lossy(line).replace("$SID", &session_id);
+        match text.strip_prefix("A:") {
+            Some(agent_line) => {
+                if let Some(agent) = sim.agent_of(&session_id) {
+                    sim.agent_send_raw(agent, agent_line.as_bytes());
+                }
+            }
+            None => sim.send(id, &client::text(&text)),
+        }
+        if mode & 4 != 0 {
+            sim.unblock(id);
+        }
+        if index % 5 == 4 {
+            sim.advance(Duration::from_secs(3));
+        }
+        let _ = sim.take_received(id);
+    }
+    sim.advance(Duration::from_secs(120));
+    let _ = sim.take_received(id);
+}

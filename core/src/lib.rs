@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod acp;
+pub(crate) mod acp_server;
 mod agent_types;
 pub mod auth;
 pub mod clock;

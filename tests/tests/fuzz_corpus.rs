@@ -53,3 +53,10 @@ fn connection_corpus() {
         fuzzing::connection(data, std::time::Instant::now())
     });
 }
+
+#[test]
+fn acp_messages_corpus() {
+    replay("acp_messages", |data| {
+        fuzzing::acp_messages(data, std::time::Instant::now())
+    });
+}

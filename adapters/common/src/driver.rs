@@ -333,6 +333,34 @@ pub fn shutdown_write<S: std::os::fd::AsFd>(socket: &S) {
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
 }
 
+/// How long a socket the core closed is kept open, reading and discarding, after its write
+/// half is shut down: closing a socket with unread bytes makes the kernel answer with a reset,
+/// which destroys what the peer has not read yet (the close frame of a `1009`, while the client
+/// still sends the rest of its oversized message; a `400`). The socket is dropped at the
+/// peer's end of stream, a read error, or this deadline, whichever is first.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Most bytes discarded in one call to `discard_input` (a peer that sends faster is dropped).
+const DISCARD_PER_CALL: usize = 8 * 1024 * 1024;
+
+/// Reads and discards what a lingering socket's peer sent, until the socket would block: `true`
+/// while the peer may still send (wait for readability and call again), `false` when the socket
+/// can be dropped (end of stream, an error, or more than `DISCARD_PER_CALL` bytes at once).
+pub fn discard_input(mut read: impl FnMut(&mut [u8]) -> io::Result<usize>) -> bool {
+    let mut buffer = vec![0u8; SCRATCH_SIZE];
+    let mut discarded = 0;
+    while discarded < DISCARD_PER_CALL {
+        match read(&mut buffer) {
+            Ok(0) => return false,
+            Ok(n) => discarded += n,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// Logs a failed `accept`; the adapter then waits `ACCEPT_BACKOFF` before accepting again.
 pub fn accept_failed(error: &io::Error) {
     warn!(%error, "accept failed");

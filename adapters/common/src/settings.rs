@@ -43,6 +43,10 @@ pub struct Flags {
     #[arg(long, env = "DIMINUENDO_DEV", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub dev: Option<bool>,
 
+    /// Serve the web console at / (embedded in the binary) [default: true with --dev, else false]
+    #[arg(long, env = "DIMINUENDO_CONSOLE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub console: Option<bool>,
+
     /// Serve /echo, which echoes every WebSocket message (for the conformance suite)
     #[arg(long, env = "DIMINUENDO_CONFORMANCE_ECHO", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub conformance_echo: Option<bool>,
@@ -315,6 +319,7 @@ pub struct FileSettings {
     pub data_dir: Option<PathBuf>,
     pub dev: Option<bool>,
     pub conformance_echo: Option<bool>,
+    pub console: Option<bool>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub trusted_proxies: Option<Vec<String>>,
@@ -472,6 +477,11 @@ impl Settings {
                 .conformance_echo
                 .or(file.conformance_echo)
                 .unwrap_or(false),
+            console: flags
+                .console
+                .or(file.console)
+                .unwrap_or(dev_mode)
+                .then(crate::console::assets),
             max_connections: flags
                 .max_connections
                 .or(file.max_connections)
@@ -796,6 +806,30 @@ mod tests {
             settings.core.max_message_size,
             CoreConfig::default().max_message_size
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_console_is_on_in_dev_mode_unless_turned_off() {
+        let console = |dev: Option<bool>, console: Option<bool>| {
+            Settings::resolve(Flags {
+                dev,
+                console,
+                ..Flags::default()
+            })
+            .map(|settings| settings.core.console.is_some())
+        };
+        assert_eq!(console(None, None), Ok(false));
+        assert_eq!(console(Some(true), None), Ok(true));
+        assert_eq!(console(Some(true), Some(false)), Ok(false));
+        assert_eq!(console(None, Some(true)), Ok(true));
+        let (dir, path) = temp_file("console", "console = true\n");
+        let from_file = Settings::resolve(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .map(|settings| settings.core.console.is_some());
+        assert_eq!(from_file, Ok(true));
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -38,12 +38,20 @@ pub struct Connection<R: TaskRuntime> {
     pub wake: R::Notify,
     write_blocked: Cell<bool>,
     closed: Cell<bool>,
+    /// The core closed it (rather than lost it): its task lingers (`driver::LINGER`).
+    lingers: Cell<bool>,
 }
 
 impl<R: TaskRuntime> Connection<R> {
     /// The connection is gone: its task ends.
     pub fn is_closed(&self) -> bool {
         self.closed.get()
+    }
+
+    /// The core closed the connection: the task keeps reading and discarding until the peer's
+    /// end of stream or `driver::LINGER` (see `driver::discard_input`), then drops the socket.
+    pub fn lingers(&self) -> bool {
+        self.lingers.get()
     }
 
     /// A write came back short: the task waits for writability, then calls `Shared::writable`.
@@ -113,6 +121,7 @@ impl<R: TaskRuntime> Shared<R> {
             wake: R::new_notify(),
             write_blocked: Cell::new(false),
             closed: Cell::new(false),
+            lingers: Cell::new(false),
         });
         self.connections.borrow_mut().insert(id, connection.clone());
         self.driver.borrow_mut().accept(id, peer, Instant::now());
@@ -227,6 +236,7 @@ impl<R: TaskRuntime> Sockets for Table<'_, R> {
     fn close(&mut self, id: ConnectionId) {
         if let Some(connection) = self.remove(id) {
             driver::shutdown_write(&connection.stream);
+            connection.lingers.set(true);
         }
     }
 

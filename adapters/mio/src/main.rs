@@ -6,6 +6,7 @@
 //! interest is registered only while a connection is blocked. No protocol logic lives here (see
 //! the Adapters section of `DESIGN.md`).
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -48,12 +49,17 @@ struct Connection {
     id: ConnectionId,
     stream: TcpStream,
     write_blocked: bool,
+    /// The core closed it: the loop reads and discards until the peer's end of stream or
+    /// `driver::LINGER` (see `driver::discard_input`), then drops it; the core knows it no more.
+    lingering: bool,
 }
 
 /// The connections, as the driver writes and closes through them.
 struct Table {
     registry: Registry,
     slab: Slab<Connection>,
+    /// Lingering connections by deadline (each `LINGER` after its close, so in order).
+    lingering: VecDeque<(Instant, usize, ConnectionId)>,
 }
 
 impl Table {
@@ -64,7 +70,31 @@ impl Table {
     fn get(&mut self, id: ConnectionId) -> Option<&mut Connection> {
         self.slab
             .get_mut(Table::slot(id))
-            .filter(|connection| connection.id == id)
+            .filter(|connection| connection.id == id && !connection.lingering)
+    }
+
+    /// Drops a lingering connection (at its end of stream, an error, or its deadline).
+    fn end_lingering(&mut self, slot: usize, id: ConnectionId) {
+        if self
+            .slab
+            .get(slot)
+            .is_some_and(|connection| connection.id == id && connection.lingering)
+        {
+            let mut connection = self.slab.remove(slot);
+            let _ = self.registry.deregister(&mut connection.stream);
+        }
+    }
+
+    /// Drops the lingering connections whose deadline passed; the next deadline.
+    fn sweep_lingering(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(&(deadline, slot, id)) = self.lingering.front() {
+            if deadline > now {
+                return Some(deadline);
+            }
+            self.lingering.pop_front();
+            self.end_lingering(slot, id);
+        }
+        None
     }
 
     fn remove(&mut self, id: ConnectionId) -> Option<TcpStream> {
@@ -72,6 +102,17 @@ impl Table {
         let mut connection = self.slab.remove(Table::slot(id));
         let _ = self.registry.deregister(&mut connection.stream);
         Some(connection.stream)
+    }
+
+    /// Reads and discards a lingering connection's input; drops it when that is over.
+    fn discard(&mut self, slot: usize) {
+        let Some(connection) = self.slab.get(slot).filter(|c| c.lingering) else {
+            return;
+        };
+        let (id, stream) = (connection.id, &connection.stream);
+        if !driver::discard_input(|buf| io::Read::read(&mut &*stream, buf)) {
+            self.end_lingering(slot, id);
+        }
     }
 
     fn set_interest(&mut self, id: ConnectionId, interest: Interest) {
@@ -106,9 +147,18 @@ impl Sockets for Table {
     }
 
     fn close(&mut self, id: ConnectionId) {
-        if let Some(stream) = self.remove(id) {
-            driver::shutdown_write(&stream);
-        }
+        let slot = Table::slot(id);
+        let Some(connection) = self.get(id) else {
+            return;
+        };
+        driver::shutdown_write(&connection.stream);
+        connection.lingering = true;
+        connection.write_blocked = false;
+        self.set_interest(id, Interest::READABLE);
+        self.lingering
+            .push_back((Instant::now() + driver::LINGER, slot, id));
+        // Bytes that arrived before the close would not be reported again (edge-triggered).
+        self.discard(slot);
     }
 
     fn lost(&mut self, id: ConnectionId) {
@@ -163,6 +213,10 @@ impl Loop {
                         let Some(connection) = self.table.slab.get_mut(slot) else {
                             continue;
                         };
+                        if connection.lingering {
+                            self.table.discard(slot);
+                            continue;
+                        }
                         let id = connection.id;
                         if connection.write_blocked
                             && (event.is_writable() || event.is_write_closed() || event.is_error())
@@ -206,6 +260,7 @@ impl Loop {
                 self.driver.dispatch(&mut self.table);
             }
             self.driver.flush(&mut self.table);
+            self.table.sweep_lingering(Instant::now());
             if let Some(deadline) = self.drain_deadline {
                 if self.driver.is_drained() {
                     return self.driver.exit(Drained::Closed);
@@ -227,6 +282,10 @@ impl Loop {
             self.driver.poll_timeout(),
             self.accept_paused_until,
             self.drain_deadline,
+            self.table
+                .lingering
+                .front()
+                .map(|&(deadline, _, _)| deadline),
         ]
         .into_iter()
         .flatten()
@@ -261,6 +320,7 @@ impl Loop {
                         id,
                         stream,
                         write_blocked: false,
+                        lingering: false,
                     });
                     self.driver.accept(id, peer, Instant::now());
                     self.driver.dispatch(&mut self.table);
@@ -349,6 +409,7 @@ fn run(settings: Settings) -> ExitCode {
         table: Table {
             registry,
             slab: Slab::new(),
+            lingering: VecDeque::new(),
         },
         accepted: 0,
         accept_pending: false,

@@ -122,6 +122,20 @@ async fn connection_task(runtime: Rc<Runtime>, id: ConnectionId, connection: Rc<
             Woken::Writable(Err(_)) | Woken::Readable(Err(_)) => return runtime.lost(id),
         }
     }
+    if connection.lingers() {
+        let discard = async {
+            while connection.stream.readable().await.is_ok() {
+                let mut stream: &TcpStream = connection.stream.get_ref();
+                if !driver::discard_input(|buf| io::Read::read(&mut stream, buf)) {
+                    return;
+                }
+            }
+        };
+        let linger = async {
+            Timer::after(driver::LINGER).await;
+        };
+        discard.or(linger).await;
+    }
 }
 
 async fn flusher_task(runtime: Rc<Runtime>) {

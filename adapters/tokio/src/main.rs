@@ -82,6 +82,21 @@ async fn connection_task(
             }
         }
     }
+    if connection.lingers() {
+        let deadline = tokio::time::Instant::now() + driver::LINGER;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                ready = connection.stream.ready(Interest::READABLE) => {
+                    if ready.is_err()
+                        || !driver::discard_input(|buf| connection.stream.try_read(buf))
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn flusher_task(runtime: Rc<Runtime>) {

@@ -167,13 +167,20 @@ impl Connection {
             .header("Upgrade", "websocket")
             .header("Connection", "Upgrade")
             .header("Sec-WebSocket-Accept", ws::handshake::accept_key(key));
-        if route == Route::WebSocket
-            && head
-                .websocket_protocols
-                .iter()
-                .any(|p| p == "diminuendo.v1")
+        let subprotocol = match route {
+            Route::WebSocket => Some("diminuendo.v1"),
+            Route::Acp => Some("acp.v1"),
+            _ => None,
+        };
+        if let Some(subprotocol) =
+            subprotocol.filter(|name| head.websocket_protocols.iter().any(|p| p == name))
         {
-            response = response.header("Sec-WebSocket-Protocol", "diminuendo.v1");
+            response = response.header("Sec-WebSocket-Protocol", subprotocol);
+        }
+        if route == Route::Acp {
+            // The transports proposal names the connection on the 101 (the SDK's reference
+            // server does the same); nothing depends on it.
+            response = response.header("Acp-Connection-Id", format_uuid(client_id));
         }
         env.metrics.count_request(Some(route), 101);
         self.send(response.encode(false), now, env);
@@ -192,6 +199,7 @@ impl Connection {
                 opened_at: now,
                 rate: SlidingWindow::default(),
                 joined: Vec::new(),
+                acp: (route == Route::Acp).then(Box::default),
             })),
         };
         self.state = State::WebSocket(WebSocketState {
@@ -199,8 +207,14 @@ impl Connection {
             close_sent: false,
             endpoint,
         });
-        if route != Route::WebSocket {
+        if route == Route::Echo {
             return Some(Upgraded::Echo);
+        }
+        if route == Route::Acp {
+            // ACP has no greeting: the client speaks first (`initialize`).
+            return Some(Upgraded::Client {
+                token: super::auth::upgrade_token(head),
+            });
         }
         let client_id = format_uuid(client_id);
         let welcome = ServerMessage::Welcome {

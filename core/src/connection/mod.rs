@@ -31,7 +31,7 @@ use crate::protocol::{self, Identity, ServerMessage};
 use crate::timers::Timers;
 use crate::ws::{self, close_code};
 
-pub(crate) use self::auth::Verifier;
+pub(crate) use self::auth::{upgrade_token, Verifier};
 use self::http::HttpState;
 pub(crate) use self::http::Upgraded;
 use self::outbound::Outbound;
@@ -249,8 +249,20 @@ impl Connection {
         self.enqueue(bytes, now, false, env);
     }
 
+    /// Queues a message of the gateway protocol. An `/acp` client is not sent the `/ws`
+    /// protocol's own messages (`authenticated`, `heartbeat`, `server_shutdown`, the refusals
+    /// of its upgrade token): its heartbeat is the ping alone, its refusals are close codes,
+    /// and its replies are translated by the gateway (`gateway/acp.rs`).
     pub fn send_message(&mut self, message: &ServerMessage<'_>, now: Instant, env: &mut Env<'_>) {
+        if self.is_acp() {
+            return;
+        }
         self.send(protocol::encode_frame(message), now, env);
+    }
+
+    /// An `/acp` client (JSON-RPC 2.0 over this WebSocket).
+    pub fn is_acp(&self) -> bool {
+        self.client().is_some_and(|client| client.acp.is_some())
     }
 
     /// Queues a close frame (the one thing sent once a close has begun).

@@ -78,13 +78,37 @@ impl Connection {
         now: Instant,
         env: &mut Env<'_>,
     ) -> bool {
+        match self.count(now, env) {
+            Ok(()) => true,
+            Err(None) => false,
+            Err(Some(retry_after)) => {
+                let error = ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    message: "too many messages; slow down",
+                    request_id,
+                    retry_after_ms: Some(retry_after.as_millis() as u64),
+                };
+                self.send_message(&error, now, env);
+                false
+            }
+        }
+    }
+
+    /// Counts a client's message against its budget (`/ws` and `/acp` alike). Over it: when one
+    /// more would be accepted, or `None` when the client kept going and is being closed with
+    /// 4101; the caller tells the client in its own protocol.
+    pub(crate) fn count(
+        &mut self,
+        now: Instant,
+        env: &mut Env<'_>,
+    ) -> Result<(), Option<Duration>> {
         let limit = env.config.rate_limit_messages;
         let window = env.config.rate_limit_window;
         let Some(client) = self.client_mut() else {
-            return false;
+            return Err(None);
         };
         match client.rate.hit(client.opened_at, now, limit, window) {
-            Ok(()) => true,
+            Ok(()) => Ok(()),
             Err(retry_after) => {
                 let refused = client.rate.refused;
                 env.metrics.rate_limited += 1;
@@ -96,16 +120,9 @@ impl Connection {
                         now,
                         env,
                     );
-                    return false;
+                    return Err(None);
                 }
-                let error = ServerMessage::Error {
-                    code: ErrorCode::RateLimited,
-                    message: "too many messages; slow down",
-                    request_id,
-                    retry_after_ms: Some(retry_after.as_millis() as u64),
-                };
-                self.send_message(&error, now, env);
-                false
+                Err(Some(retry_after))
             }
         }
     }

@@ -41,6 +41,9 @@ pub(crate) struct ClientState {
     pub(super) rate: SlidingWindow,
     /// Sessions this connection has joined.
     pub(super) joined: Vec<SessionId>,
+    /// An `/acp` client: its JSON-RPC state (none on `/ws`). Everything else, the identity, the
+    /// budget and the joins, is the same machinery as a `/ws` client's.
+    pub(crate) acp: Option<Box<crate::acp_server::AcpEdge>>,
 }
 
 impl ClientState {
@@ -54,6 +57,11 @@ impl ClientState {
         if !self.joined.contains(session_id) {
             self.joined.push(session_id.clone());
         }
+    }
+
+    /// The sessions this connection has joined.
+    pub(crate) fn joined(&self) -> &[SessionId] {
+        &self.joined
     }
 
     /// Forgets a join (a leave, or the session is gone).

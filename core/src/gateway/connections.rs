@@ -85,7 +85,7 @@ impl Gateway {
             };
             match answer {
                 Answer::Respond(response, head_only) => {
-                    let route = head.route;
+                    let route = self.metrics_route(&head);
                     let closing = head.wants_close || self.draining;
                     let response = if closing { response.close() } else { response };
                     let closes = response.closes();
@@ -152,7 +152,11 @@ impl Gateway {
                         connection.receive(message, now, env)
                     });
                     if let Some(Some(text)) = text {
-                        self.client_message(id, text, now);
+                        if self.connections.get(&id).is_some_and(Connection::is_acp) {
+                            self.acp_message(id, text, now);
+                        } else {
+                            self.client_message(id, text, now);
+                        }
                     }
                 }
                 Some(Err(error)) => {
@@ -200,7 +204,35 @@ impl Gateway {
 
     /// Queues bytes for a connection. Over the outbound limit, a WebSocket is closed as a slow
     /// consumer (4100): its queue is discarded and only the close frame is attempted.
+    ///
+    /// Every message of the gateway protocol for one connection comes here: for an `/acp`
+    /// client it is translated (`gateway/acp.rs`) instead of being sent as it is.
     pub(crate) fn send(&mut self, id: ConnectionId, bytes: Bytes, now: Instant) {
+        if !self.send_unless_acp(id, &bytes, now) {
+            self.acp_deliver(id, &bytes, None, now);
+        }
+    }
+
+    /// Queues the frame unless `id` is an `/acp` client (one lookup on the `/ws` path); false
+    /// when it is one, and so still needs its translation.
+    pub(crate) fn send_unless_acp(
+        &mut self,
+        id: ConnectionId,
+        bytes: &Bytes,
+        now: Instant,
+    ) -> bool {
+        self.with_connection(id, now, |connection, env| {
+            if connection.is_acp() {
+                return false;
+            }
+            connection.send(bytes.clone(), now, env);
+            true
+        })
+        .unwrap_or(true)
+    }
+
+    /// Queues bytes for a connection as they are (an `/acp` client's JSON-RPC frames).
+    pub(crate) fn send_raw(&mut self, id: ConnectionId, bytes: Bytes, now: Instant) {
         self.with_connection(id, now, |connection, env| {
             connection.send(bytes, now, env);
         });
@@ -212,9 +244,7 @@ impl Gateway {
         message: &ServerMessage<'_>,
         now: Instant,
     ) {
-        self.with_connection(id, now, |connection, env| {
-            connection.send_message(message, now, env);
-        });
+        self.send(id, crate::protocol::encode_frame(message), now);
     }
 
     pub(crate) fn send_error(
@@ -373,13 +403,14 @@ impl Gateway {
 
     /// An authenticated connection joins its tenant's topic; a member first seen by this process
     /// is recorded.
+    /// (An `/acp` client is not subscribed: ACP has no notification of the tenant's sessions.)
     fn join_tenant(&mut self, id: ConnectionId, identity: &Identity, now: Instant) {
         let tenant: Arc<str> = Arc::from(identity.tenant_id.as_str());
-        self.tenants
-            .entry(tenant.clone())
-            .or_default()
-            .topic
-            .subscribe(id);
+        let acp = self.connections.get(&id).is_some_and(Connection::is_acp);
+        let entry = self.tenants.entry(tenant.clone()).or_default();
+        if !acp {
+            entry.topic.subscribe(id);
+        }
         if self
             .known_members
             .insert((tenant, identity.user_id.clone()))

@@ -4,6 +4,7 @@
 //! what they report. Inputs are the `handle_*` methods; outputs are drained after every input
 //! with `poll_event`, `poll_transmit` (+ `outbound`/`handle_sent`) and `poll_timeout`.
 
+mod acp;
 mod connections;
 pub mod durable;
 pub mod queries;
@@ -241,9 +242,15 @@ impl Gateway {
 
     /// `written` bytes from the front of `outbound(id)` reached the socket.
     pub fn handle_sent(&mut self, id: ConnectionId, written: usize, now: Instant) {
-        self.with_connection(id, now, |connection, env| {
-            connection.handle_sent(written, now, env);
-        });
+        let acp = self
+            .with_connection(id, now, |connection, env| {
+                connection.handle_sent(written, now, env);
+                connection.is_acp() && !connection.is_closing()
+            })
+            .unwrap_or(false);
+        if acp {
+            self.acp_written(id, now);
+        }
     }
 
     /// Deadlines up to `now` have passed.

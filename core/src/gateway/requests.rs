@@ -105,7 +105,7 @@ impl Gateway {
 
     /// An authenticated connection's request: unknown types, then the role, then field
     /// errors, then the handler of the request's type.
-    fn request(&mut self, ctx: &RequestContext, body: Parsed, now: Instant) -> Handled {
+    pub(crate) fn request(&mut self, ctx: &RequestContext, body: Parsed, now: Instant) -> Handled {
         let (kind, request) = match body {
             Parsed::Unknown => return Err(Refusal::invalid("unknown message type")),
             Parsed::Invalid { kind, reason } => (kind, Err(Refusal::invalid(reason))),
@@ -145,7 +145,7 @@ impl Gateway {
         }
     }
 
-    fn send_refusal(
+    pub(crate) fn send_refusal(
         &mut self,
         id: ConnectionId,
         refusal: &Refusal,
@@ -352,6 +352,7 @@ impl Gateway {
             if let Some(client) = self.client_state_mut(subscriber) {
                 client.leave(&session_id);
             }
+            self.acp_session_deleted(subscriber, &session_id, now);
         }
         if let Some(tenant) = self.tenants.get_mut(identity.tenant_id.as_str()) {
             tenant.sessions.retain(|listed| *listed != session_id);

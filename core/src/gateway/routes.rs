@@ -37,7 +37,7 @@ impl Gateway {
             route => route,
         };
         let Some(route) = route else {
-            return Answer::Respond(Response::plain(404), head_only);
+            return Answer::Respond(self.console_answer(head), head_only);
         };
         if method == Method::Other {
             return Answer::Respond(Response::plain(405).header("Allow", "GET, HEAD"), false);
@@ -91,9 +91,43 @@ impl Gateway {
                     Bytes::from(text),
                 )
             }
-            Route::WebSocket | Route::Echo => return self.check_upgrade(route, head, head_only),
+            Route::WebSocket | Route::Acp | Route::Echo => {
+                return self.check_upgrade(route, head, head_only)
+            }
+            // Never parsed from a path (see `console_answer`).
+            Route::Console => Response::plain(404),
         };
         Answer::Respond(response, head_only)
+    }
+
+    /// A path with no route of its own: one of the console's assets when the console is on
+    /// (`GET`/`HEAD`; another method is `405`), else `404`.
+    fn console_answer(&self, head: &RequestHead) -> Response {
+        let Some(path) = self.console_path(head) else {
+            return Response::plain(404);
+        };
+        if head.method() == Method::Other {
+            return Response::plain(405).header("Allow", "GET, HEAD");
+        }
+        self.config
+            .console
+            .as_ref()
+            .and_then(|assets| assets.respond(path, head.if_none_match.as_deref()))
+            .unwrap_or_else(|| Response::plain(404))
+    }
+
+    /// The request's path when it names one of the console's assets (and the console is on).
+    fn console_path<'a>(&self, head: &'a RequestHead) -> Option<&'a str> {
+        let path = head.asset_path.as_deref()?;
+        self.config.console.as_ref()?.get(path)?;
+        Some(path)
+    }
+
+    /// The route a request is counted under in metrics: its own, or [`Route::Console`] for one of
+    /// the console's assets.
+    pub(super) fn metrics_route(&self, head: &RequestHead) -> Option<Route> {
+        head.route
+            .or_else(|| self.console_path(head).map(|_| Route::Console))
     }
 
     fn check_upgrade(&self, route: Route, head: &RequestHead, head_only: bool) -> Answer {
@@ -116,6 +150,14 @@ impl Gateway {
         }
         if self.draining {
             return refuse(Response::plain(503).header("Retry-After", "5"));
+        }
+        if route == Route::Acp
+            && !self.config.dev_mode
+            && crate::connection::upgrade_token(head).is_none()
+        {
+            // ACP has no message of ours to authenticate with after the upgrade: the token
+            // must come with it.
+            return refuse(Response::plain(401).header("WWW-Authenticate", "Bearer"));
         }
         Answer::Upgrade(route, Box::new(head.clone()))
     }

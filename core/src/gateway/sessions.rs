@@ -153,9 +153,15 @@ impl Gateway {
 
     /// Sends `frame` to each of `subscribers` (a copy of a topic's list: sending may close a
     /// connection, which unsubscribes it from the topic itself), then returns the scratch list.
+    /// An `/acp` subscriber gets the frame translated, decoded once for all of them.
     fn fan_out(&mut self, subscribers: &mut Vec<ConnectionId>, frame: &Bytes, now: Instant) {
+        let mut translated: Option<super::acp::TranslatedEvent> = None;
         for connection in subscribers.drain(..) {
-            self.send(connection, frame.clone(), now);
+            if !self.send_unless_acp(connection, frame, now) {
+                let event =
+                    translated.get_or_insert_with(|| super::acp::TranslatedEvent::new(frame));
+                self.acp_deliver(connection, frame, Some(event), now);
+            }
         }
         self.fanout_scratch = std::mem::take(subscribers);
     }

@@ -5,6 +5,9 @@ use crate::http::route::Route;
 /// Most headers a request may carry; more is answered 431 like an oversized head.
 const MAX_HEADERS: usize = 64;
 
+/// The longest path kept in [`RequestHead::asset_path`]; no asset has a longer one.
+pub const MAX_ASSET_PATH: usize = 128;
+
 /// The request methods the routes tell apart; every route takes `GET` and `HEAD` only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -21,8 +24,14 @@ pub enum Method {
 pub struct RequestHead {
     /// The request method; `None` only in a default head (read it with [`RequestHead::method`]).
     pub method: Option<Method>,
-    /// The route of the path (query and fragment ignored); `None` for an unknown path (`404`).
+    /// The route of the path (query and fragment ignored); `None` for any other path (`404`,
+    /// unless it is one of the console's assets).
     pub route: Option<Route>,
+    /// The path (query and fragment cut) when it has no route and is at most
+    /// [`MAX_ASSET_PATH`] bytes: what the console's asset table is searched for.
+    pub asset_path: Option<Box<str>>,
+    /// `If-None-Match`, trimmed (an asset whose `ETag` it names is answered `304`).
+    pub if_none_match: Option<String>,
     /// HTTP/1.1 (true) or HTTP/1.0 (false).
     pub http11: bool,
     /// `Connection: close` (or HTTP/1.0 without `keep-alive`).
@@ -122,6 +131,9 @@ pub fn parse_head(buffer: &[u8], max_head: usize) -> Result<HeadParse, HeadError
     let target = request.path.unwrap_or("");
     let path = target.split(['?', '#']).next().unwrap_or("");
     head.route = Route::from_path(path);
+    if head.route.is_none() && path.len() <= MAX_ASSET_PATH {
+        head.asset_path = Some(path.into());
+    }
 
     let mut keep_alive_token = false;
     for header in request.headers.iter() {
@@ -158,6 +170,10 @@ pub fn parse_head(buffer: &[u8], max_head: usize) -> Result<HeadParse, HeadError
                 .map(str::to_owned);
         } else if name.eq_ignore_ascii_case("authorization") {
             head.authorization = std::str::from_utf8(value.trim_ascii())
+                .ok()
+                .map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            head.if_none_match = std::str::from_utf8(value.trim_ascii())
                 .ok()
                 .map(str::to_owned);
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -225,6 +241,17 @@ mod tests {
             head.websocket_protocols,
             vec!["diminuendo.v1", "bearer.abc"]
         );
+    }
+
+    #[test]
+    fn an_unrouted_path_is_kept_for_the_asset_table() {
+        let head = complete("GET /assets/app.js?v=1 HTTP/1.1\r\nIf-None-Match:  \"abc\" \r\n\r\n");
+        assert_eq!(head.route, None);
+        assert_eq!(head.asset_path.as_deref(), Some("/assets/app.js"));
+        assert_eq!(head.if_none_match.as_deref(), Some("\"abc\""));
+        assert_eq!(complete("GET /livez HTTP/1.1\r\n\r\n").asset_path, None);
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_ASSET_PATH));
+        assert_eq!(complete(&long).asset_path, None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Responses. Every one carries `X-Content-Type-Options: nosniff`, `Cache-Control: no-store` and
-//! `Content-Length` (but `101`, which may not have a length: RFC 9110 section 8.6).
+//! Responses. Every one carries `X-Content-Type-Options: nosniff`, `Cache-Control` (`no-store`
+//! unless set) and `Content-Length` (but `101`, which may not have a length: RFC 9110 section
+//! 8.6, and `304`, whose length would be the unsent representation's).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -9,6 +10,7 @@ pub struct Response {
     headers: Vec<(&'static str, String)>,
     content_type: &'static str,
     body: Bytes,
+    cache_control: &'static str,
     close: bool,
 }
 
@@ -20,6 +22,7 @@ impl Response {
             headers: Vec::new(),
             content_type: "text/plain; charset=utf-8",
             body: Bytes::new(),
+            cache_control: "no-store",
             close: false,
         }
     }
@@ -34,6 +37,12 @@ impl Response {
     pub fn body(mut self, content_type: &'static str, body: Bytes) -> Self {
         self.content_type = content_type;
         self.body = body;
+        self
+    }
+
+    /// Sets `Cache-Control` (`no-store` by default; the console's assets are `no-cache`).
+    pub fn cache_control(mut self, value: &'static str) -> Self {
+        self.cache_control = value;
         self
     }
 
@@ -68,14 +77,16 @@ impl Response {
         out.put_u8(b' ');
         out.put_slice(reason_phrase(self.status).as_bytes());
         out.put_slice(b"\r\n");
-        if self.status != 101 {
+        if self.status != 101 && self.status != 304 {
             out.put_slice(b"Content-Type: ");
             out.put_slice(self.content_type.as_bytes());
             out.put_slice(b"\r\nContent-Length: ");
             out.put_slice(self.body.len().to_string().as_bytes());
             out.put_slice(b"\r\n");
         }
-        out.put_slice(b"X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n");
+        out.put_slice(b"X-Content-Type-Options: nosniff\r\nCache-Control: ");
+        out.put_slice(self.cache_control.as_bytes());
+        out.put_slice(b"\r\n");
         for (name, value) in &self.headers {
             out.put_slice(name.as_bytes());
             out.put_slice(b": ");
@@ -98,7 +109,9 @@ pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",

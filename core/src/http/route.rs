@@ -5,6 +5,9 @@
 pub enum Route {
     /// `/ws`: the WebSocket upgrade to the gateway protocol.
     WebSocket,
+    /// `/acp`: the WebSocket upgrade to ACP itself (one JSON-RPC 2.0 message per text message;
+    /// docs/ACP.md), on the same connection machine as `/ws`.
+    Acp,
     /// `/echo`: a WebSocket upgrade to the echo endpoint for the conformance suite (`404` unless
     /// enabled with `--conformance-echo`).
     Echo,
@@ -16,17 +19,23 @@ pub enum Route {
     Health,
     /// `/metrics`: the Prometheus text exposition.
     Metrics,
+    /// `/` and `/assets/*`: the web console, when it is on (`CoreConfig::console`). Not a
+    /// result of [`Route::from_path`]: the paths are the asset table's; this names them in
+    /// metrics.
+    Console,
 }
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 6] = [
+    pub const ALL: [Route; 8] = [
         Route::WebSocket,
+        Route::Acp,
         Route::Echo,
         Route::Livez,
         Route::Readyz,
         Route::Health,
         Route::Metrics,
+        Route::Console,
     ];
 
     /// The route of a request path (without its query), matched exactly; `None` for any other
@@ -34,6 +43,7 @@ impl Route {
     pub fn from_path(path: &str) -> Option<Route> {
         Some(match path {
             "/ws" => Route::WebSocket,
+            "/acp" => Route::Acp,
             "/echo" => Route::Echo,
             "/livez" => Route::Livez,
             "/readyz" => Route::Readyz,
@@ -47,11 +57,13 @@ impl Route {
     pub fn label(self) -> &'static str {
         match self {
             Route::WebSocket => "/ws",
+            Route::Acp => "/acp",
             Route::Echo => "/echo",
             Route::Livez => "/livez",
             Route::Readyz => "/readyz",
             Route::Health => "/health",
             Route::Metrics => "/metrics",
+            Route::Console => "console",
         }
     }
 }

@@ -251,6 +251,13 @@ impl Session {
         self.agent.as_ref().map(|agent| agent.id)
     }
 
+    /// What the running agent's `initialize` said it supports (none before it answered).
+    pub(crate) fn agent_features(&self) -> Option<crate::acp::AgentFeatures> {
+        self.agent
+            .as_ref()
+            .and_then(|agent| agent.acp.agent_features())
+    }
+
     /// The gateway's timer slot for this session.
     pub(crate) fn scheduled_mut(&mut self) -> &mut Option<Instant> {
         &mut self.scheduled

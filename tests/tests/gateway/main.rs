@@ -1,9 +1,11 @@
 //! Black-box tests of every gateway binary (see `diminuendo_tests::binaries`), over loopback.
 //! Each test starts its own process(es) with the flags it needs, so tests run in parallel.
 
+mod acp;
 mod agents;
 mod auth;
 mod client_fs;
+mod console;
 mod controls;
 mod heartbeat;
 mod http;
