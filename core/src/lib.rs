@@ -17,6 +17,7 @@ pub(crate) mod acp_server;
 mod agent_types;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 #[cfg(feature = "fuzzing")]

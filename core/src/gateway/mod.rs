@@ -5,6 +5,7 @@
 //! with `poll_event`, `poll_transmit` (+ `outbound`/`handle_sent`) and `poll_timeout`.
 
 mod acp;
+pub mod cluster;
 mod connections;
 pub mod durable;
 pub mod queries;
@@ -47,6 +48,9 @@ pub enum Event {
     Storage(StorageCommand),
     /// Start, write to, or stop an agent process (see `AgentCommand`).
     Agent(AgentCommand),
+    /// Cluster mode only (`Gateway::enable_cluster`): hand this command to the cluster engine;
+    /// its completion comes back through `handle_cluster`.
+    Cluster(crate::cluster::ClusterCommand),
 }
 
 /// The sans-IO gateway. See `DESIGN.md` for the calling contract.
@@ -95,6 +99,8 @@ pub struct Gateway {
     refused_open: usize,
     /// What the connection being driven reported, routed after each of its inputs (reused).
     connection_outputs: Vec<connection::Output>,
+    /// Cluster mode's state (`gateway::cluster`); `None` in single-node mode.
+    pub(crate) cluster: Option<Box<crate::gateway::cluster::ClusterState>>,
 }
 
 /// Most refused connections kept open at once to be answered 503; beyond, a connection over the
@@ -155,6 +161,7 @@ impl Gateway {
             per_ip: HashMap::new(),
             refused_open: 0,
             connection_outputs: Vec::new(),
+            cluster: None,
         }
     }
 

@@ -71,6 +71,9 @@ pub struct Sim {
     agent_inputs: VecDeque<AgentInput>,
     /// What each write of a flush pass took, reported to the core after the pass.
     written: Vec<(ConnectionId, usize, bool)>,
+    /// Cluster commands the gateway emitted (cluster mode), for the cluster simulation to
+    /// take with `take_cluster_commands`.
+    cluster_out: VecDeque<crate::cluster::ClusterCommand>,
 }
 
 impl Sim {
@@ -98,6 +101,7 @@ impl Sim {
             started: now,
             agent_inputs: VecDeque::new(),
             written: Vec::new(),
+            cluster_out: VecDeque::new(),
         }
     }
 
@@ -118,6 +122,17 @@ impl Sim {
         let unix_ms = SIM_START_UNIX_MS + self.now.duration_since(self.started).as_millis() as u64;
         self.gateway = Gateway::new(self.config.clone(), self.seed, self.now, unix_ms);
         self.gateway.restore_sessions(records);
+    }
+
+    /// The cluster commands the gateway emitted since the last call, in order.
+    pub fn take_cluster_commands(&mut self) -> Vec<crate::cluster::ClusterCommand> {
+        self.cluster_out.drain(..).collect()
+    }
+
+    /// Feeds a cluster completion to the gateway and drains its outputs.
+    pub fn cluster_input(&mut self, completion: crate::cluster::ClusterCompletion) {
+        self.gateway.handle_cluster(completion, self.now);
+        self.pump();
     }
 
     /// Delivers up to `count` held storage completions, oldest first.
@@ -343,6 +358,7 @@ impl Sim {
                         }
                     }
                     Event::Agent(command) => self.agent_command(command),
+                    Event::Cluster(command) => self.cluster_out.push_back(command),
                 }
             }
             while let Some(id) = self.gateway.poll_transmit() {
