@@ -91,8 +91,9 @@
 //! child confines itself before `exec` ([`sandbox`]: Landlock, no capabilities, limits, the network
 //! filter, a parent-death signal); [`launch`] builds the `Command`, [`quota`] checks the workspace
 //! size before each prompt and every few seconds of output, on a thread of its own.
-//! The working directory is `DATA_DIR/sessions/{sessionId}/workspace` (created if missing; the
-//! session id must pass `storage::is_valid_identifier`) or a fixed directory.
+//! The working directory is `DATA_DIR/sessions/{sessionId}/workspace`, or
+//! `WORKSPACE_ROOT/{sessionId}/workspace` with `AgentHostConfig::workspace_root` (created if
+//! missing; the session id must pass `storage::is_valid_identifier`), or a fixed directory.
 //!
 //! `Exited { status }` carries the exit code, or `None` when the process was ended by a signal.
 //!
@@ -130,7 +131,8 @@ use reports::Reports;
 /// Where an agent process runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum WorkspacePolicy {
-    /// `DATA_DIR/sessions/{sessionId}/workspace`, created if missing.
+    /// `DATA_DIR/sessions/{sessionId}/workspace` (or under `AgentHostConfig::workspace_root`),
+    /// created if missing.
     #[default]
     PerSession,
     /// The same directory for every session (must exist).
@@ -164,6 +166,10 @@ pub struct AgentHostConfig {
     /// Agent types by name (`AgentCommand::Spawn::agent_type`).
     pub agents: BTreeMap<String, AgentSpec>,
     pub data_dir: PathBuf,
+    /// Where per-session workspaces are: `<root>/<sessionId>/workspace`. `None` (the default):
+    /// `DATA_DIR/sessions/<sessionId>/workspace`. Cluster mode points every instance at the same
+    /// shared directory (`--workspace-root`), so a session's agent finds its files on any of them.
+    pub workspace_root: Option<PathBuf>,
     /// Agents alive at once (counted until their `Exited` is drained). Default 64.
     pub max_processes: usize,
     /// Longest stdout line accepted, without its `'\n'`. Default 8 MiB.
@@ -187,6 +193,7 @@ impl AgentHostConfig {
         AgentHostConfig {
             agents: BTreeMap::new(),
             data_dir: data_dir.into(),
+            workspace_root: None,
             max_processes: 64,
             max_line_bytes: 8 * 1024 * 1024,
             stop_grace: Duration::from_secs(5),
@@ -430,12 +437,11 @@ impl AgentHost {
         let workspace = match &spec.cwd {
             WorkspacePolicy::Fixed(dir) => dir.clone(),
             WorkspacePolicy::PerSession => {
-                let dir = self
-                    .config
-                    .data_dir
-                    .join("sessions")
-                    .join(&session_id)
-                    .join("workspace");
+                let dir = match &self.config.workspace_root {
+                    Some(root) => root.join(&session_id).join("workspace"),
+                    None => self.config.data_dir.join("sessions").join(&session_id),
+                }
+                .join("workspace");
                 if let Err(error) = std::fs::create_dir_all(&dir) {
                     return failed(&format!("cannot create the workspace: {}", error.kind()));
                 }

@@ -153,6 +153,16 @@ impl Cluster {
             .map_err(|_| ClusterError::Closed)
     }
 
+    /// Queues a command like [`Cluster::submit`]; when the engine has stopped, the command comes
+    /// back (so its caller can answer it with [`ClusterCommand::refusal`] without a clone).
+    pub fn try_submit(&self, cmd: ClusterCommand) -> Result<(), ClusterCommand> {
+        self.tx.send(Msg::Cmd(cmd)).map_err(|error| match error.0 {
+            Msg::Cmd(cmd) => cmd,
+            // Only commands are sent here.
+            Msg::Shutdown => ClusterCommand::ListInstances { token: 0 },
+        })
+    }
+
     /// One queued completion, if any.
     pub fn try_recv(&self) -> Option<ClusterCompletion> {
         self.wake_pending.store(false, Ordering::Release);

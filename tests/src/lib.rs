@@ -45,6 +45,7 @@ pub use diminuendo_core::sim::client::{self as wire, Frame, HttpResponse};
 pub use schema_check::{check_client_message, check_server_message, ClientVerdict, Tapped};
 pub use tungstenite;
 
+pub mod cluster;
 mod schema_check;
 
 use serde_json::Value;

@@ -2,6 +2,7 @@
 //! logging, the randomness (`OsEntropy`) and wall clock the core is given, the write path from the core's outbound
 //! queue to a socket, and the services (storage and the agent host, `diminuendo-agent-host`).
 
+pub mod cluster;
 pub mod console;
 pub mod driver;
 pub mod logging;

@@ -21,12 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diminuendo_core::auth::Authenticator;
+use diminuendo_core::cluster::{ClusterCompletion, ClusterError, ClusterMode};
 use diminuendo_core::rng::Entropy;
 use diminuendo_core::storage::{RecoveryReport, StorageCommand, StorageCompletion};
 use diminuendo_core::{ConnectionId, Event, Gateway, Wake};
 use diminuendo_storage::{Storage, StorageConfig};
 use tracing::{info, warn};
 
+use crate::cluster::{ClusterService, CLUSTER_COMPLETIONS_PER_POLL};
 use crate::settings::Settings;
 use diminuendo_agent_host::{AgentHost, AgentHostConfig, AgentReport};
 
@@ -68,6 +70,9 @@ impl BacklogPolicy {
 pub struct Services {
     storage: Storage,
     agents: AgentHost,
+    /// Cluster mode's engine (`--cluster`); `None` on a single node.
+    cluster: Option<ClusterService>,
+    cluster_completions: Vec<ClusterCompletion>,
     completions: Vec<StorageCompletion>,
     reports: Vec<AgentReport>,
     backlog: BacklogPolicy,
@@ -85,6 +90,7 @@ pub struct Services {
 enum Queued {
     Storage(StorageCompletion),
     Agent(AgentReport),
+    Cluster(ClusterCompletion),
 }
 
 impl Services {
@@ -123,7 +129,21 @@ impl Services {
         log_recovery(&report);
 
         let mut gateway = Gateway::with_entropy(settings.core.clone(), entropy, now, unix_ms);
-        gateway.restore_sessions(report.records);
+        // Cluster mode: the registry and the event log are in NATS (the core reads them through
+        // the engine), and SQLite holds nothing of them; the core is told before any input.
+        let cluster = match &settings.cluster {
+            Some(config) => {
+                let mut mode = ClusterMode::new(config.instance_id.clone());
+                mode.lease_renewal = config.lease_renewal;
+                mode.max_fetch = config.max_fetch;
+                gateway.enable_cluster(mode);
+                Some(ClusterService::start(config, wake.clone())?)
+            }
+            None => {
+                gateway.restore_sessions(report.records);
+                None
+            }
+        };
         if let Some(auth) = &settings.auth {
             let authenticator = Authenticator::new(auth.clone())
                 .map_err(|error| format!("invalid token settings: {error}"))?;
@@ -135,6 +155,7 @@ impl Services {
 
         warn_about_sandboxes(&settings.agents);
         let mut host_config = AgentHostConfig::new(&settings.data_dir);
+        host_config.workspace_root = settings.workspace_root.clone();
         host_config.agents = settings.agents.clone();
         host_config.max_processes = settings.max_agents;
         let agents = AgentHost::new(host_config, wake.clone());
@@ -143,6 +164,8 @@ impl Services {
             Services {
                 storage,
                 agents,
+                cluster,
+                cluster_completions: Vec::new(),
                 completions: Vec::new(),
                 reports: Vec::new(),
                 backlog: BacklogPolicy::for_limit(settings.storage.queue_limit),
@@ -164,6 +187,16 @@ impl Services {
                     self.queued.push_back(Queued::Agent(report));
                 }
             }
+            Event::Cluster(command) => {
+                let refusal = match &self.cluster {
+                    Some(cluster) => cluster.submit(command),
+                    // A core in single-node mode emits none; answer rather than lose one.
+                    None => command.refusal(ClusterError::Unavailable),
+                };
+                if let Some(refusal) = refusal {
+                    self.queued.push_back(Queued::Cluster(refusal));
+                }
+            }
             other => warn!(?other, "an event this build does not know"),
         }
         None
@@ -183,6 +216,7 @@ impl Services {
             match input {
                 Queued::Storage(completion) => gateway.handle_storage(completion, now),
                 Queued::Agent(report) => apply_report(gateway, report, now),
+                Queued::Cluster(completion) => gateway.handle_cluster(completion, now),
             }
         }
     }
@@ -262,6 +296,16 @@ impl Services {
         }
         self.update_backlog();
         self.feed_queued(gateway, now);
+        if let Some(cluster) = &self.cluster {
+            self.cluster_completions.clear();
+            let more = cluster.drain(&mut self.cluster_completions, CLUSTER_COMPLETIONS_PER_POLL);
+            for completion in self.cluster_completions.drain(..) {
+                gateway.handle_cluster(completion, now);
+            }
+            if more {
+                self.wake.wake();
+            }
+        }
         // Over the pause mark agents wait on their pipes; the writer wakes the loop after every
         // flush, and the next poll reads them again.
         let queued = self.storage.queued_bytes();
@@ -300,6 +344,9 @@ impl Services {
         match self.storage.shutdown_blocking() {
             Ok(()) => info!("storage flushed and closed"),
             Err(error) => warn!(%error, "storage did not close cleanly"),
+        }
+        if let Some(cluster) = &mut self.cluster {
+            cluster.shutdown();
         }
     }
 }

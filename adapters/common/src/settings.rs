@@ -14,6 +14,8 @@ use diminuendo_core::CoreConfig;
 use diminuendo_storage::Synchronous;
 use serde::Deserialize;
 
+use diminuendo_cluster::ClusterConfig;
+
 use diminuendo_agent_host::{AgentSpec, Limits, NetworkPolicy, SandboxMode, WorkspacePolicy};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -196,6 +198,83 @@ pub struct Flags {
     /// [default: 0]
     #[arg(long, env = "DIMINUENDO_STORAGE_COMMIT_DELAY_MS", value_name = "MS")]
     pub storage_commit_delay_ms: Option<u64>,
+
+    /// Cluster mode: NATS server URLs, comma-separated (`nats://host:4222,nats://other:4222`).
+    /// The registry, leases and event log then live in JetStream (see CLUSTER.md); unset runs
+    /// a single node on SQLite
+    #[arg(long, env = "DIMINUENDO_CLUSTER", value_name = "URLS")]
+    pub cluster: Option<String>,
+
+    /// This instance's id in the cluster (lease holder, liveness key); unique per running
+    /// instance [default: a generated id, logged at start]
+    #[arg(long, env = "DIMINUENDO_CLUSTER_INSTANCE", value_name = "ID")]
+    pub cluster_instance: Option<String>,
+
+    /// NATS credentials file (user JWT and NKey seed, as `nsc` writes it)
+    #[arg(long, env = "DIMINUENDO_CLUSTER_CREDS", value_name = "FILE")]
+    pub cluster_creds: Option<PathBuf>,
+
+    /// File holding an NKey seed (`SU...`) for NKey authentication
+    #[arg(long, env = "DIMINUENDO_CLUSTER_NKEY", value_name = "FILE")]
+    pub cluster_nkey: Option<PathBuf>,
+
+    /// NATS user (with --cluster-password)
+    #[arg(long, env = "DIMINUENDO_CLUSTER_USER", value_name = "USER")]
+    pub cluster_user: Option<String>,
+
+    /// NATS password (with --cluster-user)
+    #[arg(
+        long,
+        env = "DIMINUENDO_CLUSTER_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub cluster_password: Option<String>,
+
+    /// NATS token authentication
+    #[arg(
+        long,
+        env = "DIMINUENDO_CLUSTER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub cluster_token: Option<String>,
+
+    /// Root certificates (PEM) to verify the NATS servers with, instead of the system's
+    #[arg(long, env = "DIMINUENDO_CLUSTER_TLS_CA", value_name = "FILE")]
+    pub cluster_tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for NATS servers that verify clients (with --cluster-tls-key)
+    #[arg(long, env = "DIMINUENDO_CLUSTER_TLS_CERT", value_name = "FILE")]
+    pub cluster_tls_cert: Option<PathBuf>,
+
+    /// The client certificate's key (PEM)
+    #[arg(long, env = "DIMINUENDO_CLUSTER_TLS_KEY", value_name = "FILE")]
+    pub cluster_tls_key: Option<PathBuf>,
+
+    /// Require TLS even for `nats://` URLs
+    #[arg(long, env = "DIMINUENDO_CLUSTER_TLS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub cluster_tls: Option<bool>,
+
+    /// TLS handshake before the server's INFO (servers configured with `handshake_first`)
+    #[arg(long, env = "DIMINUENDO_CLUSTER_TLS_FIRST", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub cluster_tls_first: Option<bool>,
+
+    /// Replicas of the event stream and the buckets (3 on a three-node JetStream cluster)
+    /// [default: 1]
+    #[arg(long, env = "DIMINUENDO_CLUSTER_REPLICAS", value_name = "N")]
+    pub cluster_replicas: Option<usize>,
+
+    /// How often an owner renews its session leases; a lease not renewed for 3 intervals
+    /// expires and the session can move [default: 2000]
+    #[arg(long, env = "DIMINUENDO_CLUSTER_LEASE_RENEW_MS", value_name = "MS")]
+    pub cluster_lease_renew_ms: Option<u64>,
+
+    /// Directory of the agents' per-session workspaces (`<DIR>/<sessionId>/workspace`)
+    /// [default: <data-dir>/sessions]. In cluster mode every instance must reach the same one (a
+    /// shared volume), or a session that moves loses its agent's memory
+    #[arg(long, env = "DIMINUENDO_WORKSPACE_ROOT", value_name = "DIR")]
+    pub workspace_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -346,6 +425,21 @@ pub struct FileSettings {
     pub storage_flush_ms: Option<u64>,
     pub storage_batch: Option<usize>,
     pub storage_queue_limit: Option<usize>,
+    pub cluster: Option<String>,
+    pub cluster_instance: Option<String>,
+    pub cluster_creds: Option<PathBuf>,
+    pub cluster_nkey: Option<PathBuf>,
+    pub cluster_user: Option<String>,
+    pub cluster_password: Option<String>,
+    pub cluster_token: Option<String>,
+    pub cluster_tls_ca: Option<PathBuf>,
+    pub cluster_tls_cert: Option<PathBuf>,
+    pub cluster_tls_key: Option<PathBuf>,
+    pub cluster_tls: Option<bool>,
+    pub cluster_tls_first: Option<bool>,
+    pub cluster_replicas: Option<usize>,
+    pub cluster_lease_renew_ms: Option<u64>,
+    pub workspace_root: Option<PathBuf>,
 }
 
 /// Storage settings.
@@ -371,6 +465,11 @@ pub struct Settings {
     pub agents: BTreeMap<String, AgentSpec>,
     pub max_agents: usize,
     pub storage: StorageSettings,
+    /// Cluster mode (`--cluster`): how to reach NATS. `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
+    /// Where the agents' per-session workspaces are (`--workspace-root`); `None`: in the data
+    /// directory.
+    pub workspace_root: Option<PathBuf>,
     /// Said at start, once logging is up (`driver::main`).
     pub warnings: Vec<String>,
 }
@@ -631,6 +730,39 @@ impl Settings {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("./data"));
+        let workspace_root = flags.workspace_root.or(file.workspace_root);
+        let cluster = resolve_cluster(ClusterFlags {
+            url: flags.cluster.or(file.cluster),
+            instance: flags.cluster_instance.or(file.cluster_instance),
+            creds: flags.cluster_creds.or(file.cluster_creds),
+            nkey: flags.cluster_nkey.or(file.cluster_nkey),
+            user: flags.cluster_user.or(file.cluster_user),
+            password: flags.cluster_password.or(file.cluster_password),
+            token: flags.cluster_token.or(file.cluster_token),
+            tls_ca: flags.cluster_tls_ca.or(file.cluster_tls_ca),
+            tls_cert: flags.cluster_tls_cert.or(file.cluster_tls_cert),
+            tls_key: flags.cluster_tls_key.or(file.cluster_tls_key),
+            tls: flags.cluster_tls.or(file.cluster_tls),
+            tls_first: flags.cluster_tls_first.or(file.cluster_tls_first),
+            replicas: flags.cluster_replicas.or(file.cluster_replicas),
+            lease_renew_ms: flags.cluster_lease_renew_ms.or(file.cluster_lease_renew_ms),
+        })?;
+        if cluster.is_some() {
+            match &workspace_root {
+                None => warnings.push(
+                    "cluster mode with the workspaces in the local data directory: a session \
+                     that moves to another instance starts its agent without its memory; give \
+                     every instance the same shared --workspace-root"
+                        .to_owned(),
+                ),
+                Some(root) if !root.is_absolute() => warnings.push(format!(
+                    "cluster mode with a relative --workspace-root {}: every instance must \
+                     reach the same shared directory",
+                    root.display()
+                )),
+                Some(_) => {}
+            }
+        }
         Ok(Settings {
             listen,
             data_dir,
@@ -639,9 +771,120 @@ impl Settings {
             agents,
             max_agents: size("max_agents", flags.max_agents.or(file.max_agents), 64)?,
             storage,
+            cluster,
+            workspace_root,
             warnings,
         })
     }
+}
+
+/// The `--cluster*` settings, flag over file.
+struct ClusterFlags {
+    url: Option<String>,
+    instance: Option<String>,
+    creds: Option<PathBuf>,
+    nkey: Option<PathBuf>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls: Option<bool>,
+    tls_first: Option<bool>,
+    replicas: Option<usize>,
+    lease_renew_ms: Option<u64>,
+}
+
+/// Cluster mode's engine settings, or `None` without `--cluster` (then every other `--cluster-*`
+/// setting is refused, so a typo'd URL variable cannot silently start a single node).
+fn resolve_cluster(flags: ClusterFlags) -> Result<Option<ClusterConfig>, String> {
+    let url = flags.url.filter(|url| !url.trim().is_empty());
+    let Some(url) = url else {
+        let given = [
+            ("--cluster-instance", flags.instance.is_some()),
+            ("--cluster-creds", flags.creds.is_some()),
+            ("--cluster-nkey", flags.nkey.is_some()),
+            ("--cluster-user", flags.user.is_some()),
+            ("--cluster-password", flags.password.is_some()),
+            ("--cluster-token", flags.token.is_some()),
+            ("--cluster-tls-ca", flags.tls_ca.is_some()),
+            ("--cluster-tls-cert", flags.tls_cert.is_some()),
+            ("--cluster-tls-key", flags.tls_key.is_some()),
+            ("--cluster-replicas", flags.replicas.is_some()),
+            ("--cluster-lease-renew-ms", flags.lease_renew_ms.is_some()),
+        ];
+        if let Some((name, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(format!("{name} needs --cluster"));
+        }
+        return Ok(None);
+    };
+    for part in url.split(',') {
+        let part = part.trim();
+        let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .any(|scheme| part.starts_with(scheme));
+        if !scheme_ok {
+            return Err(format!(
+                "--cluster {part:?}: a server URL starts with nats:// or tls://"
+            ));
+        }
+    }
+    let instance = match flags.instance {
+        Some(id) => {
+            let id = id.trim().to_owned();
+            if id.is_empty() || id.len() > 128 {
+                return Err("--cluster-instance: 1 to 128 characters".to_owned());
+            }
+            id
+        }
+        None => generated_instance_id()?,
+    };
+    let mut config = ClusterConfig::new(url.trim(), instance);
+    config.creds_file = flags.creds;
+    config.nkey_seed_file = flags.nkey;
+    config.user_password = match (flags.user, flags.password) {
+        (Some(user), Some(password)) => Some((user, password)),
+        (None, None) => None,
+        _ => return Err("--cluster-user and --cluster-password go together".to_owned()),
+    };
+    config.token = flags.token;
+    config.tls_ca = flags.tls_ca;
+    config.tls_client_cert = match (flags.tls_cert, flags.tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("--cluster-tls-cert and --cluster-tls-key go together".to_owned()),
+    };
+    config.tls_required = flags.tls.unwrap_or(false);
+    config.tls_first = flags.tls_first.unwrap_or(false);
+    if let Some(replicas) = flags.replicas {
+        config.replicas = replicas;
+    }
+    if let Some(ms) = flags.lease_renew_ms {
+        config.lease_renewal = Duration::from_millis(ms);
+    }
+    config.validate()?;
+    Ok(Some(config))
+}
+
+/// An instance id for `--cluster-instance` left unset: the host name and 8 random hex digits
+/// (unique per start, so a restarted instance never renews its predecessor's leases).
+fn generated_instance_id() -> Result<String, String> {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| format!("the operating system's random source failed: {error}"))?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(48)
+        .collect();
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(if host.is_empty() {
+        format!("gw-{suffix}")
+    } else {
+        format!("{host}-{suffix}")
+    })
 }
 
 /// The agent types: the file's, then the flags' (a flag replaces a file entry of the same name),
@@ -1139,5 +1382,100 @@ mod tests {
         .expect_err("zero refused");
         assert!(error.contains("storage_queue_limit"), "{error}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn cluster_mode_is_off_by_default_and_its_settings_need_the_url() {
+        let settings = Settings::resolve(Flags::default()).expect("defaults");
+        assert!(settings.cluster.is_none());
+        assert!(settings.workspace_root.is_none());
+        let error = Settings::resolve(Flags {
+            cluster_instance: Some("gw-a".into()),
+            ..Flags::default()
+        })
+        .expect_err("an instance id without --cluster");
+        assert!(
+            error.contains("--cluster-instance needs --cluster"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn cluster_settings_map_onto_the_engine_s_and_warn_about_a_local_workspace_root() {
+        let settings = Settings::resolve(Flags {
+            cluster: Some("nats://10.0.0.5:4222, nats://10.0.0.6:4222".into()),
+            cluster_user: Some("gw".into()),
+            cluster_password: Some("secret".into()),
+            cluster_replicas: Some(3),
+            cluster_lease_renew_ms: Some(500),
+            ..Flags::default()
+        })
+        .expect("valid cluster settings");
+        let cluster = settings.cluster.expect("cluster mode");
+        assert_eq!(cluster.url, "nats://10.0.0.5:4222, nats://10.0.0.6:4222");
+        assert!(!cluster.instance_id.is_empty(), "a generated instance id");
+        assert_eq!(cluster.user_password, Some(("gw".into(), "secret".into())));
+        assert_eq!(cluster.replicas, 3);
+        assert_eq!(cluster.lease_renewal, Duration::from_millis(500));
+        assert!(
+            settings
+                .warnings
+                .iter()
+                .any(|warning| warning.contains("--workspace-root")),
+            "{:?}",
+            settings.warnings
+        );
+        // Two generated ids differ (a restart never renews its predecessor's leases).
+        let again = Settings::resolve(Flags {
+            cluster: Some("nats://127.0.0.1:4222".into()),
+            workspace_root: Some(PathBuf::from("/srv/workspaces")),
+            ..Flags::default()
+        })
+        .expect("valid");
+        assert!(!again
+            .warnings
+            .iter()
+            .any(|w| w.contains("--workspace-root")));
+        assert_ne!(
+            again.cluster.expect("cluster").instance_id,
+            cluster.instance_id
+        );
+
+        for (flags, expected) in [
+            (
+                Flags {
+                    cluster: Some("http://nats:4222".into()),
+                    ..Flags::default()
+                },
+                "nats://",
+            ),
+            (
+                Flags {
+                    cluster: Some("nats://nats:4222".into()),
+                    cluster_user: Some("gw".into()),
+                    ..Flags::default()
+                },
+                "go together",
+            ),
+            (
+                Flags {
+                    cluster: Some("nats://nats:4222".into()),
+                    cluster_replicas: Some(7),
+                    ..Flags::default()
+                },
+                "replicas",
+            ),
+            (
+                Flags {
+                    cluster: Some("nats://nats:4222".into()),
+                    cluster_lease_renew_ms: Some(10),
+                    ..Flags::default()
+                },
+                "100 ms",
+            ),
+        ] {
+            let error = Settings::resolve(flags).expect_err("refused");
+            assert!(error.contains(expected), "{error}");
+        }
     }
 }
