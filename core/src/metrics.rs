@@ -28,6 +28,14 @@ pub struct Metrics {
     pub events_published: u64,
     /// Events storage reports committed (set by the adapter from storage's statistics).
     pub events_persisted: u64,
+    /// Cluster mode: commands forwarded to a session's owner on another instance.
+    pub cluster_forwarded: u64,
+    /// Cluster mode: lease renewals that succeeded.
+    pub cluster_lease_renewals: u64,
+    /// Cluster mode: sessions whose ownership was lost here (lease gone, append fenced).
+    pub cluster_leases_lost: u64,
+    /// Cluster mode: fetches that filled a gap in a session's live events.
+    pub cluster_catchup_fetches: u64,
     /// Messages refused with `RATE_LIMITED` by the per-connection message limit.
     pub rate_limited: u64,
     /// Connections closed with 4101 (rate limited too often).
@@ -218,11 +226,31 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE diminuendo_{name} gauge");
             let _ = writeln!(out, "diminuendo_{name} {value}");
         }
-        let counters: [(&str, &str, u64); 14] = [
+        let counters: [(&str, &str, u64); 18] = [
             (
                 "events_published_total",
                 "Session events published.",
                 self.events_published,
+            ),
+            (
+                "cluster_forwarded_total",
+                "Commands forwarded to a session's owner on another instance.",
+                self.cluster_forwarded,
+            ),
+            (
+                "cluster_lease_renewals_total",
+                "Owner lease renewals that succeeded.",
+                self.cluster_lease_renewals,
+            ),
+            (
+                "cluster_leases_lost_total",
+                "Sessions whose ownership was lost on this instance.",
+                self.cluster_leases_lost,
+            ),
+            (
+                "cluster_catchup_fetches_total",
+                "Fetches that filled a gap in a session's live events.",
+                self.cluster_catchup_fetches,
             ),
             (
                 "events_persisted_total",

@@ -208,6 +208,11 @@ impl Gateway {
     /// Every message of the gateway protocol for one connection comes here: for an `/acp`
     /// client it is translated (`gateway/acp.rs`) instead of being sent as it is.
     pub(crate) fn send(&mut self, id: ConnectionId, bytes: Bytes, now: Instant) {
+        if id.0 >= crate::gateway::cluster::RELAY_BASE {
+            // A command forwarded by another instance (cluster mode): its reply goes back.
+            self.relay_send(id, bytes);
+            return;
+        }
         if !self.send_unless_acp(id, &bytes, now) {
             self.acp_deliver(id, &bytes, None, now);
         }

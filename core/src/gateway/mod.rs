@@ -332,7 +332,15 @@ impl Gateway {
 
     /// The next non-byte output.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            // Cluster mode: storage completions the core answers itself, handled now.
+            if !self.run_deferred() {
+                return None;
+            }
+        }
     }
 
     /// The next connection with bytes waiting; write them with `outbound` and `handle_sent`.

@@ -95,7 +95,11 @@ impl Gateway {
                     identity,
                     request_id: request_id.clone(),
                 };
-                self.request(&ctx, body, now)
+                let stage = crate::gateway::cluster::Stage::default();
+                match self.cluster_request(&ctx, &body, text, stage, now) {
+                    Some(result) => result,
+                    None => self.request(&ctx, body, now),
+                }
             }
         };
         if let Err(refusal) = result {

@@ -76,6 +76,13 @@ impl Gateway {
                         (name.clone(), serde_json::json!({ "sandbox": sandbox }))
                     }).collect::<serde_json::Map<_, _>>(),
                 });
+                if let Some(status) = self.cluster_status() {
+                    body["cluster"] = serde_json::json!({
+                        "instance": status.instance_id,
+                        "nats": status.connection.as_str(),
+                        "ownedSessions": status.owned,
+                    });
+                }
                 if let Some(reason) = self.not_ready_reason() {
                     body["reason"] = serde_json::Value::String(reason);
                 }
@@ -199,7 +206,10 @@ impl Gateway {
     }
 
     fn is_ready(&self) -> bool {
-        !self.draining && self.storage_writable && self.storage_unwritable.is_none()
+        !self.draining
+            && self.storage_writable
+            && self.storage_unwritable.is_none()
+            && self.cluster_connected()
     }
 
     /// Why the gateway is not ready (`/health`'s `reason`).
@@ -210,6 +220,8 @@ impl Gateway {
             Some(reason.clone())
         } else if !self.storage_writable {
             Some("storage: reported that it cannot write".to_owned())
+        } else if let Some(status) = self.cluster_status().filter(|_| !self.cluster_connected()) {
+            Some(format!("cluster: NATS is {}", status.connection.as_str()))
         } else {
             None
         }

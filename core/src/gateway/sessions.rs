@@ -73,6 +73,10 @@ impl Gateway {
     }
 
     pub(crate) fn storage(&mut self, command: StorageCommand) {
+        if self.cluster.is_some() {
+            self.cluster_storage(command);
+            return;
+        }
         self.events.push_back(Event::Storage(command));
     }
 

@@ -54,6 +54,7 @@ impl Gateway {
             let holding = cached > 0 || self.auth_failures.tracked() > 0;
             self.next_sweep = holding.then_some(now + SWEEP_INTERVAL);
         }
+        self.cluster_tick(now);
         self.schedule_gateway_timer();
     }
 
@@ -70,7 +71,8 @@ impl Gateway {
             ShutdownPhase::Grace { until } => Some(until),
             _ => None,
         };
-        let Some(at) = [self.next_sweep, grace].into_iter().flatten().min() else {
+        let tick = self.cluster_tick_at();
+        let Some(at) = [self.next_sweep, grace, tick].into_iter().flatten().min() else {
             return;
         };
         self.timers

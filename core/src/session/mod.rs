@@ -19,6 +19,7 @@
 //! - `state.rs`: the transition table.
 
 mod agent;
+mod cluster;
 mod controls;
 pub mod memory;
 pub mod publish;
