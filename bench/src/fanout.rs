@@ -31,6 +31,8 @@ struct Subscriber {
     content_errors: u64,
     /// Receive time (µs since the start) of each `text_delta` frame, in order.
     times: Vec<u32>,
+    /// Which of `Options::subscriber_addrs` it joined through (0: the session's owner).
+    group: usize,
     done: bool,
     failure: Option<String>,
 }
@@ -57,6 +59,13 @@ pub struct Options {
     pub deltas: usize,
     pub size: usize,
     pub timeout: Duration,
+    /// Cluster mode: the instances subscribers join through, in turn (the first is the
+    /// target, where the session is created and run, so it owns it). Empty: the target.
+    pub subscriber_addrs: Vec<std::net::SocketAddr>,
+    /// Cluster mode: the other instances' pids, whose CPU counts as the gateway's.
+    pub other_pids: Vec<i32>,
+    /// The report's name (`fanout`; the cluster subcommand's own names).
+    pub name: &'static str,
 }
 
 pub fn fanout(
@@ -65,12 +74,17 @@ pub fn fanout(
     coalesce: Option<bool>,
     options: &Options,
 ) -> io::Result<Report> {
-    let Options {
-        subscribers,
-        deltas,
-        size,
-        timeout,
-    } = *options;
+    let (subscribers, deltas, size, timeout) = (
+        options.subscribers,
+        options.deltas,
+        options.size,
+        options.timeout,
+    );
+    let addrs = if options.subscriber_addrs.is_empty() {
+        vec![target.addr]
+    } else {
+        options.subscriber_addrs.clone()
+    };
     let mut control = BlockingWs::connect_authenticated(target.addr, IO_TIMEOUT)?;
     let session = sequential::prepared_session(&mut control)?;
 
@@ -79,7 +93,8 @@ pub fn fanout(
     let mut subs: Vec<Subscriber> = Vec::with_capacity(subscribers);
     let join = format!(r#"{{"type":"join_session","requestId":"j","sessionId":"{session}"}}"#);
     for index in 0..subscribers {
-        let mut ws = BlockingWs::connect_authenticated(target.addr, IO_TIMEOUT)?;
+        let group = index % addrs.len();
+        let mut ws = BlockingWs::connect_authenticated(addrs[group], IO_TIMEOUT)?;
         let joined = ws.request("j", &join)?;
         let last_seq = sequential::joined_last_seq(&joined);
         let (stream, rest) = ws.into_parts();
@@ -98,19 +113,28 @@ pub fn fanout(
         subs.push(Subscriber {
             expect: last_seq + 1,
             times: Vec::with_capacity(deltas),
+            group,
             ..Subscriber::default()
         });
     }
 
     let pid = target.pid();
     let agents = pid.map(server::children).unwrap_or_default();
+    // The gateway's CPU: every instance's, in cluster mode.
+    let gateway_cpu = || -> Option<u64> {
+        let mut total = pid.and_then(server::cpu_ticks)?;
+        for &other in &options.other_pids {
+            total += server::cpu_ticks(other)?;
+        }
+        Some(total)
+    };
     let agent_cpu = |agents: &[i32]| {
         agents
             .iter()
             .filter_map(|&a| server::cpu_ticks(a))
             .sum::<u64>()
     };
-    let cpu_before = pid.and_then(server::cpu_ticks);
+    let cpu_before = gateway_cpu();
     let agent_before = agent_cpu(&agents);
     let self_before = server::cpu_ticks(std::process::id() as i32);
     let machine_before = server::machine_busy_ticks();
@@ -195,7 +219,7 @@ pub fn fanout(
         }
     }
     let finished = started.elapsed();
-    let cpu_after = pid.and_then(server::cpu_ticks);
+    let cpu_after = gateway_cpu();
     let agent_after = agent_cpu(&agents);
     let self_after = server::cpu_ticks(std::process::id() as i32);
     let machine_after = server::machine_busy_ticks();
@@ -241,6 +265,28 @@ pub fn fanout(
         );
     }
     let spread = Summary::of(&mut spread);
+    // Cluster mode: each delta's receive time at a subscriber of another instance minus the
+    // first receive time at a subscriber of the owner (the owner delivers at once; the others
+    // get the event through NATS).
+    let mut cross: Vec<u64> = Vec::new();
+    if addrs.len() > 1 {
+        for index in 0..events_per_sub {
+            let Some(owner_first) = subs
+                .iter()
+                .filter(|sub| sub.group == 0)
+                .map(|sub| sub.times[index])
+                .min()
+            else {
+                continue;
+            };
+            cross.extend(
+                subs.iter()
+                    .filter(|sub| sub.group != 0)
+                    .map(|sub| u64::from(sub.times[index].saturating_sub(owner_first)) * 1000),
+            );
+        }
+    }
+    let cross = Summary::of(&mut cross);
     let ts_p = |p: f64| -> u64 {
         let total: u64 = shared.ts_hist.iter().sum();
         let goal = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
@@ -261,7 +307,7 @@ pub fn fanout(
         .unwrap_or(0)
         .max(1);
     let ticks = server::clock_ticks() as f64;
-    let mut report = Report::new("fanout", binary, &target.flags_text());
+    let mut report = Report::new(options.name, binary, &target.flags_text());
     report.note(
         "deliveries = agent chunks received by subscribers (delta text bytes / SIZE), however the \
          gateway coalesced them; rate over the time from the first delivery to the last",
@@ -313,6 +359,20 @@ pub fn fanout(
         "ms",
     );
     report.latency("latency", "delta latency (spread)", &spread, false);
+    if addrs.len() > 1 {
+        report.figure(
+            "instances",
+            "gateway instances subscribers joined",
+            addrs.len(),
+            "",
+        );
+        report.latency(
+            "crossInstanceLatency",
+            "cross-instance delivery (owner's first subscriber → another instance's)",
+            &cross,
+            false,
+        );
+    }
     report.figure(
         "tsLatencyP50Ms",
         "delta latency from ts, p50",

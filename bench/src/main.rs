@@ -6,6 +6,7 @@
 //! targets a running gateway instead, for the figures that need no pid. See `bench/README.md`.
 
 mod agents;
+mod cluster;
 mod fanout;
 mod health;
 mod report;
@@ -149,6 +150,32 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         binary: PathBuf,
     },
+    /// Cluster mode: three instances of the binary on a local nats-server -js;
+    /// create_session p50, cross-instance delivery latency, fan-out over three instances
+    Cluster {
+        #[arg(long, value_name = "PATH")]
+        binary: PathBuf,
+        /// The nats-server binary [default: $DIMINUENDO_NATS_SERVER, the test venv's, the PATH]
+        #[arg(long, value_name = "PATH")]
+        nats_server: Option<PathBuf>,
+        /// Sequential create_session round trips on instance A
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Deltas of the cross-instance latency turn (one subscriber on A, one on B)
+        #[arg(long, default_value_t = 2000)]
+        latency_deltas: usize,
+        /// Subscribers of the fan-out, spread over the three instances
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Deltas of the fan-out turn
+        #[arg(long, default_value_t = 2000)]
+        deltas: usize,
+        /// Bytes per delta
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+    },
     /// A markdown table from the JSON lines of `all` runs
     Table {
         /// NAME=FILE, NAME one of tokio, smol, mio (repeatable)
@@ -198,6 +225,9 @@ fn run_fanout(target: &TargetArgs, args: &FanoutArgs) -> std::io::Result<bool> {
         deltas: args.deltas,
         size: args.size,
         timeout: Duration::from_secs(args.timeout_s),
+        subscriber_addrs: Vec::new(),
+        other_pids: Vec::new(),
+        name: "fanout",
     };
     let mut ok = true;
     for &coalesce in modes {
@@ -316,6 +346,34 @@ fn run(command: Command, nofile: (u64, u64)) -> std::io::Result<bool> {
                         eprintln!("{command} failed: {error}");
                         ok = false;
                     }
+                }
+            }
+            Ok(ok)
+        }
+        Command::Cluster {
+            binary,
+            nats_server,
+            count,
+            latency_deltas,
+            subscribers,
+            deltas,
+            size,
+            timeout_s,
+        } => {
+            let options = cluster::Options {
+                nats_server,
+                count,
+                latency_deltas,
+                subscribers,
+                deltas,
+                size,
+                timeout: Duration::from_secs(timeout_s),
+            };
+            let mut ok = true;
+            for report in cluster::cluster(&binary, &name_of(&binary), &options)? {
+                let value = report.print();
+                if value.get("ok").is_some_and(|ok| ok != true) {
+                    ok = false;
                 }
             }
             Ok(ok)

@@ -37,6 +37,17 @@ pub fn connect(target: &Target, binary: &str, count: usize, warmup: usize) -> io
 
 /// `create`: `create_session` round trips on one connection, one at a time.
 pub fn create(target: &Target, binary: &str, count: usize, warmup: usize) -> io::Result<Report> {
+    create_named("create", target, binary, count, warmup)
+}
+
+/// `create` under another report name (`cluster-create`).
+pub fn create_named(
+    name: &str,
+    target: &Target,
+    binary: &str,
+    count: usize,
+    warmup: usize,
+) -> io::Result<Report> {
     let mut ws = BlockingWs::connect_authenticated(target.addr, IO_TIMEOUT)?;
     let messages: Vec<(String, String)> = (0..warmup + count)
         .map(|index| {
@@ -63,7 +74,7 @@ pub fn create(target: &Target, binary: &str, count: usize, warmup: usize) -> io:
         }
     }
     let summary = Summary::of(&mut samples);
-    let mut report = Report::new("create", binary, &target.flags_text());
+    let mut report = Report::new(name, binary, &target.flags_text());
     report.note(&format!(
         "send create_session until its reply (the tenant broadcast is skipped); {warmup} warm-ups discarded"
     ));

@@ -148,6 +148,36 @@ const ROWS: &[Row] = &[
         keys: &["medianMs"],
         target: "< 10",
     },
+    Row {
+        label: "cluster (3 instances, 1 nats-server): `create_session` p50 / p99 (µs)",
+        source: Source::Bench("cluster-create"),
+        keys: &["latencyP50Us", "latencyP99Us"],
+        target: "",
+    },
+    Row {
+        label: "cluster: cross-instance delivery p50 / p99 (µs), flat-out 2,000-delta turn",
+        source: Source::Bench("cluster-latency"),
+        keys: &["crossInstanceLatencyP50Us", "crossInstanceLatencyP99Us"],
+        target: "",
+    },
+    Row {
+        label: "cluster: fan-out, 1,000 subscribers over 3 instances: deliveries/s",
+        source: Source::Bench("cluster-fanout"),
+        keys: &["deliveriesPerS"],
+        target: "",
+    },
+    Row {
+        label: "cluster: fan-out: CPU of the 3 gateways per delivery (ns)",
+        source: Source::Bench("cluster-fanout"),
+        keys: &["serverCpuNsPerDelivery"],
+        target: "",
+    },
+    Row {
+        label: "cluster: fan-out: order violations / ok",
+        source: Source::Bench("cluster-fanout"),
+        keys: &["orderViolations", "ok"],
+        target: "0 / true",
+    },
 ];
 
 fn matches(source: Source, report: &Value) -> bool {
