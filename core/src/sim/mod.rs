@@ -7,6 +7,7 @@
 
 mod agents;
 pub mod client;
+pub mod cluster;
 mod store;
 
 use std::collections::{BTreeMap, VecDeque};
