@@ -5,13 +5,13 @@
 //! Every process is stopped by its PID (the server with SIGTERM, or SIGKILL on drop; a gateway as
 //! [`Gateway`] stops it). Waits are bounded polls of a condition with a deadline.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::Gateway;
+use crate::{connect, expect_dev_greeting, wire, Client, Gateway, Http, HttpResponse, Tapped};
 
 /// Where the test command installed `nats-server` (`DIMINUENDO_NATS_SERVER`), else the venv the
 /// test command uses under `target/`, else `nats-server` on the PATH.
@@ -177,10 +177,11 @@ impl Drop for NatsServer {
 /// Gateway instances of one binary in cluster mode on one NATS server, sharing a workspace
 /// root. Instances are named `gw-a`, `gw-b`, ... by their index.
 pub struct Cluster {
+    /// Declared first: dropped (stopped) before the server and the workspace root.
+    pub instances: Vec<Option<Gateway>>,
     pub binary: String,
     pub nats: NatsServer,
     pub workspace_root: TempDir,
-    pub instances: Vec<Option<Gateway>>,
     extra: Vec<String>,
 }
 
@@ -293,5 +294,89 @@ pub fn poll_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         // Polling a condition, with a deadline.
         std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A dev-mode client past its greeting, on `/ws` at `addr` (an instance, or the balancer).
+pub fn dev_client_at(addr: SocketAddr) -> Client {
+    let url = format!("ws://{addr}/ws");
+    let stream = Tapped::new(connect(addr));
+    let mut ws = match tungstenite::client(url, stream) {
+        Ok((ws, _)) => ws,
+        Err(error) => panic!("WebSocket handshake at {addr} failed: {error}"),
+    };
+    expect_dev_greeting(&mut ws);
+    Client::new(ws)
+}
+
+/// One `GET` at `addr` on a new connection.
+pub fn get_at(addr: SocketAddr, path: &str) -> HttpResponse {
+    let mut http = Http::connect(addr);
+    http.send(&wire::get(path));
+    http.read_response()
+}
+
+/// HAProxy (Debian's `haproxy`) on a free loopback port in front of `backends`, configured like
+/// `examples/haproxy.cfg` (health checks on `/readyz`, no stickiness), run in the foreground
+/// and stopped by its PID.
+pub struct Haproxy {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Haproxy {
+    pub fn start(backends: &[SocketAddr]) -> Haproxy {
+        let dir = TempDir::new("haproxy");
+        let port = free_port();
+        let mut config = format!(
+            "global\n    maxconn 4096\n\
+             defaults\n    mode http\n    option http-server-close\n    timeout connect 2s\n    \
+             timeout client 60s\n    timeout server 60s\n    timeout tunnel 1h\n    \
+             retry-on 503 conn-failure empty-response\n    retries 2\n    option redispatch\n\
+             frontend diminuendo\n    bind 127.0.0.1:{port}\n    default_backend gateways\n\
+             backend gateways\n    balance roundrobin\n    option httpchk\n    \
+             http-check send meth GET uri /readyz\n    http-check expect status 200\n    \
+             default-server inter 200ms fall 1 rise 1\n"
+        );
+        for (index, backend) in backends.iter().enumerate() {
+            config.push_str(&format!("    server gw-{index} {backend} check\n"));
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).expect("write the HAProxy configuration");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot start haproxy (scripts/test installs Debian's): {error}")
+            });
+        let mut proxy = Haproxy {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        };
+        poll_until("haproxy to listen", Duration::from_secs(10), || {
+            if let Some(child) = proxy.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("haproxy exited at start: {status}");
+                }
+            }
+            TcpStream::connect(proxy.addr).ok().map(|_| ())
+        });
+        proxy
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

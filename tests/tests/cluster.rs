@@ -1,0 +1,411 @@
+//! Cluster mode (CLUSTER.md, issue 16) with real processes: a `nats-server -js` on a temporary
+//! store and three gateway instances of one binary on loopback (`gw-a`, `gw-b`, `gw-c`), all
+//! dev mode, sharing one `--workspace-root`. Each process is stopped by its PID; every wait is a
+//! bounded poll of a condition or a blocking read with a timeout.
+//!
+//! The binaries: every one of `diminuendo_tests::binaries()`, or those named (comma-separated) in
+//! `DIMINUENDO_CLUSTER_BINARIES`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use diminuendo_tests::cluster::{dev_client_at, get_at, poll_until, Cluster, Haproxy};
+use diminuendo_tests::{assert_gap_free, binaries, events_of, parse, seqs, Client};
+use serde_json::{json, Value};
+
+const A: usize = 0;
+const B: usize = 1;
+const C: usize = 2;
+
+fn cluster_binaries() -> Vec<String> {
+    match std::env::var("DIMINUENDO_CLUSTER_BINARIES") {
+        Ok(list) if !list.trim().is_empty() => {
+            list.split(',').map(|name| name.trim().to_owned()).collect()
+        }
+        _ => binaries().iter().map(|name| (*name).to_owned()).collect(),
+    }
+}
+
+/// Runs `test` on a fresh three-instance cluster of every binary.
+fn with_each_cluster(test: impl Fn(&mut Cluster)) {
+    for binary in cluster_binaries() {
+        let mut cluster = Cluster::start(&binary, 3, &[]);
+        test(&mut cluster);
+    }
+}
+
+fn session_ids(list: &Value) -> Vec<String> {
+    list["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sessions in {list}"))
+        .iter()
+        .map(|session| session["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn health(cluster: &Cluster, index: usize) -> Value {
+    let response = cluster.at(index).get("/health");
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|error| panic!("/health is not JSON ({error})"))
+}
+
+/// `run_turn` from `client`, retried while the cluster answers that the session cannot be run
+/// yet (its former owner's lease has not expired): the reply that is not such a refusal.
+fn run_turn_eventually(client: &mut Client, session_id: &str, text: &str) -> Value {
+    poll_until("run_turn to be accepted", Duration::from_secs(20), || {
+        let reply = client.call(json!({"type": "run_turn", "sessionId": session_id, "text": text}));
+        match reply["type"].as_str() {
+            Some("turn_accepted") => Some(reply),
+            Some("error") => None,
+            _ => panic!("unexpected reply to run_turn: {reply}"),
+        }
+    })
+}
+
+#[test]
+fn a_session_created_on_one_instance_is_listed_and_joined_on_another() {
+    with_each_cluster(|cluster| {
+        let mut on_a = Client::dev(cluster.at(A));
+        let session = on_a.create_session("echo");
+        let id = session["id"].as_str().expect("id").to_owned();
+
+        let mut on_c = Client::dev(cluster.at(C));
+        let list = on_c.call(json!({"type": "list_sessions"}));
+        assert!(
+            session_ids(&list).contains(&id),
+            "a session acknowledged on A is not listed on C: {list}{}",
+            cluster.logs()
+        );
+        let joined = on_c.join(&id);
+        assert_eq!(joined["type"], "session_joined", "{joined}");
+        assert_eq!(joined["session"]["id"], id.as_str(), "{joined}");
+        assert_eq!(joined["session"]["epoch"], session["epoch"], "{joined}");
+
+        // /health names each instance and its NATS connection.
+        for index in [A, B, C] {
+            let health = health(cluster, index);
+            assert_eq!(
+                health["cluster"]["instance"],
+                Cluster::instance_id(index).as_str(),
+                "{health}"
+            );
+            assert_eq!(health["cluster"]["nats"], "connected", "{health}");
+        }
+    });
+}
+
+#[test]
+fn a_turn_started_on_b_is_seen_live_on_a_and_c_in_order() {
+    with_each_cluster(|cluster| {
+        let mut on_a = Client::dev(cluster.at(A));
+        let id = on_a.create_session("echo")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        on_a.join(&id);
+        let mut on_c = Client::dev(cluster.at(C));
+        on_c.join(&id);
+        let mut on_b = Client::dev(cluster.at(B));
+        on_b.join(&id);
+
+        on_b.run_turn(&id, "stream 200 64");
+        let seen_b = on_b.turn_events(&id);
+        let seen_a = on_a.turn_events(&id);
+        let seen_c = on_c.turn_events(&id);
+        let first = seqs(&seen_b)[0];
+        assert_gap_free(&seen_b, first);
+        assert_eq!(seen_a, seen_b, "A saw another sequence than B");
+        assert_eq!(seen_c, seen_b, "C saw another sequence than B");
+
+        // A second turn, from C this time (forwarded to the owner B): the same again, with no
+        // duplicate of the first turn.
+        on_c.run_turn(&id, "stream 50 10");
+        let second_c = on_c.turn_events(&id);
+        assert_gap_free(&second_c, first + seen_b.len() as u64);
+        assert_eq!(on_a.turn_events(&id), second_c);
+        assert_eq!(on_b.turn_events(&id), second_c);
+        for client in [&mut on_a, &mut on_b, &mut on_c] {
+            let rest = client.barrier();
+            assert!(
+                rest.iter().all(|text| parse(text).get("seq").is_none()),
+                "events after the turn: {rest:?}"
+            );
+        }
+
+        // The log read from a fourth connection on A is what everyone saw live.
+        let mut reader = Client::dev(cluster.at(A));
+        let stored = reader.all_events(&id, first - 1);
+        let mut live = seen_b.clone();
+        live.extend(second_c);
+        assert_eq!(stored, live, "the stored log differs from the live events");
+
+        // B owns the session; the forwarded turn was counted on C.
+        let owned = health(cluster, B)["cluster"]["ownedSessions"].clone();
+        assert!(
+            owned.as_array().is_some_and(|ids| ids.contains(&json!(id))),
+            "B does not report the session as owned: {owned}"
+        );
+        let metrics = cluster.at(C).metrics();
+        assert!(
+            metrics
+                .get("diminuendo_cluster_forwarded_total")
+                .copied()
+                .unwrap_or(0.0)
+                >= 1.0,
+            "{metrics:?}"
+        );
+    });
+}
+
+#[test]
+fn a_killed_owner_s_session_continues_on_another_instance_with_the_agent_s_memory() {
+    with_each_cluster(|cluster| {
+        let mut on_a = Client::dev(cluster.at(A));
+        let session = on_a.create_session("echo");
+        let id = session["id"].as_str().expect("id").to_owned();
+        let epoch = session["epoch"].as_str().expect("epoch").to_owned();
+        on_a.join(&id);
+        let mut on_c = Client::dev(cluster.at(C));
+        on_c.join(&id);
+
+        // A owns the session: a first turn the agent will remember.
+        on_a.run_turn(&id, "remember the tulips");
+        let first = on_a.turn_events(&id);
+        assert_eq!(on_c.turn_events(&id), first);
+
+        // A slow turn, cut by SIGKILL of A once C has seen it start.
+        on_a.run_turn(&id, "slow 100 50");
+        let cut = on_c.events_until(&id, |event| event["type"] == "text_delta");
+        drop(on_a);
+        cluster.kill(A);
+
+        // The next turn, from B, once A's lease has expired.
+        let mut on_b = Client::dev(cluster.at(B));
+        on_b.join(&id);
+        run_turn_eventually(&mut on_b, &id, "recall");
+        let recalled = on_b.turn_events(&id);
+        let text = diminuendo_tests::delta_text(&recalled);
+        assert!(
+            text.contains("remember the tulips"),
+            "the agent lost its memory: {text:?}{}",
+            cluster.logs()
+        );
+
+        // C saw the cut turn end INTERRUPTED, and never a gap or a duplicate (a new epoch
+        // restarts nothing: seqs go on).
+        let after_cut = on_c.events_until(&id, |event| {
+            event["type"] == "turn_complete"
+                && event["finalText"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("remember the tulips"))
+        });
+        let mut all = first.clone();
+        all.extend(cut);
+        all.extend(after_cut);
+        let seen: Vec<u64> = seqs(&all);
+        let unique: BTreeSet<u64> = seen.iter().copied().collect();
+        assert_eq!(unique.len(), seen.len(), "a duplicate seq: {seen:?}");
+        assert!(
+            all.iter().any(|text| {
+                let event = parse(text);
+                event["type"] == "turn_error" && event["code"] == "INTERRUPTED"
+            }),
+            "the cut turn did not end INTERRUPTED: {all:?}"
+        );
+        // The stored log, read on C, has every seq once and in order.
+        let mut reader = Client::dev(cluster.at(C));
+        let stored = reader.all_events(&id, 0);
+        assert_gap_free(&stored, 1);
+        let joined = reader.join(&id);
+        let _ = epoch;
+        assert_eq!(joined["session"]["id"], id.as_str());
+    });
+}
+
+#[test]
+fn acknowledged_sessions_survive_the_instance_that_created_them() {
+    with_each_cluster(|cluster| {
+        let mut on_a = Client::dev(cluster.at(A));
+        let mut created = Vec::new();
+        for _ in 0..20 {
+            created.push(
+                on_a.create_session("echo")["id"]
+                    .as_str()
+                    .expect("id")
+                    .to_owned(),
+            );
+        }
+        drop(on_a);
+        cluster.kill(A);
+        let mut on_b = Client::dev(cluster.at(B));
+        let list = on_b.call(json!({"type": "list_sessions"}));
+        let listed = session_ids(&list);
+        for id in &created {
+            assert!(
+                listed.contains(id),
+                "{id} was acknowledged and is lost: {list}"
+            );
+        }
+        // Each can be joined and run on B.
+        let id = &created[7];
+        on_b.join(id);
+        run_turn_eventually(&mut on_b, id, "hello");
+        let events = on_b.turn_events(id);
+        assert!(diminuendo_tests::delta_text(&events).contains("hello"));
+    });
+}
+
+#[test]
+fn a_fenced_former_owner_cannot_append() {
+    with_each_cluster(|cluster| {
+        let mut on_a = Client::dev(cluster.at(A));
+        let id = on_a.create_session("echo")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        on_a.join(&id);
+        let mut on_c = Client::dev(cluster.at(C));
+        on_c.join(&id);
+        on_a.run_turn(&id, "slow 200 20");
+        on_c.events_until(&id, |event| event["type"] == "text_delta");
+
+        // A freezes mid-turn (SIGSTOP): its lease expires and B takes the session over.
+        cluster.at_mut(A).signal(libc::SIGSTOP);
+        let mut on_b = Client::dev(cluster.at(B));
+        on_b.join(&id);
+        run_turn_eventually(&mut on_b, &id, "after the take-over");
+        on_b.turn_events(&id);
+        // A wakes up with its agent still streaming: whatever it tries to append is refused.
+        cluster.at_mut(A).signal(libc::SIGCONT);
+        poll_until("A to give the session up", Duration::from_secs(20), || {
+            let owned = health(cluster, A)["cluster"]["ownedSessions"].clone();
+            (!owned.as_array().is_some_and(|ids| ids.contains(&json!(id)))).then_some(())
+        });
+        let lost = cluster.at(A).metrics();
+        assert!(
+            lost.get("diminuendo_cluster_leases_lost_total")
+                .copied()
+                .unwrap_or(0.0)
+                >= 1.0,
+            "{lost:?}"
+        );
+
+        // The log has each seq once, and nothing after B's turn came from A.
+        on_b.run_turn(&id, "last");
+        let last = on_b.turn_events(&id);
+        let last_seq = *seqs(&last).last().expect("events");
+        let mut reader = Client::dev(cluster.at(C));
+        let stored = reader.all_events(&id, 0);
+        assert_gap_free(&stored, 1);
+        assert_eq!(stored.len() as u64, last_seq, "{stored:?}");
+        // What C saw live matches the log (no event of A's after its lease was lost).
+        let mut live = on_c.barrier();
+        live.retain(|text| {
+            parse(text)["sessionId"] == id.as_str() && parse(text).get("seq").is_some()
+        });
+        for text in &live {
+            assert!(
+                stored.contains(text),
+                "C saw an event the log does not have: {text}"
+            );
+        }
+    });
+}
+
+#[test]
+fn the_instances_recover_by_themselves_when_nats_restarts_under_load() {
+    with_each_cluster(|cluster| {
+        let mut on_a = Client::dev(cluster.at(A));
+        let id = on_a.create_session("echo")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        on_a.join(&id);
+        let mut on_c = Client::dev(cluster.at(C));
+        on_c.join(&id);
+        on_a.run_turn(&id, "slow 40 50");
+        on_c.events_until(&id, |event| event["type"] == "text_delta");
+
+        cluster.nats.stop();
+        for index in [A, B, C] {
+            poll_until("/readyz 503 without NATS", Duration::from_secs(10), || {
+                (cluster.at(index).get("/readyz").status == 503).then_some(())
+            });
+        }
+        cluster.nats.start_again();
+        for index in [A, B, C] {
+            cluster.wait_ready(index, Duration::from_secs(30));
+        }
+
+        // A new turn works, from B, and C sees it with no gap (a new epoch if events were lost).
+        let mut on_b = Client::dev(cluster.at(B));
+        on_b.join(&id);
+        run_turn_eventually(&mut on_b, &id, "after the restart");
+        let after = on_b.turn_events(&id);
+        assert!(diminuendo_tests::delta_text(&after).contains("after the restart"));
+        let mut reader = Client::dev(cluster.at(C));
+        let reply =
+            reader.call_text(json!({"type": "join_session", "sessionId": id, "afterSeq": 0}));
+        let (events, _) = events_of(&reply);
+        assert_gap_free(&events, 1);
+        assert!(events.ends_with(&after), "{reply}");
+    });
+}
+
+#[test]
+fn behind_haproxy_clients_resume_on_another_instance_when_one_is_killed() {
+    with_each_cluster(|cluster| {
+        let backends: Vec<_> = [A, B, C].iter().map(|&i| cluster.at(i).addr()).collect();
+        let proxy = Haproxy::start(&backends);
+        // Every instance is ready: the balancer's checks pass for all three.
+        let mut first = dev_client_at(proxy.addr);
+        let session = first.create_session("echo");
+        let id = session["id"].as_str().expect("id").to_owned();
+        let epoch = session["epoch"].as_str().expect("epoch").to_owned();
+        first.join(&id);
+        // Watchers through the balancer, spread over the instances (round robin).
+        let mut watchers: Vec<Client> = (0..3).map(|_| dev_client_at(proxy.addr)).collect();
+        for watcher in &mut watchers {
+            watcher.join(&id);
+        }
+        first.run_turn(&id, "stream 30 16");
+        let seen = first.turn_events(&id);
+        for watcher in &mut watchers {
+            assert_eq!(watcher.turn_events(&id), seen);
+        }
+        let seen_up_to = *seqs(&seen).last().expect("events");
+
+        // One instance dies; every client reconnects through the balancer and resumes.
+        drop(first);
+        drop(watchers);
+        cluster.kill(A);
+        let mut runner = poll_until(
+            "a client through the balancer",
+            Duration::from_secs(10),
+            || {
+                let response = get_at(proxy.addr, "/readyz");
+                (response.status == 200).then(|| dev_client_at(proxy.addr))
+            },
+        );
+        let reply = runner.call_text(json!({
+            "type": "join_session", "sessionId": id, "afterSeq": seen_up_to, "epoch": epoch
+        }));
+        let joined = parse(&reply);
+        assert_eq!(joined["type"], "session_joined", "{reply}");
+        assert_eq!(joined["recovered"], true, "{reply}");
+        run_turn_eventually(&mut runner, &id, "after the loss");
+        let after = runner.turn_events(&id);
+        assert!(diminuendo_tests::delta_text(&after).contains("after the loss"));
+        let mut reader = dev_client_at(proxy.addr);
+        let stored = reader.all_events(&id, 0);
+        assert_gap_free(&stored, 1);
+        // What the watchers on the surviving instances saw live was stored, byte for byte.
+        for event in &seen {
+            assert!(
+                stored.contains(event),
+                "{event} is not in the log: {stored:?}"
+            );
+        }
+        assert!(stored.ends_with(&after), "{stored:?}");
+    });
+}
