@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use diminuendo_core::sim::cluster::SimCluster;
 use diminuendo_core::sim::client;
+use diminuendo_core::sim::cluster::SimCluster;
 use diminuendo_core::{ConnectionId, CoreConfig};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -91,7 +91,11 @@ impl Client {
             let seen = self.seen.entry(session.to_owned()).or_default();
             let events = message["events"].as_array().cloned().unwrap_or_default();
             if let (Some(first), Some(after)) = (events.first(), seen.last) {
-                assert_eq!(first["seq"].as_u64(), Some(after + 1), "replay starts after afterSeq");
+                assert_eq!(
+                    first["seq"].as_u64(),
+                    Some(after + 1),
+                    "replay starts after afterSeq"
+                );
             }
             for (index, event) in events.iter().enumerate() {
                 let seq = event["seq"].as_u64().expect("seq");
@@ -101,7 +105,11 @@ impl Client {
                 seen.seqs.push(seq);
             }
             if let Some(event) = events.last() {
-                assert_eq!(event["seq"].as_u64(), Some(last), "a replay ends at lastSeq");
+                assert_eq!(
+                    event["seq"].as_u64(),
+                    Some(last),
+                    "a replay ends at lastSeq"
+                );
             }
             seen.last = Some(last);
             return;
@@ -139,9 +147,7 @@ impl Client {
 
     /// The reply to the request `request_id`, if it came.
     fn reply(&self, request_id: &str) -> Option<&Value> {
-        self.replies
-            .iter()
-            .find(|r| r["requestId"] == request_id)
+        self.replies.iter().find(|r| r["requestId"] == request_id)
     }
 }
 
@@ -163,9 +169,15 @@ fn create(cluster: &mut SimCluster, clients: &mut [Client], on: usize) -> String
         json!({"type": "create_session", "agentType": "echo", "requestId": "create"}),
     );
     settle(cluster, clients);
-    let reply = clients[on].reply("create").cloned().expect("session_created");
+    let reply = clients[on]
+        .reply("create")
+        .cloned()
+        .expect("session_created");
     assert_eq!(reply["type"], "session_created", "{reply}");
-    reply["session"]["id"].as_str().unwrap_or_default().to_owned()
+    reply["session"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn join(cluster: &mut SimCluster, clients: &mut [Client], who: usize, session: &str, tag: &str) {
@@ -201,7 +213,10 @@ fn create_on_a_list_on_c_turn_from_b_seen_everywhere_in_order() {
     let mut cluster = SimCluster::new(3, config(), 11, Instant::now(), RENEWAL);
     let mut clients: Vec<Client> = (0..3).map(|n| Client::open(&mut cluster, n)).collect();
     let session = create(&mut cluster, &mut clients, 0);
-    clients[2].send(&mut cluster, json!({"type": "list_sessions", "requestId": "list"}));
+    clients[2].send(
+        &mut cluster,
+        json!({"type": "list_sessions", "requestId": "list"}),
+    );
     settle(&mut cluster, &mut clients);
     let list = clients[2].reply("list").cloned().expect("session_list");
     assert_eq!(list["sessions"][0]["id"], session.as_str(), "{list}");
@@ -215,7 +230,11 @@ fn create_on_a_list_on_c_turn_from_b_seen_everywhere_in_order() {
     settle(&mut cluster, &mut clients);
     let accepted = clients[1].reply("t1").cloned().expect("turn_accepted");
     assert_eq!(accepted["type"], "turn_accepted", "{accepted}");
-    assert_eq!(owner(&cluster, &session), Some(1), "the turn runs where it was asked");
+    assert_eq!(
+        owner(&cluster, &session),
+        Some(1),
+        "the turn runs where it was asked"
+    );
     // A second turn from A is forwarded to B and relayed.
     clients[0].send(
         &mut cluster,
@@ -231,4 +250,137 @@ fn create_on_a_list_on_c_turn_from_b_seen_everywhere_in_order() {
     for client in &clients {
         assert_eq!(client.seen[&session].seqs, log, "instance {}", client.node);
     }
+}
+
+fn turn(
+    cluster: &mut SimCluster,
+    clients: &mut [Client],
+    who: usize,
+    session: &str,
+    text: &str,
+    tag: &str,
+) -> Value {
+    clients[who].send(
+        cluster,
+        json!({"type": "run_turn", "sessionId": session, "text": text, "requestId": tag}),
+    );
+    settle(cluster, clients);
+    clients[who].reply(tag).cloned().unwrap_or(Value::Null)
+}
+
+fn logged(cluster: &SimCluster, session: &str) -> Vec<Value> {
+    cluster
+        .engine
+        .log
+        .get(session)
+        .map(|log| {
+            log.iter()
+                .map(|e| serde_json::from_slice(&e.payload).expect("a JSON event"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_owner_is_taken_over_after_its_lease_expires_and_the_cut_turn_ends_interrupted() {
+    let mut cluster = SimCluster::new(3, config(), 21, Instant::now(), RENEWAL);
+    let mut clients: Vec<Client> = (0..3).map(|n| Client::open(&mut cluster, n)).collect();
+    let session = create(&mut cluster, &mut clients, 0);
+    for who in 0..3 {
+        join(&mut cluster, &mut clients, who, &session, "join");
+    }
+    let reply = turn(&mut cluster, &mut clients, 1, &session, "stream 2", "t1");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    let epoch_before = cluster.engine.log[&session].last().map(|e| e.epoch.clone());
+    // The next turn's agent never answers: it is running when its instance is killed.
+    cluster.nodes[1].agent_mode = diminuendo_core::sim::AgentMode::Manual;
+    let reply = turn(&mut cluster, &mut clients, 1, &session, "hang", "t2");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    let cut = reply["turnId"].as_str().expect("turnId").to_owned();
+    cluster.restart(1);
+    clients[1] = Client::open(&mut cluster, 1);
+    // Before the lease expires nobody can take the session: the turn is refused, not lost.
+    let early = turn(&mut cluster, &mut clients, 2, &session, "early", "t3");
+    assert_eq!(early["type"], "error", "{early}");
+    for _ in 0..8 {
+        cluster.advance(Duration::from_millis(500));
+        settle(&mut cluster, &mut clients);
+    }
+    let reply = turn(&mut cluster, &mut clients, 2, &session, "stream 3", "t4");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    assert_eq!(owner(&cluster, &session), Some(2));
+    let events = logged(&cluster, &session);
+    let interrupted: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "turn_error" && e["turnId"] == cut.as_str())
+        .collect();
+    assert_eq!(interrupted.len(), 1, "{events:?}");
+    assert_eq!(interrupted[0]["code"], "INTERRUPTED");
+    let log = log_seqs(&cluster, &session);
+    assert_eq!(
+        log,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "one log, no seq twice"
+    );
+    let epoch_after = cluster.engine.log[&session].last().map(|e| e.epoch.clone());
+    assert_ne!(
+        epoch_before, epoch_after,
+        "events may have been lost: a new epoch"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "turn_complete" && e["turnId"] == reply["turnId"]));
+    for who in [0, 2] {
+        assert_eq!(clients[who].seen[&session].seqs, log, "instance {who}");
+    }
+    // The registry still has the session (acknowledged, never lost).
+    assert!(cluster.engine.registry.contains_key(&session));
+}
+
+#[test]
+fn a_fenced_former_owner_cannot_append_and_kills_its_agent() {
+    let mut cluster = SimCluster::new(2, config(), 31, Instant::now(), RENEWAL);
+    let mut clients: Vec<Client> = (0..2).map(|n| Client::open(&mut cluster, n)).collect();
+    let session = create(&mut cluster, &mut clients, 0);
+    for who in 0..2 {
+        join(&mut cluster, &mut clients, who, &session, "join");
+    }
+    let reply = turn(&mut cluster, &mut clients, 0, &session, "stream 2", "t1");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    assert_eq!(owner(&cluster, &session), Some(0));
+    let old_agent = cluster.nodes[0]
+        .agent_of(&session)
+        .expect("the owner's agent");
+    // A partition: A's lease expires without A knowing; B takes the session over.
+    cluster.cut_off(0, &session);
+    let reply = turn(&mut cluster, &mut clients, 1, &session, "stream 2", "t2");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    assert_eq!(owner(&cluster, &session).map(|_| ()), Some(()));
+    let log_before = log_seqs(&cluster, &session);
+    // A still believes it owns the session; its next publish is refused by the fence.
+    let reply = turn(&mut cluster, &mut clients, 0, &session, "stream 2", "t3");
+    let _ = reply;
+    settle(&mut cluster, &mut clients);
+    assert!(
+        cluster.engine.fenced >= 1,
+        "the stale owner's append was refused"
+    );
+    assert_eq!(cluster.nodes[0].gateway.metrics().cluster_leases_lost, 1);
+    assert!(
+        !cluster.nodes[0].agents[&old_agent].alive,
+        "its agent is stopped at once"
+    );
+    assert!(!cluster.nodes[0]
+        .gateway
+        .cluster_status()
+        .is_some_and(|s| s.owned.contains(&session)));
+    let log = log_seqs(&cluster, &session);
+    assert_eq!(log, (1..=log.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        log, log_before,
+        "nothing of the stale owner reached the log"
+    );
+    assert_eq!(clients[1].seen[&session].seqs, log);
+    // A's client saw events the log never stored: it was told to join again.
+    assert_eq!(clients[0].seen[&session].reloads, 1);
 }

@@ -117,16 +117,24 @@ impl SimCluster {
         self.engine.watching.retain(|(node, _)| *node != index);
         self.engine.serving.retain(|_, node| *node != index);
         self.engine.anchors.retain(|(node, _), _| *node != index);
-        let orphaned: Vec<u64> = self
-            .engine
-            .requests
-            .iter()
-            .filter(|(_, (_, _))| true)
-            .map(|(id, _)| *id)
-            .collect();
-        let _ = orphaned;
         let seed = 1000 + self.step + index as u64;
         self.nodes[index] = self.fresh(index, seed, now);
+    }
+
+    /// A partition: the instance's lease of `session_id` expires and its command subscription
+    /// is gone, while the instance itself does not know yet (its renewal has not run).
+    pub fn cut_off(&mut self, index: usize, session_id: &str) {
+        if self
+            .engine
+            .leases
+            .get(session_id)
+            .is_some_and(|(holder, _, _)| *holder == index)
+        {
+            self.engine.leases.remove(session_id);
+        }
+        if self.engine.serving.get(session_id) == Some(&index) {
+            self.engine.serving.remove(session_id);
+        }
     }
 
     /// Moves every instance's clock (leases expire, timers fire).

@@ -2,10 +2,11 @@
 //! opened and appended; take-over.
 //!
 //! Take-over rule (CLUSTER.md, kept simple): the new owner opens the log and compares its last
-//! event with the registry entry, which records the last event the previous owner had
-//! acknowledged. The same `(seq, epoch)`: the log continues under that epoch. Anything else
-//! (the previous owner died with events published but not recorded, or the log lost events):
-//! a new epoch, continuing from the highest `seq` known, so a seq is never reused on any
+//! event with the registry entry. An owner that deactivates cleanly writes the entry `inactive`
+//! with its last event, acknowledged, before it releases the lease; only then (`inactive` and
+//! the same `(seq, epoch)` as the log's last event) does the log continue under that epoch.
+//! Anything else (the previous owner died or was cut off, so it may have shown its clients
+//! events the log never stored; or the log lost events): a new epoch, continuing from the highest `seq` known, so a seq is never reused on any
 //! instance. A turn the log shows started and not ended is closed with `turn_error`
 //! `INTERRUPTED` by the new owner.
 
@@ -182,13 +183,13 @@ impl Gateway {
             .as_ref()
             .and_then(|c| c.registry.get(session_id.as_ref()))
             .and_then(|reg| reg.meta.clone())
-            .map(|meta| (meta.last_seq, meta.epoch))
-            .unwrap_or_else(|| (local_seq, session.record().epoch.clone()));
+            .map(|meta| (meta.last_seq, meta.epoch, meta.status == "inactive"))
+            .unwrap_or_else(|| (local_seq, session.record().epoch.clone(), false));
         let (tail_seq, same) = match &tail {
             None => (0, recorded.0 == 0),
             Some(event) => (
                 event.seq,
-                event.seq == recorded.0 && event.epoch == recorded.1,
+                recorded.2 && event.seq == recorded.0 && event.epoch == recorded.1,
             ),
         };
         let epoch = if same { recorded.1 } else { self.new_epoch() };
