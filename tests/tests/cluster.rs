@@ -7,7 +7,7 @@
 //! `DIMINUENDO_CLUSTER_BINARIES`.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diminuendo_tests::cluster::{dev_client_at, get_at, poll_until, Cluster, Haproxy};
 use diminuendo_tests::{assert_gap_free, binaries, events_of, parse, seqs, Client};
@@ -49,17 +49,27 @@ fn health(cluster: &Cluster, index: usize) -> Value {
         .unwrap_or_else(|error| panic!("/health is not JSON ({error})"))
 }
 
-/// `run_turn` from `client`, retried while the cluster answers that the session cannot be run
-/// yet (its former owner's lease has not expired): the reply that is not such a refusal.
+/// `run_turn` from `client`, retried (4 times a second, within the rate limit) while the
+/// cluster refuses it because the session cannot be run yet (its former owner's lease has not
+/// expired, or NATS is not back): the reply that is not such a refusal.
 fn run_turn_eventually(client: &mut Client, session_id: &str, text: &str) -> Value {
-    poll_until("run_turn to be accepted", Duration::from_secs(20), || {
-        let reply = client.call(json!({"type": "run_turn", "sessionId": session_id, "text": text}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refusals = Vec::new();
+    loop {
+        let reply =
+            client.call(json!({"type": "run_turn", "sessionId": session_id, "text": text}));
         match reply["type"].as_str() {
-            Some("turn_accepted") => Some(reply),
-            Some("error") => None,
+            Some("turn_accepted") => return reply,
+            Some("error") => refusals.push(reply),
             _ => panic!("unexpected reply to run_turn: {reply}"),
         }
-    })
+        assert!(
+            Instant::now() < deadline,
+            "run_turn still refused after 20 s: {refusals:?}"
+        );
+        // Retrying a refused request, with a deadline.
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[test]
@@ -183,11 +193,16 @@ fn a_killed_owner_s_session_continues_on_another_instance_with_the_agent_s_memor
         let mut on_b = Client::dev(cluster.at(B));
         on_b.join(&id);
         run_turn_eventually(&mut on_b, &id, "recall");
-        let recalled = on_b.turn_events(&id);
+        // B first sees the cut turn end (INTERRUPTED), then the new turn.
+        let recalled = on_b.events_until(&id, |event| event["type"] == "turn_complete");
+        assert!(
+            recalled.iter().any(|text| parse(text)["code"] == "INTERRUPTED"),
+            "{recalled:?}"
+        );
         let text = diminuendo_tests::delta_text(&recalled);
         assert!(
             text.contains("remember the tulips"),
-            "the agent lost its memory: {text:?}{}",
+            "the agent lost its memory: {text:?} in {recalled:?}{}",
             cluster.logs()
         );
 
