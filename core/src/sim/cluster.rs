@@ -440,6 +440,18 @@ impl SimCluster {
                         let stored = engine.stream_seq;
                         for node in subscribers {
                             if self.lose_one_in > 0 && self.random(self.lose_one_in) == 0 {
+                                // NATS loses live messages only across a reconnection: the
+                                // instance is told, after the loss.
+                                let due = self.step + 1 + self.random(self.max_delay * 2 + 1);
+                                for state in
+                                    [ConnectionState::Reconnecting, ConnectionState::Connected]
+                                {
+                                    self.inserted += 1;
+                                    self.live.insert(
+                                        (due, self.inserted),
+                                        (node, D::Connection { state }),
+                                    );
+                                }
                                 continue;
                             }
                             self.send_live(

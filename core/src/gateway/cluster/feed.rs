@@ -27,6 +27,8 @@ pub(crate) struct Feed {
     /// Caught up with the log once: joins are answered.
     synced: bool,
     fetching: bool,
+    /// Read the log again once the fetch in flight is answered (a reconnection meanwhile).
+    again: bool,
     /// Live events ahead of the next seq, by seq.
     ahead: BTreeMap<u64, LogEvent>,
     /// Joins waiting for the first catch-up.
@@ -60,16 +62,11 @@ impl Gateway {
         let Some(cluster) = self.cluster.as_mut() else {
             return true;
         };
-        if cluster.acquiring.contains_key(session_id) {
-            // The session is being taken over here: the join is answered once it is.
-            if let Some(feed) = cluster.feeds.get_mut(session_id) {
-                if feed.synced {
-                    return true;
-                }
-                feed.waiting.push(deferred);
-                return false;
-            }
-            return true;
+        if let Some(acquiring) = cluster.acquiring.get_mut(session_id) {
+            // The session is being taken over here: the join is answered once it is (its
+            // `lastSeq` then is the log's).
+            acquiring.waiting.push(deferred);
+            return false;
         }
         match cluster.feeds.get_mut(session_id) {
             Some(feed) if feed.synced => true,
@@ -84,6 +81,7 @@ impl Gateway {
                         subscribed: false,
                         synced: false,
                         fetching: false,
+                        again: false,
                         ahead: BTreeMap::new(),
                         waiting: vec![deferred],
                         target: 0,
@@ -109,6 +107,18 @@ impl Gateway {
         };
         feed.subscribed = true;
         self.feed_fetch(session_id);
+    }
+
+    /// After a reconnection: read the log from what was delivered (live events may be lost).
+    pub(crate) fn feed_resync(&mut self, session_id: &str) {
+        let Some(feed) = self.feed_mut(session_id) else {
+            return;
+        };
+        if feed.fetching {
+            feed.again = true;
+        } else if feed.synced {
+            self.feed_fetch(session_id);
+        }
     }
 
     fn feed_fetch(&mut self, session_id: &str) {
@@ -179,6 +189,7 @@ impl Gateway {
                     return;
                 };
                 feed.fetching = false;
+                let again = std::mem::take(&mut feed.again);
                 let (events, has_more) = match result {
                     Ok(answer) => answer,
                     // Tried again at the next live event (or join).
@@ -187,7 +198,7 @@ impl Gateway {
                 for event in events {
                     self.feed_offer(&session_id, event, now);
                 }
-                if has_more {
+                if has_more || again {
                     self.feed_fetch(&session_id);
                     return;
                 }
@@ -348,6 +359,7 @@ impl Gateway {
                 subscribed: false,
                 synced: true,
                 fetching: false,
+                again: false,
                 ahead: BTreeMap::new(),
                 waiting: Vec::new(),
                 target: 0,

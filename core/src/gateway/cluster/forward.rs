@@ -129,7 +129,20 @@ impl Gateway {
             return Some(Ok(()));
         };
         if let ClientRequest::JoinSession(_) = request {
-            return (!self.feed_ready(&id, deferred())).then_some(Ok(()));
+            if self.feed_ready(&id, deferred()) {
+                return None;
+            }
+            // The join replaces the connection's subscription now, as on one node: nothing of
+            // the old one arrives while it waits.
+            if let Some(superseded) = self.unsubscribe(&id, ctx.connection, now) {
+                self.abandon(
+                    superseded,
+                    ErrorCode::InvalidState,
+                    "superseded by a later join_session",
+                    now,
+                );
+            }
+            return Some(Ok(()));
         }
         if !command || self.is_owned(&id) {
             return None;

@@ -146,7 +146,19 @@ impl Gateway {
         cluster.last_now = Some(now);
         use ClusterCompletion as C;
         match completion {
-            C::Connection { state } => cluster.connection = state,
+            C::Connection { state } => {
+                let back = state == ConnectionState::Connected
+                    && cluster.connection != ConnectionState::Connected;
+                cluster.connection = state;
+                if back {
+                    // Live events may have been lost while the connection was down: every
+                    // feed reads the log from what it delivered.
+                    let feeds: Vec<SessionId> = cluster.feeds.keys().cloned().collect();
+                    for session_id in feeds {
+                        self.feed_resync(&session_id);
+                    }
+                }
+            }
             C::Registry { token, result } => self.registry_written(token, result, now),
             C::RegistryEntry { token, result } => self.registry_read(token, result, now),
             C::RegistryList { token, result } => self.registry_listed(token, result, now),

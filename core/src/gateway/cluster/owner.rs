@@ -34,7 +34,7 @@ pub(crate) struct Owned {
 
 /// A lease being acquired, and the requests waiting for it.
 pub(crate) struct Acquiring {
-    waiting: Vec<Deferred>,
+    pub(crate) waiting: Vec<Deferred>,
     /// The log's tail once opened, while the watchers here catch up to it.
     takeover: Option<(u64, String, Option<String>)>,
 }
