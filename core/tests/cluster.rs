@@ -534,3 +534,44 @@ fn a_join_sent_while_the_lease_is_acquired_replaces_the_subscription_at_once() {
     let ops = [Op::Turn(1, 1), Op::Step(2), Op::Rejoin(1), Op::Turn(0, 1)];
     run(13860, 0, 1, &ops);
 }
+
+#[test]
+fn an_idle_owner_releases_its_lease_and_the_next_owner_keeps_the_epoch() {
+    let config = CoreConfig {
+        idle_session_timeout: Duration::from_secs(2),
+        ..config()
+    };
+    let mut cluster = SimCluster::new(2, config, 41, Instant::now(), RENEWAL);
+    let mut clients: Vec<Client> = (0..2).map(|n| Client::open(&mut cluster, n)).collect();
+    let session = create(&mut cluster, &mut clients, 0);
+    join(&mut cluster, &mut clients, 1, &session, "join");
+    let reply = turn(&mut cluster, &mut clients, 0, &session, "stream 2", "t1");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    // Nobody is joined on A: once idle, A stops the agent, records the last event, releases.
+    for _ in 0..10 {
+        cluster.advance(Duration::from_millis(500));
+        settle(&mut cluster, &mut clients);
+    }
+    assert_eq!(owner(&cluster, &session), None);
+    assert!(
+        !cluster.engine.leases.contains_key(&session),
+        "the lease was released"
+    );
+    let (meta, _) = &cluster.engine.registry[&session];
+    assert_eq!(meta.status, "inactive");
+    let log = log_seqs(&cluster, &session);
+    assert_eq!(meta.last_seq, *log.last().expect("events"));
+    assert!(cluster.nodes[0].gateway.metrics().cluster_lease_renewals >= 1);
+    let epoch = cluster.engine.log[&session].last().map(|e| e.epoch.clone());
+    // B takes it at once (no lease to wait for) and continues the same epoch.
+    let reply = turn(&mut cluster, &mut clients, 1, &session, "stream 1", "t2");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    assert_eq!(owner(&cluster, &session), Some(1));
+    assert_eq!(
+        cluster.engine.log[&session].last().map(|e| e.epoch.clone()),
+        epoch
+    );
+    let log = log_seqs(&cluster, &session);
+    assert_eq!(log, (1..=log.len() as u64).collect::<Vec<_>>());
+    assert_eq!(clients[1].seen[&session].seqs, log);
+}
