@@ -172,15 +172,20 @@ fn a_turn_started_on_b_is_seen_live_on_a_and_c_in_order() {
             owned.as_array().is_some_and(|ids| ids.contains(&json!(id))),
             "B does not report the session as owned: {owned}"
         );
-        let metrics = cluster.at(C).metrics();
-        assert!(
-            metrics
-                .get("diminuendo_cluster_forwarded_total")
+        let metric = |index: usize, name: &str| {
+            cluster
+                .at(index)
+                .metrics()
+                .get(name)
                 .copied()
                 .unwrap_or(0.0)
-                >= 1.0,
-            "{metrics:?}"
-        );
+        };
+        assert!(metric(C, "diminuendo_cluster_forwarded_total") >= 1.0);
+        // The owner renews its lease (every 500 ms here).
+        poll_until("a lease renewal on B", Duration::from_secs(10), || {
+            (metric(B, "diminuendo_cluster_lease_renewals_total") >= 1.0).then_some(())
+        });
+        assert_eq!(metric(B, "diminuendo_cluster_leases_lost_total"), 0.0);
     });
 }
 
@@ -251,7 +256,10 @@ fn a_killed_owner_s_session_continues_on_another_instance_with_the_agent_s_memor
         let stored = log_through(cluster.at(C).addr(), &id, 0, through);
         assert_gap_free(&stored, 1);
         for text in &all {
-            assert!(stored.contains(text), "C saw {text}, the log lacks it: {stored:?}");
+            assert!(
+                stored.contains(text),
+                "C saw {text}, the log lacks it: {stored:?}"
+            );
         }
         // A new epoch when acknowledged events may be missing; the old one is not recovered.
         let mut reader = Client::dev(cluster.at(C));
@@ -392,6 +400,17 @@ fn the_instances_recover_by_themselves_when_nats_restarts_under_load() {
                     .is_some_and(|text| text.contains("after the restart"))
         });
         assert!(diminuendo_tests::delta_text(&after).contains("after the restart"));
+        // C watched the session through the outage: its feed read the log again afterwards
+        // (live events may be lost across a reconnection).
+        let catchups = cluster.at(C).metrics();
+        assert!(
+            catchups
+                .get("diminuendo_cluster_catchup_fetches_total")
+                .copied()
+                .unwrap_or(0.0)
+                >= 1.0,
+            "{catchups:?}"
+        );
         let through = *seqs(&after).last().expect("events");
         let events = log_through(cluster.at(C).addr(), &id, 0, through);
         assert_gap_free(&events, 1);
