@@ -155,11 +155,11 @@ impl Cluster {
 
     /// Queues a command like [`Cluster::submit`]; when the engine has stopped, the command comes
     /// back (so its caller can answer it with [`ClusterCommand::refusal`] without a clone).
-    pub fn try_submit(&self, cmd: ClusterCommand) -> Result<(), ClusterCommand> {
+    pub fn try_submit(&self, cmd: ClusterCommand) -> Result<(), Box<ClusterCommand>> {
         self.tx.send(Msg::Cmd(cmd)).map_err(|error| match error.0 {
-            Msg::Cmd(cmd) => cmd,
+            Msg::Cmd(cmd) => Box::new(cmd),
             // Only commands are sent here.
-            Msg::Shutdown => ClusterCommand::ListInstances { token: 0 },
+            Msg::Shutdown => Box::new(ClusterCommand::ListInstances { token: 0 }),
         })
     }
 

@@ -179,6 +179,7 @@ impl Drop for NatsServer {
 pub struct Cluster {
     /// Declared first: dropped (stopped) before the server and the workspace root.
     pub instances: Vec<Option<Gateway>>,
+    /// The binaries, comma-separated.
     pub binary: String,
     pub nats: NatsServer,
     pub workspace_root: TempDir,
@@ -192,15 +193,22 @@ pub const TEST_LEASE_RENEW_MS: u64 = 500;
 impl Cluster {
     /// A NATS server and `count` dev-mode instances of `binary`, with `extra` flags each.
     pub fn start(binary: &str, count: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_mixed(&vec![binary; count], extra)
+    }
+
+    /// A NATS server and one dev-mode instance of each of `binaries` (instance `i` runs
+    /// `binaries[i]`), with `extra` flags each.
+    pub fn start_mixed(binaries: &[&str], extra: &[&str]) -> Cluster {
+        let count = binaries.len();
         let mut cluster = Cluster {
-            binary: binary.to_owned(),
+            binary: binaries.join(","),
             nats: NatsServer::start(),
             workspace_root: TempDir::new("workspaces"),
             instances: Vec::new(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
-        for index in 0..count {
-            let gateway = cluster.launch(index);
+        for (index, binary) in binaries.iter().enumerate() {
+            let gateway = cluster.launch(binary, index);
             cluster.instances.push(Some(gateway));
         }
         for index in 0..count {
@@ -213,7 +221,7 @@ impl Cluster {
         format!("gw-{}", (b'a' + index as u8) as char)
     }
 
-    fn launch(&self, index: usize) -> Gateway {
+    fn launch(&self, binary: &str, index: usize) -> Gateway {
         let url = self.nats.url();
         let instance = Cluster::instance_id(index);
         let root = self.workspace_root.path().display().to_string();
@@ -230,7 +238,7 @@ impl Cluster {
             &root,
         ];
         args.extend(self.extra.iter().map(String::as_str));
-        Gateway::start(&self.binary, &args)
+        Gateway::start(binary, &args)
     }
 
     /// Instance `index` (it must be running).

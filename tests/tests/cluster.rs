@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use diminuendo_tests::cluster::{dev_client_at, get_at, poll_until, Cluster, Haproxy};
-use diminuendo_tests::{assert_gap_free, binaries, events_of, parse, seqs, Client};
+use diminuendo_tests::{assert_gap_free, binaries, parse, seqs, Client};
 use serde_json::{json, Value};
 
 const A: usize = 0;
@@ -503,4 +503,43 @@ fn behind_haproxy_clients_resume_on_another_instance_when_one_is_killed() {
         }
         assert!(stored.ends_with(&after), "{stored:?}");
     });
+}
+
+#[test]
+fn the_three_binaries_serve_one_cluster_together() {
+    let binaries: Vec<&str> = binaries().to_vec();
+    let cluster = Cluster::start_mixed(&binaries, &[]);
+    let mut clients: Vec<Client> = [A, B, C]
+        .iter()
+        .map(|&i| Client::dev(cluster.at(i)))
+        .collect();
+    let id = clients[A].create_session("echo")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for client in &mut clients {
+        client.join(&id);
+    }
+    // A turn run from each instance in turn (the first makes B the owner; the others are
+    // forwarded to it), seen identically everywhere.
+    for (runner, text) in [(B, "stream 40 8"), (C, "from mio"), (A, "from tokio")] {
+        clients[runner].run_turn(&id, text);
+        let seen = clients[runner].turn_events(&id);
+        let expected = if runner == B { "abcdefgh" } else { text };
+        assert!(
+            diminuendo_tests::delta_text(&seen).starts_with(expected),
+            "{seen:?}"
+        );
+        for (index, client) in clients.iter_mut().enumerate() {
+            if index != runner {
+                assert_eq!(
+                    client.turn_events(&id),
+                    seen,
+                    "instance {index} ({}) saw another turn than {runner}{}",
+                    binaries[index],
+                    cluster.logs()
+                );
+            }
+        }
+    }
 }
