@@ -84,6 +84,9 @@ impl Client {
     }
 
     fn check(&mut self, message: &Value) {
+        if std::env::var("DIMINUENDO_SIM_TRACE").is_ok() {
+            eprintln!("node {} <- {}", self.node, message);
+        }
         let kind = message["type"].as_str().unwrap_or_default();
         if kind == "session_joined" {
             let session = message["session"]["id"].as_str().unwrap_or_default();
@@ -574,4 +577,55 @@ fn an_idle_owner_releases_its_lease_and_the_next_owner_keeps_the_epoch() {
     let log = log_seqs(&cluster, &session);
     assert_eq!(log, (1..=log.len() as u64).collect::<Vec<_>>());
     assert_eq!(clients[1].seen[&session].seqs, log);
+}
+
+/// Found by the proptest: a feed's fetch that ended while the lease was being acquired (before
+/// the log was opened) took the acquisition for done and dropped the requests waiting for it
+/// (a join never answered, a client left behind).
+#[test]
+fn a_fetch_ending_while_the_lease_is_acquired_does_not_drop_the_waiting_requests() {
+    use Op::*;
+    let ops = [
+        Turn(2, 2),
+        Step(2),
+        Step(5),
+        Turn(1, 1),
+        Step(2),
+        Turn(0, 1),
+        Advance(1000),
+        Step(2),
+        Turn(0, 1),
+        Kill(2),
+        Advance(1397),
+        Step(2),
+        Step(1),
+        Turn(1, 1),
+        Step(3),
+        Rejoin(1),
+        Turn(0, 1),
+        Advance(1603),
+    ];
+    run(721868, 4, 4, &ops);
+}
+
+/// Found by the proptest: the previous owner, cut off without knowing, appended after the new
+/// owner opened the log; the new owner's watchers got those events, then the new owner reused
+/// their seqs. It now opens the log again until it is the last to have appended.
+#[test]
+fn a_take_over_reopens_the_log_while_a_cut_off_owner_still_appends() {
+    use Op::*;
+    let ops = [
+        Turn(1, 1),
+        Turn(1, 1),
+        Turn(1, 1),
+        Turn(2, 5),
+        Step(3),
+        Step(3),
+        CutOff,
+        Turn(0, 1),
+        Step(1),
+        Turn(2, 2),
+        Step(1),
+    ];
+    run(765552, 4, 3, &ops);
 }

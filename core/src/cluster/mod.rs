@@ -6,6 +6,7 @@
 //! feeds the engine's [`ClusterCompletion`]s back through `Gateway::handle_cluster`. Nothing here
 //! does I/O. The gateway's side (what it decides with them) is in `gateway::cluster`.
 
+mod refusal;
 pub mod types;
 
 pub use types::*;

@@ -162,7 +162,7 @@ impl Gateway {
         result: Result<(Vec<LogEvent>, bool), ClusterError>,
         now: Instant,
     ) {
-        match self.take_pending(token) {
+        match self.take_pending(token, |p| matches!(p, Pending::Query | Pending::Fetch(_))) {
             Some(Pending::Query) => {
                 let result = result
                     .map(|(events, has_more)| QueryResult::Events {
@@ -226,6 +226,9 @@ impl Gateway {
                     .is_some_and(|c| c.acquiring.contains_key(&session_id));
                 if taking_over && delivered >= target {
                     self.finish_takeover(&session_id, now);
+                } else if taking_over {
+                    // The log is ahead of what this fetch read: read on.
+                    self.feed_fetch(&session_id);
                 }
             }
             _ => {}

@@ -209,7 +209,9 @@ impl Gateway {
         result: Result<Bytes, ClusterError>,
         now: Instant,
     ) {
-        let Some(Pending::Forward { session_id, then }) = self.take_pending(token) else {
+        let Some(Pending::Forward { session_id, then }) =
+            self.take_pending(token, |p| matches!(p, Pending::Forward { .. }))
+        else {
             return;
         };
         let _ = session_id;

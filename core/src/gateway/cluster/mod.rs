@@ -163,7 +163,10 @@ impl Gateway {
             C::RegistryEntry { token, result } => self.registry_read(token, result, now),
             C::RegistryList { token, result } => self.registry_listed(token, result, now),
             C::Lease { token, result, .. } => self.lease_answered(token, result, now),
-            C::LeaseHolder { .. } | C::Instances { .. } | C::Purged { .. } => {}
+            C::Purged { token, .. } => {
+                self.take_pending(token, |p| matches!(p, Pending::Purge));
+            }
+            C::LeaseHolder { .. } | C::Instances { .. } => {}
             C::LogOpened { token, result, .. } => self.log_opened(token, result, now),
             C::Appended {
                 session_id,
@@ -211,8 +214,14 @@ impl Gateway {
         token
     }
 
-    pub(crate) fn take_pending(&mut self, token: u64) -> Option<Pending> {
-        self.cluster.as_mut()?.pending.remove(&token)
+    /// The command in flight under `token`, if it is of the kind `of` accepts (a completion of
+    /// another kind under the same token is not its answer and leaves it waiting).
+    pub(crate) fn take_pending(&mut self, token: u64, of: fn(&Pending) -> bool) -> Option<Pending> {
+        let pending = &mut self.cluster.as_mut()?.pending;
+        if !pending.get(&token).is_some_and(of) {
+            return None;
+        }
+        pending.remove(&token)
     }
 
     /// The instance's id (empty in single-node mode).

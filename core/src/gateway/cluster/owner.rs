@@ -81,7 +81,12 @@ impl Gateway {
         result: Result<u64, ClusterError>,
         now: Instant,
     ) {
-        match self.take_pending(token) {
+        match self.take_pending(token, |p| {
+            matches!(
+                p,
+                Pending::Acquire(_) | Pending::Renew(_) | Pending::Release
+            )
+        }) {
             Some(Pending::Acquire(session_id)) => match result {
                 Ok(_) => {
                     let tenant_id = self
@@ -161,7 +166,9 @@ impl Gateway {
         result: Result<Option<LogEvent>, ClusterError>,
         now: Instant,
     ) {
-        let Some(Pending::OpenLog(session_id)) = self.take_pending(token) else {
+        let Some(Pending::OpenLog(session_id)) =
+            self.take_pending(token, |p| matches!(p, Pending::OpenLog(_)))
+        else {
             return;
         };
         let tail = match result {
@@ -215,6 +222,43 @@ impl Gateway {
 
     /// The watchers here have every stored event: this instance owns the session now.
     pub(crate) fn finish_takeover(&mut self, session_id: &SessionId, now: Instant) {
+        // Only once the log is open (a feed's fetch may end before that).
+        let opened = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.acquiring.get(session_id))
+            .and_then(|acquiring| acquiring.takeover.as_ref().map(|t| t.0));
+        let Some(opened_at) = opened else {
+            return;
+        };
+        let delivered = self
+            .sessions
+            .get(session_id)
+            .map_or(0, |s| s.record().last_seq);
+        if delivered > opened_at {
+            // The log moved on since it was opened: the previous owner, cut off without knowing
+            // yet, still appends. Open it again (appends anchored on the old tail would be
+            // refused); it stops at its next renewal at the latest.
+            if let Some(acquiring) = self
+                .cluster
+                .as_mut()
+                .and_then(|c| c.acquiring.get_mut(session_id))
+            {
+                acquiring.takeover = None;
+            }
+            let tenant_id = self
+                .sessions
+                .get(session_id)
+                .map(|s| s.record().tenant_id.clone())
+                .unwrap_or_default();
+            let token = self.cluster_pending(Pending::OpenLog(session_id.clone()));
+            self.cluster_command(ClusterCommand::OpenLog {
+                token,
+                tenant_id,
+                session_id: session_id.to_string(),
+            });
+            return;
+        }
         let Some(acquiring) = self
             .cluster
             .as_mut()

@@ -280,7 +280,9 @@ impl Gateway {
         result: Result<u64, ClusterError>,
         now: Instant,
     ) {
-        let Some(Pending::Registry { session_id }) = self.take_pending(token) else {
+        let Some(Pending::Registry { session_id }) =
+            self.take_pending(token, |p| matches!(p, Pending::Registry { .. }))
+        else {
             return;
         };
         let Some(reg) = self.reg(&session_id) else {
@@ -378,7 +380,9 @@ impl Gateway {
         result: Result<Option<RegistryEntry>, ClusterError>,
         now: Instant,
     ) {
-        let Some(Pending::Get { session_id, then }) = self.take_pending(token) else {
+        let Some(Pending::Get { session_id, then }) =
+            self.take_pending(token, |p| matches!(p, Pending::Get { .. }))
+        else {
             return;
         };
         if let Ok(Some(entry)) = result {
@@ -399,7 +403,9 @@ impl Gateway {
         result: Result<Vec<RegistryEntry>, ClusterError>,
         now: Instant,
     ) {
-        let Some(Pending::List { mut then }) = self.take_pending(token) else {
+        let Some(Pending::List { mut then }) =
+            self.take_pending(token, |p| matches!(p, Pending::List { .. }))
+        else {
             return;
         };
         for entry in result.unwrap_or_default() {
