@@ -411,7 +411,13 @@ impl Gateway {
                     identity: identity.clone(),
                     request_id,
                 };
-                if let Err(refusal) = self.request(&ctx, body, now) {
+                // In cluster mode the request may wait for the cluster or go to the owner.
+                let cluster_stage = crate::gateway::cluster::Stage::default();
+                let result = match self.cluster_request(&ctx, &body, &text, cluster_stage, now) {
+                    Some(result) => result,
+                    None => self.request(&ctx, body, now),
+                };
+                if let Err(refusal) = result {
                     self.send_refusal(id, &refusal, ctx.request_id.as_deref(), now);
                 }
             }
