@@ -300,6 +300,18 @@ fn a_killed_owner_is_taken_over_after_its_lease_expires_and_the_cut_turn_ends_in
     let reply = turn(&mut cluster, &mut clients, 1, &session, "hang", "t2");
     assert_eq!(reply["type"], "turn_accepted", "{reply}");
     let cut = reply["turnId"].as_str().expect("turnId").to_owned();
+    // A client joining on another instance gets the running turn in its snapshot, as on one
+    // node.
+    let mut late = Client::open(&mut cluster, 0);
+    late.send(
+        &mut cluster,
+        json!({"type": "join_session", "sessionId": session, "requestId": "late"}),
+    );
+    settle(&mut cluster, &mut clients);
+    late.read(&mut cluster);
+    let joined = late.reply("late").cloned().expect("session_joined");
+    assert_eq!(joined["turn"]["turnId"], cut.as_str(), "{joined}");
+    assert_eq!(joined["turn"]["text"], "hang", "{joined}");
     cluster.restart(1);
     clients[1] = Client::open(&mut cluster, 1);
     // Before the lease expires nobody can take the session: the turn is refused, not lost.

@@ -39,6 +39,14 @@ impl Session {
     /// (its agent text as published so far: the gateway flushes the coalescer first), the
     /// unanswered questions and the agent's controls.
     pub(crate) fn snapshot(&self) -> JoinSnapshot {
+        if let (None, Some(remote)) = (&self.agent, self.remote_view()) {
+            // Cluster mode: the session runs on another instance.
+            return JoinSnapshot {
+                turn: remote.turn.clone(),
+                questions: remote.questions.clone(),
+                agent: None,
+            };
+        }
         let turn = self.turn.as_ref().map(|turn| RunningTurn {
             turn_id: turn.id.clone(),
             text: turn.text.clone(),

@@ -128,6 +128,8 @@ pub(crate) struct Session {
     pending_controls: Vec<controls::PendingControl>,
     /// The agent's questions as asked (those its client still has pending are unanswered).
     questions: Vec<crate::protocol::session_reply::OpenQuestion>,
+    /// Cluster mode, owned by another instance: what its events say (`cluster.rs`).
+    remote: Option<Box<cluster::RemoteView>>,
 }
 
 struct AgentLink {
@@ -188,6 +190,7 @@ impl Session {
             transcript: None,
             pending_controls: Vec::new(),
             questions: Vec::new(),
+            remote: None,
         }
     }
 

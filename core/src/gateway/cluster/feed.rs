@@ -10,13 +10,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use serde::Deserialize;
-
 use super::{Deferred, Pending};
 use crate::cluster::{ClusterCommand, ClusterError, LogEvent};
 use crate::ids::SessionId;
 use crate::protocol::ErrorCode;
-use crate::session::state::SessionStatus;
 use crate::storage::{QueryResult, StorageCompletion, StorageError, StoredEvent};
 use crate::Gateway;
 
@@ -35,14 +32,6 @@ pub(crate) struct Feed {
     waiting: Vec<Deferred>,
     /// Catch up at least to this seq (a take-over here waits for it).
     target: u64,
-}
-
-#[derive(Deserialize)]
-struct StateEvent<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(default)]
-    status: Option<&'a str>,
 }
 
 impl Gateway {
@@ -269,12 +258,8 @@ impl Gateway {
             return;
         };
         let frame = crate::ws::encoder::text_frame(text);
-        let status = serde_json::from_slice::<StateEvent<'_>>(&event.payload)
-            .ok()
-            .filter(|state| state.kind == "session_state")
-            .and_then(|state| state.status.and_then(SessionStatus::parse));
         self.drive(&id, now, |session, _, out| {
-            session.deliver_remote(event.seq, &event.epoch, frame, status, out)
+            session.deliver_remote(event.seq, &event.epoch, &event.payload, frame, out)
         });
     }
 
