@@ -117,6 +117,13 @@ impl Client {
             seen.last = Some(last);
             return;
         }
+        if kind == "session_left" {
+            let session = message["sessionId"].as_str().unwrap_or_default();
+            if let Some(seen) = self.seen.get_mut(session) {
+                seen.last = None;
+            }
+            return;
+        }
         if kind == "error"
             && message["message"]
                 .as_str()
@@ -416,6 +423,8 @@ enum Op {
     Rejoin(usize),
     /// The owner's lease expires without it knowing (a partition).
     CutOff,
+    /// The client on this instance leaves the session.
+    Leave(usize),
 }
 
 fn op(nodes: usize) -> impl Strategy<Value = Op> {
@@ -426,6 +435,7 @@ fn op(nodes: usize) -> impl Strategy<Value = Op> {
         1 => (0..nodes).prop_map(Op::Kill),
         1 => (0..nodes).prop_map(Op::Rejoin),
         1 => Just(Op::CutOff),
+        1 => (0..nodes).prop_map(Op::Leave),
     ]
 }
 
@@ -477,6 +487,10 @@ fn run(seed: u64, lose_one_in: u64, max_delay: u64, ops: &[Op]) {
                 }
                 clients[who].send(&mut cluster, message);
             }
+            Op::Leave(who) => clients[who].send(
+                &mut cluster,
+                json!({"type": "leave_session", "sessionId": session, "requestId": "leave"}),
+            ),
             Op::CutOff => {
                 if let Some(owner) = owner(&cluster, &session) {
                     cluster.cut_off(owner, &session);

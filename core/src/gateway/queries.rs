@@ -199,6 +199,7 @@ impl Gateway {
         if let Some(client) = self.client_state_mut(id) {
             client.leave(&session_id);
         }
+        self.feed_unwatched(&session_id);
         let frame = encode_frame(&SessionReply::SessionLeft {
             request_id: ctx.request_id.as_deref(),
             session_id: &session_id,

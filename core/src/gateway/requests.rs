@@ -175,6 +175,7 @@ impl Gateway {
         for session_id in client.joined {
             // Nobody is left to answer.
             let _ = self.unsubscribe(&session_id, id, now);
+            self.feed_unwatched(&session_id);
         }
         // Replies still owed to this connection are dropped: its id may be given to another
         // connection (of another tenant) next.

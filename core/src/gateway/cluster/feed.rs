@@ -309,6 +309,22 @@ impl Gateway {
         self.feed_mut(session_id).is_some_and(|feed| feed.fetching)
     }
 
+    /// The last watcher here left a session owned elsewhere: stop following it (a later join
+    /// starts again from the log).
+    pub(crate) fn feed_unwatched(&mut self, session_id: &SessionId) {
+        let watched = self
+            .sessions
+            .get(session_id)
+            .is_some_and(|s| s.watchers().next().is_some());
+        let Some(feed) = self.feed_mut(session_id) else {
+            return;
+        };
+        if watched || !feed.synced || feed.fetching {
+            return;
+        }
+        self.drop_feed(session_id);
+    }
+
     /// The session is owned here from now on: no more live events from the log.
     pub(crate) fn drop_feed(&mut self, session_id: &SessionId) {
         let Some(feed) = self
