@@ -655,3 +655,98 @@ fn a_take_over_reopens_the_log_while_a_cut_off_owner_still_appends() {
     ];
     run(765552, 4, 3, &ops);
 }
+
+#[test]
+fn registry_changes_on_any_instance_reach_every_instance_after_the_acknowledged_write() {
+    let mut cluster = SimCluster::new(3, config(), 51, Instant::now(), RENEWAL);
+    let mut clients: Vec<Client> = (0..3).map(|n| Client::open(&mut cluster, n)).collect();
+    // Every instance watches the tenant once one of its clients asked anything.
+    for who in 0..3 {
+        clients[who].send(
+            &mut cluster,
+            json!({"type": "list_sessions", "requestId": "l0"}),
+        );
+    }
+    settle(&mut cluster, &mut clients);
+    let session = create(&mut cluster, &mut clients, 0);
+    for who in [1, 2] {
+        assert!(
+            clients[who]
+                .all
+                .iter()
+                .any(|m| m["type"] == "session_created" && m["session"]["id"] == session.as_str()),
+            "instance {who} was told of the new session"
+        );
+    }
+    // Renamed on C, which never read the entry's revision.
+    clients[2].send(
+        &mut cluster,
+        json!({"type": "rename_session", "sessionId": session, "name": "renamed", "requestId": "rn"}),
+    );
+    settle(&mut cluster, &mut clients);
+    let reply = clients[2].reply("rn").cloned().expect("a reply");
+    assert_eq!(reply["type"], "session_updated", "{reply}");
+    assert_eq!(cluster.engine.registry[&session].0.name, "renamed");
+    clients[1].send(
+        &mut cluster,
+        json!({"type": "list_sessions", "requestId": "l1"}),
+    );
+    settle(&mut cluster, &mut clients);
+    let list = clients[1].reply("l1").cloned().expect("session_list");
+    assert_eq!(list["sessions"][0]["name"], "renamed", "{list}");
+    // A turn, then a delete on B: the registry entry and the log are gone, everyone is told.
+    let reply = turn(&mut cluster, &mut clients, 0, &session, "stream 1", "t1");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    clients[1].send(
+        &mut cluster,
+        json!({"type": "delete_session", "sessionId": session, "requestId": "del"}),
+    );
+    settle(&mut cluster, &mut clients);
+    let reply = clients[1].reply("del").cloned().expect("a reply");
+    assert_eq!(reply["type"], "session_deleted", "{reply}");
+    assert!(!cluster.engine.registry.contains_key(&session));
+    assert!(
+        !cluster.engine.log.contains_key(&session),
+        "the log was purged"
+    );
+    for who in [0, 2] {
+        assert!(
+            clients[who]
+                .all
+                .iter()
+                .any(|m| m["type"] == "session_deleted"),
+            "instance {who} was told of the deletion"
+        );
+    }
+}
+
+#[test]
+fn while_nats_is_unreachable_readyz_is_503_and_changes_are_refused() {
+    use diminuendo_core::cluster::{ClusterCompletion, ConnectionState};
+    let mut cluster = SimCluster::new(1, config(), 61, Instant::now(), RENEWAL);
+    let (_, ready) = one_response(&mut cluster.nodes[0], &request("GET", "/readyz", ""));
+    assert_eq!(ready.status, 200);
+    cluster.nodes[0].cluster_input(ClusterCompletion::Connection {
+        state: ConnectionState::Reconnecting,
+    });
+    let (_, ready) = one_response(&mut cluster.nodes[0], &request("GET", "/readyz", ""));
+    assert_eq!(ready.status, 503);
+    let (_, health) = one_response(&mut cluster.nodes[0], &request("GET", "/health", ""));
+    let health: Value = serde_json::from_slice(&health.body).expect("JSON");
+    assert_eq!(health["cluster"]["instance"], "gw-0", "{health}");
+    assert_eq!(health["cluster"]["nats"], "reconnecting", "{health}");
+    let mut clients = vec![Client::open(&mut cluster, 0)];
+    clients[0].send(
+        &mut cluster,
+        json!({"type": "create_session", "agentType": "echo", "requestId": "c"}),
+    );
+    settle(&mut cluster, &mut clients);
+    let reply = clients[0].reply("c").cloned().expect("a reply");
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert!(cluster.engine.registry.is_empty());
+    cluster.nodes[0].cluster_input(ClusterCompletion::Connection {
+        state: ConnectionState::Connected,
+    });
+    let (_, ready) = one_response(&mut cluster.nodes[0], &request("GET", "/readyz", ""));
+    assert_eq!(ready.status, 200);
+}
