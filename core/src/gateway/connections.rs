@@ -294,6 +294,7 @@ impl Gateway {
         if let Some(client) = gone.client {
             self.client_gone(id, client, now);
         }
+        self.connection_gone_cluster(id);
     }
 
     /// Schedules the connection at its earliest deadline.

@@ -34,6 +34,14 @@ pub(crate) struct Feed {
     target: u64,
 }
 
+impl Feed {
+    /// The connection is gone: its joins waiting here are forgotten.
+    pub(crate) fn forget(&mut self, id: crate::ids::ConnectionId) {
+        self.waiting
+            .retain(|deferred| deferred.ctx.connection != id);
+    }
+}
+
 impl Gateway {
     /// Whether joins of the session are answered from a feed caught up with the log (or the
     /// session is owned here): otherwise `deferred` waits for it, and the feed is started.

@@ -25,6 +25,10 @@ use crate::Gateway;
 /// Connection ids from here up name forwarded requests on their owner (never an adapter's
 /// connection: adapters number theirs from 1).
 pub(crate) const RELAY_BASE: u64 = 1 << 62;
+/// Forwarded requests waiting for their first reply before the old ones are swept.
+const MAX_RELAYS: usize = 4096;
+/// How long a forwarded request may wait for its reply before it is swept.
+const RELAY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A forwarded command (`dim.cmd.<session>`), JSON.
 #[derive(Serialize, Deserialize)]
@@ -287,7 +291,14 @@ impl Gateway {
         };
         cluster.next_relay += 1;
         let relay = ConnectionId(RELAY_BASE + cluster.next_relay);
-        cluster.relays.insert(relay, request);
+        if cluster.relays.len() >= MAX_RELAYS {
+            // Requests that never produced a reply: the forwarding instance gave up on them
+            // long ago (its timeout is seconds).
+            cluster
+                .relays
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < RELAY_TTL);
+        }
+        cluster.relays.insert(relay, (request, now));
         let ctx = RequestContext {
             connection: relay,
             identity: Arc::new(Identity {
@@ -316,7 +327,7 @@ impl Gateway {
     /// A frame for a forwarded request's pseudo connection: its reply, sent back to the
     /// instance that forwarded it (the first one only; later frames have nobody to go to).
     pub(crate) fn relay_send(&mut self, id: ConnectionId, frame: Bytes) {
-        let Some(request) = self.cluster.as_mut().and_then(|c| c.relays.remove(&id)) else {
+        let Some((request, _)) = self.cluster.as_mut().and_then(|c| c.relays.remove(&id)) else {
             return;
         };
         self.cluster_command(ClusterCommand::Reply {

@@ -47,7 +47,7 @@ pub(crate) struct ClusterState {
     /// Tenants whose notifications this instance receives.
     pub(crate) watching: HashSet<String>,
     /// Pseudo connections of forwarded requests, and the engine's request each one answers.
-    pub(crate) relays: HashMap<ConnectionId, u64>,
+    pub(crate) relays: HashMap<ConnectionId, (u64, Instant)>,
     pub(crate) next_relay: u64,
     /// Storage completions the core answers itself (there is no storage for them here).
     pub(crate) deferred: VecDeque<StorageCompletion>,
@@ -249,6 +249,31 @@ impl Gateway {
         };
         self.handle_storage(completion, now);
         true
+    }
+
+    /// The connection is gone: requests of it still waiting for the cluster are forgotten, so
+    /// no answer ever reaches the next connection given its id.
+    pub(crate) fn connection_gone_cluster(&mut self, id: ConnectionId) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let mine = |deferred: &Deferred| deferred.ctx.connection == id;
+        cluster.pending.retain(|_, pending| match pending {
+            Pending::List { then } | Pending::Forward { then, .. } => !mine(then),
+            Pending::Get { then, .. } => {
+                if then.as_ref().is_some_and(mine) {
+                    *then = None;
+                }
+                true
+            }
+            _ => true,
+        });
+        for acquiring in cluster.acquiring.values_mut() {
+            acquiring.waiting.retain(|deferred| !mine(deferred));
+        }
+        for feed in cluster.feeds.values_mut() {
+            feed.forget(id);
+        }
     }
 
     pub(crate) fn is_owned(&self, session_id: &str) -> bool {
