@@ -661,8 +661,8 @@ fn registry_changes_on_any_instance_reach_every_instance_after_the_acknowledged_
     let mut cluster = SimCluster::new(3, config(), 51, Instant::now(), RENEWAL);
     let mut clients: Vec<Client> = (0..3).map(|n| Client::open(&mut cluster, n)).collect();
     // Every instance watches the tenant once one of its clients asked anything.
-    for who in 0..3 {
-        clients[who].send(
+    for client in &clients {
+        client.send(
             &mut cluster,
             json!({"type": "list_sessions", "requestId": "l0"}),
         );
