@@ -13,7 +13,11 @@
 //! - a fenced former owner cannot append (its agent is killed, its events never reach the log);
 //! - ownership is taken over after the lease expires (a killed owner), the cut turn ends
 //!   `INTERRUPTED`, the log continues under a new epoch;
-//! - an acknowledged session (`session_created` received) is never lost.
+//! - an acknowledged session (`session_created` received) is never lost;
+//! - registry changes made on any instance reach every instance's clients, after the
+//!   acknowledged KV write; `/readyz` is 503 and changes are refused while NATS is away;
+//! - the next owner's agent reopens the previous owner's agent session (`session/load`), and an
+//!   idle owner's clean release keeps the epoch.
 
 mod common;
 
@@ -302,6 +306,15 @@ fn a_killed_owner_is_taken_over_after_its_lease_expires_and_the_cut_turn_ends_in
     let reply = turn(&mut cluster, &mut clients, 1, &session, "stream 2", "t1");
     assert_eq!(reply["type"], "turn_accepted", "{reply}");
     let epoch_before = cluster.engine.log[&session].last().map(|e| e.epoch.clone());
+    // The agent's own session id is in the registry: the next owner's agent reopens it
+    // (`session/resume` or `session/load`, when the agent can).
+    assert_eq!(
+        cluster.engine.registry[&session]
+            .0
+            .acp_session_id
+            .as_deref(),
+        Some("sim-session")
+    );
     // The next turn's agent never answers: it is running when its instance is killed.
     cluster.nodes[1].agent_mode = diminuendo_core::sim::AgentMode::Manual;
     let reply = turn(&mut cluster, &mut clients, 1, &session, "hang", "t2");
@@ -749,4 +762,39 @@ fn while_nats_is_unreachable_readyz_is_503_and_changes_are_refused() {
     });
     let (_, ready) = one_response(&mut cluster.nodes[0], &request("GET", "/readyz", ""));
     assert_eq!(ready.status, 200);
+}
+
+#[test]
+fn the_next_owner_s_agent_reopens_the_agent_session_of_the_previous_one() {
+    let mut cluster = SimCluster::new(2, config(), 71, Instant::now(), RENEWAL);
+    let mut clients: Vec<Client> = (0..2).map(|n| Client::open(&mut cluster, n)).collect();
+    let session = create(&mut cluster, &mut clients, 0);
+    let reply = turn(&mut cluster, &mut clients, 0, &session, "remember 42", "t1");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    cluster.restart(0);
+    for _ in 0..8 {
+        cluster.advance(Duration::from_millis(500));
+        settle(&mut cluster, &mut clients);
+    }
+    cluster.nodes[1].agent_mode = diminuendo_core::sim::AgentMode::Manual;
+    let _ = turn(
+        &mut cluster,
+        &mut clients,
+        1,
+        &session,
+        "what was it?",
+        "t2",
+    );
+    let agent = cluster.nodes[1].agent_of(&session).expect("an agent on B");
+    let initialize = cluster.nodes[1].agents[&agent].written[0].clone();
+    assert_eq!(initialize["method"], "initialize");
+    cluster.nodes[1].agent_send(
+        agent,
+        &json!({"jsonrpc": "2.0", "id": initialize["id"],
+            "result": {"protocolVersion": 1, "agentCapabilities": {"loadSession": true}}}),
+    );
+    settle(&mut cluster, &mut clients);
+    let reopen = cluster.nodes[1].agents[&agent].written[1].clone();
+    assert_eq!(reopen["method"], "session/load", "{reopen}");
+    assert_eq!(reopen["params"]["sessionId"], "sim-session", "{reopen}");
 }
