@@ -798,3 +798,33 @@ fn the_next_owner_s_agent_reopens_the_agent_session_of_the_previous_one() {
     assert_eq!(reopen["method"], "session/load", "{reopen}");
     assert_eq!(reopen["params"]["sessionId"], "sim-session", "{reopen}");
 }
+
+#[test]
+fn the_owner_s_status_write_racing_a_rename_elsewhere_keeps_the_new_name() {
+    let mut cluster = SimCluster::new(2, config(), 81, Instant::now(), RENEWAL);
+    let mut clients: Vec<Client> = (0..2).map(|n| Client::open(&mut cluster, n)).collect();
+    let session = create(&mut cluster, &mut clients, 0);
+    join(&mut cluster, &mut clients, 1, &session, "join");
+    let reply = turn(&mut cluster, &mut clients, 0, &session, "stream 1", "t1");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    // B renames; before A hears of it, A writes the session's status (a new turn).
+    clients[1].send(
+        &mut cluster,
+        json!({"type": "rename_session", "sessionId": session, "name": "renamed", "requestId": "rn"}),
+    );
+    clients[0].send(
+        &mut cluster,
+        json!({"type": "run_turn", "sessionId": session, "text": "stream 1", "requestId": "t2"}),
+    );
+    settle(&mut cluster, &mut clients);
+    assert_eq!(
+        clients[1].reply("rn").map(|r| r["type"].clone()),
+        Some(json!("session_updated"))
+    );
+    let (meta, _) = &cluster.engine.registry[&session];
+    assert_eq!(
+        meta.name, "renamed",
+        "the owner's write did not undo the rename"
+    );
+    assert_eq!(meta.status, "ready");
+}

@@ -116,6 +116,14 @@ impl Session {
         }
     }
 
+    /// The name and archived flag the registry now holds.
+    pub(crate) fn apply_names(&mut self, name: &str, archived: bool) {
+        if self.record.name != name {
+            self.record.name = name.to_owned();
+        }
+        self.record.archived = archived;
+    }
+
     /// Back to the last event the log has (after a loss of ownership).
     pub(crate) fn rewind(&mut self, last_seq: u64) {
         self.record.last_seq = last_seq;

@@ -34,12 +34,33 @@ pub(crate) struct Reg {
     queued: Option<Write>,
     /// `CommitNow` tokens waiting for the queued write.
     queued_waiters: Vec<u64>,
+    /// What the writes waiting here change of the entry as it was known (the rest of the row is
+    /// taken as it is when the write is sent).
+    changes: Changes,
     conflicts: u8,
+}
+
+/// The fields a client asked to change (`rename_session`, `archive_session`).
+#[derive(Default, Clone)]
+struct Changes {
+    name: Option<String>,
+    archived: Option<bool>,
+}
+
+impl Changes {
+    /// `newer` on top of `self`.
+    fn then(self, newer: Changes) -> Changes {
+        Changes {
+            name: newer.name.or(self.name),
+            archived: newer.archived.or(self.archived),
+        }
+    }
 }
 
 struct InFlight {
     write: Write,
     sent: Option<SessionMeta>,
+    changes: Changes,
     waiters: Vec<u64>,
     created: bool,
 }
@@ -157,6 +178,13 @@ impl Gateway {
             self.note_status(session_id, record.status);
         }
         if let Some(reg) = self.reg(session_id) {
+            if let (Write::Upsert(record), Some(known)) = (&write, reg.meta.as_ref()) {
+                let changes = Changes {
+                    name: (record.name != known.name).then(|| record.name.clone()),
+                    archived: (record.archived != known.archived).then_some(record.archived),
+                };
+                reg.changes = std::mem::take(&mut reg.changes).then(changes);
+            }
             reg.queued = Some(write);
         }
         self.flush_registry(session_id);
@@ -197,7 +225,7 @@ impl Gateway {
         }
         let write = match reg.queued.take() {
             Some(write) => write,
-            None => match (owned_quiet, current) {
+            None => match (owned_quiet, current.clone()) {
                 (Some(acked), Some(record))
                     if reg.meta.as_ref().is_none_or(|m| m.last_seq < acked) =>
                 {
@@ -206,13 +234,20 @@ impl Gateway {
                 _ => return,
             },
         };
+        // The session as it is now (a re-read entry after a conflict may have changed it since
+        // the write was queued); a session not in the registry here yet is a creation.
+        let write = match (write, current) {
+            (Write::Upsert(_), Some(record)) => Write::Upsert(Box::new(record)),
+            (write, _) => write,
+        };
         let waiters = std::mem::take(&mut reg.queued_waiters);
+        let changes = std::mem::take(&mut reg.changes);
         let created = reg.revision.is_none() && reg.meta.is_none();
         let revision = reg.revision;
         let known = reg.meta.clone();
         let (command_meta, token) = match &write {
             Write::Upsert(record) => {
-                let meta = self.meta_to_write(record, known);
+                let meta = self.meta_to_write(record, known, &changes);
                 let token = self.cluster_pending(Pending::Registry {
                     session_id: session_id.to_owned(),
                 });
@@ -248,30 +283,43 @@ impl Gateway {
             reg.in_flight = Some(InFlight {
                 write,
                 sent: command_meta,
+                changes,
                 waiters,
                 created,
             });
         }
     }
 
-    /// What this instance writes for `record`: the whole row with the acknowledged `lastSeq`
-    /// when it owns the session; otherwise the entry as last read with only its name, archived
-    /// flag and update time changed.
-    fn meta_to_write(&self, record: &SessionRecord, known: Option<SessionMeta>) -> SessionMeta {
-        if let Some(acked) = self.acked_seq(&record.id) {
-            let mut meta = SessionMeta::from(record);
-            meta.last_seq = acked;
-            return meta;
-        }
-        match known {
-            Some(mut meta) => {
-                meta.name = record.name.clone();
-                meta.archived = record.archived;
-                meta.updated_at_ms = record.updated_at_ms;
+    /// What this instance writes for `record`: when it owns the session, the row as it is now
+    /// with the acknowledged `lastSeq`; otherwise the entry as last read. Either way the name and
+    /// archived flag are the entry's, except those a client here changed (`changes`).
+    fn meta_to_write(
+        &self,
+        record: &SessionRecord,
+        known: Option<SessionMeta>,
+        changes: &Changes,
+    ) -> SessionMeta {
+        let Some(known) = known else {
+            return SessionMeta::from(record);
+        };
+        let mut meta = match self.acked_seq(&record.id) {
+            Some(acked) => {
+                let mut meta = SessionMeta::from(record);
+                meta.last_seq = acked;
+                meta.name = known.name.clone();
+                meta.archived = known.archived;
                 meta
             }
-            None => SessionMeta::from(record),
+            None => known.clone(),
+        };
+        if let Some(name) = &changes.name {
+            meta.name = name.clone();
         }
+        if let Some(archived) = changes.archived {
+            meta.archived = archived;
+        }
+        meta.updated_at_ms = meta.updated_at_ms.max(record.updated_at_ms);
+        meta
     }
 
     pub(crate) fn registry_written(
@@ -301,6 +349,11 @@ impl Gateway {
                 } else {
                     reg.revision = Some(revision);
                     reg.meta = in_flight.sent.clone();
+                }
+                if let Some(meta) = &in_flight.sent {
+                    if let Some(session) = self.sessions.get_mut(session_id.as_str()) {
+                        session.apply_names(&meta.name, meta.archived);
+                    }
                 }
                 for waiter in in_flight.waiters {
                     self.durable_committed(waiter, Ok(()), now);
@@ -339,6 +392,7 @@ impl Gateway {
                 if reg.queued.is_none() {
                     reg.queued = Some(in_flight.write);
                 }
+                reg.changes = in_flight.changes.then(std::mem::take(&mut reg.changes));
                 let mut waiters = in_flight.waiters;
                 waiters.append(&mut reg.queued_waiters);
                 reg.queued_waiters = waiters;
