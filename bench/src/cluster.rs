@@ -5,6 +5,10 @@
 //!
 //! - `cluster-create`: sequential `create_session` round trips on instance A (the reply goes out
 //!   once the registry write is acknowledged by JetStream);
+//! - `cluster-paced`: one delta at a time: turns of `stream 1 64` run from a client of the owner
+//!   A, one after another; for each, the time the delta reached that client and the time it
+//!   reached a client of B (which gets it through NATS), measured in one thread (A's read
+//!   first: the owner delivers before it publishes);
 //! - `cluster-latency`: a session owned by A (created and run there), one subscriber on A and one
 //!   on B; for each delta of a flat-out `stream N SIZE` turn, B's receive time minus A's (the
 //!   event is published on the owner, stored by JetStream, republished, received by B and
@@ -22,13 +26,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::fanout;
-use crate::report::Report;
+use crate::report::{Report, Summary};
 use crate::sequential;
 use crate::server::Target;
-use crate::wire;
+use crate::wire::{self, BlockingWs};
 
 pub struct Options {
     pub nats_server: Option<PathBuf>,
+    pub paced_turns: usize,
     pub count: usize,
     pub latency_deltas: usize,
     pub subscribers: usize,
@@ -195,6 +200,15 @@ pub fn cluster(binary: &Path, name: &str, options: &Options) -> io::Result<Vec<R
         };
         fanout::fanout(&instances[0], name, Some(false), &fanout_options)
     };
+    {
+        let instances = start_instances()?;
+        reports.push(paced_latency(
+            &instances[0],
+            &instances[1],
+            name,
+            options.paced_turns,
+        )?);
+    }
     reports.push(fanout_over(
         "cluster-latency",
         2,
@@ -210,4 +224,62 @@ pub fn cluster(binary: &Path, name: &str, options: &Options) -> io::Result<Vec<R
     drop(workspaces);
     drop(nats);
     Ok(reports)
+}
+
+/// `cluster-paced`: see the module's doc.
+fn paced_latency(a: &Target, b: &Target, name: &str, turns: usize) -> io::Result<Report> {
+    const WARMUP: usize = 10;
+    let timeout = sequential::IO_TIMEOUT;
+    let mut owner = BlockingWs::connect_authenticated(a.addr, timeout)?;
+    let session = sequential::prepared_session(&mut owner)?;
+    let join = format!(r#"{{"type":"join_session","requestId":"j","sessionId":"{session}"}}"#);
+    owner.request("j", &join)?;
+    let mut remote = BlockingWs::connect_authenticated(b.addr, timeout)?;
+    remote.request("j", &join)?;
+    let (mut cross, mut local, mut end_to_end) = (Vec::new(), Vec::new(), Vec::new());
+    for turn in 0..WARMUP + turns {
+        let message = format!(
+            r#"{{"type":"run_turn","requestId":"p{turn}","sessionId":"{session}","text":"stream 1 64"}}"#
+        );
+        let sent = Instant::now();
+        owner.send_text(message.as_bytes())?;
+        owner.wait_for(|payload| wire::is_type(payload, b"text_delta"))?;
+        let at_owner = Instant::now();
+        remote.wait_for(|payload| wire::is_type(payload, b"text_delta"))?;
+        let at_remote = Instant::now();
+        // The turn is over (and the session ready again) on both before the next one.
+        for ws in [&mut owner, &mut remote] {
+            ws.wait_for(|payload| wire::is_type(payload, b"turn_complete"))?;
+            ws.wait_for(|payload| wire::is_type(payload, b"session_state"))?;
+        }
+        if turn >= WARMUP {
+            cross.push((at_remote - at_owner).as_nanos() as u64);
+            local.push((at_owner - sent).as_nanos() as u64);
+            end_to_end.push((at_remote - sent).as_nanos() as u64);
+        }
+    }
+    let mut report = Report::new("cluster-paced", name, &a.flags_text());
+    report.note(&format!(
+        "{turns} turns of `stream 1 64` run one after another from a client of the owner (A); \
+         {WARMUP} warm-ups discarded"
+    ));
+    report.latency(
+        "crossInstance",
+        "delta at a client of B minus at a client of the owner A",
+        &Summary::of(&mut cross),
+        true,
+    );
+    report.latency(
+        "owner",
+        "run_turn sent until the delta at the owner's client",
+        &Summary::of(&mut local),
+        false,
+    );
+    report.latency(
+        "endToEnd",
+        "run_turn sent until the delta at B's client",
+        &Summary::of(&mut end_to_end),
+        false,
+    );
+    Ok(report)
 }

@@ -161,6 +161,9 @@ enum Command {
         /// Sequential create_session round trips on instance A
         #[arg(long, default_value_t = 1000)]
         count: usize,
+        /// One-delta turns for the unloaded cross-instance latency
+        #[arg(long, default_value_t = 200)]
+        paced_turns: usize,
         /// Deltas of the cross-instance latency turn (one subscriber on A, one on B)
         #[arg(long, default_value_t = 2000)]
         latency_deltas: usize,
@@ -354,6 +357,7 @@ fn run(command: Command, nofile: (u64, u64)) -> std::io::Result<bool> {
             binary,
             nats_server,
             count,
+            paced_turns,
             latency_deltas,
             subscribers,
             deltas,
@@ -362,6 +366,7 @@ fn run(command: Command, nofile: (u64, u64)) -> std::io::Result<bool> {
         } => {
             let options = cluster::Options {
                 nats_server,
+                paced_turns,
                 count,
                 latency_deltas,
                 subscribers,

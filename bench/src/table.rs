@@ -155,6 +155,12 @@ const ROWS: &[Row] = &[
         target: "",
     },
     Row {
+        label: "cluster: cross-instance delivery p50 / p99 (µs), one delta at a time",
+        source: Source::Bench("cluster-paced"),
+        keys: &["crossInstanceP50Us", "crossInstanceP99Us"],
+        target: "",
+    },
+    Row {
         label: "cluster: cross-instance delivery p50 / p99 (µs), flat-out 2,000-delta turn",
         source: Source::Bench("cluster-latency"),
         keys: &["crossInstanceLatencyP50Us", "crossInstanceLatencyP99Us"],
