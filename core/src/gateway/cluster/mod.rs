@@ -3,7 +3,8 @@
 //! as `now`; nothing here does I/O.
 //!
 //! - `registry.rs`: the registry in `dim_registry` (durable replies on the acknowledged KV write,
-//!   compare-and-set on revisions, tenant notifications, storage's commands mapped);
+//!   compare-and-set on revisions, storage's commands mapped);
+//! - `notices.rs`: tenant notifications between instances;
 //! - `feed.rs`: sessions owned by another instance, delivered here in `seq` order from the live
 //!   subscription, with gap fetches;
 //! - `owner.rs`: ownership (lease acquire, renew, loss, release), the log opened and appended,
@@ -13,6 +14,7 @@
 
 mod feed;
 mod forward;
+mod notices;
 mod owner;
 mod registry;
 

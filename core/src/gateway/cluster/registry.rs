@@ -9,16 +9,10 @@
 //! instance that does not own the session changes only the name and the archived flag of the
 //! entry as it last read it. Every acknowledged write is announced on `dim.tenant.<tenant>`.
 
-use std::sync::Arc;
 use std::time::Instant;
-
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
 use super::{Deferred, Pending};
 use crate::cluster::{ClusterCommand, ClusterError, RegistryEntry, SessionMeta};
-use crate::ids::SessionId;
-use crate::protocol::{encode_frame, ServerMessage};
 use crate::storage::{
     QueryResult, SessionRecord, StorageCommand, StorageCompletion, StorageError, StorageQuery,
 };
@@ -30,7 +24,7 @@ pub(crate) struct Reg {
     /// The entry as last read or written.
     pub(crate) meta: Option<SessionMeta>,
     pub(crate) revision: Option<u64>,
-    in_flight: Option<InFlight>,
+    pub(super) in_flight: Option<InFlight>,
     queued: Option<Write>,
     /// `CommitNow` tokens waiting for the queued write.
     queued_waiters: Vec<u64>,
@@ -57,7 +51,7 @@ impl Changes {
     }
 }
 
-struct InFlight {
+pub(super) struct InFlight {
     write: Write,
     sent: Option<SessionMeta>,
     changes: Changes,
@@ -69,19 +63,6 @@ struct InFlight {
 enum Write {
     Upsert(Box<SessionRecord>),
     Delete { tenant_id: String },
-}
-
-/// A tenant notification between instances (`dim.tenant.<tenant>`).
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Notice {
-    from: String,
-    #[serde(default)]
-    meta: Option<SessionMeta>,
-    #[serde(default)]
-    created: bool,
-    #[serde(default)]
-    deleted: Option<String>,
 }
 
 impl Gateway {
@@ -165,7 +146,7 @@ impl Gateway {
         }
     }
 
-    fn reg(&mut self, session_id: &str) -> Option<&mut super::registry::Reg> {
+    pub(super) fn reg(&mut self, session_id: &str) -> Option<&mut super::registry::Reg> {
         let cluster = self.cluster.as_mut()?;
         Some(cluster.registry.entry(session_id.to_owned()).or_default())
     }
@@ -485,7 +466,12 @@ impl Gateway {
 
     /// The registry says `meta`: insert the session, or update what this instance does not own.
     /// Returns whether the session was new here.
-    fn apply_meta(&mut self, meta: &SessionMeta, _announce: bool, _now: Instant) -> bool {
+    pub(super) fn apply_meta(
+        &mut self,
+        meta: &SessionMeta,
+        _announce: bool,
+        _now: Instant,
+    ) -> bool {
         let Some(record) = meta.to_record() else {
             return false;
         };
@@ -504,87 +490,6 @@ impl Gateway {
                 false
             }
         }
-    }
-
-    fn notify(
-        &mut self,
-        tenant_id: &str,
-        meta: Option<SessionMeta>,
-        created: bool,
-        deleted: Option<String>,
-    ) {
-        let notice = Notice {
-            from: self.instance_id().to_owned(),
-            meta,
-            created,
-            deleted,
-        };
-        let Ok(payload) = serde_json::to_vec(&notice) else {
-            return;
-        };
-        self.cluster_command(ClusterCommand::Notify {
-            tenant_id: tenant_id.to_owned(),
-            payload: Bytes::from(payload),
-        });
-    }
-
-    /// Another instance's registry change: applied here and told to this tenant's connections.
-    pub(crate) fn tenant_notice(&mut self, payload: &[u8], now: Instant) {
-        let Ok(notice) = serde_json::from_slice::<Notice>(payload) else {
-            return;
-        };
-        if notice.from == self.instance_id() {
-            return;
-        }
-        if let Some(meta) = notice.meta {
-            if let Some(reg) = self.reg(&meta.id) {
-                if reg.in_flight.is_none() {
-                    reg.meta = Some(meta.clone());
-                }
-            }
-            let new = self.apply_meta(&meta, true, now);
-            let id: SessionId = Arc::from(meta.id.as_str());
-            self.announce_session(None, &id, new || notice.created, now);
-        } else if let Some(session_id) = notice.deleted {
-            self.forget_deleted(&session_id, now);
-        }
-    }
-
-    /// A session deleted by another instance leaves the local registry; its watchers here and
-    /// the tenant are told.
-    fn forget_deleted(&mut self, session_id: &str, now: Instant) {
-        let Some((id, _)) = self.sessions.get_key_value(session_id) else {
-            return;
-        };
-        let id = id.clone();
-        if self.is_owned(&id) {
-            self.lose(&id, now);
-        }
-        let Some(session) = self.sessions.remove(&id) else {
-            return;
-        };
-        let tenant_id = session.record().tenant_id.clone();
-        for watcher in session.watchers() {
-            if let Some(client) = self.client_state_mut(watcher) {
-                client.leave(&id);
-            }
-        }
-        if let Some(tenant) = self.tenants.get_mut(tenant_id.as_str()) {
-            tenant.sessions.retain(|listed| *listed != id);
-        }
-        if let Some(cluster) = self.cluster.as_mut() {
-            if cluster.feeds.remove(&id).is_some() {
-                self.cluster_command(ClusterCommand::Unsubscribe {
-                    tenant_id: tenant_id.clone(),
-                    session_id: id.to_string(),
-                });
-            }
-        }
-        let frame = encode_frame(&ServerMessage::SessionDeleted {
-            request_id: None,
-            session_id: &id,
-        });
-        self.broadcast_tenant(&tenant_id, frame, now);
     }
 
     /// A client request that needs the tenant's registry (`list_sessions`) or a session the
