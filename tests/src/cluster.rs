@@ -388,3 +388,13 @@ impl Drop for Haproxy {
         }
     }
 }
+
+impl Drop for Cluster {
+    /// An instance a test stopped (SIGSTOP) and did not continue gets SIGCONT first, so that
+    /// its SIGTERM (when its `Gateway` is dropped, right after) stops it without the wait.
+    fn drop(&mut self) {
+        for gateway in self.instances.iter_mut().flatten() {
+            gateway.signal(libc::SIGCONT);
+        }
+    }
+}
