@@ -382,6 +382,13 @@ fn the_instances_recover_by_themselves_when_nats_restarts_under_load() {
                 (cluster.at(index).get("/readyz").status == 503).then_some(())
             });
         }
+        // Meanwhile registry changes are refused at once with a clear error, never left hanging.
+        let mut on_b = Client::dev(cluster.at(B));
+        let refused = on_b.call(json!({
+            "type": "create_session", "agentType": "echo", "name": "while NATS is away"
+        }));
+        assert_eq!(refused["type"], "error", "{refused}");
+        drop(on_b);
         cluster.nats.start_again();
         for index in [A, B, C] {
             cluster.wait_ready(index, Duration::from_secs(30));
