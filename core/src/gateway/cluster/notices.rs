@@ -63,7 +63,7 @@ impl Gateway {
                     reg.meta = Some(meta.clone());
                 }
             }
-            let new = self.apply_meta(&meta, true, now);
+            let new = self.apply_meta(&meta);
             let id: SessionId = Arc::from(meta.id.as_str());
             self.announce_session(None, &id, new || notice.created, now);
         } else if let Some(session_id) = notice.deleted {

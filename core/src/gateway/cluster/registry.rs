@@ -421,7 +421,7 @@ impl Gateway {
             return;
         };
         if let Ok(Some(entry)) = result {
-            self.learn_entry(entry, now);
+            self.learn_entry(entry);
         }
         match then {
             Some(mut deferred) => {
@@ -444,7 +444,7 @@ impl Gateway {
             return;
         };
         for entry in result.unwrap_or_default() {
-            self.learn_entry(entry, now);
+            self.learn_entry(entry);
         }
         then.stage.listed = true;
         self.rerun(then, now);
@@ -452,7 +452,7 @@ impl Gateway {
 
     /// An entry read from the registry: the session joins the local registry, or its
     /// registry-held fields are updated (not what this instance decides itself).
-    fn learn_entry(&mut self, entry: RegistryEntry, now: Instant) {
+    fn learn_entry(&mut self, entry: RegistryEntry) {
         let RegistryEntry { meta, revision } = entry;
         let id = meta.id.clone();
         if let Some(reg) = self.reg(&id) {
@@ -461,17 +461,12 @@ impl Gateway {
                 reg.meta = Some(meta.clone());
             }
         }
-        self.apply_meta(&meta, false, now);
+        self.apply_meta(&meta);
     }
 
     /// The registry says `meta`: insert the session, or update what this instance does not own.
     /// Returns whether the session was new here.
-    pub(super) fn apply_meta(
-        &mut self,
-        meta: &SessionMeta,
-        _announce: bool,
-        _now: Instant,
-    ) -> bool {
+    pub(super) fn apply_meta(&mut self, meta: &SessionMeta) -> bool {
         let Some(record) = meta.to_record() else {
             return false;
         };
