@@ -7,7 +7,7 @@
 //! - delivery across instances: every `/ws` client of every instance sees each session's
 //!   events in `seq` order with no gap and no duplicate from its join point, or is told to join
 //!   again (an explicit reload); once the schedule settles, every client still joined has every
-//!   event the log stored;
+//!   event the log stored (two sessions at once, owned by any instance);
 //! - create on one instance, list and join on another; a turn started from any instance runs on
 //!   the owner and is seen live everywhere;
 //! - a fenced former owner cannot append (its agent is killed, its events never reach the log);
@@ -122,20 +122,13 @@ impl Client {
             return;
         }
         if kind == "session_left" {
+            // Asked for (`leave_session`), or unasked: the session moved to another instance
+            // and this client may have seen events the log never stored; it must join again
+            // (an explicit reload).
             let session = message["sessionId"].as_str().unwrap_or_default();
             if let Some(seen) = self.seen.get_mut(session) {
                 seen.last = None;
-            }
-            return;
-        }
-        if kind == "error"
-            && message["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("join it again"))
-        {
-            for seen in self.seen.values_mut() {
-                if seen.last.is_some() {
-                    seen.last = None;
+                if message.get("requestId").is_none() {
                     seen.reloads += 1;
                 }
             }
@@ -424,34 +417,37 @@ fn a_fenced_former_owner_cannot_append_and_kills_its_agent() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// The client on this instance asks for a turn streaming this many chunks.
-    Turn(usize, u8),
+    /// The client on this instance asks for a turn streaming this many chunks, in this session.
+    Turn(usize, u8, usize),
     /// Messages move this many steps.
     Step(u8),
     /// Simulated time passes (leases renew or expire, idle sessions deactivate).
     Advance(u16),
     /// The instance is killed (SIGKILL) and replaced; its client reconnects and joins.
     Kill(usize),
-    /// The client on this instance joins again, resuming after what it has.
-    Rejoin(usize),
-    /// The owner's lease expires without it knowing (a partition).
-    CutOff,
+    /// The client on this instance joins the session again, resuming after what it has.
+    Rejoin(usize, usize),
+    /// The session's owner's lease expires without it knowing (a partition).
+    CutOff(usize),
     /// The client on this instance leaves the session.
-    Leave(usize),
+    Leave(usize, usize),
     /// The agents of this instance answer nothing more (a turn then hangs until the instance
     /// is killed, or cut off, and the turn is cut).
     Hang(usize),
 }
 
+/// Sessions in each schedule.
+const SESSIONS: usize = 2;
+
 fn op(nodes: usize) -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..nodes, 1u8..6).prop_map(|(n, c)| Op::Turn(n, c)),
+        4 => (0..nodes, 1u8..6, 0..SESSIONS).prop_map(|(n, c, s)| Op::Turn(n, c, s)),
         4 => (1u8..6).prop_map(Op::Step),
         2 => (100u16..2500).prop_map(Op::Advance),
         1 => (0..nodes).prop_map(Op::Kill),
-        1 => (0..nodes).prop_map(Op::Rejoin),
-        1 => Just(Op::CutOff),
-        1 => (0..nodes).prop_map(Op::Leave),
+        1 => (0..nodes, 0..SESSIONS).prop_map(|(n, s)| Op::Rejoin(n, s)),
+        1 => (0..SESSIONS).prop_map(Op::CutOff),
+        1 => (0..nodes, 0..SESSIONS).prop_map(|(n, s)| Op::Leave(n, s)),
         1 => (0..nodes).prop_map(Op::Hang),
     ]
 }
@@ -474,15 +470,20 @@ fn run(seed: u64, lose_one_in: u64, max_delay: u64, ops: &[Op]) -> Exercised {
     cluster.lose_one_in = lose_one_in;
     cluster.max_delay = max_delay;
     let mut clients: Vec<Client> = (0..nodes).map(|n| Client::open(&mut cluster, n)).collect();
-    let session = create(&mut cluster, &mut clients, 0);
-    for who in 0..nodes {
-        join(&mut cluster, &mut clients, who, &session, "join");
+    let sessions: Vec<String> = (0..SESSIONS)
+        .map(|s| create(&mut cluster, &mut clients, s % nodes))
+        .collect();
+    for session in &sessions {
+        for who in 0..nodes {
+            join(&mut cluster, &mut clients, who, session, "join");
+        }
     }
+    let join_message = |session: &str| json!({"type": "join_session", "sessionId": session, "requestId": "rejoin"});
     for (index, op) in ops.iter().enumerate() {
         match *op {
-            Op::Turn(who, chunks) => clients[who].send(
+            Op::Turn(who, chunks, s) => clients[who].send(
                 &mut cluster,
-                json!({"type": "run_turn", "sessionId": session,
+                json!({"type": "run_turn", "sessionId": sessions[s],
                     "text": format!("stream {chunks}"), "requestId": format!("t{index}")}),
             ),
             Op::Step(steps) => {
@@ -502,15 +503,16 @@ fn run(seed: u64, lose_one_in: u64, max_delay: u64, ops: &[Op]) -> Exercised {
             Op::Kill(who) => {
                 cluster.restart(who);
                 clients[who] = Client::open(&mut cluster, who);
-                clients[who].send(
-                    &mut cluster,
-                    json!({"type": "join_session", "sessionId": session, "requestId": "rejoin"}),
-                );
+                for session in &sessions {
+                    clients[who].send(&mut cluster, join_message(session));
+                }
             }
-            Op::Rejoin(who) => {
-                let after = clients[who].seen.get(&session).and_then(|s| s.last);
-                let mut message =
-                    json!({"type": "join_session", "sessionId": session, "requestId": "rejoin"});
+            Op::Rejoin(who, s) => {
+                let after = clients[who]
+                    .seen
+                    .get(&sessions[s])
+                    .and_then(|seen| seen.last);
+                let mut message = join_message(&sessions[s]);
                 if let Some(after) = after {
                     message["afterSeq"] = json!(after);
                 }
@@ -519,13 +521,13 @@ fn run(seed: u64, lose_one_in: u64, max_delay: u64, ops: &[Op]) -> Exercised {
             Op::Hang(who) => {
                 cluster.nodes[who].agent_mode = diminuendo_core::sim::AgentMode::Manual;
             }
-            Op::Leave(who) => clients[who].send(
+            Op::Leave(who, s) => clients[who].send(
                 &mut cluster,
-                json!({"type": "leave_session", "sessionId": session, "requestId": "leave"}),
+                json!({"type": "leave_session", "sessionId": sessions[s], "requestId": "leave"}),
             ),
-            Op::CutOff => {
-                if let Some(owner) = owner(&cluster, &session) {
-                    cluster.cut_off(owner, &session);
+            Op::CutOff(s) => {
+                if let Some(owner) = owner(&cluster, &sessions[s]) {
+                    cluster.cut_off(owner, &sessions[s]);
                 }
             }
         }
@@ -540,41 +542,46 @@ fn run(seed: u64, lose_one_in: u64, max_delay: u64, ops: &[Op]) -> Exercised {
     }
     settle(&mut cluster, &mut clients);
     // Clients told to join again do so now, and everyone must catch up with the log.
-    for who in 0..nodes {
-        if clients[who]
-            .seen
-            .get(&session)
-            .is_none_or(|s| s.last.is_none())
-        {
-            clients[who].replies.clear();
-            join(&mut cluster, &mut clients, who, &session, "final");
+    for session in &sessions {
+        for who in 0..nodes {
+            if clients[who]
+                .seen
+                .get(session)
+                .is_none_or(|seen| seen.last.is_none())
+            {
+                clients[who].replies.clear();
+                join(&mut cluster, &mut clients, who, session, "final");
+            }
         }
     }
     settle(&mut cluster, &mut clients);
-    let log = log_seqs(&cluster, &session);
-    assert_eq!(
-        log,
-        (1..=log.len() as u64).collect::<Vec<_>>(),
-        "the log has each seq once, in order"
-    );
-    for client in &clients {
-        let seen = &client.seen[&session];
+    for session in &sessions {
+        let log = log_seqs(&cluster, session);
         assert_eq!(
-            seen.last,
-            log.last().copied().or(Some(0)),
-            "instance {} is behind the log ({:?})",
-            client.node,
-            seen.seqs
+            log,
+            (1..=log.len() as u64).collect::<Vec<_>>(),
+            "the log has each seq once, in order"
+        );
+        for client in &clients {
+            let seen = &client.seen[session];
+            assert_eq!(
+                seen.last,
+                log.last().copied().or(Some(0)),
+                "instance {} is behind the log ({:?})",
+                client.node,
+                seen.seqs
+            );
+        }
+        assert!(
+            cluster.engine.registry.contains_key(session),
+            "the session was never lost"
         );
     }
-    assert!(
-        cluster.engine.registry.contains_key(&session),
-        "the session was never lost"
-    );
     let mut exercised = Exercised {
         fenced: cluster.engine.fenced,
-        interrupted: logged(&cluster, &session)
+        interrupted: sessions
             .iter()
+            .flat_map(|session| logged(&cluster, session))
             .filter(|e| e["code"] == "INTERRUPTED")
             .count() as u64,
         ..Exercised::default()
@@ -650,7 +657,12 @@ fn the_generated_schedules_exercise_every_mechanism() {
 /// meanwhile (a duplicate).
 #[test]
 fn a_join_sent_while_the_lease_is_acquired_replaces_the_subscription_at_once() {
-    let ops = [Op::Turn(1, 1), Op::Step(2), Op::Rejoin(1), Op::Turn(0, 1)];
+    let ops = [
+        Op::Turn(1, 1, 0),
+        Op::Step(2),
+        Op::Rejoin(1, 0),
+        Op::Turn(0, 1, 0),
+    ];
     let _ = run(13860, 0, 1, &ops);
 }
 
@@ -702,23 +714,23 @@ fn an_idle_owner_releases_its_lease_and_the_next_owner_keeps_the_epoch() {
 fn a_fetch_ending_while_the_lease_is_acquired_does_not_drop_the_waiting_requests() {
     use Op::*;
     let ops = [
-        Turn(2, 2),
+        Turn(2, 2, 0),
         Step(2),
         Step(5),
-        Turn(1, 1),
+        Turn(1, 1, 0),
         Step(2),
-        Turn(0, 1),
+        Turn(0, 1, 0),
         Advance(1000),
         Step(2),
-        Turn(0, 1),
+        Turn(0, 1, 0),
         Kill(2),
         Advance(1397),
         Step(2),
         Step(1),
-        Turn(1, 1),
+        Turn(1, 1, 0),
         Step(3),
-        Rejoin(1),
-        Turn(0, 1),
+        Rejoin(1, 0),
+        Turn(0, 1, 0),
         Advance(1603),
     ];
     let _ = run(721868, 4, 4, &ops);
@@ -731,16 +743,16 @@ fn a_fetch_ending_while_the_lease_is_acquired_does_not_drop_the_waiting_requests
 fn a_take_over_reopens_the_log_while_a_cut_off_owner_still_appends() {
     use Op::*;
     let ops = [
-        Turn(1, 1),
-        Turn(1, 1),
-        Turn(1, 1),
-        Turn(2, 5),
+        Turn(1, 1, 0),
+        Turn(1, 1, 0),
+        Turn(1, 1, 0),
+        Turn(2, 5, 0),
         Step(3),
         Step(3),
-        CutOff,
-        Turn(0, 1),
+        CutOff(0),
+        Turn(0, 1, 0),
         Step(1),
-        Turn(2, 2),
+        Turn(2, 2, 0),
         Step(1),
     ];
     let _ = run(765552, 4, 3, &ops);

@@ -13,7 +13,8 @@ use std::time::Instant;
 use super::{Deferred, Pending};
 use crate::cluster::{ClusterCommand, ClusterError, LogEvent};
 use crate::ids::SessionId;
-use crate::protocol::ErrorCode;
+use crate::protocol::encode_frame;
+use crate::protocol::session_reply::SessionReply;
 use crate::storage::{QueryResult, StorageCompletion, StorageError, StoredEvent};
 use crate::Gateway;
 
@@ -384,8 +385,9 @@ impl Gateway {
     }
 
     /// Watchers here may have seen events the log never stored (published after `acked`): the
-    /// next owner may give those seqs to other events. They are told so and leave the session;
-    /// joining again reloads it (an explicit reload, never a silent gap or duplicate).
+    /// next owner may give those seqs to other events. They leave the session and are told so
+    /// with a `session_left` that answers no request; joining again reloads it (an explicit
+    /// reload, never a silent gap or duplicate).
     pub(crate) fn reload_watchers(&mut self, session_id: &SessionId, acked: u64, now: Instant) {
         let Some(session) = self.sessions.get_mut(session_id) else {
             return;
@@ -395,17 +397,15 @@ impl Gateway {
             session.unsubscribe(*watcher);
         }
         session.rewind(acked);
+        let left = encode_frame(&SessionReply::SessionLeft {
+            request_id: None,
+            session_id,
+        });
         for watcher in watchers {
             if let Some(client) = self.client_state_mut(watcher) {
                 client.leave(session_id);
             }
-            self.send_error(
-                watcher,
-                ErrorCode::InvalidState,
-                "the session moved to another instance: join it again (reload)",
-                None,
-                now,
-            );
+            self.send(watcher, left.clone(), now);
         }
     }
 }
