@@ -257,6 +257,19 @@ fn create_on_a_list_on_c_turn_from_b_seen_everywhere_in_order() {
     for client in &clients {
         assert_eq!(client.seen[&session].seqs, log, "instance {}", client.node);
     }
+    // The history, read on an instance that ran neither turn, is rebuilt from the log.
+    clients[2].send(
+        &mut cluster,
+        json!({"type": "get_history", "sessionId": session, "requestId": "h"}),
+    );
+    settle(&mut cluster, &mut clients);
+    let history = clients[2].reply("h").cloned().expect("history");
+    assert_eq!(history["type"], "history", "{history}");
+    let turns = history["turns"].as_array().cloned().unwrap_or_default();
+    assert_eq!(turns.len(), 2, "{history}");
+    assert_eq!(turns[0]["userText"], "stream 5", "{history}");
+    assert_eq!(turns[1]["userText"], "stream 3", "{history}");
+    assert_eq!(turns[1]["finalText"], "c0 c1 c2 ", "{history}");
 }
 
 fn turn(

@@ -160,7 +160,10 @@ impl Gateway {
         result: Result<(Vec<LogEvent>, bool), ClusterError>,
         now: Instant,
     ) {
-        match self.take_pending(token, |p| matches!(p, Pending::Query | Pending::Fetch(_))) {
+        let of =
+            |p: &Pending| matches!(p, Pending::Query | Pending::Fetch(_) | Pending::History(_));
+        match self.take_pending(token, of) {
+            Some(Pending::History(read)) => self.history_fetched(token, *read, result, now),
             Some(Pending::Query) => {
                 let result = result
                     .map(|(events, has_more)| QueryResult::Events {

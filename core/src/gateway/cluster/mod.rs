@@ -14,6 +14,7 @@
 
 mod feed;
 mod forward;
+mod history;
 mod notices;
 mod owner;
 mod registry;
@@ -99,6 +100,8 @@ pub(crate) enum Pending {
     Fetch(SessionId),
     /// A storage query answered from the log (`EventsAfter`).
     Query,
+    /// `get_history` rebuilt from the log.
+    History(Box<history::HistoryRead>),
     Forward {
         session_id: String,
         then: Deferred,

@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::{Deferred, Pending};
 use crate::cluster::{ClusterCommand, ClusterError, RegistryEntry, SessionMeta};
 use crate::storage::{
-    QueryResult, SessionRecord, StorageCommand, StorageCompletion, StorageError, StorageQuery,
+    SessionRecord, StorageCommand, StorageCompletion, StorageError, StorageQuery,
 };
 use crate::Gateway;
 
@@ -129,14 +129,12 @@ impl Gateway {
                     limit,
                 });
             }
-            // The turn history is not kept in cluster mode: an empty page.
-            StorageQuery::History { .. } => self.defer(StorageCompletion::QueryResult {
-                token,
-                result: Ok(QueryResult::History {
-                    turns: Vec::new(),
-                    has_more: false,
-                }),
-            }),
+            // No turn table in cluster mode: the turns are rebuilt from the log.
+            StorageQuery::History {
+                session_id,
+                before_turn,
+                limit,
+            } => self.history_from_log(token, session_id, before_turn, limit),
             StorageQuery::ListSessions { .. } | StorageQuery::LoadSession { .. } => {
                 self.defer(StorageCompletion::QueryResult {
                     token,
