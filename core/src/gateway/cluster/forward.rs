@@ -67,6 +67,14 @@ fn starts_turn(request: &ClientRequest) -> bool {
     matches!(request, ClientRequest::RunTurn(_) | ClientRequest::Steer(_))
 }
 
+/// Whether the client's text is a `run_turn` or `steer`.
+fn starts_turn_text(text: &str) -> bool {
+    protocol::parse_client_message(text).is_ok_and(|message| match &message.body {
+        Parsed::Request(request) => starts_turn(request),
+        _ => false,
+    })
+}
+
 fn writes(request: &ClientRequest) -> bool {
     use ClientRequest as R;
     matches!(
@@ -221,7 +229,15 @@ impl Gateway {
         let _ = session_id;
         match result {
             Ok(reply) => self.send(then.ctx.connection, reply, now),
+            // Nobody serves the session (no owner), or its owner does not answer (frozen, cut
+            // off: its lease may have expired): a `run_turn`/`steer` tries the lease; other
+            // commands are answered here.
             Err(ClusterError::NoResponders) if !then.stage.acquired => {
+                let mut then = then;
+                then.stage.forwarded = true;
+                self.rerun(then, now);
+            }
+            Err(ClusterError::Timeout) if !then.stage.acquired && starts_turn_text(&then.text) => {
                 let mut then = then;
                 then.stage.forwarded = true;
                 self.rerun(then, now);
