@@ -447,6 +447,9 @@ enum Op {
     /// The agents of this instance answer nothing more (a turn then hangs until the instance
     /// is killed, or cut off, and the turn is cut).
     Hang(usize),
+    /// The instance stops (SIGSTOP) or continues (SIGCONT).
+    Freeze(usize),
+    Thaw(usize),
 }
 
 /// Sessions in each schedule.
@@ -462,6 +465,8 @@ fn op(nodes: usize) -> impl Strategy<Value = Op> {
         1 => (0..SESSIONS).prop_map(Op::CutOff),
         1 => (0..nodes, 0..SESSIONS).prop_map(|(n, s)| Op::Leave(n, s)),
         1 => (0..nodes).prop_map(Op::Hang),
+        1 => (0..nodes).prop_map(Op::Freeze),
+        1 => (0..nodes).prop_map(Op::Thaw),
     ]
 }
 
@@ -493,7 +498,10 @@ fn run(seed: u64, lose_one_in: u64, max_delay: u64, ops: &[Op]) -> Exercised {
     }
     let join_message = |session: &str| json!({"type": "join_session", "sessionId": session, "requestId": "rejoin"});
     for (index, op) in ops.iter().enumerate() {
+        // A frozen instance reads nothing from its clients (their requests wait in its socket).
+        let frozen = |who: usize| cluster.is_frozen(who);
         match *op {
+            Op::Turn(who, _, _) | Op::Rejoin(who, _) | Op::Leave(who, _) if frozen(who) => {}
             Op::Turn(who, chunks, s) => clients[who].send(
                 &mut cluster,
                 json!({"type": "run_turn", "sessionId": sessions[s],
@@ -534,6 +542,8 @@ fn run(seed: u64, lose_one_in: u64, max_delay: u64, ops: &[Op]) -> Exercised {
             Op::Hang(who) => {
                 cluster.nodes[who].agent_mode = diminuendo_core::sim::AgentMode::Manual;
             }
+            Op::Freeze(who) => cluster.freeze(who),
+            Op::Thaw(who) => cluster.thaw(who),
             Op::Leave(who, s) => clients[who].send(
                 &mut cluster,
                 json!({"type": "leave_session", "sessionId": sessions[s], "requestId": "leave"}),
@@ -548,7 +558,10 @@ fn run(seed: u64, lose_one_in: u64, max_delay: u64, ops: &[Op]) -> Exercised {
             client.read(&mut cluster);
         }
     }
-    // Settle: every message delivered, leases renewed or expired, turns ended.
+    // Settle: every instance running, every message delivered, leases renewed or expired.
+    for who in 0..nodes {
+        cluster.thaw(who);
+    }
     for _ in 0..12 {
         settle(&mut cluster, &mut clients);
         cluster.advance(Duration::from_millis(400));
@@ -929,4 +942,41 @@ fn the_owner_s_status_write_racing_a_rename_elsewhere_keeps_the_new_name() {
         "the owner's write did not undo the rename"
     );
     assert_eq!(meta.status, "ready");
+}
+
+#[test]
+fn a_frozen_owner_is_taken_over_once_its_lease_expired_and_gives_up_when_it_wakes() {
+    let mut cluster = SimCluster::new(3, config(), 91, Instant::now(), RENEWAL);
+    let mut clients: Vec<Client> = (0..3).map(|n| Client::open(&mut cluster, n)).collect();
+    let session = create(&mut cluster, &mut clients, 0);
+    for who in 0..3 {
+        join(&mut cluster, &mut clients, who, &session, "join");
+    }
+    let reply = turn(&mut cluster, &mut clients, 0, &session, "stream 2", "t1");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    let old_agent = cluster.nodes[0].agent_of(&session).expect("A's agent");
+    // A freezes (SIGSTOP): what is forwarded to it times out; its lease still lives.
+    cluster.freeze(0);
+    let early = turn(&mut cluster, &mut clients, 1, &session, "stream 1", "t2");
+    assert_eq!(early["code"], "AGENT_UNAVAILABLE", "{early}");
+    for _ in 0..8 {
+        cluster.advance(Duration::from_millis(500));
+        settle(&mut cluster, &mut clients);
+    }
+    // Its lease expired: B's turn times out on A, then takes the lease.
+    let reply = turn(&mut cluster, &mut clients, 1, &session, "stream 1", "t3");
+    assert_eq!(reply["type"], "turn_accepted", "{reply}");
+    assert!(cluster.nodes[1]
+        .gateway
+        .cluster_status()
+        .is_some_and(|s| s.owned.contains(&session)));
+    // A wakes: its renewals are overdue, it gives the session up and kills its agent.
+    cluster.thaw(0);
+    settle(&mut cluster, &mut clients);
+    assert_eq!(cluster.nodes[0].gateway.metrics().cluster_leases_lost, 1);
+    assert!(!cluster.nodes[0].agents[&old_agent].alive);
+    let log = log_seqs(&cluster, &session);
+    assert_eq!(log, (1..=log.len() as u64).collect::<Vec<_>>());
+    assert_eq!(clients[2].seen[&session].seqs, log);
+    assert_eq!(clients[1].seen[&session].seqs, log);
 }

@@ -57,6 +57,9 @@ pub struct SimCluster {
     /// One live event in this many is lost (0: none).
     pub lose_one_in: u64,
     lease_ttl: Duration,
+    /// Instances frozen (SIGSTOP): they get nothing and their clocks stand still; a command
+    /// forwarded to one times out.
+    frozen: BTreeSet<usize>,
     config: CoreConfig,
     renewal: Duration,
 }
@@ -76,6 +79,7 @@ impl SimCluster {
             max_delay: 3,
             lose_one_in: 0,
             lease_ttl: renewal * 3,
+            frozen: BTreeSet::new(),
             config,
             renewal,
         };
@@ -113,6 +117,7 @@ impl SimCluster {
     /// until it expires; a fresh gateway takes its place.
     pub fn restart(&mut self, index: usize) {
         let now = self.nodes[index].now();
+        self.frozen.remove(&index);
         self.queues[index].clear();
         self.live.retain(|_, (node, _)| *node != index);
         self.engine.subscribers.retain(|(node, _)| *node != index);
@@ -143,11 +148,40 @@ impl SimCluster {
         }
     }
 
-    /// Moves every instance's clock (leases expire, timers fire).
+    /// Moves every instance's clock (leases expire, timers fire); a frozen instance's clock
+    /// stands still and catches up at once when it is thawed.
     pub fn advance(&mut self, by: Duration) {
-        for node in &mut self.nodes {
-            node.advance(by);
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if !self.frozen.contains(&index) {
+                node.advance(by);
+            }
         }
+        self.collect();
+    }
+
+    /// Whether the instance is frozen.
+    pub fn is_frozen(&self, index: usize) -> bool {
+        self.frozen.contains(&index)
+    }
+
+    /// The instance stops (SIGSTOP): it takes no input, and what is forwarded to it times out.
+    pub fn freeze(&mut self, index: usize) {
+        self.frozen.insert(index);
+    }
+
+    /// The instance continues (SIGCONT): its clock jumps to the others', its timers fire, what
+    /// waited for it is delivered.
+    pub fn thaw(&mut self, index: usize) {
+        self.frozen.remove(&index);
+        let Some(now) = (0..self.nodes.len())
+            .filter(|other| !self.frozen.contains(other))
+            .map(|other| self.nodes[other].now())
+            .max()
+        else {
+            return;
+        };
+        let behind = now.saturating_duration_since(self.nodes[index].now());
+        self.nodes[index].advance(behind);
         self.collect();
     }
 
@@ -167,6 +201,9 @@ impl SimCluster {
         self.step += 1;
         let mut moved = false;
         for index in 0..self.nodes.len() {
+            if self.frozen.contains(&index) {
+                continue;
+            }
             while self.queues[index]
                 .front()
                 .is_some_and(|(due, _)| *due <= self.step)
@@ -188,11 +225,16 @@ impl SimCluster {
                 self.collect();
             }
         }
-        while let Some(entry) = self.live.first_entry() {
-            if entry.key().0 > self.step {
-                break;
-            }
-            let (index, completion) = entry.remove();
+        let due: Vec<(u64, u64)> = self
+            .live
+            .iter()
+            .filter(|(key, (index, _))| key.0 <= self.step && !self.frozen.contains(index))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in due {
+            let Some((index, completion)) = self.live.remove(&key) else {
+                continue;
+            };
             self.nodes[index].cluster_input(completion);
             moved = true;
             self.collect();
@@ -415,6 +457,13 @@ impl SimCluster {
                 session_id,
                 payload,
             } => match engine.serving.get(&session_id).copied() {
+                Some(owner) if self.frozen.contains(&owner) => self.reply(
+                    from,
+                    D::Forwarded {
+                        token,
+                        result: Err(ClusterError::Timeout),
+                    },
+                ),
                 Some(owner) => {
                     engine.next_request += 1;
                     let request = engine.next_request;
