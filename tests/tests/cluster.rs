@@ -326,7 +326,17 @@ fn a_fenced_former_owner_cannot_append() {
         let mut on_b = Client::dev(cluster.at(B));
         on_b.join(&id);
         run_turn_eventually(&mut on_b, &id, "after the take-over");
-        on_b.turn_events(&id);
+        // B sees the frozen owner's turn end INTERRUPTED, then its own turn.
+        let taken = on_b.events_until(&id, |event| {
+            event["type"] == "turn_complete" && event["finalText"] == "after the take-over"
+        });
+        assert!(
+            taken
+                .iter()
+                .any(|text| parse(text)["code"] == "INTERRUPTED"),
+            "{taken:?}"
+        );
+        on_b.events_until(&id, |event| event["type"] == "session_state");
         // A wakes up with its agent still streaming: whatever it tries to append is refused.
         cluster.at_mut(A).signal(libc::SIGCONT);
         poll_until("A to give the session up", Duration::from_secs(20), || {
