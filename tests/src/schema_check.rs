@@ -173,6 +173,11 @@ impl Tapped {
         }
     }
 
+    /// The socket (e.g. to change its read timeout).
+    pub fn socket(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// The next message sent is invalid on purpose: the schema must reject it.
     pub fn expect_invalid(&mut self) {
         self.expect_invalid += 1;

@@ -54,7 +54,15 @@ fn health(cluster: &Cluster, index: usize) -> Value {
 /// cluster refuses it because the session cannot be run yet (its former owner's lease has not
 /// expired, or NATS is not back): the reply that is not such a refusal.
 fn run_turn_eventually(client: &mut Client, session_id: &str, text: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // A command forwarded to an owner that does not answer (frozen) is answered after the
+    // engine's operation timeout (5 s): wait longer than the harness's usual read timeout.
+    client
+        .ws
+        .get_ref()
+        .socket()
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("a read timeout");
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut refusals = Vec::new();
     loop {
         let reply = client.call(json!({"type": "run_turn", "sessionId": session_id, "text": text}));
@@ -65,7 +73,7 @@ fn run_turn_eventually(client: &mut Client, session_id: &str, text: &str) -> Val
         }
         assert!(
             Instant::now() < deadline,
-            "run_turn still refused after 20 s: {refusals:?}"
+            "run_turn still refused after 30 s: {refusals:?}"
         );
         // Retrying a refused request, with a deadline.
         std::thread::sleep(Duration::from_millis(250));
