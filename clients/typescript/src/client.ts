@@ -446,6 +446,16 @@ export class DiminuendoClient extends Emitter<ClientEvents> implements StreamHos
           this.emit("session_updated", message.session);
         }
         return;
+      case "session_left":
+        if (typeof requestId === "string") {
+          this.#settle(requestId, message);
+          return;
+        }
+        // Unasked (cluster mode): the instance lost the session while this client may have seen
+        // events the log never stored. Join again from our position: the gateway then replays
+        // (recovered) or the stream reports a reload.
+        this.#streams.get(message.sessionId)?.rejoin();
+        return;
       default:
         if (typeof requestId === "string") this.#settle(requestId, message);
     }

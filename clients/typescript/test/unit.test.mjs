@@ -371,6 +371,30 @@ describe("session streams", () => {
     client.close();
   });
 
+  test("an unasked session_left (cluster mode) re-joins from the stream's position; a new epoch is a reload", async () => {
+    const { client, socket, events, reloads } = await joined("s1", 0);
+    socket.deliver(delta("s1", 1));
+    socket.deliver(delta("s1", 2));
+    socket.deliver({ type: "session_left", sessionId: "s1" });
+    const rejoin = socket.lastSent("join_session");
+    assert.equal(rejoin.sessionId, "s1");
+    assert.equal(rejoin.afterSeq, 2);
+    assert.equal(rejoin.epoch, "e1");
+    socket.reply("join_session", {
+      type: "session_joined",
+      session: meta("s1", 3),
+      epoch: "e2",
+      lastSeq: 3,
+      recovered: false,
+      events: [],
+    });
+    await flush();
+    assert.deepEqual(seqs(events), [1, 2]);
+    assert.equal(reloads.length, 1);
+    assert.equal(reloads[0].reason, "not-recovered");
+    client.close();
+  });
+
   test("a re-join answered RATE_LIMITED is retried after retryAfterMs; SESSION_NOT_FOUND ends the stream", async () => {
     const env = await joined("s1", 0);
     const other = env.client.session("s2");
